@@ -1,0 +1,174 @@
+//! Inventory: the first stage of the flow. Parses and validates `inventories/*.yaml` into
+//! [`Inventory`], reporting every problem as `FILE:LINE:COL: message`.
+//!
+//! Reading goes text → [`marked`] tree (positions) → [`schema`] shape checks and conversion
+//! → [`validate`] cross-field checks → [`Inventory`] (only when no problem was found).
+//! Nothing here panics on any input; hostile input is bounded by `marked`'s limits.
+
+mod marked;
+mod model;
+mod schema;
+mod validate;
+
+pub use model::*;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Largest inventory file read; a real one is a few kilobytes.
+const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
+
+/// One problem in an inventory file, at a 1-based line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.col, self.message
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("cannot read inventory {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Every problem found, sorted by position; never empty.
+    #[error("{}", DiagnosticList(.0))]
+    Invalid(Vec<Diagnostic>),
+    /// Writing an inventory back to YAML failed.
+    #[error("cannot write inventory as YAML: {0}")]
+    Encode(String),
+}
+
+/// Displays diagnostics one per line.
+struct DiagnosticList<'a>(&'a [Diagnostic]);
+
+impl fmt::Display for DiagnosticList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, diagnostic) in self.0.iter().enumerate() {
+            if index > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{diagnostic}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses and validates inventory text. `file_label` prefixes every diagnostic.
+pub fn parse(text: &str, file_label: &str) -> Result<Inventory, InventoryError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let read = marked::read(text);
+    let mut problems = read.problems;
+    let root = match read.root {
+        Some(root) if !root.is_null() => Some(root),
+        _ => {
+            if !read.syntax_error {
+                problems.push(marked::Problem::new(
+                    marked::Pos::START,
+                    "empty inventory: expected a mapping with environment, shard_count, hosts, nodes, partitions and sharded_tables",
+                ));
+            }
+            None
+        }
+    };
+    let inventory = root.and_then(|root| {
+        schema::lint(&root, "", &mut problems);
+        let converted = schema::convert(&root, &mut problems);
+        validate::check(&root, &mut problems);
+        match converted.map(serde_json::from_value::<Inventory>) {
+            Some(Ok(inventory)) => Some(inventory),
+            Some(Err(error)) => {
+                problems.push(marked::Problem::new(
+                    root.pos,
+                    format!("internal error: the checked inventory does not fit the model: {error}"),
+                ));
+                None
+            }
+            None => None,
+        }
+    });
+    match inventory {
+        Some(inventory) if problems.is_empty() => Ok(inventory),
+        _ => Err(invalid(problems, file_label)),
+    }
+}
+
+/// Reads, parses and validates an inventory file.
+pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
+    let bytes = std::fs::read(path).map_err(|source| InventoryError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let label = path.display().to_string();
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(invalid(
+            vec![marked::Problem::new(
+                marked::Pos::START,
+                format!(
+                    "file is {} bytes; an inventory is a small text file (at most {MAX_FILE_BYTES} bytes)",
+                    bytes.len()
+                ),
+            )],
+            &label,
+        ));
+    }
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => parse(text, &label),
+        Err(error) => Err(invalid(vec![utf8_problem(&bytes, &error)], &label)),
+    }
+}
+
+/// Serializes an inventory; `parse(&to_yaml(x)?, _) == Ok(x)` for every valid `x`.
+pub fn to_yaml(inventory: &Inventory) -> Result<String, InventoryError> {
+    serde_yaml::to_string(inventory).map_err(|error| InventoryError::Encode(error.to_string()))
+}
+
+fn utf8_problem(bytes: &[u8], error: &std::str::Utf8Error) -> marked::Problem {
+    let valid = &bytes[..error.valid_up_to()];
+    // `valid` is valid UTF-8 by definition of `valid_up_to`.
+    let valid = std::str::from_utf8(valid).unwrap_or_default();
+    let line = valid.matches('\n').count() + 1;
+    let line_start = valid.rfind('\n').map_or(0, |newline| newline + 1);
+    let col = valid[line_start..].chars().count() + 1;
+    let byte = bytes.get(error.valid_up_to()).copied().unwrap_or_default();
+    marked::Problem::new(
+        marked::Pos {
+            line,
+            col,
+            index: valid.chars().count(),
+        },
+        format!("file is not valid UTF-8 (byte 0x{byte:02x}); save it as UTF-8"),
+    )
+}
+
+fn invalid(mut problems: Vec<marked::Problem>, file_label: &str) -> InventoryError {
+    problems.sort_by(|a, b| {
+        (a.pos.line, a.pos.col, &a.message).cmp(&(b.pos.line, b.pos.col, &b.message))
+    });
+    problems.dedup();
+    InventoryError::Invalid(
+        problems
+            .into_iter()
+            .map(|problem| Diagnostic {
+                file: file_label.to_string(),
+                line: problem.pos.line.max(1),
+                col: problem.pos.col.max(1),
+                message: problem.message,
+            })
+            .collect(),
+    )
+}

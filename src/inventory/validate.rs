@@ -1,0 +1,393 @@
+//! Inventory, step 3 of 3: cross-field checks on the marked tree — names that must be unique,
+//! references that must resolve, hosts reached one way, and shard ranges that tile
+//! `0..shard_count`. Works on whatever parts are well-formed, so one run reports every problem.
+
+use std::collections::HashMap;
+
+use super::marked::{Marked, Pos, Problem, Scalar, ScalarStyle, Value};
+
+/// Runs every cross-field check on the document root.
+pub(crate) fn check(root: &Marked, problems: &mut Vec<Problem>) {
+    let hosts = unique_names(root, "hosts", "name", "host", problems);
+    let nodes = unique_names(root, "nodes", "name", "node", problems);
+    unique_names(root, "pgbouncers", "name", "pgbouncer", problems);
+    unique_names(root, "partitions", "name", "partition", problems);
+    unique_names(root, "sharded_tables", "table", "sharded table", problems);
+    for list in ["hosts", "nodes", "partitions"] {
+        require_non_empty(root, list, problems);
+    }
+    check_hosts(root, problems);
+
+    let host_names = Known::new("host", "hosts", &hosts);
+    let node_names = Known::new("node", "nodes", &nodes);
+    for (index, node) in entries(root, "nodes") {
+        host_names.check(node, "host", &format!("nodes[{index}]"), problems);
+    }
+    let mut aliases: Vec<(&str, Pos)> = Vec::new();
+    for (index, pgbouncer) in entries(root, "pgbouncers") {
+        let path = format!("pgbouncers[{index}]");
+        host_names.check(pgbouncer, "host", &path, problems);
+        let label = pgbouncer.field("name").and_then(Marked::text).unwrap_or("?");
+        let mut seen: Vec<(&str, Pos)> = Vec::new();
+        for (alias_index, alias) in list(pgbouncer.field("aliases")) {
+            let alias_path = format!("{path}.aliases[{alias_index}]");
+            node_names.check(alias, "node", &alias_path, problems);
+            if let Some((name, pos)) = text_at(alias, "name") {
+                if let Some((_, first)) = seen.iter().find(|(seen, _)| *seen == name) {
+                    problems.push(Problem::new(
+                        pos,
+                        format!(
+                            "{alias_path}.name: duplicate alias `{name}` in pgbouncer `{label}` (first at line {})",
+                            first.line
+                        ),
+                    ));
+                } else {
+                    seen.push((name, pos));
+                    aliases.push((name, pos));
+                }
+            }
+        }
+    }
+    for (index, partition) in entries(root, "partitions") {
+        node_names.check(partition, "node", &format!("partitions[{index}]"), problems);
+    }
+    if let Some(proxy) = root.field("proxy") {
+        node_names.check(proxy, "node", "proxy", problems);
+        if let Some((alias, pos)) = text_at(proxy, "alias") {
+            if !aliases.iter().any(|(name, _)| *name == alias) {
+                problems.push(Problem::new(
+                    pos,
+                    format!(
+                        "proxy.alias: `{alias}` is not an alias of any pgbouncer ({})",
+                        Known::new("alias", "aliases", &aliases).listing()
+                    ),
+                ));
+            }
+        }
+    }
+    for (index, standby) in entries(root, "standbys") {
+        let path = format!("standbys[{index}]");
+        node_names.check(standby, "node", &path, problems);
+        node_names.check(standby, "primary", &path, problems);
+        if let (Some((node, _)), Some((primary, pos))) =
+            (text_at(standby, "node"), text_at(standby, "primary"))
+        {
+            if node == primary {
+                problems.push(Problem::new(
+                    pos,
+                    format!("{path}.primary: node `{node}` cannot be its own primary"),
+                ));
+            }
+        }
+    }
+    let mut slots: Vec<(&str, &str, Pos)> = Vec::new();
+    for (index, slot) in entries(root, "slots") {
+        let path = format!("slots[{index}]");
+        node_names.check(slot, "node", &path, problems);
+        if let (Some((node, _)), Some((name, pos))) = (text_at(slot, "node"), text_at(slot, "name"))
+        {
+            if let Some((_, _, first)) = slots.iter().find(|(n, s, _)| *n == node && *s == name) {
+                problems.push(Problem::new(
+                    pos,
+                    format!(
+                        "{path}.name: duplicate slot `{name}` on node `{node}` (first at line {})",
+                        first.line
+                    ),
+                ));
+            } else {
+                slots.push((node, name, pos));
+            }
+        }
+    }
+    if let Some(traffic) = root.field("traffic") {
+        host_names.check(traffic, "host", "traffic", problems);
+    }
+    check_dbnames(root, problems);
+    check_shards(root, problems);
+}
+
+/// Items of the list at `root.key`, with their indexes.
+fn entries<'a>(root: &'a Marked, key: &str) -> impl Iterator<Item = (usize, &'a Marked)> {
+    list(root.field(key))
+}
+
+fn list(node: Option<&Marked>) -> impl Iterator<Item = (usize, &Marked)> {
+    node.map(Marked::items).unwrap_or(&[]).iter().enumerate()
+}
+
+/// The text of `node.key` and where it is, when it is a scalar.
+fn text_at<'a>(node: &'a Marked, key: &str) -> Option<(&'a str, Pos)> {
+    let value = node.field(key)?;
+    Some((value.text()?, value.pos))
+}
+
+/// Collects `list[*].key` names, reporting repeats; returns the first occurrence of each.
+fn unique_names<'a>(
+    root: &'a Marked,
+    list_key: &str,
+    name_key: &str,
+    what: &str,
+    problems: &mut Vec<Problem>,
+) -> Vec<(&'a str, Pos)> {
+    let mut names: Vec<(&str, Pos)> = Vec::new();
+    for (index, item) in entries(root, list_key) {
+        let Some((name, pos)) = text_at(item, name_key) else {
+            continue;
+        };
+        if let Some((_, first)) = names.iter().find(|(seen, _)| *seen == name) {
+            problems.push(Problem::new(
+                pos,
+                format!(
+                    "{list_key}[{index}].{name_key}: duplicate {what} `{name}` (first at line {})",
+                    first.line
+                ),
+            ));
+        } else {
+            names.push((name, pos));
+        }
+    }
+    names
+}
+
+fn require_non_empty(root: &Marked, key: &str, problems: &mut Vec<Problem>) {
+    if let Some(value @ Marked {
+        value: Value::Seq(items),
+        ..
+    }) = root.field(key)
+    {
+        if items.is_empty() {
+            problems.push(Problem::new(
+                value.pos,
+                format!("{key}: list at least one entry"),
+            ));
+        }
+    }
+}
+
+/// Names a reference may point at, for one kind of thing.
+struct Known<'a> {
+    what: &'static str,
+    plural: &'static str,
+    names: &'a [(&'a str, Pos)],
+}
+
+impl<'a> Known<'a> {
+    fn new(what: &'static str, plural: &'static str, names: &'a [(&'a str, Pos)]) -> Self {
+        Known {
+            what,
+            plural,
+            names,
+        }
+    }
+
+    fn listing(&self) -> String {
+        const SHOWN: usize = 8;
+        if self.names.is_empty() {
+            return format!("no {} are defined", self.plural);
+        }
+        let mut shown: Vec<&str> = self
+            .names
+            .iter()
+            .take(SHOWN)
+            .map(|(name, _)| *name)
+            .collect();
+        if self.names.len() > SHOWN {
+            shown.push("…");
+        }
+        format!("{}: {}", self.plural, shown.join(", "))
+    }
+
+    /// Reports `item.key` when it names nothing known.
+    fn check(&self, item: &Marked, key: &str, path: &str, problems: &mut Vec<Problem>) {
+        let Some((name, pos)) = text_at(item, key) else {
+            return;
+        };
+        if !self.names.iter().any(|(known, _)| *known == name) {
+            problems.push(Problem::new(
+                pos,
+                format!(
+                    "{path}.{key}: unknown {} `{name}` ({})",
+                    self.what,
+                    self.listing()
+                ),
+            ));
+        }
+    }
+}
+
+fn is_true(node: &Marked) -> bool {
+    matches!(&node.value, Value::Scalar(Scalar { text, style: ScalarStyle::Plain })
+        if matches!(text.as_str(), "true" | "True" | "TRUE"))
+}
+
+fn check_hosts(root: &Marked, problems: &mut Vec<Problem>) {
+    for (index, host) in entries(root, "hosts") {
+        if !matches!(host.value, Value::Map(_)) {
+            continue;
+        }
+        let local = host.field("local").filter(|value| is_true(value));
+        let ssh = host.field("ssh").filter(|value| !value.is_null());
+        match (local, ssh) {
+            (Some(local), Some(_)) => problems.push(Problem::new(
+                local.pos,
+                format!("hosts[{index}]: set either `local: true` or `ssh`, not both"),
+            )),
+            (None, None) => problems.push(Problem::new(
+                host.pos,
+                format!("hosts[{index}]: set how to reach this host: `ssh` (address, user, key) or `local: true`"),
+            )),
+            _ => {}
+        }
+    }
+}
+
+/// Two databases on one node cannot share a name: partitions and the proxy database.
+fn check_dbnames(root: &Marked, problems: &mut Vec<Problem>) {
+    let mut owners: HashMap<(&str, &str), (String, Pos)> = HashMap::new();
+    let mut claims: Vec<(String, &Marked)> = entries(root, "partitions")
+        .map(|(index, partition)| (format!("partitions[{index}]"), partition))
+        .collect();
+    if let Some(proxy) = root.field("proxy") {
+        claims.push(("proxy".to_string(), proxy));
+    }
+    for (path, claim) in claims {
+        let (Some((node, _)), Some((dbname, pos))) = (text_at(claim, "node"), text_at(claim, "dbname"))
+        else {
+            continue;
+        };
+        match owners.get(&(node, dbname)) {
+            Some((first_path, first)) => problems.push(Problem::new(
+                pos,
+                format!(
+                    "{path}.dbname: database `{dbname}` on node `{node}` is already used by {first_path} (line {})",
+                    first.line
+                ),
+            )),
+            None => {
+                owners.insert((node, dbname), (path, pos));
+            }
+        }
+    }
+}
+
+struct Range {
+    index: usize,
+    name: String,
+    first: u64,
+    last: u64,
+    pos: Pos,
+}
+
+fn check_shards(root: &Marked, problems: &mut Vec<Problem>) {
+    let shard_count = root.field("shard_count").and_then(|node| {
+        let count = node.uint().filter(|count| (1..=u64::from(u32::MAX)).contains(count))?;
+        Some((count, node.pos))
+    });
+    if let Some((count, pos)) = shard_count {
+        if !count.is_power_of_two() {
+            problems.push(Problem::new(
+                pos,
+                format!("shard_count: {count} is not a power of two (such as 1024)"),
+            ));
+        }
+    }
+
+    let mut ranges: Vec<Range> = Vec::new();
+    for (index, partition) in entries(root, "partitions") {
+        let Some(shards) = partition.field("shards") else {
+            continue;
+        };
+        let (Value::Seq(_), [first, last]) = (&shards.value, shards.items()) else {
+            continue;
+        };
+        let max = u64::from(u32::MAX);
+        let (Some(first), Some(last)) = (
+            first.uint().filter(|n| *n <= max),
+            last.uint().filter(|n| *n <= max),
+        ) else {
+            continue;
+        };
+        if first > last {
+            problems.push(Problem::new(
+                shards.pos,
+                format!(
+                    "partitions[{index}].shards: [{first}, {last}] is reversed; the first shard must not exceed the last"
+                ),
+            ));
+            continue;
+        }
+        let name = partition
+            .field("name")
+            .and_then(Marked::text)
+            .unwrap_or("?")
+            .to_string();
+        ranges.push(Range {
+            index,
+            name,
+            first,
+            last,
+            pos: shards.pos,
+        });
+    }
+    if ranges.is_empty() {
+        return;
+    }
+    ranges.sort_by_key(|range| (range.first, range.last, range.index));
+
+    let mut next_uncovered: u64 = 0;
+    let mut furthest: Option<&Range> = None;
+    for range in &ranges {
+        let path = format!("partitions[{}].shards", range.index);
+        if range.first > next_uncovered {
+            let message = if next_uncovered == 0 {
+                format!(
+                    "{path}: shard ranges must start at 0; the lowest range starts at {}",
+                    range.first
+                )
+            } else if range.first - 1 == next_uncovered {
+                format!("{path}: gap before this range: shard {next_uncovered} belongs to no partition")
+            } else {
+                format!(
+                    "{path}: gap before this range: shards {next_uncovered} to {} belong to no partition",
+                    range.first - 1
+                )
+            };
+            problems.push(Problem::new(range.pos, message));
+        } else if let Some(previous) = furthest.filter(|_| range.first < next_uncovered) {
+            problems.push(Problem::new(
+                range.pos,
+                format!(
+                    "{path}: [{}, {}] overlaps [{}, {}] of partition `{}`",
+                    range.first, range.last, previous.first, previous.last, previous.name
+                ),
+            ));
+        }
+        if range.last + 1 > next_uncovered {
+            next_uncovered = range.last + 1;
+            furthest = Some(range);
+        }
+    }
+
+    match shard_count {
+        Some((count, pos)) if next_uncovered != count => problems.push(Problem::new(
+            pos,
+            format!(
+                "shard_count: is {count} but the partition ranges end at shard {}; they must end at {}",
+                next_uncovered - 1,
+                count - 1
+            ),
+        )),
+        None if !next_uncovered.is_power_of_two() => {
+            if let Some(last) = furthest {
+                problems.push(Problem::new(
+                    last.pos,
+                    format!(
+                        "partitions[{}].shards: the partition ranges cover {next_uncovered} shards, which is not a power of two",
+                        last.index
+                    ),
+                ));
+            }
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,13 @@
+//! `cutover`: a terminal cockpit for PostgreSQL cutovers.
+//!
+//! Data flows inventory → readings (pollers) → UI model; runbook plan → engine (pure) →
+//! executor (effects over tokio-postgres, pgbouncer admin, russh) → journal.
+//! See `docs/ARCHITECTURE.md`.
+
+pub mod inventory;
+pub mod lab;
+pub mod pg;
+pub mod pgbouncer_ini;
+pub mod readings;
+pub mod remote;
+pub mod sql;

@@ -1,0 +1,279 @@
+//! PostgreSQL connections for pollers and the executor: tokio-postgres with a statement timeout,
+//! passwords from `PGPASSWORD`/`~/.pgpass`, and the pgbouncer admin console (simple protocol only).
+
+use crate::inventory::{Inventory, Node, Pgbouncer};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("{target}: cannot connect: {}", error_chain(source))]
+    Connect {
+        target: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("{target}: connect timed out after {timeout:?}")]
+    ConnectTimeout { target: String, timeout: Duration },
+    #[error("{target}: {}", error_chain(source))]
+    Query {
+        target: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("{target}: query timed out after {timeout:?}")]
+    QueryTimeout { target: String, timeout: Duration },
+    #[error("{target}: unexpected result: {detail}")]
+    Unexpected { target: String, detail: String },
+}
+
+/// An error with its causes (`db error: ERROR: relation "x" does not exist`): tokio-postgres
+/// keeps the server's message in the source, so Display alone would hide it.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Where to connect; never holds a password (that is looked up at connect time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+    pub dbname: String,
+}
+
+impl Endpoint {
+    pub fn node(node: &Node, dbname: &str) -> Self {
+        Endpoint {
+            address: node.address.clone(),
+            port: node.port,
+            user: node.user.clone(),
+            dbname: dbname.to_string(),
+        }
+    }
+    pub fn maintenance(node: &Node) -> Self {
+        Self::node(node, &node.maintenance_db)
+    }
+    pub fn pgbouncer_admin(bouncer: &Pgbouncer) -> Self {
+        Endpoint {
+            address: bouncer.admin.address.clone(),
+            port: bouncer.admin.port,
+            user: bouncer.admin.user.clone(),
+            dbname: "pgbouncer".to_string(),
+        }
+    }
+    /// A pgbouncer alias as the application sees it (transaction pooled: simple or typed queries only).
+    pub fn pgbouncer_alias(bouncer: &Pgbouncer, alias: &str, user: &str) -> Self {
+        Endpoint {
+            address: bouncer.admin.address.clone(),
+            port: bouncer.admin.port,
+            user: user.to_string(),
+            dbname: alias.to_string(),
+        }
+    }
+    /// `user@address:port/dbname`: safe to log.
+    pub fn label(&self) -> String {
+        format!("{}@{}:{}/{}", self.user, self.address, self.port, self.dbname)
+    }
+}
+
+/// How a session is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionSettings {
+    pub connect_timeout: Duration,
+    /// Sent as `statement_timeout` in the startup packet; `None` for pgbouncer
+    /// (its admin console and pooled aliases reject unknown startup options).
+    pub statement_timeout: Option<Duration>,
+}
+
+impl SessionSettings {
+    /// Monitoring queries: short statement timeout so a stuck server never stalls a poller.
+    pub const MONITOR: SessionSettings = SessionSettings {
+        connect_timeout: Duration::from_secs(3),
+        statement_timeout: Some(Duration::from_secs(5)),
+    };
+    /// pgbouncer admin console and pooled aliases.
+    pub const PGBOUNCER: SessionSettings = SessionSettings {
+        connect_timeout: Duration::from_secs(3),
+        statement_timeout: None,
+    };
+}
+
+pub const APPLICATION_NAME: &str = "cutover";
+
+/// Open a connection and drive it on a background task. The task ends when the client drops.
+pub async fn connect(endpoint: &Endpoint, settings: SessionSettings) -> Result<Client, PgError> {
+    let mut config = Config::new();
+    config
+        .host(&endpoint.address)
+        .port(endpoint.port)
+        .user(&endpoint.user)
+        .dbname(&endpoint.dbname)
+        .connect_timeout(settings.connect_timeout);
+    if let Some(timeout) = settings.statement_timeout {
+        config.application_name(APPLICATION_NAME);
+        config.options(format!("-c statement_timeout={}", timeout.as_millis()));
+    }
+    if let Some(password) = password_for(endpoint) {
+        config.password(password);
+    }
+    let target = endpoint.label();
+    let connecting = config.connect(NoTls);
+    let (client, connection) = tokio::time::timeout(settings.connect_timeout, connecting)
+        .await
+        .map_err(|_| PgError::ConnectTimeout {
+            target: target.clone(),
+            timeout: settings.connect_timeout,
+        })?
+        .map_err(|source| PgError::Connect {
+            target: target.clone(),
+            source,
+        })?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(target: "cutover::pg", %target, %error, "connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Run a simple-protocol query and return its rows as column-name → text maps.
+/// Works on the pgbouncer admin console and through transaction-pooled aliases.
+pub async fn simple_rows(
+    client: &Client,
+    target: &str,
+    sql: &str,
+) -> Result<Vec<std::collections::BTreeMap<String, Option<String>>>, PgError> {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .map_err(|source| PgError::Query {
+            target: target.to_string(),
+            source,
+        })?;
+    Ok(messages
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(
+                row.columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.name().to_string(), row.get(i).map(str::to_string)))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Run a simple-protocol command (no rows expected), e.g. `PAUSE "alias"` on the admin console.
+pub async fn simple_execute(client: &Client, target: &str, sql: &str) -> Result<(), PgError> {
+    tracing::info!(target: "cutover::cmd", %target, sql, "simple query");
+    client
+        .simple_query(sql)
+        .await
+        .map(|_| ())
+        .map_err(|source| PgError::Query {
+            target: target.to_string(),
+            source,
+        })
+}
+
+/// Password for an endpoint: `PGPASSWORD`, else the first matching `~/.pgpass` (or `PGPASSFILE`) line.
+/// The password is returned to the caller only to put into the connection config; never log it.
+fn password_for(endpoint: &Endpoint) -> Option<String> {
+    if let Ok(password) = std::env::var("PGPASSWORD") {
+        return Some(password);
+    }
+    let path = std::env::var_os("PGPASSFILE")
+        .map(PathBuf::from)
+        .or_else(|| dirs::home_dir().map(|h| h.join(".pgpass")))?;
+    let text = std::fs::read_to_string(path).ok()?;
+    pgpass_lookup(&text, endpoint)
+}
+
+/// Match `hostname:port:database:username:password` lines (`*` wildcards, `\:` escapes).
+pub fn pgpass_lookup(text: &str, endpoint: &Endpoint) -> Option<String> {
+    let wanted = [
+        endpoint.address.clone(),
+        endpoint.port.to_string(),
+        endpoint.dbname.clone(),
+        endpoint.user.clone(),
+    ];
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with('#') && !line.trim().is_empty())
+        .find_map(|line| {
+            let fields = split_pgpass_line(line);
+            if fields.len() != 5 {
+                return None;
+            }
+            let matches = fields[..4]
+                .iter()
+                .zip(wanted.iter())
+                .all(|(field, want)| field == "*" || field == want);
+            matches.then(|| fields[4].clone())
+        })
+}
+
+fn split_pgpass_line(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    if let Some(last) = fields.last_mut() {
+                        last.push(next);
+                    }
+                }
+            }
+            ':' if fields.len() < 5 => fields.push(String::new()),
+            _ => {
+                if let Some(last) = fields.last_mut() {
+                    last.push(c);
+                }
+            }
+        }
+    }
+    fields
+}
+
+/// Node that serves `dbname` on `bouncer`'s alias table, resolved through the inventory.
+pub fn alias_node<'a>(inv: &'a Inventory, bouncer: &Pgbouncer, alias: &str) -> Option<&'a Node> {
+    let entry = bouncer.aliases.iter().find(|a| a.name == alias)?;
+    inv.node(&entry.node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint() -> Endpoint {
+        Endpoint {
+            address: "10.0.0.5".into(),
+            port: 5432,
+            user: "commcarehq".into(),
+            dbname: "commcarehq_p1".into(),
+        }
+    }
+
+    #[test]
+    fn pgpass_matches_first_line_with_wildcards_and_escapes() {
+        let text = "# comment\n10.0.0.5:5432:other:commcarehq:nope\n*:5432:*:commcarehq:s\\:ecret\n*:*:*:*:fallback\n";
+        assert_eq!(pgpass_lookup(text, &endpoint()).as_deref(), Some("s:ecret"));
+    }
+
+    #[test]
+    fn pgpass_without_match_gives_none() {
+        assert_eq!(pgpass_lookup("h:1:d:u:p\n", &endpoint()), None);
+    }
+}

@@ -1,0 +1,4 @@
+//! Live readings: pollers over tokio-postgres that publish timestamped snapshots on watch channels.
+pub mod types;
+pub mod queries;
+pub mod text;
