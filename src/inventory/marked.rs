@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser, Tag};
+use yaml_rust2::parser::{Event, Parser, Tag};
+use yaml_rust2::scanner::ScanError;
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 /// Deepest nesting accepted; a real inventory nests about 5 levels.
@@ -119,14 +120,19 @@ impl Marked {
     }
 
     /// The first entry whose key is `name`, if this is a mapping.
-    pub(crate) fn field(&self, name: &str) -> Option<&Marked> {
+    pub(crate) fn entry(&self, name: &str) -> Option<(&Marked, &Marked)> {
         match &self.value {
             Value::Map(entries) => entries
                 .iter()
-                .find(|(k, _)| k.key_text() == Some(name))
-                .map(|(_, v)| v),
+                .find(|(key, _)| key.key_text() == Some(name))
+                .map(|(key, value)| (key, value)),
             _ => None,
         }
+    }
+
+    /// The value of the first entry whose key is `name`, if this is a mapping.
+    pub(crate) fn field(&self, name: &str) -> Option<&Marked> {
+        self.entry(name).map(|(_, value)| value)
     }
 
     /// List items, or nothing when this is not a list.
@@ -161,7 +167,11 @@ impl Marked {
                     ScalarStyle::Quoted => format!("the string {shown:?}{ellipsis}"),
                 }
             }
-            Value::Seq(_) => "a list".to_string(),
+            Value::Seq(items) => match items.len() {
+                0 => "an empty list".to_string(),
+                1 => "a list of 1 item".to_string(),
+                count => format!("a list of {count} items"),
+            },
             Value::Map(_) => "a mapping".to_string(),
         }
     }
@@ -201,8 +211,17 @@ pub(crate) struct Read {
 /// Parses `text` into a marked tree. Never panics: a parser panic is caught and reported.
 pub(crate) fn read(text: &str) -> Read {
     let mut builder = Builder::default();
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        Parser::new_from_str(text).load(&mut builder, true)
+    // Pull events one by one: `Parser::load` recurses once per nesting level and overflows
+    // the stack on deeply nested block collections, while `next_token` is a state machine.
+    let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<(), ScanError> {
+        let mut parser = Parser::new_from_str(text);
+        loop {
+            let (event, marker) = parser.next_token()?;
+            if event == Event::StreamEnd {
+                return Ok(());
+            }
+            builder.on_event(event, marker);
+        }
     }));
     let mut problems = std::mem::take(&mut builder.problems);
     match outcome {
@@ -405,7 +424,7 @@ fn short_handle(handle: &str) -> &str {
     }
 }
 
-impl MarkedEventReceiver for Builder {
+impl Builder {
     fn on_event(&mut self, event: Event, marker: Marker) {
         let pos = Pos::from_marker(&marker);
         match event {
@@ -533,13 +552,28 @@ mod tests {
 
     #[test]
     fn deep_nesting_is_cut_at_max_depth() {
-        let text = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let text = format!("{}{}", "[".repeat(200), "]".repeat(200));
         let read = read(&text);
         assert_eq!(read.problems.len(), 1, "{:?}", read.problems);
         assert_eq!(
             read.problems[0].message,
             "nesting deeper than 64 levels is not supported"
         );
+        assert_eq!(read.root.map(|root| root.size()), Some(MAX_DEPTH + 1));
+    }
+
+    #[test]
+    fn very_deep_nesting_never_overflows_the_stack() {
+        // yaml-rust2 itself stops flow collections at 255 levels.
+        let flow = format!("{}{}", "[".repeat(200_000), "]".repeat(200_000));
+        let read_flow = read(&flow);
+        assert!(read_flow.syntax_error);
+        assert_eq!(read_flow.problems.len(), 1, "{:?}", read_flow.problems);
+        // Block collections have no parser limit; ours applies.
+        let block = format!("{}x\n", "- ".repeat(100_000));
+        let read_block = read(&block);
+        assert!(!read_block.syntax_error);
+        assert_eq!(read_block.problems.len(), 1, "{:?}", read_block.problems);
     }
 
     #[test]

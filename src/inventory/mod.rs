@@ -13,6 +13,7 @@ mod validate;
 pub use model::*;
 
 use std::fmt;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 /// Largest inventory file read; a real one is a few kilobytes.
@@ -109,26 +110,36 @@ pub fn parse(text: &str, file_label: &str) -> Result<Inventory, InventoryError> 
 
 /// Reads, parses and validates an inventory file.
 pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
-    let bytes = std::fs::read(path).map_err(|source| InventoryError::Io {
+    let io_error = |source| InventoryError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    let label = path.display().to_string();
+    };
+    // Read at most one byte past the limit, so that a huge or endless file is refused
+    // without reading it all.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes))
+        .map_err(io_error)?;
+    parse_bytes(&bytes, &path.display().to_string())
+}
+
+/// Parses and validates inventory bytes: [`parse`], after reporting non-UTF-8 input and
+/// oversized files as diagnostics.
+pub fn parse_bytes(bytes: &[u8], label: &str) -> Result<Inventory, InventoryError> {
     if bytes.len() > MAX_FILE_BYTES {
         return Err(invalid(
             vec![marked::Problem::new(
                 marked::Pos::START,
                 format!(
-                    "file is {} bytes; an inventory is a small text file (at most {MAX_FILE_BYTES} bytes)",
-                    bytes.len()
+                    "file is larger than {MAX_FILE_BYTES} bytes; an inventory is a small text file"
                 ),
             )],
-            &label,
+            label,
         ));
     }
-    match std::str::from_utf8(&bytes) {
-        Ok(text) => parse(text, &label),
-        Err(error) => Err(invalid(vec![utf8_problem(&bytes, &error)], &label)),
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse(text, label),
+        Err(error) => Err(invalid(vec![utf8_problem(bytes, &error)], label)),
     }
 }
 

@@ -322,14 +322,13 @@ fn convert_struct(
             },
             None if field.presence == Presence::Required => {
                 ok = false;
-                let found_empty = node.field(field.name).is_some();
-                let message = if found_empty {
-                    format!("{child}: missing value")
-                } else {
-                    format!("{}: missing field `{}`", display_path(path), field.name)
-                };
-                let pos = node.field(field.name).map_or(node.pos, |value| value.pos);
-                problems.push(Problem::new(pos, message));
+                problems.push(match node.entry(field.name) {
+                    Some((key, _)) => Problem::new(key.pos, format!("{child}: missing value")),
+                    None => Problem::new(
+                        node.pos,
+                        format!("{}: missing field `{}`", display_path(path), field.name),
+                    ),
+                });
             }
             None => {}
         }

@@ -220,12 +220,21 @@ fn is_true(node: &Marked) -> bool {
         if matches!(text.as_str(), "true" | "True" | "TRUE"))
 }
 
+fn is_false(node: &Marked) -> bool {
+    matches!(&node.value, Value::Scalar(Scalar { text, style: ScalarStyle::Plain })
+        if matches!(text.as_str(), "false" | "False" | "FALSE"))
+}
+
 fn check_hosts(root: &Marked, problems: &mut Vec<Problem>) {
     for (index, host) in entries(root, "hosts") {
         if !matches!(host.value, Value::Map(_)) {
             continue;
         }
-        let local = host.field("local").filter(|value| is_true(value));
+        let local_field = host.field("local").filter(|value| !value.is_null());
+        if local_field.is_some_and(|value| !is_true(value) && !is_false(value)) {
+            continue; // mistyped `local`, reported by the schema check
+        }
+        let local = local_field.filter(|value| is_true(value));
         let ssh = host.field("ssh").filter(|value| !value.is_null());
         match (local, ssh) {
             (Some(local), Some(_)) => problems.push(Problem::new(
@@ -250,11 +259,16 @@ fn check_dbnames(root: &Marked, problems: &mut Vec<Problem>) {
     if let Some(proxy) = root.field("proxy") {
         claims.push(("proxy".to_string(), proxy));
     }
-    for (path, claim) in claims {
-        let (Some((node, _)), Some((dbname, pos))) = (text_at(claim, "node"), text_at(claim, "dbname"))
-        else {
-            continue;
-        };
+    let mut claims: Vec<(String, &str, &str, Pos)> = claims
+        .into_iter()
+        .filter_map(|(path, claim)| {
+            let (node, _) = text_at(claim, "node")?;
+            let (dbname, pos) = text_at(claim, "dbname")?;
+            Some((path, node, dbname, pos))
+        })
+        .collect();
+    claims.sort_by_key(|(_, _, _, pos)| pos.index);
+    for (path, node, dbname, pos) in claims {
         match owners.get(&(node, dbname)) {
             Some((first_path, first)) => problems.push(Problem::new(
                 pos,
@@ -372,7 +386,7 @@ fn check_shards(root: &Marked, problems: &mut Vec<Problem>) {
         Some((count, pos)) if next_uncovered != count => problems.push(Problem::new(
             pos,
             format!(
-                "shard_count: is {count} but the partition ranges end at shard {}; they must end at {}",
+                "shard_count: {count} shards, but the partition ranges end at shard {}; they must end at shard {}",
                 next_uncovered - 1,
                 count - 1
             ),

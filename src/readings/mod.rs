@@ -2,3 +2,4 @@
 pub mod types;
 pub mod queries;
 pub mod text;
+pub mod poller;

@@ -1,0 +1,555 @@
+//! The engine's transition function: validates a command against state and plan, then emits
+//! journal entries (folded into the new state as they are emitted) and effects.
+
+use super::entry::{EntryKind, JournalEntry};
+use super::state::{EngineState, Oversight, StepStatus};
+use super::{
+    Command, Confirmation, ConfirmationRequirement, Effect, Observation, PreconditionResult,
+    Refusal, Severity,
+};
+use crate::runbook::{CanonicalEncoder, Plan, StepId, Undo};
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+/// Actor recorded for transitions the engine makes on its own after the pause bound fired.
+const PAUSE_BOUND_ACTOR: &str = "cutover:pause-bound";
+
+/// Applies `command` at time `at`. On refusal nothing changes and nothing is emitted.
+/// On success, every `RunAction`/`RunUndo`/`CancelAction` in the effects is preceded by the
+/// `Journal` effect recording it.
+pub fn apply(
+    state: &EngineState,
+    plan: &Plan,
+    at: DateTime<Utc>,
+    command: Command,
+) -> Result<(EngineState, Vec<Effect>), Refusal> {
+    if state.steps.len() != plan.steps.len() {
+        return Err(Refusal::PlanMismatch {
+            plan_steps: plan.steps.len(),
+            state_steps: state.steps.len(),
+        });
+    }
+    let mut t = Transition {
+        plan,
+        at,
+        state: state.clone(),
+        effects: Vec::new(),
+    };
+    match command {
+        Command::Start {
+            step,
+            confirmation,
+            precondition_results,
+            observations,
+        } => start(
+            &mut t,
+            &step,
+            confirmation,
+            &precondition_results,
+            &observations,
+        )?,
+        Command::ActionSucceeded {
+            step,
+            verification_detail,
+        } => {
+            let i = t.running(&step)?;
+            t.journal(Some(i), EntryKind::Verified, verification_detail, Vec::new())?;
+            t.complete_if_done()?;
+        }
+        Command::ActionFailed { step, reason } => {
+            let i = t.running(&step)?;
+            t.journal(Some(i), EntryKind::Failed, reason, Vec::new())?;
+        }
+        Command::Output { step, text } => {
+            let i = index_of(plan, &step)?;
+            t.journal(Some(i), EntryKind::Output, text, Vec::new())?;
+        }
+        Command::Gate {
+            step,
+            detail,
+            passed,
+        } => {
+            let i = index_of(plan, &step)?;
+            let verdict = if passed { "passed" } else { "refused" };
+            t.journal(
+                Some(i),
+                EntryKind::Gate,
+                format!("{verdict}: {detail}"),
+                Vec::new(),
+            )?;
+        }
+        Command::Note { step, text, by } => {
+            let i = step.map(|s| index_of(plan, &s)).transpose()?;
+            t.journal(i, EntryKind::Note, text, by)?;
+        }
+        Command::Skip { step, reason, by } => skip(&mut t, &step, reason, by)?,
+        Command::RollbackTo { step, by, reason } => rollback_to(&mut t, &step, by, reason)?,
+        Command::RollbackStepDone { step } => {
+            let i = t.rolling_back(&step)?;
+            t.journal(
+                Some(i),
+                EntryKind::RolledBack,
+                "undo succeeded",
+                Vec::new(),
+            )?;
+            if t.state.rollback.is_some() {
+                t.advance_rollback()?;
+            }
+        }
+        Command::RollbackStepFailed { step, reason } => {
+            let i = t.rolling_back(&step)?;
+            t.journal(Some(i), EntryKind::UndoFailed, reason, Vec::new())?;
+        }
+        Command::PauseBoundExceeded { bound, paused_for } => {
+            pause_bound_exceeded(&mut t, bound, paused_for)?
+        }
+    }
+    Ok((t.state, t.effects))
+}
+
+/// The confirmation `Start` will accept for `step` given these observations. The cockpit
+/// computes it when it shows the dialog and again before sending `Start`; if the two differ,
+/// the readings changed and it asks again.
+pub fn required_confirmation(
+    state: &EngineState,
+    plan: &Plan,
+    step: &StepId,
+    observations: &[Observation],
+) -> Result<ConfirmationRequirement, Refusal> {
+    let i = index_of(plan, step)?;
+    let spec = &plan.steps[i];
+    let severity = if spec.is_point_of_no_return() {
+        Severity::PointOfNoReturn
+    } else if spec.flags.destructive {
+        Severity::Destructive
+    } else {
+        Severity::Routine
+    };
+    let distinct_operators = match (state.settings.oversight, severity) {
+        (Oversight::Pair, Severity::Destructive | Severity::PointOfNoReturn) => 2,
+        _ => 1,
+    };
+    let mut sorted: Vec<&Observation> = observations.iter().collect();
+    sorted.sort();
+    let mut enc = CanonicalEncoder::new("cutover-confirmation-v1");
+    enc.str(&plan.fingerprint());
+    enc.str(step.as_str());
+    enc.count(sorted.len());
+    for observation in sorted {
+        enc.str(&observation.name);
+        enc.str(&observation.value);
+    }
+    Ok(ConfirmationRequirement {
+        step: step.clone(),
+        seen: enc.finish_hex(),
+        distinct_operators,
+        severity,
+    })
+}
+
+fn start(
+    t: &mut Transition<'_>,
+    step: &StepId,
+    confirmation: Option<Confirmation>,
+    precondition_results: &[PreconditionResult],
+    observations: &[Observation],
+) -> Result<(), Refusal> {
+    let i = index_of(t.plan, step)?;
+    t.check_can_advance(i)?;
+    let spec = &t.plan.steps[i];
+    if spec.flags.needs_traffic_stopped && t.state.traffic_pause.is_none() {
+        return Err(Refusal::TrafficNotStopped { step: step.clone() });
+    }
+    for pre in &spec.preconditions {
+        let result = precondition_results
+            .iter()
+            .find(|r| r.id == pre.id)
+            .ok_or_else(|| Refusal::PreconditionNotEvaluated {
+                step: step.clone(),
+                precondition: pre.id.clone(),
+            })?;
+        if !result.holds {
+            return Err(Refusal::PreconditionFailed {
+                step: step.clone(),
+                precondition: pre.id.clone(),
+                description: pre.description.clone(),
+                detail: result.detail.clone(),
+            });
+        }
+    }
+    let requirement = required_confirmation(&t.state, t.plan, step, observations)?;
+    let confirmation = confirmation.ok_or_else(|| Refusal::ConfirmationMissing {
+        step: step.clone(),
+    })?;
+    let operators = distinct_operators(&confirmation.by);
+    if operators.is_empty() {
+        return Err(Refusal::UnnamedOperator { step: step.clone() });
+    }
+    if confirmation.seen != requirement.seen {
+        return Err(Refusal::StaleConfirmation {
+            step: step.clone(),
+            expected: requirement.seen,
+            got: confirmation.seen,
+        });
+    }
+    if operators.len() < requirement.distinct_operators {
+        return Err(Refusal::SecondOperatorRequired {
+            step: step.clone(),
+            needed: requirement.distinct_operators,
+            by: operators,
+        });
+    }
+
+    let previous = t.state.steps[i].clone();
+    let resume_recheck = matches!(
+        previous,
+        StepStatus::NeedsRecheck { .. } | StepStatus::Failed { .. }
+    );
+    let observed = observations
+        .iter()
+        .map(|o| format!("{}={}", o.name, o.value))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let confirmed_detail = if observed.is_empty() {
+        format!("seen {}", requirement.seen)
+    } else {
+        format!("seen {} ({observed})", requirement.seen)
+    };
+    t.journal(Some(i), EntryKind::Confirmed, confirmed_detail, operators)?;
+    for result in precondition_results {
+        let verdict = if result.holds { "holds" } else { "does not hold" };
+        t.journal(
+            Some(i),
+            EntryKind::Precondition,
+            format!("{} {verdict}: {}", result.id, result.detail),
+            Vec::new(),
+        )?;
+    }
+    let started_detail = match previous {
+        StepStatus::NeedsRecheck { .. } => "resumed after interruption: re-check before acting",
+        StepStatus::Failed { .. } => "retry after failure: re-check before acting",
+        _ => "",
+    };
+    t.journal(Some(i), EntryKind::Started, started_detail, Vec::new())?;
+    t.effects.push(Effect::RunAction {
+        step: step.clone(),
+        resume_recheck,
+    });
+    Ok(())
+}
+
+fn skip(t: &mut Transition<'_>, step: &StepId, reason: String, by: String) -> Result<(), Refusal> {
+    let i = index_of(t.plan, step)?;
+    if reason.trim().is_empty() {
+        return Err(Refusal::ReasonRequired {
+            step: step.clone(),
+            action: "skip",
+        });
+    }
+    let by = by.trim().to_string();
+    if by.is_empty() {
+        return Err(Refusal::UnnamedOperator { step: step.clone() });
+    }
+    t.check_can_advance(i)?;
+    if t.plan.steps[i].flags.resumes_traffic && t.state.traffic_pause.is_some() {
+        return Err(Refusal::SkipWouldLeaveTrafficPaused { step: step.clone() });
+    }
+    t.journal(Some(i), EntryKind::Skipped, reason, vec![by])?;
+    t.complete_if_done()
+}
+
+fn rollback_to(
+    t: &mut Transition<'_>,
+    step: &StepId,
+    by: String,
+    reason: String,
+) -> Result<(), Refusal> {
+    let i = index_of(t.plan, step)?;
+    let by = by.trim().to_string();
+    if by.is_empty() {
+        return Err(Refusal::UnnamedOperator { step: step.clone() });
+    }
+    if reason.trim().is_empty() {
+        return Err(Refusal::ReasonRequired {
+            step: step.clone(),
+            action: "roll back to",
+        });
+    }
+    if let Some(running) = t.state.running_step() {
+        return Err(Refusal::AnotherStepRunning {
+            running: t.plan.steps[running].id.clone(),
+        });
+    }
+    if t.state.rolling_back_step().is_some() {
+        if let Some(progress) = &t.state.rollback {
+            return Err(Refusal::RollbackInProgress {
+                target: t.plan.steps[progress.target].id.clone(),
+            });
+        }
+    }
+    let target = match &t.state.rollback {
+        Some(progress) => i.min(progress.target),
+        None => i,
+    };
+    t.check_point_of_no_return(target)?;
+    let anything_to_undo = t.state.steps[target..].iter().any(|s| s.needs_undo());
+    if !anything_to_undo && t.state.rollback.is_none() {
+        return Err(Refusal::NothingToRollBack { step: step.clone() });
+    }
+    t.journal(
+        Some(target),
+        EntryKind::RollbackRequested,
+        reason,
+        vec![by],
+    )?;
+    t.advance_rollback()
+}
+
+fn pause_bound_exceeded(
+    t: &mut Transition<'_>,
+    bound: Duration,
+    paused_for: Duration,
+) -> Result<(), Refusal> {
+    let pause = t.state.traffic_pause.ok_or(Refusal::TrafficNotPaused)?;
+    let running = t.state.running_step();
+    let actors = vec![PAUSE_BOUND_ACTOR.to_string()];
+    t.journal(
+        Some(running.unwrap_or(pause.by_step)),
+        EntryKind::PauseBoundExceeded,
+        format!(
+            "write pause lasted {:.3} s, over its bound of {:.3} s; traffic was resumed automatically",
+            paused_for.as_secs_f64(),
+            bound.as_secs_f64()
+        ),
+        actors.clone(),
+    )?;
+    if let Some(r) = running {
+        t.journal(
+            Some(r),
+            EntryKind::Failed,
+            format!(
+                "cancelled: the write pause exceeded its bound of {:.3} s",
+                bound.as_secs_f64()
+            ),
+            actors.clone(),
+        )?;
+        t.effects.push(Effect::CancelAction {
+            step: t.plan.steps[r].id.clone(),
+        });
+    }
+    if t.state.rollback.is_some() {
+        return Ok(());
+    }
+    if let Err(refusal) = t.check_point_of_no_return(pause.by_step) {
+        t.journal(
+            Some(pause.by_step),
+            EntryKind::Note,
+            format!("automatic rollback to before the pause is impossible: {refusal}"),
+            actors,
+        )?;
+        return Ok(());
+    }
+    t.journal(
+        Some(pause.by_step),
+        EntryKind::RollbackRequested,
+        "automatic: the write pause exceeded its bound; rolling back to before the pause",
+        actors,
+    )?;
+    t.advance_rollback()
+}
+
+fn index_of(plan: &Plan, step: &StepId) -> Result<usize, Refusal> {
+    plan.index_of(step)
+        .ok_or_else(|| Refusal::UnknownStep { step: step.clone() })
+}
+
+/// Trimmed, non-empty names, deduplicated case-insensitively (first spelling kept).
+fn distinct_operators(names: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        let name = name.trim();
+        if !name.is_empty() && !out.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            out.push(name.to_string());
+        }
+    }
+    out
+}
+
+/// A transition under construction: journal entries are folded into `state` as they are
+/// emitted, so state always equals "old state + emitted entries", exactly like replay.
+struct Transition<'p> {
+    plan: &'p Plan,
+    at: DateTime<Utc>,
+    state: EngineState,
+    effects: Vec<Effect>,
+}
+
+impl Transition<'_> {
+    fn journal(
+        &mut self,
+        index: Option<usize>,
+        kind: EntryKind,
+        detail: impl Into<String>,
+        actors: Vec<String>,
+    ) -> Result<(), Refusal> {
+        let entry = JournalEntry {
+            at: self.at,
+            step: index.map(|i| self.plan.steps[i].id.clone()),
+            kind,
+            detail: detail.into(),
+            actors,
+        };
+        self.state
+            .fold(self.plan, 0, &entry)
+            .map_err(|_| Refusal::PlanMismatch {
+                plan_steps: self.plan.steps.len(),
+                state_steps: self.state.steps.len(),
+            })?;
+        self.effects.push(Effect::Journal(entry));
+        Ok(())
+    }
+
+    fn step_id(&self, i: usize) -> StepId {
+        self.plan.steps[i].id.clone()
+    }
+
+    /// Forward progress (start, skip) is allowed only at the cursor, with nothing running,
+    /// no rollback pending and no unfinished undo.
+    fn check_can_advance(&self, i: usize) -> Result<(), Refusal> {
+        let step = self.step_id(i);
+        if let Some(progress) = &self.state.rollback {
+            return Err(Refusal::RollbackInProgress {
+                target: self.step_id(progress.target),
+            });
+        }
+        if let Some(running) = self.state.running_step() {
+            return Err(if running == i {
+                Refusal::AlreadyRunning { step }
+            } else {
+                Refusal::AnotherStepRunning {
+                    running: self.step_id(running),
+                }
+            });
+        }
+        if let Some(undo) = self.state.unfinished_undo() {
+            return Err(Refusal::RollbackIncomplete {
+                step: self.step_id(undo),
+            });
+        }
+        if matches!(self.state.steps[i], StepStatus::Done { .. }) {
+            return Err(Refusal::AlreadyDone { step });
+        }
+        if i != self.state.cursor {
+            return Err(match self.plan.steps.get(self.state.cursor) {
+                Some(expected) => Refusal::OutOfOrder {
+                    step,
+                    expected: expected.id.clone(),
+                },
+                None => Refusal::RunAlreadyComplete { step },
+            });
+        }
+        Ok(())
+    }
+
+    fn check_point_of_no_return(&self, target: usize) -> Result<(), Refusal> {
+        match self.state.point_of_no_return_passed_at {
+            Some(p) if target <= p => {
+                let reason = match &self.plan.steps[p].undo {
+                    Undo::PointOfNoReturn { reason } => reason.clone(),
+                    _ => String::from("it is marked as a point of no return"),
+                };
+                Err(Refusal::RollbackPastPointOfNoReturn {
+                    target: self.step_id(target),
+                    step: self.step_id(p),
+                    reason,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn running(&self, step: &StepId) -> Result<usize, Refusal> {
+        let i = index_of(self.plan, step)?;
+        match self.state.steps[i] {
+            StepStatus::Running { .. } => Ok(i),
+            ref other => Err(Refusal::NotRunning {
+                step: step.clone(),
+                status: other.label(),
+            }),
+        }
+    }
+
+    fn rolling_back(&self, step: &StepId) -> Result<usize, Refusal> {
+        let i = index_of(self.plan, step)?;
+        match self.state.steps[i] {
+            StepStatus::RollingBack { .. } => Ok(i),
+            ref other => Err(Refusal::NotRollingBack {
+                step: step.clone(),
+                status: other.label(),
+            }),
+        }
+    }
+
+    /// Walks the pending rollback down from the highest step needing undo: steps with nothing
+    /// to undo are marked at once; the first reversible one gets a `RunUndo`; when none is
+    /// left the rollback finishes and the cursor returns to its target.
+    fn advance_rollback(&mut self) -> Result<(), Refusal> {
+        loop {
+            let Some(target) = self.state.rollback.as_ref().map(|r| r.target) else {
+                return Ok(());
+            };
+            let next = (target..self.state.steps.len())
+                .rev()
+                .find(|&j| self.state.steps[j].needs_undo());
+            let Some(j) = next else {
+                let to = self.step_id(target);
+                self.journal(
+                    Some(target),
+                    EntryKind::RollbackFinished,
+                    format!("rolled back to before `{to}`"),
+                    Vec::new(),
+                )?;
+                self.effects.push(Effect::RollbackCompleted { to });
+                return Ok(());
+            };
+            let resume_recheck = !matches!(self.state.steps[j], StepStatus::Done { .. });
+            match &self.plan.steps[j].undo {
+                Undo::NothingToUndo => {
+                    self.journal(Some(j), EntryKind::RolledBack, "nothing to undo", Vec::new())?;
+                }
+                Undo::Reversible { description, .. } => {
+                    let detail = description.clone();
+                    self.journal(Some(j), EntryKind::UndoStarted, detail, Vec::new())?;
+                    self.effects.push(Effect::RunUndo {
+                        step: self.step_id(j),
+                        resume_recheck,
+                    });
+                    return Ok(());
+                }
+                Undo::PointOfNoReturn { reason } => {
+                    // Unreachable while `point_of_no_return_passed_at` is maintained by fold:
+                    // a point-of-no-return step that needs undo has started, so the target
+                    // check above already refused. Refuse rather than skip it silently.
+                    return Err(Refusal::RollbackPastPointOfNoReturn {
+                        target: self.step_id(target),
+                        step: self.step_id(j),
+                        reason: reason.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn complete_if_done(&mut self) -> Result<(), Refusal> {
+        if self.state.is_complete() {
+            self.journal(
+                None,
+                EntryKind::RunFinished,
+                "every step is done or skipped",
+                Vec::new(),
+            )?;
+            self.effects.push(Effect::RunCompleted);
+        }
+        Ok(())
+    }
+}

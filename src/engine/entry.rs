@@ -1,0 +1,136 @@
+//! Journal entries: the engine's record of every transition. The engine emits them as
+//! `Effect::Journal`, the journal (`crate::journal`) stores them, and `EngineState::replay`
+//! folds them back into state, so the live state and the resumed state share one definition.
+
+use crate::runbook::StepId;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub at: DateTime<Utc>,
+    /// `None` for run-level entries (`note`, `run_finished`).
+    pub step: Option<StepId>,
+    pub kind: EntryKind,
+    pub detail: String,
+    /// Operator names (or `headless:<user>`, `cutover:<reason>` for automatic transitions).
+    pub actors: Vec<String>,
+}
+
+impl JournalEntry {
+    pub fn new(at: DateTime<Utc>, step: Option<StepId>, kind: EntryKind, detail: impl Into<String>) -> Self {
+        JournalEntry {
+            at,
+            step,
+            kind,
+            detail: detail.into(),
+            actors: Vec::new(),
+        }
+    }
+    pub fn with_actors(mut self, actors: Vec<String>) -> Self {
+        self.actors = actors;
+        self
+    }
+}
+
+/// What an entry records. Stored as the snake_case text of [`EntryKind::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// Operators confirmed a step; `actors` are their names, `detail` the `seen` fingerprint.
+    Confirmed,
+    /// One precondition's live result at start.
+    Precondition,
+    /// The step's action began. Without a later terminal entry the step may have half-run.
+    Started,
+    /// Output of a running action (progress, command output).
+    Output,
+    /// A gate's recorded values (e.g. both LSNs) and whether it passed.
+    Gate,
+    /// The action's verification held; the step is done.
+    Verified,
+    /// The action failed; `detail` is the reason.
+    Failed,
+    /// The step was skipped; `detail` is the reason, `actors` who skipped.
+    Skipped,
+    /// A rollback down to (and including) `step` was requested.
+    RollbackRequested,
+    /// The step's undo began.
+    UndoStarted,
+    /// The step is rolled back (its undo succeeded, or it had nothing to undo).
+    RolledBack,
+    /// The step's undo failed; the rollback halts here.
+    UndoFailed,
+    /// The requested rollback reached its target step.
+    RollbackFinished,
+    /// The write pause outlived its bound; traffic was resumed automatically.
+    PauseBoundExceeded,
+    /// Free text.
+    Note,
+    /// Every step is done or skipped.
+    RunFinished,
+}
+
+impl EntryKind {
+    pub const ALL: [EntryKind; 16] = [
+        EntryKind::Confirmed,
+        EntryKind::Precondition,
+        EntryKind::Started,
+        EntryKind::Output,
+        EntryKind::Gate,
+        EntryKind::Verified,
+        EntryKind::Failed,
+        EntryKind::Skipped,
+        EntryKind::RollbackRequested,
+        EntryKind::UndoStarted,
+        EntryKind::RolledBack,
+        EntryKind::UndoFailed,
+        EntryKind::RollbackFinished,
+        EntryKind::PauseBoundExceeded,
+        EntryKind::Note,
+        EntryKind::RunFinished,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Confirmed => "confirmed",
+            EntryKind::Precondition => "precondition",
+            EntryKind::Started => "started",
+            EntryKind::Output => "output",
+            EntryKind::Gate => "gate",
+            EntryKind::Verified => "verified",
+            EntryKind::Failed => "failed",
+            EntryKind::Skipped => "skipped",
+            EntryKind::RollbackRequested => "rollback_requested",
+            EntryKind::UndoStarted => "undo_started",
+            EntryKind::RolledBack => "rolled_back",
+            EntryKind::UndoFailed => "undo_failed",
+            EntryKind::RollbackFinished => "rollback_finished",
+            EntryKind::PauseBoundExceeded => "pause_bound_exceeded",
+            EntryKind::Note => "note",
+            EntryKind::RunFinished => "run_finished",
+        }
+    }
+}
+
+impl fmt::Display for EntryKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown journal entry kind `{0}`")]
+pub struct UnknownEntryKind(pub String);
+
+impl FromStr for EntryKind {
+    type Err = UnknownEntryKind;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        EntryKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+            .ok_or_else(|| UnknownEntryKind(text.to_string()))
+    }
+}

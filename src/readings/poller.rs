@@ -1,0 +1,223 @@
+//! Pollers: one task per source × reading, each on its own interval with a statement timeout,
+//! publishing its latest [`Reading`] on a watch channel (latest wins, nothing queues up).
+//!
+//! A tick that comes while the previous query still runs is skipped (`MissedTickBehavior::Skip`
+//! plus awaiting the query inside the loop). A failed query drops the connection; the next tick
+//! reconnects, so an unreachable node shows as such while the others keep updating.
+
+use super::queries;
+use super::types::*;
+use crate::inventory::{Inventory, Node, Partition, Pgbouncer};
+use crate::pg::{self, Endpoint, PgError, SessionSettings};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_postgres::Client;
+
+#[derive(Debug, Clone, Copy)]
+pub struct PollIntervals {
+    /// Replication, connections and pgbouncer.
+    pub fast: Duration,
+    /// Exact per-shard counts scan whole tables: poll them less often.
+    pub distribution: Duration,
+}
+
+impl Default for PollIntervals {
+    fn default() -> Self {
+        PollIntervals {
+            fast: Duration::from_secs(1),
+            distribution: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Source {
+    Replication(Node),
+    Connections(Node),
+    Pgbouncer(Pgbouncer),
+    Distribution(Arc<Inventory>, Partition),
+}
+
+/// The latest value from one source.
+#[derive(Debug, Clone)]
+pub enum SourceReading {
+    Replication(Reading<NodeReplication>),
+    Connections(Reading<Vec<ConnectionGroup>>),
+    Pgbouncer(Reading<PgbouncerReading>),
+    Distribution(Reading<PartitionDistribution>),
+}
+
+impl Source {
+    fn name(&self) -> &str {
+        match self {
+            Source::Replication(n) | Source::Connections(n) => &n.name,
+            Source::Pgbouncer(b) => &b.name,
+            Source::Distribution(_, p) => &p.name,
+        }
+    }
+    fn endpoint(&self) -> (Endpoint, SessionSettings) {
+        match self {
+            Source::Replication(n) | Source::Connections(n) => {
+                (Endpoint::maintenance(n), SessionSettings::MONITOR)
+            }
+            Source::Pgbouncer(b) => (Endpoint::pgbouncer_admin(b), SessionSettings::PGBOUNCER),
+            Source::Distribution(inv, p) => {
+                let address = inv.node(&p.node).map(|n| Endpoint::node(n, &p.dbname));
+                (
+                    address.unwrap_or(Endpoint {
+                        address: String::new(),
+                        port: 0,
+                        user: String::new(),
+                        dbname: p.dbname.clone(),
+                    }),
+                    SessionSettings::MONITOR,
+                )
+            }
+        }
+    }
+    async fn read(&self, client: &Client, target: &str) -> Result<SourceValue, PgError> {
+        Ok(match self {
+            Source::Replication(_) => SourceValue::Replication(queries::replication(client, target).await?),
+            Source::Connections(_) => SourceValue::Connections(queries::connections(client, target).await?),
+            Source::Pgbouncer(_) => SourceValue::Pgbouncer(queries::pgbouncer(client, target).await?),
+            Source::Distribution(inv, p) => {
+                SourceValue::Distribution(queries::distribution(client, target, inv, p).await?)
+            }
+        })
+    }
+    fn wrap(&self, reading: Reading<SourceValue>) -> SourceReading {
+        let Reading { source, at, took_ms, outcome } = reading;
+        macro_rules! rewrap {
+            ($variant:ident) => {
+                SourceReading::$variant(Reading {
+                    source,
+                    at,
+                    took_ms,
+                    outcome: match outcome {
+                        Outcome::Ok(SourceValue::$variant(v)) => Outcome::Ok(v),
+                        Outcome::Ok(_) => Outcome::Unreachable("reading of the wrong kind".into()),
+                        Outcome::Unreachable(e) => Outcome::Unreachable(e),
+                    },
+                })
+            };
+        }
+        match self {
+            Source::Replication(_) => rewrap!(Replication),
+            Source::Connections(_) => rewrap!(Connections),
+            Source::Pgbouncer(_) => rewrap!(Pgbouncer),
+            Source::Distribution(..) => rewrap!(Distribution),
+        }
+    }
+}
+
+enum SourceValue {
+    Replication(NodeReplication),
+    Connections(Vec<ConnectionGroup>),
+    Pgbouncer(PgbouncerReading),
+    Distribution(PartitionDistribution),
+}
+
+/// Handles to the running pollers. Dropping it stops them.
+pub struct Pollers {
+    environment: String,
+    receivers: Vec<watch::Receiver<Option<SourceReading>>>,
+    wake: mpsc::Receiver<()>,
+    _tasks: JoinSet<()>,
+}
+
+impl Pollers {
+    /// Start one poller per source of `inventory`. Must be called inside a tokio runtime.
+    pub fn spawn(inventory: Arc<Inventory>, intervals: PollIntervals) -> Pollers {
+        let mut sources: Vec<(Source, Duration)> = Vec::new();
+        for node in &inventory.nodes {
+            sources.push((Source::Replication(node.clone()), intervals.fast));
+            sources.push((Source::Connections(node.clone()), intervals.fast));
+        }
+        for bouncer in &inventory.pgbouncers {
+            sources.push((Source::Pgbouncer(bouncer.clone()), intervals.fast));
+        }
+        for partition in &inventory.partitions {
+            sources.push((
+                Source::Distribution(inventory.clone(), partition.clone()),
+                intervals.distribution,
+            ));
+        }
+        // Capacity 1 + try_send: many updates between two UI frames coalesce into one wake-up.
+        let (wake_tx, wake) = mpsc::channel(1);
+        let mut tasks = JoinSet::new();
+        let mut receivers = Vec::new();
+        for (source, interval) in sources {
+            let (tx, rx) = watch::channel(None);
+            receivers.push(rx);
+            tasks.spawn(poll_loop(source, interval, tx, wake_tx.clone()));
+        }
+        Pollers {
+            environment: inventory.environment.clone(),
+            receivers,
+            wake,
+            _tasks: tasks,
+        }
+    }
+
+    /// Wait until some poller published a new reading.
+    pub async fn changed(&mut self) {
+        let _ = self.wake.recv().await;
+    }
+
+    /// The latest reading of every source that has reported at least once.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snapshot = Snapshot {
+            environment: self.environment.clone(),
+            taken_at: chrono::Utc::now(),
+            replication: vec![],
+            connections: vec![],
+            pgbouncer: vec![],
+            distribution: vec![],
+        };
+        for rx in &self.receivers {
+            match rx.borrow().clone() {
+                Some(SourceReading::Replication(r)) => snapshot.replication.push(r),
+                Some(SourceReading::Connections(r)) => snapshot.connections.push(r),
+                Some(SourceReading::Pgbouncer(r)) => snapshot.pgbouncer.push(r),
+                Some(SourceReading::Distribution(r)) => snapshot.distribution.push(r),
+                None => {}
+            }
+        }
+        snapshot
+    }
+}
+
+async fn poll_loop(
+    source: Source,
+    interval: Duration,
+    tx: watch::Sender<Option<SourceReading>>,
+    wake: mpsc::Sender<()>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let (endpoint, settings) = source.endpoint();
+    let target = endpoint.label();
+    let mut client: Option<Client> = None;
+    loop {
+        ticker.tick().await;
+        if tx.is_closed() {
+            return;
+        }
+        let reading = queries::timed(source.name(), async {
+            let live = match client.take().filter(|c| !c.is_closed()) {
+                Some(live) => live,
+                None => pg::connect(&endpoint, settings).await?,
+            };
+            let result = source.read(&live, &target).await;
+            if result.is_ok() {
+                client = Some(live);
+            }
+            result
+        })
+        .await;
+        tx.send_replace(Some(source.wrap(reading)));
+        let _ = wake.try_send(());
+    }
+}
