@@ -4,10 +4,13 @@
 //! executor (effects over tokio-postgres, pgbouncer admin, russh) → journal.
 //! See `docs/ARCHITECTURE.md`.
 
+pub mod engine;
 pub mod inventory;
+pub mod journal;
 pub mod lab;
 pub mod pg;
 pub mod pgbouncer_ini;
 pub mod readings;
 pub mod remote;
+pub mod runbook;
 pub mod sql;

@@ -294,6 +294,8 @@ async fn hashed_known_hosts_entries_are_honoured() {
         .arg("-H")
         .arg("-f")
         .arg(&known_hosts)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .status()
         .unwrap();
     assert!(status.success());
@@ -323,7 +325,7 @@ async fn a_command_timeout_is_prompt_and_names_host_and_command() {
     // The remote process was killed, and the connection is still good.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let left = hosts
-        .run("db1", "pgrep -f 'sleep 31.25' || true", T, &mut ignore)
+        .run("db1", "pgrep -f 'slee[p] 31.25' || true", T, &mut ignore)
         .await
         .unwrap();
     assert_eq!(left.stdout, "", "remote sleep survived the timeout");
@@ -478,7 +480,7 @@ async fn a_local_host_runs_commands_locally_with_the_same_contract() {
     assert!(matches!(err, RemoteError::Timeout { .. }), "{err}");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let left = std::process::Command::new("pgrep")
-        .args(["-f", "sleep 32.5"])
+        .args(["-f", "slee[p] 32.5"])
         .output()
         .unwrap();
     assert!(left.stdout.is_empty(), "local children survived the timeout");

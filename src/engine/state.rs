@@ -174,15 +174,15 @@ impl EngineState {
             state.fold(plan, position, entry)?;
         }
         for status in &mut state.steps {
-            *status = match status {
-                StepStatus::Running { started_at } => StepStatus::NeedsRecheck {
-                    started_at: *started_at,
-                },
-                StepStatus::RollingBack { started_at } => StepStatus::UndoNeedsRecheck {
-                    started_at: *started_at,
-                },
-                other => other.clone(),
-            };
+            match *status {
+                StepStatus::Running { started_at } => {
+                    *status = StepStatus::NeedsRecheck { started_at }
+                }
+                StepStatus::RollingBack { started_at } => {
+                    *status = StepStatus::UndoNeedsRecheck { started_at }
+                }
+                _ => {}
+            }
         }
         Ok(state)
     }

@@ -41,8 +41,8 @@ pub enum LabError {
     },
     #[error(transparent)]
     Proc(#[from] proc::ProcError),
-    #[error("sshd: {0}")]
-    Sshd(String),
+    #[error(transparent)]
+    Sshd(#[from] sshd::SshdError),
     #[error(transparent)]
     Pg(#[from] crate::pg::PgError),
     #[error("{server} did not start on port {port}; see {log}")]
@@ -196,13 +196,20 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), LabError> {
 }
 
 /// Start the lab's sshd unless it runs already. Returns whether it started it.
-fn start_sshd(_config: &LabConfig) -> Result<bool, LabError> {
-    // Wired to `sshd::Sshd` once that module lands.
-    Ok(false)
+fn start_sshd(config: &LabConfig) -> Result<bool, LabError> {
+    let (_, started) = sshd::Sshd::ensure(&config.dir.join("ssh"), config.ssh_port)?;
+    Ok(started)
 }
 
-fn stop_sshd(_dir: &Path) -> bool {
-    false
+/// Stop the lab's sshd in `dir`, if one was set up. Returns whether there was one.
+fn stop_sshd(dir: &Path) -> bool {
+    match sshd::Sshd::adopt(&dir.join("ssh")) {
+        Ok(sshd) => {
+            sshd.stop();
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// The pgbouncer.ini the lab starts with: both aliases on pg1, transaction pooling.

@@ -1,0 +1,759 @@
+//! Journal: the durable end of the flow. Stores runs and every engine transition
+//! (`JournalEntry`) in SQLite under the state dir, before the executor performs the next
+//! effect; `cutover run` resumes from it and `cutover journal show|export` prints it.
+//!
+//! Invariant: every entry's detail passes through [`redact`] before it is stored.
+
+use crate::engine::{EngineSettings, EngineState, EntryKind, JournalEntry};
+use crate::runbook::{Plan, StepId};
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// File name of the database inside the state dir.
+pub const JOURNAL_FILE: &str = "journal.sqlite";
+/// Environment variable overriding the state dir (below `--state-dir`).
+pub const STATE_DIR_ENV: &str = "CUTOVER_STATE_DIR";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+    run_id      TEXT PRIMARY KEY,
+    created_at  TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    runbook     TEXT NOT NULL,
+    params_json TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    plan_json   TEXT NOT NULL,
+    status      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    run_id  TEXT NOT NULL REFERENCES runs(run_id),
+    seq     INTEGER NOT NULL,
+    at      TEXT NOT NULL,
+    step_id TEXT,
+    kind    TEXT NOT NULL,
+    detail  TEXT NOT NULL,
+    actors  TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE INDEX IF NOT EXISTS runs_by_target ON runs(environment, runbook, status);
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("cannot create state dir {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no state dir: set --state-dir or CUTOVER_STATE_DIR (neither XDG_STATE_HOME nor HOME is set)")]
+    NoStateDir,
+    #[error("journal {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("no run `{0}` in the journal")]
+    UnknownRun(RunId),
+    #[error("journal data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("plan JSON: {0}")]
+    Plan(#[from] crate::runbook::PlanError),
+}
+
+/// Identifies a run: `YYYYMMDDTHHMMSSZ-xxxxxxxx` (creation time plus 8 random hex digits), so
+/// ids sort by creation time and stay readable in a change ticket.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RunId(pub String);
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    /// Started and not finished: `cutover run` resumes it.
+    Running,
+    Completed,
+    Failed,
+    RolledBack,
+    /// Given up by an operator; never resumed.
+    Abandoned,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::RolledBack => "rolled_back",
+            RunStatus::Abandoned => "abandoned",
+        }
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunStatus {
+    type Err = JournalError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        [
+            RunStatus::Running,
+            RunStatus::Completed,
+            RunStatus::Failed,
+            RunStatus::RolledBack,
+            RunStatus::Abandoned,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+        .ok_or_else(|| JournalError::Corrupt(format!("unknown run status `{text}`")))
+    }
+}
+
+/// A row of `runs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunMeta {
+    pub run_id: RunId,
+    pub created_at: DateTime<Utc>,
+    pub environment: String,
+    pub runbook: String,
+    pub params: BTreeMap<String, String>,
+    /// Fingerprint of the plan as generated (before redaction of `plan_json`). To resume,
+    /// regenerate the plan and compare fingerprints.
+    pub fingerprint: String,
+    /// The plan as JSON, with secrets redacted.
+    pub plan_json: String,
+    pub status: RunStatus,
+}
+
+/// The state dir: `flag` (`--state-dir`), else `$CUTOVER_STATE_DIR`, else
+/// `$XDG_STATE_HOME/cutover`, else `~/.local/state/cutover`.
+pub fn resolve_state_dir(flag: Option<&Path>) -> Result<PathBuf, JournalError> {
+    state_dir_from(
+        flag,
+        std::env::var_os(STATE_DIR_ENV).as_deref().map(Path::new),
+        std::env::var_os("XDG_STATE_HOME").as_deref().map(Path::new),
+        dirs::home_dir().as_deref(),
+    )
+}
+
+/// The precedence of [`resolve_state_dir`] over explicit inputs. Empty values count as unset.
+pub fn state_dir_from(
+    flag: Option<&Path>,
+    cutover_state_dir: Option<&Path>,
+    xdg_state_home: Option<&Path>,
+    home: Option<&Path>,
+) -> Result<PathBuf, JournalError> {
+    let set = |p: Option<&Path>| p.filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf);
+    if let Some(dir) = set(flag).or_else(|| set(cutover_state_dir)) {
+        return Ok(dir);
+    }
+    if let Some(xdg) = set(xdg_state_home) {
+        return Ok(xdg.join("cutover"));
+    }
+    set(home)
+        .map(|h| h.join(".local").join("state").join("cutover"))
+        .ok_or(JournalError::NoStateDir)
+}
+
+/// An open journal database.
+pub struct Journal {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Journal {
+    /// Opens (creating if needed) `DIR/journal.sqlite` with WAL and `synchronous=FULL`.
+    pub fn open(dir: &Path) -> Result<Journal, JournalError> {
+        std::fs::create_dir_all(dir).map_err(|source| JournalError::StateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(JOURNAL_FILE);
+        let conn = Connection::open(&path).map_err(|source| JournalError::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
+        let journal = Journal { conn, path };
+        journal.sql(journal.conn.pragma_update(None, "journal_mode", "WAL"))?;
+        journal.sql(journal.conn.pragma_update(None, "synchronous", "FULL"))?;
+        journal.sql(journal.conn.pragma_update(None, "foreign_keys", "ON"))?;
+        journal.sql(
+            journal
+                .conn
+                .busy_timeout(std::time::Duration::from_secs(5)),
+        )?;
+        journal.sql(journal.conn.execute_batch(SCHEMA))?;
+        Ok(journal)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn sql<T>(&self, result: rusqlite::Result<T>) -> Result<T, JournalError> {
+        result.map_err(|source| JournalError::Sqlite {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Records a new run of `plan` with status `running`.
+    pub fn create_run(&self, plan: &Plan) -> Result<RunId, JournalError> {
+        let created_at = Utc::now();
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let run_id = RunId(format!(
+            "{}-{}",
+            created_at.format("%Y%m%dT%H%M%SZ"),
+            &suffix[..8]
+        ));
+        let params_json = serde_json::to_string(&plan.params)
+            .map_err(|e| JournalError::Corrupt(format!("parameters: {e}")))?;
+        let plan_json = redact(&plan.to_json()?);
+        self.sql(self.conn.execute(
+            "INSERT INTO runs (run_id, created_at, environment, runbook, params_json, fingerprint, plan_json, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                run_id.0,
+                format_time(created_at),
+                plan.environment,
+                plan.runbook,
+                redact(&params_json),
+                plan.fingerprint(),
+                plan_json,
+                RunStatus::Running.as_str(),
+            ],
+        ))?;
+        Ok(run_id)
+    }
+
+    /// Appends one entry (detail redacted) in its own committed transaction; with
+    /// `synchronous=FULL` it is on disk when this returns. Returns its sequence number (1-based).
+    pub fn append(&self, run_id: &RunId, entry: &JournalEntry) -> Result<u64, JournalError> {
+        self.run(run_id)?;
+        let actors = serde_json::to_string(&entry.actors)
+            .map_err(|e| JournalError::Corrupt(format!("actors: {e}")))?;
+        let seq: i64 = self.sql(self.conn.query_row(
+            "INSERT INTO entries (run_id, seq, at, step_id, kind, detail, actors)
+             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM entries WHERE run_id = ?1), ?2, ?3, ?4, ?5, ?6)
+             RETURNING seq",
+            params![
+                run_id.0,
+                format_time(entry.at),
+                entry.step.as_ref().map(|s| s.as_str()),
+                entry.kind.as_str(),
+                redact(&entry.detail),
+                actors,
+            ],
+            |row| row.get(0),
+        ))?;
+        u64::try_from(seq).map_err(|_| JournalError::Corrupt(format!("negative seq {seq}")))
+    }
+
+    /// Every entry of the run, in append order.
+    pub fn entries(&self, run_id: &RunId) -> Result<Vec<JournalEntry>, JournalError> {
+        Ok(self
+            .numbered_entries(run_id)?
+            .into_iter()
+            .map(|(_, entry)| entry)
+            .collect())
+    }
+
+    fn numbered_entries(&self, run_id: &RunId) -> Result<Vec<(u64, JournalEntry)>, JournalError> {
+        self.run(run_id)?;
+        let mut statement = self.sql(self.conn.prepare(
+            "SELECT seq, at, step_id, kind, detail, actors FROM entries WHERE run_id = ?1 ORDER BY seq",
+        ))?;
+        let rows = self.sql(
+            statement
+                .query_map(params![run_id.0], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, Option<String>>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, String>(5)?,
+                    ))
+                })
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>()),
+        )?;
+        rows.into_iter()
+            .map(|(seq, at, step, kind, detail, actors)| {
+                let entry = JournalEntry {
+                    at: parse_time(&at)?,
+                    step: step.map(StepId),
+                    kind: EntryKind::from_str(&kind)
+                        .map_err(|e| JournalError::Corrupt(e.to_string()))?,
+                    detail,
+                    actors: serde_json::from_str(&actors)
+                        .map_err(|e| JournalError::Corrupt(format!("actors of entry {seq}: {e}")))?,
+                };
+                Ok((seq.max(0) as u64, entry))
+            })
+            .collect()
+    }
+
+    /// The run's metadata, or `UnknownRun`.
+    pub fn run(&self, run_id: &RunId) -> Result<RunMeta, JournalError> {
+        let row = self.sql(
+            self.conn
+                .query_row(
+                    &format!("{RUN_COLUMNS} WHERE run_id = ?1"),
+                    params![run_id.0],
+                    raw_run,
+                )
+                .optional(),
+        )?;
+        row.ok_or_else(|| JournalError::UnknownRun(run_id.clone()))?
+            .into_meta()
+    }
+
+    /// Every run, newest first.
+    pub fn runs(&self) -> Result<Vec<RunMeta>, JournalError> {
+        let mut statement = self.sql(
+            self.conn
+                .prepare(&format!("{RUN_COLUMNS} ORDER BY created_at DESC, run_id DESC")),
+        )?;
+        let rows = self.sql(
+            statement
+                .query_map([], raw_run)
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>()),
+        )?;
+        rows.into_iter().map(RawRun::into_meta).collect()
+    }
+
+    /// The newest run of `runbook` on `environment` that is still `running`: the one
+    /// `cutover run` resumes.
+    pub fn latest_unfinished_run(
+        &self,
+        environment: &str,
+        runbook: &str,
+    ) -> Result<Option<RunMeta>, JournalError> {
+        let row = self.sql(
+            self.conn
+                .query_row(
+                    &format!(
+                        "{RUN_COLUMNS} WHERE environment = ?1 AND runbook = ?2 AND status = ?3
+                         ORDER BY created_at DESC, run_id DESC LIMIT 1"
+                    ),
+                    params![environment, runbook, RunStatus::Running.as_str()],
+                    raw_run,
+                )
+                .optional(),
+        )?;
+        row.map(RawRun::into_meta).transpose()
+    }
+
+    pub fn finish_run(&self, run_id: &RunId, status: RunStatus) -> Result<(), JournalError> {
+        let changed = self.sql(self.conn.execute(
+            "UPDATE runs SET status = ?2 WHERE run_id = ?1",
+            params![run_id.0, status.as_str()],
+        ))?;
+        if changed == 0 {
+            return Err(JournalError::UnknownRun(run_id.clone()));
+        }
+        Ok(())
+    }
+
+    /// The run record for a change ticket: header, fingerprint, step outcomes,
+    /// confirmations, gates, and every entry with its time and actors.
+    pub fn export_markdown(&self, run_id: &RunId) -> Result<String, JournalError> {
+        let meta = self.run(run_id)?;
+        let entries = self.numbered_entries(run_id)?;
+        let mut out = String::new();
+        line(&mut out, &format!("# Run record `{}`", meta.run_id));
+        out.push('\n');
+        line(&mut out, "| | |");
+        line(&mut out, "|---|---|");
+        line(&mut out, &format!("| environment | `{}` |", cell(&meta.environment)));
+        line(&mut out, &format!("| runbook | `{}` |", cell(&meta.runbook)));
+        line(&mut out, &format!("| parameters | {} |", cell(&params_text(&meta.params))));
+        line(&mut out, &format!("| created | {} |", display_time(meta.created_at)));
+        line(&mut out, &format!("| status | {} |", meta.status));
+        line(&mut out, &format!("| plan fingerprint | `{}` |", meta.fingerprint));
+        let operators = operators_of(&entries);
+        if !operators.is_empty() {
+            line(&mut out, &format!("| operators | {} |", cell(&operators.join(", "))));
+        }
+
+        if let Some(summary) = step_summary(&meta, &entries) {
+            out.push('\n');
+            line(&mut out, "## Steps");
+            out.push('\n');
+            line(&mut out, "| # | step | outcome |");
+            line(&mut out, "|---|---|---|");
+            for (number, (step, outcome)) in summary.iter().enumerate() {
+                line(&mut out, &format!("| {} | `{}` | {} |", number + 1, step, cell(outcome)));
+            }
+        }
+
+        let confirmations: Vec<_> = entries
+            .iter()
+            .filter(|(_, e)| e.kind == EntryKind::Confirmed)
+            .collect();
+        out.push('\n');
+        line(&mut out, "## Confirmations");
+        out.push('\n');
+        if confirmations.is_empty() {
+            line(&mut out, "(none)");
+        }
+        for (_, entry) in confirmations {
+            line(
+                &mut out,
+                &format!(
+                    "- {} · `{}` confirmed by **{}** · {}",
+                    display_time(entry.at),
+                    step_text(entry),
+                    entry.actors.join("**, **"),
+                    entry.detail
+                ),
+            );
+        }
+
+        let gates: Vec<_> = entries
+            .iter()
+            .filter(|(_, e)| e.kind == EntryKind::Gate)
+            .collect();
+        if !gates.is_empty() {
+            out.push('\n');
+            line(&mut out, "## Gates");
+            out.push('\n');
+            for (_, entry) in gates {
+                line(
+                    &mut out,
+                    &format!("- {} · `{}` · {}", display_time(entry.at), step_text(entry), entry.detail),
+                );
+            }
+        }
+
+        out.push('\n');
+        line(&mut out, "## Timeline");
+        out.push('\n');
+        line(&mut out, "| seq | time (UTC) | step | event | actors | detail |");
+        line(&mut out, "|---|---|---|---|---|---|");
+        for (seq, entry) in &entries {
+            line(
+                &mut out,
+                &format!(
+                    "| {seq} | {} | {} | {} | {} | {} |",
+                    display_time(entry.at),
+                    entry.step.as_ref().map_or(String::new(), |s| format!("`{s}`")),
+                    entry.kind,
+                    cell(&entry.actors.join(", ")),
+                    cell(&entry.detail)
+                ),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Plain-text listing for `cutover journal show`.
+    pub fn show_text(&self, run_id: &RunId) -> Result<String, JournalError> {
+        let meta = self.run(run_id)?;
+        let entries = self.numbered_entries(run_id)?;
+        let mut out = String::new();
+        line(
+            &mut out,
+            &format!(
+                "run {} · {} · {} · {} · created {}",
+                meta.run_id,
+                meta.environment,
+                meta.runbook,
+                meta.status,
+                display_time(meta.created_at)
+            ),
+        );
+        line(&mut out, &format!("parameters: {}", params_text(&meta.params)));
+        line(&mut out, &format!("fingerprint: {}", meta.fingerprint));
+        for (seq, entry) in &entries {
+            let actors = if entry.actors.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", entry.actors.join(", "))
+            };
+            let step = entry.step.as_ref().map_or("-", |s| s.as_str());
+            line(
+                &mut out,
+                &format!(
+                    "{seq:>4} {} {step:<20} {:<20}{actors} {}",
+                    display_time(entry.at),
+                    entry.kind.as_str(),
+                    entry.detail.replace('\n', "\n                         ")
+                ),
+            );
+        }
+        Ok(out)
+    }
+}
+
+const RUN_COLUMNS: &str = "SELECT run_id, created_at, environment, runbook, params_json, fingerprint, plan_json, status FROM runs";
+
+struct RawRun {
+    run_id: String,
+    created_at: String,
+    environment: String,
+    runbook: String,
+    params_json: String,
+    fingerprint: String,
+    plan_json: String,
+    status: String,
+}
+
+fn raw_run(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRun> {
+    Ok(RawRun {
+        run_id: row.get(0)?,
+        created_at: row.get(1)?,
+        environment: row.get(2)?,
+        runbook: row.get(3)?,
+        params_json: row.get(4)?,
+        fingerprint: row.get(5)?,
+        plan_json: row.get(6)?,
+        status: row.get(7)?,
+    })
+}
+
+impl RawRun {
+    fn into_meta(self) -> Result<RunMeta, JournalError> {
+        Ok(RunMeta {
+            created_at: parse_time(&self.created_at)?,
+            params: serde_json::from_str(&self.params_json).map_err(|e| {
+                JournalError::Corrupt(format!("parameters of run {}: {e}", self.run_id))
+            })?,
+            status: self.status.parse()?,
+            run_id: RunId(self.run_id),
+            environment: self.environment,
+            runbook: self.runbook,
+            fingerprint: self.fingerprint,
+            plan_json: self.plan_json,
+        })
+    }
+}
+
+/// Outcome per step from replaying the stored plan; `None` if the stored plan cannot be read
+/// or does not match the entries (the timeline is still exported).
+fn step_summary(meta: &RunMeta, entries: &[(u64, JournalEntry)]) -> Option<Vec<(String, String)>> {
+    let plan = Plan::from_json(&meta.plan_json).ok()?;
+    let state = EngineState::replay(
+        &plan,
+        EngineSettings::default(),
+        entries.iter().map(|(_, e)| e),
+    )
+    .ok()?;
+    Some(
+        plan.steps
+            .iter()
+            .zip(&state.steps)
+            .map(|(step, status)| (step.id.to_string(), outcome_text(status)))
+            .collect(),
+    )
+}
+
+fn outcome_text(status: &crate::engine::StepStatus) -> String {
+    use crate::engine::StepStatus;
+    match status {
+        StepStatus::Done { finished_at, .. } => format!("done {}", display_time(*finished_at)),
+        StepStatus::Failed { reason, .. } => format!("failed: {reason}"),
+        StepStatus::Skipped { reason, by } => format!("skipped by {}: {reason}", by.join(", ")),
+        StepStatus::RollbackFailed { reason, .. } => format!("rollback failed: {reason}"),
+        StepStatus::RolledBack { at } => format!("rolled back {}", display_time(*at)),
+        other => other.label().to_string(),
+    }
+}
+
+fn operators_of(entries: &[(u64, JournalEntry)]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for (_, entry) in entries {
+        if matches!(entry.kind, EntryKind::Confirmed | EntryKind::Skipped | EntryKind::RollbackRequested) {
+            for actor in &entry.actors {
+                if !names.contains(actor) {
+                    names.push(actor.clone());
+                }
+            }
+        }
+    }
+    names
+}
+
+fn step_text(entry: &JournalEntry) -> &str {
+    entry.step.as_ref().map_or("-", |s| s.as_str())
+}
+
+fn params_text(params: &BTreeMap<String, String>) -> String {
+    if params.is_empty() {
+        return "(none)".to_string();
+    }
+    params
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Stored form: RFC 3339 UTC with as many fractional digits as needed, so replay sees the
+/// exact instants the engine emitted.
+fn format_time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+fn display_time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, JournalError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| JournalError::Corrupt(format!("timestamp `{text}`: {e}")))
+}
+
+/// Escapes a value for a markdown table cell.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace('\n', "<br>")
+}
+
+fn line(out: &mut String, text: &str) {
+    out.push_str(text);
+    out.push('\n');
+}
+
+/// Keys whose values are secrets, matched case-insensitively (`PGPASSWORD` contains `password`).
+const SECRET_KEYS: [&str; 3] = ["password", "passwd", "secret"];
+const MASK: &str = "***";
+
+/// Masks secrets in free text: `password=…`, `PGPASSWORD=…`, `"password": "…"`,
+/// `PASSWORD '…'` (SQL), and the password in `scheme://user:password@host` URLs.
+/// Keys and structure stay readable; only the value becomes `***`.
+pub fn redact(text: &str) -> String {
+    redact_urls(&redact_key_values(text))
+}
+
+fn redact_key_values(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut search_from = 0;
+    while let Some((key_start, key_len)) = next_secret_key(&lower, search_from) {
+        let after_key = key_start + key_len;
+        search_from = after_key;
+        // Require the key to end at a word boundary (`password_encryption` is a setting name).
+        if bytes
+            .get(after_key)
+            .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
+        {
+            continue;
+        }
+        let Some((value_start, value_end)) = secret_value_span(bytes, after_key) else {
+            continue;
+        };
+        if value_start < copied {
+            continue;
+        }
+        // All positions are at ASCII bytes (key letters, quotes, separators) or the string
+        // end, so slicing keeps UTF-8 boundaries.
+        out.push_str(&text[copied..value_start]);
+        out.push_str(MASK);
+        copied = value_end;
+        search_from = value_end.max(search_from);
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+fn next_secret_key(lower: &str, from: usize) -> Option<(usize, usize)> {
+    SECRET_KEYS
+        .iter()
+        .filter_map(|key| lower[from..].find(key).map(|pos| (from + pos, key.len())))
+        .min()
+}
+
+/// The span of the value after a secret key at `pos`: `KEY = value`, `KEY: value`,
+/// `"KEY": "value"`, or `KEY 'value'` (SQL). Quoted values end at the closing quote
+/// (SQL-doubled quotes included); bare values at whitespace or `&;,)`.
+fn secret_value_span(bytes: &[u8], mut pos: usize) -> Option<(usize, usize)> {
+    if matches!(bytes.get(pos), Some(b'"' | b'\'')) {
+        pos += 1;
+    }
+    let skip_spaces = |mut p: usize| {
+        while matches!(bytes.get(p), Some(b' ' | b'\t')) {
+            p += 1;
+        }
+        p
+    };
+    pos = skip_spaces(pos);
+    let separated = matches!(bytes.get(pos), Some(b'=' | b':'));
+    if separated {
+        pos = skip_spaces(pos + 1);
+    }
+    match bytes.get(pos) {
+        Some(&quote @ (b'\'' | b'"')) => {
+            let start = pos + 1;
+            let mut p = start;
+            while p < bytes.len() {
+                if bytes[p] == quote {
+                    if bytes.get(p + 1) == Some(&quote) {
+                        p += 2;
+                        continue;
+                    }
+                    return Some((start, p));
+                }
+                p += 1;
+            }
+            // Unclosed quote: mask to the end of the line.
+            let end = bytes[start..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(bytes.len(), |n| start + n);
+            Some((start, end))
+        }
+        Some(_) if separated => {
+            let start = pos;
+            let mut p = start;
+            while p < bytes.len()
+                && !bytes[p].is_ascii_whitespace()
+                && !matches!(bytes[p], b'&' | b';' | b',' | b')' | b'"' | b'\'')
+            {
+                p += 1;
+            }
+            (p > start).then_some((start, p))
+        }
+        _ => None,
+    }
+}
+
+fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(scheme_end) = rest.find("://") {
+        let authority_start = scheme_end + 3;
+        let authority_len = rest[authority_start..]
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
+            .unwrap_or(rest.len() - authority_start);
+        let authority = &rest[authority_start..authority_start + authority_len];
+        out.push_str(&rest[..authority_start]);
+        match authority.rfind('@') {
+            Some(at) => match authority[..at].find(':') {
+                Some(colon) if authority[colon + 1..at] != *MASK => {
+                    out.push_str(&authority[..=colon]);
+                    out.push_str(MASK);
+                    out.push_str(&authority[at..]);
+                }
+                _ => out.push_str(authority),
+            },
+            None => out.push_str(authority),
+        }
+        rest = &rest[authority_start + authority_len..];
+    }
+    out.push_str(rest);
+    out
+}

@@ -1,0 +1,241 @@
+//! Keymap as data: one table maps keys to [`Command`]s per [`Context`]; the `?` help popup and
+//! the hint bar are both generated from it, so they cannot disagree with what keys do.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+/// What a key (or a palette entry) asks the cockpit to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    RunNext,
+    RollbackToSelected,
+    SkipSelected,
+    ToggleFreeze,
+    OpenPalette,
+    ToggleHelp,
+    Quit,
+    FocusNext,
+    FocusPrev,
+    Up,
+    Down,
+    /// Switch to a built-in theme (palette only).
+    Theme(String),
+    /// Dialog: close without doing anything.
+    Cancel,
+    /// Dialog: confirm with the dialog's confirm key.
+    Confirm,
+    /// Dialog/palette: move between input fields.
+    NextField,
+}
+
+/// Where a binding applies: the top layer decides the context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Context {
+    /// The panes, with no popup open.
+    Main,
+    Dialog,
+    Palette,
+    Help,
+}
+
+impl Context {
+    pub fn title(self) -> &'static str {
+        match self {
+            Context::Main => "Cockpit",
+            Context::Dialog => "Confirmation dialog",
+            Context::Palette => "Command palette",
+            Context::Help => "Help",
+        }
+    }
+}
+
+/// A key with its modifiers. Shift is not compared for character keys (terminals differ in
+/// reporting it); `Y` and `y` are different characters already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeySpec {
+    pub code: KeyCode,
+    pub modifiers: KeyModifiers,
+}
+
+impl KeySpec {
+    pub const fn plain(code: KeyCode) -> KeySpec {
+        KeySpec {
+            code,
+            modifiers: KeyModifiers::NONE,
+        }
+    }
+    pub const fn char(c: char) -> KeySpec {
+        KeySpec::plain(KeyCode::Char(c))
+    }
+
+    pub fn matches(&self, key: &KeyEvent) -> bool {
+        let relevant = KeyModifiers::CONTROL | KeyModifiers::ALT;
+        match (self.code, key.code) {
+            (KeyCode::Char(a), KeyCode::Char(b)) => {
+                a == b && (self.modifiers & relevant) == (key.modifiers & relevant)
+            }
+            (KeyCode::BackTab, KeyCode::BackTab) => true,
+            (a, b) => a == b && (self.modifiers & relevant) == (key.modifiers & relevant),
+        }
+    }
+
+    /// Short label for the hint bar and help, e.g. `Enter`, `Y`, `←`.
+    pub fn label(&self) -> String {
+        let base = match self.code {
+            KeyCode::Enter => "Enter".to_string(),
+            KeyCode::Esc => "Esc".to_string(),
+            KeyCode::Tab => "Tab".to_string(),
+            KeyCode::BackTab => "S-Tab".to_string(),
+            KeyCode::Up => "↑".to_string(),
+            KeyCode::Down => "↓".to_string(),
+            KeyCode::Left => "←".to_string(),
+            KeyCode::Right => "→".to_string(),
+            KeyCode::Char(c) => c.to_string(),
+            other => format!("{other:?}"),
+        };
+        if self.modifiers.contains(KeyModifiers::CONTROL) {
+            format!("C-{base}")
+        } else {
+            base
+        }
+    }
+}
+
+pub struct KeyBinding {
+    pub keys: &'static [KeySpec],
+    pub command: Command,
+    pub description: &'static str,
+    pub context: Context,
+    /// Shown in the hint bar (the help popup shows every binding).
+    pub hint: bool,
+}
+
+impl KeyBinding {
+    pub fn keys_label(&self) -> String {
+        self.keys
+            .iter()
+            .map(KeySpec::label)
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+}
+
+const fn bind(
+    keys: &'static [KeySpec],
+    command: Command,
+    description: &'static str,
+    context: Context,
+    hint: bool,
+) -> KeyBinding {
+    KeyBinding {
+        keys,
+        command,
+        description,
+        context,
+        hint,
+    }
+}
+
+/// The confirm key of a plain (non-destructive) confirmation.
+pub const CONFIRM_PLAIN: KeySpec = KeySpec::char('y');
+/// The confirm key of destructive, point-of-no-return, rollback and quit confirmations:
+/// a shifted key, so that a stray keypress cannot confirm.
+pub const CONFIRM_SHIFTED: KeySpec = KeySpec::char('Y');
+
+/// The one keymap. Order is the order of the help popup and the hint bar.
+pub static KEYMAP: &[KeyBinding] = &[
+    bind(&[KeySpec::plain(KeyCode::Enter)], Command::RunNext, "run next step (asks to confirm)", Context::Main, true),
+    bind(&[KeySpec::char('r')], Command::RollbackToSelected, "roll back to selected step", Context::Main, true),
+    bind(&[KeySpec::char('s')], Command::SkipSelected, "skip selected step (typed reason)", Context::Main, true),
+    bind(&[KeySpec::char('f')], Command::ToggleFreeze, "freeze/unfreeze readings", Context::Main, true),
+    bind(&[KeySpec::char(':')], Command::OpenPalette, "command palette", Context::Main, true),
+    bind(&[KeySpec::plain(KeyCode::Tab), KeySpec::plain(KeyCode::Right), KeySpec::char('l')], Command::FocusNext, "next pane", Context::Main, true),
+    bind(&[KeySpec::plain(KeyCode::BackTab), KeySpec::plain(KeyCode::Left), KeySpec::char('h')], Command::FocusPrev, "previous pane", Context::Main, false),
+    bind(&[KeySpec::plain(KeyCode::Down), KeySpec::char('j')], Command::Down, "select next step / scroll down", Context::Main, true),
+    bind(&[KeySpec::plain(KeyCode::Up), KeySpec::char('k')], Command::Up, "select previous step / scroll up", Context::Main, false),
+    bind(&[KeySpec::char('?')], Command::ToggleHelp, "help", Context::Main, true),
+    bind(&[KeySpec::char('q')], Command::Quit, "quit (asks while a step runs or traffic is paused)", Context::Main, true),
+    bind(&[KeySpec::plain(KeyCode::Esc), KeySpec::plain(KeyCode::Enter)], Command::Cancel, "cancel (the default)", Context::Dialog, true),
+    bind(&[CONFIRM_PLAIN], Command::Confirm, "confirm a plain step", Context::Dialog, true),
+    bind(&[CONFIRM_SHIFTED], Command::Confirm, "confirm destructive step / rollback / quit (Shift+y)", Context::Dialog, true),
+    bind(&[KeySpec::plain(KeyCode::Tab)], Command::NextField, "next field (Enter also leaves a field)", Context::Dialog, true),
+    bind(&[KeySpec::plain(KeyCode::Enter)], Command::Confirm, "run the typed command", Context::Palette, true),
+    bind(&[KeySpec::plain(KeyCode::Tab)], Command::NextField, "complete", Context::Palette, true),
+    bind(&[KeySpec::plain(KeyCode::Esc)], Command::Cancel, "close", Context::Palette, true),
+    bind(&[KeySpec::plain(KeyCode::Esc), KeySpec::char('?'), KeySpec::char('q')], Command::Cancel, "close help", Context::Help, true),
+    bind(&[KeySpec::plain(KeyCode::Down), KeySpec::char('j')], Command::Down, "scroll down", Context::Help, true),
+    bind(&[KeySpec::plain(KeyCode::Up), KeySpec::char('k')], Command::Up, "scroll up", Context::Help, true),
+];
+
+/// The command `key` is bound to in `context`, if any.
+pub fn lookup(context: Context, key: &KeyEvent) -> Option<&'static KeyBinding> {
+    KEYMAP
+        .iter()
+        .filter(|b| b.context == context)
+        .find(|b| b.keys.iter().any(|k| k.matches(key)))
+}
+
+/// Bindings of one context, in table order.
+pub fn bindings(context: Context) -> impl Iterator<Item = &'static KeyBinding> {
+    KEYMAP.iter().filter(move |b| b.context == context)
+}
+
+/// Palette commands: name, argument hint, description.
+pub static PALETTE_COMMANDS: &[(&str, &str, &str)] = &[
+    ("run", "", "run the next step (asks to confirm)"),
+    ("rollback", "", "roll back to the selected step"),
+    ("skip", "", "skip the selected step"),
+    ("freeze", "", "freeze/unfreeze readings"),
+    ("theme", " <dark|light|high-contrast>", "switch theme"),
+    ("help", "", "show keys"),
+    ("quit", "", "quit"),
+];
+
+/// Parses a palette line into a command.
+pub fn parse_palette(line: &str) -> Result<Command, String> {
+    let mut words = line.split_whitespace();
+    let name = words.next().unwrap_or("");
+    let arg = words.next();
+    let command = match (name, arg) {
+        ("run", None) => Command::RunNext,
+        ("rollback", None) => Command::RollbackToSelected,
+        ("skip", None) => Command::SkipSelected,
+        ("freeze", None) => Command::ToggleFreeze,
+        ("help", None) => Command::ToggleHelp,
+        ("quit" | "q", None) => Command::Quit,
+        ("theme", Some(theme)) => {
+            if !super::theme::BUILTIN_NAMES.contains(&theme) {
+                return Err(format!(
+                    "unknown theme {theme:?}; built-in themes: {}",
+                    super::theme::BUILTIN_NAMES.join(", ")
+                ));
+            }
+            Command::Theme(theme.to_string())
+        }
+        ("theme", None) => return Err("theme needs a name: theme <dark|light|high-contrast>".into()),
+        ("", _) => return Err("type a command; Tab completes".into()),
+        _ => {
+            return Err(format!(
+                "unknown command {line:?}; commands: {}",
+                PALETTE_COMMANDS
+                    .iter()
+                    .map(|c| c.0)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
+    };
+    if words.next().is_some() {
+        return Err(format!("too many words in {line:?}"));
+    }
+    Ok(command)
+}
+
+/// Palette commands starting with what was typed.
+pub fn palette_completions(typed: &str) -> Vec<&'static str> {
+    let typed = typed.trim_start();
+    PALETTE_COMMANDS
+        .iter()
+        .map(|c| c.0)
+        .filter(|name| name.starts_with(typed) || typed.starts_with(name))
+        .collect()
+}
