@@ -154,7 +154,10 @@ pub fn state_dir_from(
     xdg_state_home: Option<&Path>,
     home: Option<&Path>,
 ) -> Result<PathBuf, JournalError> {
-    let set = |p: Option<&Path>| p.filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf);
+    let set = |p: Option<&Path>| {
+        p.filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+    };
     if let Some(dir) = set(flag).or_else(|| set(cutover_state_dir)) {
         return Ok(dir);
     }
@@ -188,11 +191,7 @@ impl Journal {
         journal.sql(journal.conn.pragma_update(None, "journal_mode", "WAL"))?;
         journal.sql(journal.conn.pragma_update(None, "synchronous", "FULL"))?;
         journal.sql(journal.conn.pragma_update(None, "foreign_keys", "ON"))?;
-        journal.sql(
-            journal
-                .conn
-                .busy_timeout(std::time::Duration::from_secs(5)),
-        )?;
+        journal.sql(journal.conn.busy_timeout(std::time::Duration::from_secs(5)))?;
         journal.sql(journal.conn.execute_batch(SCHEMA))?;
         Ok(journal)
     }
@@ -296,8 +295,9 @@ impl Journal {
                     kind: EntryKind::from_str(&kind)
                         .map_err(|e| JournalError::Corrupt(e.to_string()))?,
                     detail,
-                    actors: serde_json::from_str(&actors)
-                        .map_err(|e| JournalError::Corrupt(format!("actors of entry {seq}: {e}")))?,
+                    actors: serde_json::from_str(&actors).map_err(|e| {
+                        JournalError::Corrupt(format!("actors of entry {seq}: {e}"))
+                    })?,
                 };
                 Ok((seq.max(0) as u64, entry))
             })
@@ -321,10 +321,9 @@ impl Journal {
 
     /// Every run, newest first.
     pub fn runs(&self) -> Result<Vec<RunMeta>, JournalError> {
-        let mut statement = self.sql(
-            self.conn
-                .prepare(&format!("{RUN_COLUMNS} ORDER BY created_at DESC, run_id DESC")),
-        )?;
+        let mut statement = self.sql(self.conn.prepare(&format!(
+            "{RUN_COLUMNS} ORDER BY created_at DESC, run_id DESC"
+        )))?;
         let rows = self.sql(
             statement
                 .query_map([], raw_run)
@@ -376,15 +375,33 @@ impl Journal {
         out.push('\n');
         line(&mut out, "| | |");
         line(&mut out, "|---|---|");
-        line(&mut out, &format!("| environment | `{}` |", cell(&meta.environment)));
-        line(&mut out, &format!("| runbook | `{}` |", cell(&meta.runbook)));
-        line(&mut out, &format!("| parameters | {} |", cell(&params_text(&meta.params))));
-        line(&mut out, &format!("| created | {} |", display_time(meta.created_at)));
+        line(
+            &mut out,
+            &format!("| environment | `{}` |", cell(&meta.environment)),
+        );
+        line(
+            &mut out,
+            &format!("| runbook | `{}` |", cell(&meta.runbook)),
+        );
+        line(
+            &mut out,
+            &format!("| parameters | {} |", cell(&params_text(&meta.params))),
+        );
+        line(
+            &mut out,
+            &format!("| created | {} |", display_time(meta.created_at)),
+        );
         line(&mut out, &format!("| status | {} |", meta.status));
-        line(&mut out, &format!("| plan fingerprint | `{}` |", meta.fingerprint));
+        line(
+            &mut out,
+            &format!("| plan fingerprint | `{}` |", meta.fingerprint),
+        );
         let operators = operators_of(&entries);
         if !operators.is_empty() {
-            line(&mut out, &format!("| operators | {} |", cell(&operators.join(", "))));
+            line(
+                &mut out,
+                &format!("| operators | {} |", cell(&operators.join(", "))),
+            );
         }
 
         if let Some(summary) = step_summary(&meta, &entries) {
@@ -394,7 +411,10 @@ impl Journal {
             line(&mut out, "| # | step | outcome |");
             line(&mut out, "|---|---|---|");
             for (number, (step, outcome)) in summary.iter().enumerate() {
-                line(&mut out, &format!("| {} | `{}` | {} |", number + 1, step, cell(outcome)));
+                line(
+                    &mut out,
+                    &format!("| {} | `{}` | {} |", number + 1, step, cell(outcome)),
+                );
             }
         }
 
@@ -432,7 +452,12 @@ impl Journal {
             for (_, entry) in gates {
                 line(
                     &mut out,
-                    &format!("- {} · `{}` · {}", display_time(entry.at), step_text(entry), entry.detail),
+                    &format!(
+                        "- {} · `{}` · {}",
+                        display_time(entry.at),
+                        step_text(entry),
+                        entry.detail
+                    ),
                 );
             }
         }
@@ -440,7 +465,10 @@ impl Journal {
         out.push('\n');
         line(&mut out, "## Timeline");
         out.push('\n');
-        line(&mut out, "| seq | time (UTC) | step | event | actors | detail |");
+        line(
+            &mut out,
+            "| seq | time (UTC) | step | event | actors | detail |",
+        );
         line(&mut out, "|---|---|---|---|---|---|");
         for (seq, entry) in &entries {
             line(
@@ -448,7 +476,10 @@ impl Journal {
                 &format!(
                     "| {seq} | {} | {} | {} | {} | {} |",
                     display_time(entry.at),
-                    entry.step.as_ref().map_or(String::new(), |s| format!("`{s}`")),
+                    entry
+                        .step
+                        .as_ref()
+                        .map_or(String::new(), |s| format!("`{s}`")),
                     entry.kind,
                     cell(&entry.actors.join(", ")),
                     cell(&entry.detail)
@@ -474,7 +505,10 @@ impl Journal {
                 display_time(meta.created_at)
             ),
         );
-        line(&mut out, &format!("parameters: {}", params_text(&meta.params)));
+        line(
+            &mut out,
+            &format!("parameters: {}", params_text(&meta.params)),
+        );
         line(&mut out, &format!("fingerprint: {}", meta.fingerprint));
         for (seq, entry) in &entries {
             let actors = if entry.actors.is_empty() {
@@ -574,7 +608,10 @@ fn outcome_text(status: &crate::engine::StepStatus) -> String {
 fn operators_of(entries: &[(u64, JournalEntry)]) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for (_, entry) in entries {
-        if matches!(entry.kind, EntryKind::Confirmed | EntryKind::Skipped | EntryKind::RollbackRequested) {
+        if matches!(
+            entry.kind,
+            EntryKind::Confirmed | EntryKind::Skipped | EntryKind::RollbackRequested
+        ) {
             for actor in &entry.actors {
                 if !names.contains(actor) {
                     names.push(actor.clone());

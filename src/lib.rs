@@ -14,3 +14,5 @@ pub mod readings;
 pub mod remote;
 pub mod runbook;
 pub mod sql;
+pub mod ui;
+pub mod executor;

@@ -101,6 +101,11 @@ impl SessionSettings {
         connect_timeout: Duration::from_secs(3),
         statement_timeout: Some(Duration::from_secs(5)),
     };
+    /// Executor statements (DDL, batches): longer, still bounded.
+    pub const EXECUTOR: SessionSettings = SessionSettings {
+        connect_timeout: Duration::from_secs(5),
+        statement_timeout: Some(Duration::from_secs(300)),
+    };
     /// pgbouncer admin console and pooled aliases.
     pub const PGBOUNCER: SessionSettings = SessionSettings {
         connect_timeout: Duration::from_secs(3),

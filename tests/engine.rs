@@ -3,8 +3,8 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use cutover::engine::{
-    apply, required_confirmation, Command, Confirmation, EngineSettings, EngineState, EntryKind,
-    Effect, JournalEntry, Observation, Oversight, PreconditionResult, Refusal, Severity,
+    apply, required_confirmation, Command, Confirmation, Effect, EngineSettings, EngineState,
+    EntryKind, JournalEntry, Observation, Oversight, PreconditionResult, Refusal, Severity,
     StepStatus,
 };
 use cutover::runbook::{Plan, RenderedCommand, Step, StepFlags, StepId, Undo};
@@ -336,7 +336,15 @@ fn refusals_name_the_reason_and_change_nothing() {
                 step: id(&plan, BASELINE),
                 verification_detail: "?".into(),
             },
-            expect: |r| matches!(r, Refusal::NotRunning { status: "pending", .. }),
+            expect: |r| {
+                matches!(
+                    r,
+                    Refusal::NotRunning {
+                        status: "pending",
+                        ..
+                    }
+                )
+            },
         },
         Case {
             name: "pause bound while traffic flows",
@@ -363,7 +371,11 @@ fn refusals_name_the_reason_and_change_nothing() {
         assert!((case.expect)(&refusal), "{}: got {refusal:?}", case.name);
         assert_eq!(run.state, before, "{} changed the state", case.name);
     }
-    assert_eq!(run.effects.len(), effects_before, "refusals must emit nothing");
+    assert_eq!(
+        run.effects.len(),
+        effects_before,
+        "refusals must emit nothing"
+    );
 }
 
 #[test]
@@ -406,7 +418,10 @@ fn a_precondition_that_does_not_hold_refuses_the_start_with_its_detail() {
             observations,
         })
         .unwrap_err();
-    assert!(matches!(unevaluated, Refusal::PreconditionNotEvaluated { .. }));
+    assert!(matches!(
+        unevaluated,
+        Refusal::PreconditionNotEvaluated { .. }
+    ));
     assert_eq!(run.effects.len(), effects_before, "a refusal emits nothing");
     assert_eq!(run.state.steps[PROMOTE], StepStatus::Pending);
 }
@@ -456,7 +471,11 @@ fn a_confirmation_is_bound_to_the_observations_it_was_given_for() {
         .find(|e| e.kind == EntryKind::Confirmed)
         .unwrap();
     assert_eq!(confirmed.actors, vec!["alice".to_string()]);
-    assert!(confirmed.detail.contains("standby.lag_bytes=0"), "{}", confirmed.detail);
+    assert!(
+        confirmed.detail.contains("standby.lag_bytes=0"),
+        "{}",
+        confirmed.detail
+    );
 
     // A confirmation for one step does not confirm another.
     let other =
@@ -472,14 +491,36 @@ fn pair_mode_needs_two_distinct_operators_for_destructive_steps() {
         accepted: bool,
     }
     let cases = [
-        Case { oversight: Oversight::Pair, by: &["alice"], accepted: false },
-        Case { oversight: Oversight::Pair, by: &["alice", " Alice "], accepted: false },
-        Case { oversight: Oversight::Pair, by: &["headless:ci"], accepted: false },
-        Case { oversight: Oversight::Pair, by: &["alice", "bob"], accepted: true },
-        Case { oversight: Oversight::Solo, by: &["alice"], accepted: true },
+        Case {
+            oversight: Oversight::Pair,
+            by: &["alice"],
+            accepted: false,
+        },
+        Case {
+            oversight: Oversight::Pair,
+            by: &["alice", " Alice "],
+            accepted: false,
+        },
+        Case {
+            oversight: Oversight::Pair,
+            by: &["headless:ci"],
+            accepted: false,
+        },
+        Case {
+            oversight: Oversight::Pair,
+            by: &["alice", "bob"],
+            accepted: true,
+        },
+        Case {
+            oversight: Oversight::Solo,
+            by: &["alice"],
+            accepted: true,
+        },
     ];
     for case in cases {
-        let mut run = Run::new(EngineSettings { oversight: case.oversight });
+        let mut run = Run::new(EngineSettings {
+            oversight: case.oversight,
+        });
         run.walk_through(PAUSE);
         let requirement =
             required_confirmation(&run.state, &run.plan, &id(&run.plan, PROMOTE), &[]).unwrap();
@@ -494,7 +535,11 @@ fn pair_mode_needs_two_distinct_operators_for_destructive_steps() {
                 .rfind(|e| e.kind == EntryKind::Confirmed)
                 .unwrap();
             assert_eq!(confirmed.step, Some(id(&run.plan, PROMOTE)));
-            assert_eq!(confirmed.actors.len(), case.by.len(), "both names are journaled");
+            assert_eq!(
+                confirmed.actors.len(),
+                case.by.len(),
+                "both names are journaled"
+            );
         } else {
             let refusal = result.unwrap_err();
             assert!(
@@ -507,7 +552,9 @@ fn pair_mode_needs_two_distinct_operators_for_destructive_steps() {
     }
 
     // Routine steps need one operator even in pair mode.
-    let mut run = Run::new(EngineSettings { oversight: Oversight::Pair });
+    let mut run = Run::new(EngineSettings {
+        oversight: Oversight::Pair,
+    });
     let command = start_command(&run.state, &run.plan, PREFLIGHT, &["alice"], vec![]);
     run.apply(command).unwrap();
 }
@@ -526,20 +573,36 @@ fn rollback_undoes_in_reverse_order_and_stops_at_the_chosen_step() {
         })
         .unwrap();
     assert_eq!(undo_order(&effects), ["promote"]);
-    run.apply(Command::RollbackStepDone { step: id(&run.plan, PROMOTE) }).unwrap();
-    assert!(run.state.traffic_paused(), "pause is undone only with its step");
-    run.apply(Command::RollbackStepDone { step: id(&run.plan, PAUSE) }).unwrap();
+    run.apply(Command::RollbackStepDone {
+        step: id(&run.plan, PROMOTE),
+    })
+    .unwrap();
+    assert!(
+        run.state.traffic_paused(),
+        "pause is undone only with its step"
+    );
+    run.apply(Command::RollbackStepDone {
+        step: id(&run.plan, PAUSE),
+    })
+    .unwrap();
     assert!(!run.state.traffic_paused());
     let last = run
-        .apply(Command::RollbackStepDone { step: id(&run.plan, BASE_BACKUP) })
+        .apply(Command::RollbackStepDone {
+            step: id(&run.plan, BASE_BACKUP),
+        })
         .unwrap();
     assert_eq!(
         last.last(),
-        Some(&Effect::RollbackCompleted { to: id(&run.plan, BASE_BACKUP) })
+        Some(&Effect::RollbackCompleted {
+            to: id(&run.plan, BASE_BACKUP)
+        })
     );
 
     // promote, pause and base-backup were undone in that order; baseline had nothing to undo.
-    assert_eq!(undo_order(&run.effects), ["promote", "pause", "base-backup"]);
+    assert_eq!(
+        undo_order(&run.effects),
+        ["promote", "pause", "base-backup"]
+    );
     let rolled_back: Vec<_> = run
         .journal()
         .into_iter()
@@ -555,9 +618,15 @@ fn rollback_undoes_in_reverse_order_and_stops_at_the_chosen_step() {
             ("base-backup".to_string(), "undo succeeded".to_string()),
         ]
     );
-    assert!(matches!(run.state.steps[PREFLIGHT], StepStatus::Done { .. }));
+    assert!(matches!(
+        run.state.steps[PREFLIGHT],
+        StepStatus::Done { .. }
+    ));
     for index in BASE_BACKUP..=PROMOTE {
-        assert!(matches!(run.state.steps[index], StepStatus::RolledBack { .. }));
+        assert!(matches!(
+            run.state.steps[index],
+            StepStatus::RolledBack { .. }
+        ));
     }
     assert_eq!(run.state.cursor, BASE_BACKUP);
     assert!(run.state.rollback.is_none());
@@ -582,11 +651,23 @@ fn a_failed_undo_halts_the_rollback_and_blocks_forward_progress() {
         reason: "pg_ctl stop timed out".into(),
     })
     .unwrap();
-    assert!(matches!(run.state.steps[PROMOTE], StepStatus::RollbackFailed { .. }));
+    assert!(matches!(
+        run.state.steps[PROMOTE],
+        StepStatus::RollbackFailed { .. }
+    ));
     let refusal = run
-        .apply(start_command(&run.state, &run.plan, RESUME, &["alice"], vec![]))
+        .apply(start_command(
+            &run.state,
+            &run.plan,
+            RESUME,
+            &["alice"],
+            vec![],
+        ))
         .unwrap_err();
-    assert!(matches!(refusal, Refusal::RollbackIncomplete { .. }), "{refusal:?}");
+    assert!(
+        matches!(refusal, Refusal::RollbackIncomplete { .. }),
+        "{refusal:?}"
+    );
 
     // Asking again retries that undo, flagged for a re-check.
     let effects = run
@@ -598,7 +679,10 @@ fn a_failed_undo_halts_the_rollback_and_blocks_forward_progress() {
         .unwrap();
     assert_eq!(
         effects.last(),
-        Some(&Effect::RunUndo { step: id(&run.plan, PROMOTE), resume_recheck: true })
+        Some(&Effect::RunUndo {
+            step: id(&run.plan, PROMOTE),
+            resume_recheck: true
+        })
     );
 }
 
@@ -621,7 +705,11 @@ fn rollback_past_the_point_of_no_return_is_refused_with_its_reason() {
         })
         .unwrap_err();
     match &refusal {
-        Refusal::RollbackPastPointOfNoReturn { target, step, reason } => {
+        Refusal::RollbackPastPointOfNoReturn {
+            target,
+            step,
+            reason,
+        } => {
             assert_eq!(target.as_str(), "pause");
             assert_eq!(step.as_str(), "delete-invalid");
             assert!(reason.contains("pg1 can no longer take traffic"));
@@ -629,7 +717,10 @@ fn rollback_past_the_point_of_no_return_is_refused_with_its_reason() {
         other => panic!("expected a point-of-no-return refusal, got {other:?}"),
     }
     let message = refusal.to_string();
-    assert!(message.contains("delete-invalid") && message.contains("point of no return"), "{message}");
+    assert!(
+        message.contains("delete-invalid") && message.contains("point of no return"),
+        "{message}"
+    );
 
     // Steps after the point of no return can still be rolled back.
     run.start(DELETE);
@@ -643,7 +734,9 @@ fn rollback_past_the_point_of_no_return_is_refused_with_its_reason() {
             reason: "re-run vacuum".into(),
         })
         .unwrap();
-    assert!(effects.contains(&Effect::RollbackCompleted { to: id(&run.plan, VACUUM) }));
+    assert!(effects.contains(&Effect::RollbackCompleted {
+        to: id(&run.plan, VACUUM)
+    }));
 }
 
 #[test]
@@ -658,11 +751,16 @@ fn the_pause_bound_cancels_the_running_step_and_rolls_back_to_before_the_pause()
         })
         .unwrap();
     assert!(!run.state.traffic_paused());
-    assert!(matches!(&run.state.steps[PROMOTE], StepStatus::RollingBack { .. }));
+    assert!(matches!(
+        &run.state.steps[PROMOTE],
+        StepStatus::RollingBack { .. }
+    ));
     let kinds: Vec<String> = effects
         .iter()
         .map(|e| match e {
-            Effect::Journal(entry) => format!("journal {} {}", entry.kind, entry.step.as_ref().unwrap()),
+            Effect::Journal(entry) => {
+                format!("journal {} {}", entry.kind, entry.step.as_ref().unwrap())
+            }
             other => format!("{other:?}"),
         })
         .collect();
@@ -677,13 +775,31 @@ fn the_pause_bound_cancels_the_running_step_and_rolls_back_to_before_the_pause()
             "RunUndo { step: StepId(\"promote\"), resume_recheck: true }",
         ]
     );
-    let failed = journal_of(&effects).into_iter().find(|e| e.kind == EntryKind::Failed).unwrap();
-    assert!(failed.detail.contains("pause exceeded its bound of 10.000 s"), "{}", failed.detail);
+    let failed = journal_of(&effects)
+        .into_iter()
+        .find(|e| e.kind == EntryKind::Failed)
+        .unwrap();
+    assert!(
+        failed
+            .detail
+            .contains("pause exceeded its bound of 10.000 s"),
+        "{}",
+        failed.detail
+    );
     assert_eq!(failed.actors, ["cutover:pause-bound"]);
 
-    run.apply(Command::RollbackStepDone { step: id(&run.plan, PROMOTE) }).unwrap();
-    let last = run.apply(Command::RollbackStepDone { step: id(&run.plan, PAUSE) }).unwrap();
-    assert!(last.contains(&Effect::RollbackCompleted { to: id(&run.plan, PAUSE) }));
+    run.apply(Command::RollbackStepDone {
+        step: id(&run.plan, PROMOTE),
+    })
+    .unwrap();
+    let last = run
+        .apply(Command::RollbackStepDone {
+            step: id(&run.plan, PAUSE),
+        })
+        .unwrap();
+    assert!(last.contains(&Effect::RollbackCompleted {
+        to: id(&run.plan, PAUSE)
+    }));
     assert_eq!(run.state.cursor, PAUSE);
     // A late success report of the cancelled action is refused.
     let late = run
@@ -706,9 +822,18 @@ fn traffic_rules_are_enforced_by_the_engine() {
     })
     .unwrap();
     let refusal = run
-        .apply(start_command(&run.state, &run.plan, PROMOTE, &["alice"], vec![]))
+        .apply(start_command(
+            &run.state,
+            &run.plan,
+            PROMOTE,
+            &["alice"],
+            vec![],
+        ))
         .unwrap_err();
-    assert!(matches!(refusal, Refusal::TrafficNotStopped { .. }), "{refusal:?}");
+    assert!(
+        matches!(refusal, Refusal::TrafficNotStopped { .. }),
+        "{refusal:?}"
+    );
 
     let mut run = Run::new(EngineSettings::default());
     run.walk_through(PROMOTE);
@@ -719,7 +844,10 @@ fn traffic_rules_are_enforced_by_the_engine() {
             by: "alice".into(),
         })
         .unwrap_err();
-    assert!(matches!(refusal, Refusal::SkipWouldLeaveTrafficPaused { .. }));
+    assert!(matches!(
+        refusal,
+        Refusal::SkipWouldLeaveTrafficPaused { .. }
+    ));
 
     // Rolling back the resume step pauses traffic again (its undo is PAUSE).
     run.walk_through(RESUME);
@@ -730,7 +858,10 @@ fn traffic_rules_are_enforced_by_the_engine() {
         reason: "re-route was wrong".into(),
     })
     .unwrap();
-    run.apply(Command::RollbackStepDone { step: id(&run.plan, RESUME) }).unwrap();
+    run.apply(Command::RollbackStepDone {
+        step: id(&run.plan, RESUME),
+    })
+    .unwrap();
     assert_eq!(run.state.traffic_pause.map(|p| p.by_step), Some(PAUSE));
 }
 
@@ -739,7 +870,13 @@ fn running_steps_refuse_a_second_start_and_a_rollback() {
     let mut run = Run::new(EngineSettings::default());
     run.start(PREFLIGHT);
     let again = run
-        .apply(start_command(&run.state, &run.plan, PREFLIGHT, &["alice"], vec![]))
+        .apply(start_command(
+            &run.state,
+            &run.plan,
+            PREFLIGHT,
+            &["alice"],
+            vec![],
+        ))
         .unwrap_err();
     assert!(matches!(again, Refusal::AlreadyRunning { .. }));
     let rollback = run
@@ -750,6 +887,29 @@ fn running_steps_refuse_a_second_start_and_a_rollback() {
         })
         .unwrap_err();
     assert!(matches!(rollback, Refusal::AnotherStepRunning { .. }));
+
+    // While an undo runs, neither a new rollback nor a start is accepted.
+    run.succeed(PREFLIGHT);
+    run.walk_through(PAUSE);
+    let rollback = |step: usize| Command::RollbackTo {
+        step: id(&run.plan, step),
+        by: "alice".into(),
+        reason: "x".into(),
+    };
+    let first = rollback(BASE_BACKUP);
+    let again = rollback(PREFLIGHT);
+    run.apply(first).unwrap();
+    let refusal = run.apply(again).unwrap_err();
+    assert!(
+        matches!(refusal, Refusal::RollbackInProgress { .. }),
+        "{refusal:?}"
+    );
+    let start = start_command(&run.state, &run.plan, PROMOTE, &["alice"], vec![]);
+    let refusal = run.apply(start).unwrap_err();
+    assert!(
+        matches!(refusal, Refusal::RollbackInProgress { .. }),
+        "{refusal:?}"
+    );
 }
 
 #[test]
@@ -768,8 +928,14 @@ fn replaying_the_journal_reproduces_the_live_state() {
         reason: "rehearsal".into(),
     })
     .unwrap();
-    run.apply(Command::RollbackStepDone { step: id(&run.plan, PROMOTE) }).unwrap();
-    run.apply(Command::RollbackStepDone { step: id(&run.plan, PAUSE) }).unwrap();
+    run.apply(Command::RollbackStepDone {
+        step: id(&run.plan, PROMOTE),
+    })
+    .unwrap();
+    run.apply(Command::RollbackStepDone {
+        step: id(&run.plan, PAUSE),
+    })
+    .unwrap();
     run.walk_through(RESUME);
     run.apply(Command::Skip {
         step: id(&run.plan, DELETE),
@@ -802,7 +968,10 @@ fn a_half_run_step_is_rechecked_on_resume_not_blindly_reapplied() {
     assert_eq!(journal.last().unwrap().kind, EntryKind::Started);
 
     let state = EngineState::replay(&run.plan, EngineSettings::default(), journal.iter()).unwrap();
-    assert!(matches!(state.steps[PROMOTE], StepStatus::NeedsRecheck { .. }));
+    assert!(matches!(
+        state.steps[PROMOTE],
+        StepStatus::NeedsRecheck { .. }
+    ));
     assert!(state.traffic_paused(), "the pause outlives the crash");
     assert_eq!(state.cursor, PROMOTE);
 
@@ -810,9 +979,15 @@ fn a_half_run_step_is_rechecked_on_resume_not_blindly_reapplied() {
     let (state, effects) = apply(&state, &run.plan, at(100), command).unwrap();
     assert_eq!(
         effects.last(),
-        Some(&Effect::RunAction { step: id(&run.plan, PROMOTE), resume_recheck: true })
+        Some(&Effect::RunAction {
+            step: id(&run.plan, PROMOTE),
+            resume_recheck: true
+        })
     );
-    let started = journal_of(&effects).into_iter().rfind(|e| e.kind == EntryKind::Started).unwrap();
+    let started = journal_of(&effects)
+        .into_iter()
+        .rfind(|e| e.kind == EntryKind::Started)
+        .unwrap();
     assert!(started.detail.contains("re-check"), "{}", started.detail);
     assert!(matches!(state.steps[PROMOTE], StepStatus::Running { .. }));
 
@@ -825,26 +1000,42 @@ fn a_half_run_step_is_rechecked_on_resume_not_blindly_reapplied() {
         reason: "x".into(),
     })
     .unwrap();
-    let state = EngineState::replay(&run.plan, EngineSettings::default(), run.journal().iter()).unwrap();
-    assert!(matches!(state.steps[PROMOTE], StepStatus::UndoNeedsRecheck { .. }));
+    let state =
+        EngineState::replay(&run.plan, EngineSettings::default(), run.journal().iter()).unwrap();
+    assert!(matches!(
+        state.steps[PROMOTE],
+        StepStatus::UndoNeedsRecheck { .. }
+    ));
     let target = state.rollback.as_ref().unwrap().target;
     let (_, effects) = apply(
         &state,
         &run.plan,
         at(200),
-        Command::RollbackTo { step: id(&run.plan, target), by: "alice".into(), reason: "resume".into() },
+        Command::RollbackTo {
+            step: id(&run.plan, target),
+            by: "alice".into(),
+            reason: "resume".into(),
+        },
     )
     .unwrap();
     assert_eq!(
         effects.last(),
-        Some(&Effect::RunUndo { step: id(&run.plan, PROMOTE), resume_recheck: true })
+        Some(&Effect::RunUndo {
+            step: id(&run.plan, PROMOTE),
+            resume_recheck: true
+        })
     );
 }
 
 #[test]
 fn replay_rejects_a_journal_from_another_plan() {
     let plan = plan();
-    let entry = JournalEntry::new(at(1), Some(StepId::new("rename-db")), EntryKind::Started, "");
+    let entry = JournalEntry::new(
+        at(1),
+        Some(StepId::new("rename-db")),
+        EntryKind::Started,
+        "",
+    );
     let error = EngineState::replay(&plan, EngineSettings::default(), [&entry]).unwrap_err();
     assert!(error.to_string().contains("rename-db"));
 }
@@ -860,7 +1051,10 @@ fn every_action_is_journaled_before_it_runs() {
     })
     .unwrap();
     for step in [RESUME, PROMOTE, PAUSE] {
-        run.apply(Command::RollbackStepDone { step: id(&run.plan, step) }).unwrap();
+        run.apply(Command::RollbackStepDone {
+            step: id(&run.plan, step),
+        })
+        .unwrap();
     }
     run.walk_through(VACUUM);
 
@@ -889,12 +1083,15 @@ fn the_fingerprint_covers_rendered_sql_params_and_version() {
     let base = plan();
     let fingerprint = base.fingerprint();
     assert_eq!(fingerprint.len(), 64);
-    assert!(fingerprint.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    assert!(fingerprint
+        .chars()
+        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
     assert_eq!(fingerprint, plan().fingerprint(), "deterministic");
 
     let mut changed_sql = plan();
-    changed_sql.steps[DELETE].commands[0].text =
-        changed_sql.steps[DELETE].commands[0].text.replace("10000", "10001");
+    changed_sql.steps[DELETE].commands[0].text = changed_sql.steps[DELETE].commands[0]
+        .text
+        .replace("10000", "10001");
     let mut changed_param = plan();
     changed_param.params.insert("shards".into(), "1-3".into());
     let mut changed_version = plan();
@@ -918,7 +1115,11 @@ fn the_fingerprint_covers_rendered_sql_params_and_version() {
         ("undo", changed_undo),
         ("field boundary", shifted),
     ] {
-        assert_ne!(other.fingerprint(), fingerprint, "{what} must change the fingerprint");
+        assert_ne!(
+            other.fingerprint(),
+            fingerprint,
+            "{what} must change the fingerprint"
+        );
     }
 }
 
@@ -952,4 +1153,31 @@ fn the_plan_reads_as_markdown_for_review() {
     assert!(markdown.contains(&plan.fingerprint()));
     assert!(markdown.contains("**POINT OF NO RETURN:**"));
     insta::assert_snapshot!("plan_markdown", markdown);
+}
+
+#[test]
+fn a_plan_built_from_an_inventory_pins_its_values_not_its_formatting() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories/lab.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let build = |text: &str| {
+        let inventory = cutover::inventory::parse(text, "lab.yaml").unwrap();
+        Plan::new(&inventory, "shard-split", plan().params, plan().steps).unwrap()
+    };
+    let original = build(&text);
+    assert_eq!(original.environment, "lab");
+    assert_eq!(original.tool_version, cutover::runbook::TOOL_VERSION);
+
+    let reformatted = format!(
+        "# reviewed by alice\n{}\n\n",
+        text.replace("port: 54321", "port:   54321")
+    );
+    assert_eq!(build(&reformatted).fingerprint(), original.fingerprint());
+    let changed = text.replace("port: 54321", "port: 54329");
+    assert_ne!(build(&changed).fingerprint(), original.fingerprint());
+
+    let inventory = cutover::inventory::parse(&text, "lab.yaml").unwrap();
+    let mut steps = plan().steps;
+    steps.push(steps[0].clone());
+    let duplicate = Plan::new(&inventory, "shard-split", BTreeMap::new(), steps).unwrap_err();
+    assert!(duplicate.to_string().contains("preflight"), "{duplicate}");
 }

@@ -202,7 +202,10 @@ async fn a_dead_pooled_connection_is_replaced_transparently() {
     let hosts = lab.hosts();
     hosts.run("db1", "true", T, &mut ignore).await.unwrap();
     assert!(lab.sshd.drop_connections() > 0);
-    let out = hosts.run("db1", "echo again", T, &mut ignore).await.unwrap();
+    let out = hosts
+        .run("db1", "echo again", T, &mut ignore)
+        .await
+        .unwrap();
     assert_eq!(out.stdout, "again\n");
     assert_eq!(hosts.connections_opened(), 2);
 }
@@ -238,7 +241,13 @@ async fn a_changed_host_key_is_refused_even_with_trust_on_first_use() {
         assert!(message.contains("SHA256:"), "{message}");
     }
     // Nothing was appended.
-    assert_eq!(std::fs::read_to_string(&known_hosts).unwrap().lines().count(), 1);
+    assert_eq!(
+        std::fs::read_to_string(&known_hosts)
+            .unwrap()
+            .lines()
+            .count(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -256,7 +265,10 @@ async fn an_unknown_host_key_needs_trust_on_first_use_which_records_it() {
         matches!(err, RemoteError::HostKeyUnknown { .. }),
         "{message}"
     );
-    assert!(message.contains(&known_hosts.display().to_string()), "{message}");
+    assert!(
+        message.contains(&known_hosts.display().to_string()),
+        "{message}"
+    );
     assert!(message.contains(&lab.sshd.port.to_string()), "{message}");
     assert!(message.contains("SHA256:"), "{message}");
 
@@ -267,7 +279,10 @@ async fn an_unknown_host_key_needs_trust_on_first_use_which_records_it() {
             ..HostOptions::default()
         },
     );
-    let out = trusting.run("db1", "echo ok", T, &mut ignore).await.unwrap();
+    let out = trusting
+        .run("db1", "echo ok", T, &mut ignore)
+        .await
+        .unwrap();
     assert_eq!(out.stdout, "ok\n");
     let recorded = std::fs::read_to_string(&known_hosts).unwrap();
     assert!(
@@ -314,13 +329,25 @@ async fn a_command_timeout_is_prompt_and_names_host_and_command() {
 
     let started = Instant::now();
     let err = hosts
-        .run("db1", "sleep 31.25", Duration::from_millis(400), &mut ignore)
+        .run(
+            "db1",
+            "sleep 31.25",
+            Duration::from_millis(400),
+            &mut ignore,
+        )
         .await
         .unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     let message = err.to_string();
     assert!(matches!(err, RemoteError::Timeout { .. }), "{message}");
-    assert!(message.contains("db1") && message.contains("sleep 31.25"), "{message}");
+    assert!(
+        message.contains("db1") && message.contains("sleep 31.25"),
+        "{message}"
+    );
 
     // The remote process was killed, and the connection is still good.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -483,7 +510,10 @@ async fn a_local_host_runs_commands_locally_with_the_same_contract() {
         .args(["-f", "slee[p] 32.5"])
         .output()
         .unwrap();
-    assert!(left.stdout.is_empty(), "local children survived the timeout");
+    assert!(
+        left.stdout.is_empty(),
+        "local children survived the timeout"
+    );
 
     // A background process holding the output pipe open does not hang the command.
     let started = Instant::now();
@@ -511,6 +541,8 @@ async fn every_command_is_logged_with_host_and_exit_status_and_no_key_material()
             Ok(())
         }
     }
+    // A global subscriber: a thread-scoped one misses callsites whose interest other test
+    // threads cached first. Other tests' events land in the buffer too; we look for ours.
     let capture = Capture::default();
     let writer = capture.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -518,7 +550,7 @@ async fn every_command_is_logged_with_host_and_exit_status_and_no_key_material()
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    tracing::subscriber::set_global_default(subscriber).unwrap();
 
     let lab = LabSshd::start();
     let hosts = lab.hosts();
@@ -530,12 +562,85 @@ async fn every_command_is_logged_with_host_and_exit_status_and_no_key_material()
     let log = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     let exit_line = log
         .lines()
-        .find(|l| l.contains("cutover::cmd") && l.contains("phase=\"exit\""))
+        .find(|l| {
+            l.contains("cutover::cmd")
+                && l.contains("phase=\"exit\"")
+                && l.contains("echo logged; exit 5")
+        })
         .unwrap_or_else(|| panic!("no exit line in:\n{log}"));
     assert!(exit_line.contains("host=\"db1\""), "{exit_line}");
     assert!(exit_line.contains("echo logged; exit 5"), "{exit_line}");
     assert!(exit_line.contains("exit_status=5"), "{exit_line}");
     let private_key = std::fs::read_to_string(&lab.sshd.client_key).unwrap();
     let secret_line = private_key.lines().nth(1).unwrap();
-    assert!(!log.contains(secret_line), "private key material in the log");
+    assert!(
+        !log.contains(secret_line),
+        "private key material in the log"
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_hits_the_connect_timeout() {
+    // Accepts TCP connections (the kernel backlog does) but never speaks SSH.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let host = Host {
+        name: "silent".into(),
+        local: false,
+        ssh: Some(SshTarget {
+            address: "127.0.0.1".into(),
+            port,
+            user: "postgres".into(),
+            key: None,
+            known_hosts: None,
+        }),
+    };
+    let hosts = Hosts::new(
+        vec![host],
+        HostOptions {
+            connect_timeout: Duration::from_millis(300),
+            ..HostOptions::default()
+        },
+    );
+    let started = Instant::now();
+    let err = hosts
+        .run("silent", "true", T, &mut ignore)
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let message = err.to_string();
+    assert!(matches!(err, RemoteError::Connect { .. }), "{message}");
+    assert!(
+        message.contains("silent") && message.contains("timed out"),
+        "{message}"
+    );
+
+    drop(silent);
+    let err = hosts
+        .run("silent", "true", T, &mut ignore)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::Connect { .. }), "{err}");
+}
+
+#[test]
+fn lab_sshd_is_adopted_when_running_and_stopped_by_pid() {
+    let lab = LabSshd::start();
+    let (again, started) = Sshd::ensure(&lab.sshd.dir, lab.sshd.port).unwrap();
+    assert!(!started, "a running sshd must be adopted, not restarted");
+    assert_eq!(again.pid(), lab.sshd.pid());
+    assert_eq!(again.host_key_pub, lab.sshd.host_key_pub);
+
+    lab.sshd.stop();
+    // sshd removes its PID file on SIGTERM, so there is nothing left to adopt.
+    assert!(Sshd::adopt(&lab.sshd.dir).map_or(true, |s| !s.is_running()));
+    assert!(!lab.sshd.is_running());
+    assert!(!cutover::lab::proc::port_open(lab.sshd.port));
+
+    // Restarting keeps the keys, so known_hosts entries stay valid.
+    let (restarted, started) = Sshd::ensure(&lab.sshd.dir, lab.sshd.port).unwrap();
+    assert!(started);
+    assert_eq!(restarted.host_key_pub, lab.sshd.host_key_pub);
+    assert!(restarted.is_running());
+    restarted.stop();
 }

@@ -53,7 +53,12 @@ pub fn apply(
             verification_detail,
         } => {
             let i = t.running(&step)?;
-            t.journal(Some(i), EntryKind::Verified, verification_detail, Vec::new())?;
+            t.journal(
+                Some(i),
+                EntryKind::Verified,
+                verification_detail,
+                Vec::new(),
+            )?;
             t.complete_if_done()?;
         }
         Command::ActionFailed { step, reason } => {
@@ -86,12 +91,7 @@ pub fn apply(
         Command::RollbackTo { step, by, reason } => rollback_to(&mut t, &step, by, reason)?,
         Command::RollbackStepDone { step } => {
             let i = t.rolling_back(&step)?;
-            t.journal(
-                Some(i),
-                EntryKind::RolledBack,
-                "undo succeeded",
-                Vec::new(),
-            )?;
+            t.journal(Some(i), EntryKind::RolledBack, "undo succeeded", Vec::new())?;
             if t.state.rollback.is_some() {
                 t.advance_rollback()?;
             }
@@ -178,9 +178,8 @@ fn start(
         }
     }
     let requirement = required_confirmation(&t.state, t.plan, step, observations)?;
-    let confirmation = confirmation.ok_or_else(|| Refusal::ConfirmationMissing {
-        step: step.clone(),
-    })?;
+    let confirmation =
+        confirmation.ok_or_else(|| Refusal::ConfirmationMissing { step: step.clone() })?;
     let operators = distinct_operators(&confirmation.by);
     if operators.is_empty() {
         return Err(Refusal::UnnamedOperator { step: step.clone() });
@@ -217,7 +216,11 @@ fn start(
     };
     t.journal(Some(i), EntryKind::Confirmed, confirmed_detail, operators)?;
     for result in precondition_results {
-        let verdict = if result.holds { "holds" } else { "does not hold" };
+        let verdict = if result.holds {
+            "holds"
+        } else {
+            "does not hold"
+        };
         t.journal(
             Some(i),
             EntryKind::Precondition,
@@ -280,12 +283,12 @@ fn rollback_to(
             running: t.plan.steps[running].id.clone(),
         });
     }
-    if t.state.rolling_back_step().is_some() {
-        if let Some(progress) = &t.state.rollback {
-            return Err(Refusal::RollbackInProgress {
-                target: t.plan.steps[progress.target].id.clone(),
-            });
-        }
+    // An undo is running right now: its result must come back before anything else.
+    if let Some(undoing) = t.state.rolling_back_step() {
+        let target = t.state.rollback.as_ref().map_or(undoing, |r| r.target);
+        return Err(Refusal::RollbackInProgress {
+            target: t.step_id(target),
+        });
     }
     let target = match &t.state.rollback {
         Some(progress) => i.min(progress.target),
@@ -296,12 +299,7 @@ fn rollback_to(
     if !anything_to_undo && t.state.rollback.is_none() {
         return Err(Refusal::NothingToRollBack { step: step.clone() });
     }
-    t.journal(
-        Some(target),
-        EntryKind::RollbackRequested,
-        reason,
-        vec![by],
-    )?;
+    t.journal(Some(target), EntryKind::RollbackRequested, reason, vec![by])?;
     t.advance_rollback()
 }
 
@@ -515,7 +513,12 @@ impl Transition<'_> {
             let resume_recheck = !matches!(self.state.steps[j], StepStatus::Done { .. });
             match &self.plan.steps[j].undo {
                 Undo::NothingToUndo => {
-                    self.journal(Some(j), EntryKind::RolledBack, "nothing to undo", Vec::new())?;
+                    self.journal(
+                        Some(j),
+                        EntryKind::RolledBack,
+                        "nothing to undo",
+                        Vec::new(),
+                    )?;
                 }
                 Undo::Reversible { description, .. } => {
                     let detail = description.clone();

@@ -20,7 +20,12 @@ pub struct JournalEntry {
 }
 
 impl JournalEntry {
-    pub fn new(at: DateTime<Utc>, step: Option<StepId>, kind: EntryKind, detail: impl Into<String>) -> Self {
+    pub fn new(
+        at: DateTime<Utc>,
+        step: Option<StepId>,
+        kind: EntryKind,
+        detail: impl Into<String>,
+    ) -> Self {
         JournalEntry {
             at,
             step,

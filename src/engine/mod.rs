@@ -24,8 +24,7 @@ mod state;
 pub use apply::{apply, required_confirmation};
 pub use entry::{EntryKind, JournalEntry, UnknownEntryKind};
 pub use state::{
-    EngineSettings, EngineState, Oversight, ReplayError, RollbackProgress, StepStatus,
-    TrafficPause,
+    EngineSettings, EngineState, Oversight, ReplayError, RollbackProgress, StepStatus, TrafficPause,
 };
 
 use crate::runbook::StepId;
@@ -205,7 +204,9 @@ pub enum Refusal {
     AlreadyRunning { step: StepId },
     #[error("step `{running}` is still running; wait for it (or cancel it) first")]
     AnotherStepRunning { running: StepId },
-    #[error("precondition `{precondition}` of step `{step}` does not hold: {description} ({detail})")]
+    #[error(
+        "precondition `{precondition}` of step `{step}` does not hold: {description} ({detail})"
+    )]
     PreconditionFailed {
         step: StepId,
         precondition: String,

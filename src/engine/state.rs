@@ -282,8 +282,7 @@ impl EngineState {
                     self.traffic_pause = None;
                 }
                 let undo_pauses_again = matches!(step.undo, Undo::Reversible { .. });
-                if step.flags.resumes_traffic && undo_pauses_again && self.traffic_pause.is_none()
-                {
+                if step.flags.resumes_traffic && undo_pauses_again && self.traffic_pause.is_none() {
                     let by_step = plan.steps[..i]
                         .iter()
                         .rposition(|s| s.flags.pauses_traffic)

@@ -161,7 +161,11 @@ impl Marked {
             _ if self.is_null() => "an empty value".to_string(),
             Value::Scalar(s) => {
                 let shown: String = s.text.chars().take(40).collect();
-                let ellipsis = if s.text.chars().count() > 40 { "…" } else { "" };
+                let ellipsis = if s.text.chars().count() > 40 {
+                    "…"
+                } else {
+                    ""
+                };
                 match s.style {
                     ScalarStyle::Plain => format!("`{shown}{ellipsis}`"),
                     ScalarStyle::Quoted => format!("the string {shown:?}{ellipsis}"),
@@ -270,7 +274,11 @@ fn syntax_problem(text: &str, marker: &Marker, info: &str) -> Problem {
             });
         if let Some((line, col)) = tab_in_indent {
             return Problem::new(
-                Pos { line, col, index: 0 },
+                Pos {
+                    line,
+                    col,
+                    index: 0,
+                },
                 "YAML syntax error: tab character in indentation; indent with spaces",
             );
         }

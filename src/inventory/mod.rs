@@ -95,7 +95,9 @@ pub fn parse(text: &str, file_label: &str) -> Result<Inventory, InventoryError> 
             Some(Err(error)) => {
                 problems.push(marked::Problem::new(
                     root.pos,
-                    format!("internal error: the checked inventory does not fit the model: {error}"),
+                    format!(
+                        "internal error: the checked inventory does not fit the model: {error}"
+                    ),
                 ));
                 None
             }

@@ -370,6 +370,12 @@ fn edit_distance(a: &str, b: &str) -> usize {
     previous[b.len()]
 }
 
+/// Control characters other than tab and newline, and the Unicode line/paragraph separators:
+/// never intended in a name, path or command, and YAML tools disagree on how to read them.
+pub(crate) fn is_invisible_control(c: char) -> bool {
+    (c.is_control() && c != '\t' && c != '\n') || c == '\u{2028}' || c == '\u{2029}'
+}
+
 fn convert_kind(
     node: &Marked,
     kind: &Kind,
@@ -389,7 +395,19 @@ fn convert_kind(
                 problems.push(Problem::new(node.pos, format!("{path}: must not be empty")));
                 None
             }
-            Some(text) => Some(Json::String(text.to_string())),
+            Some(text) => match text.chars().find(|c| is_invisible_control(*c)) {
+                Some(control) => {
+                    problems.push(Problem::new(
+                        node.pos,
+                        format!(
+                            "{path}: contains the invisible control character U+{:04X}; remove it",
+                            u32::from(control)
+                        ),
+                    ));
+                    None
+                }
+                None => Some(Json::String(text.to_string())),
+            },
             None => mistyped("a string"),
         },
         Kind::Port => match node.uint() {
@@ -426,7 +444,9 @@ fn convert_kind(
         Kind::TextList => {
             let items = node.items();
             let texts: Vec<Option<&str>> = items.iter().map(Marked::text).collect();
-            let all_texts = texts.iter().all(|text| text.is_some_and(|t| !t.is_empty()));
+            let all_texts = texts.iter().all(|text| {
+                text.is_some_and(|t| !t.is_empty() && !t.chars().any(is_invisible_control))
+            });
             if matches!(node.value, Value::Seq(_)) && !items.is_empty() && all_texts {
                 Some(Json::from(
                     texts

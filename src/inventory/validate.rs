@@ -27,7 +27,10 @@ pub(crate) fn check(root: &Marked, problems: &mut Vec<Problem>) {
     for (index, pgbouncer) in entries(root, "pgbouncers") {
         let path = format!("pgbouncers[{index}]");
         host_names.check(pgbouncer, "host", &path, problems);
-        let label = pgbouncer.field("name").and_then(Marked::text).unwrap_or("?");
+        let label = pgbouncer
+            .field("name")
+            .and_then(Marked::text)
+            .unwrap_or("?");
         let mut seen: Vec<(&str, Pos)> = Vec::new();
         for (alias_index, alias) in list(pgbouncer.field("aliases")) {
             let alias_path = format!("{path}.aliases[{alias_index}]");
@@ -150,10 +153,12 @@ fn unique_names<'a>(
 }
 
 fn require_non_empty(root: &Marked, key: &str, problems: &mut Vec<Problem>) {
-    if let Some(value @ Marked {
-        value: Value::Seq(items),
-        ..
-    }) = root.field(key)
+    if let Some(
+        value @ Marked {
+            value: Value::Seq(items),
+            ..
+        },
+    ) = root.field(key)
     {
         if items.is_empty() {
             problems.push(Problem::new(
@@ -294,7 +299,9 @@ struct Range {
 
 fn check_shards(root: &Marked, problems: &mut Vec<Problem>) {
     let shard_count = root.field("shard_count").and_then(|node| {
-        let count = node.uint().filter(|count| (1..=u64::from(u32::MAX)).contains(count))?;
+        let count = node
+            .uint()
+            .filter(|count| (1..=u64::from(u32::MAX)).contains(count))?;
         Some((count, node.pos))
     });
     if let Some((count, pos)) = shard_count {
@@ -359,7 +366,9 @@ fn check_shards(root: &Marked, problems: &mut Vec<Problem>) {
                     range.first
                 )
             } else if range.first - 1 == next_uncovered {
-                format!("{path}: gap before this range: shard {next_uncovered} belongs to no partition")
+                format!(
+                    "{path}: gap before this range: shard {next_uncovered} belongs to no partition"
+                )
             } else {
                 format!(
                     "{path}: gap before this range: shards {next_uncovered} to {} belong to no partition",

@@ -268,18 +268,13 @@ impl Sshd {
             return;
         }
         let descendants = descendant_pids(self.pid);
-        proc::stop_pid(
-            self.pid,
+        let mut pids = vec![self.pid];
+        pids.extend(descendants);
+        terminate(
+            &pids,
             nix::sys::signal::Signal::SIGTERM,
             Duration::from_secs(5),
         );
-        for pid in descendants {
-            proc::stop_pid(
-                pid,
-                nix::sys::signal::Signal::SIGTERM,
-                Duration::from_secs(2),
-            );
-        }
     }
 
     /// Kill the per-connection sshd processes and their commands, but not the listener:
@@ -287,13 +282,11 @@ impl Sshd {
     /// processes were killed.
     pub fn drop_connections(&self) -> usize {
         let descendants = descendant_pids(self.pid);
-        for &pid in &descendants {
-            proc::stop_pid(
-                pid,
-                nix::sys::signal::Signal::SIGKILL,
-                Duration::from_secs(2),
-            );
-        }
+        terminate(
+            &descendants,
+            nix::sys::signal::Signal::SIGKILL,
+            Duration::from_secs(2),
+        );
         descendants.len()
     }
 
@@ -337,6 +330,38 @@ fn wait_for_pid_file(path: &Path) -> Option<i32> {
             return None;
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Send `signal` to every PID, wait up to `timeout` for all to exit, then SIGKILL the rest.
+/// A zombie counts as exited: daemonized servers are reparented to PID 1, which may never
+/// reap them (it does not in this project's VMs), so `kill(pid, 0)` alone would wait forever.
+fn terminate(pids: &[i32], signal: nix::sys::signal::Signal, timeout: Duration) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    for &pid in pids {
+        let _ = kill(Pid::from_raw(pid), signal);
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    while pids.iter().any(|&pid| !exited(pid)) {
+        if std::time::Instant::now() >= deadline {
+            for &pid in pids.iter().filter(|&&pid| !exited(pid)) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Gone, or a zombie waiting for a parent that may never reap it.
+fn exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|end| stat[end + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
     }
 }
 

@@ -12,7 +12,10 @@ pub(super) fn plan_markdown(plan: &Plan) -> String {
     out.push('\n');
     push_line(&mut out, "| | |");
     push_line(&mut out, "|---|---|");
-    push_line(&mut out, &format!("| environment | `{}` |", plan.environment));
+    push_line(
+        &mut out,
+        &format!("| environment | `{}` |", plan.environment),
+    );
     push_line(&mut out, &format!("| runbook | `{}` |", plan.runbook));
     let params = if plan.params.is_empty() {
         "(none)".to_string()
@@ -24,7 +27,10 @@ pub(super) fn plan_markdown(plan: &Plan) -> String {
             .join(" ")
     };
     push_line(&mut out, &format!("| parameters | {params} |"));
-    push_line(&mut out, &format!("| tool version | `{}` |", plan.tool_version));
+    push_line(
+        &mut out,
+        &format!("| tool version | `{}` |", plan.tool_version),
+    );
     push_line(&mut out, &format!("| steps | {} |", plan.steps.len()));
     push_line(&mut out, &format!("| fingerprint | `{fingerprint}` |"));
     out.push('\n');
@@ -32,10 +38,14 @@ pub(super) fn plan_markdown(plan: &Plan) -> String {
         &mut out,
         &format!("Run exactly this plan with `--expect-fingerprint {fingerprint}`."),
     );
+    out.push('\n');
     for (index, step) in plan.steps.iter().enumerate() {
-        out.push('\n');
         step_markdown(&mut out, index + 1, step);
     }
+    // Every section ends with a blank line; the document ends with exactly one newline.
+    let trimmed_len = out.trim_end().len();
+    out.truncate(trimmed_len);
+    out.push('\n');
     out
 }
 
@@ -53,7 +63,10 @@ fn step_markdown(out: &mut String, number: usize, step: &Step) {
         commands_markdown(out, &step.commands);
     }
     if !step.preconditions.is_empty() {
-        push_line(out, "**Preconditions** (checked live right before the step):");
+        push_line(
+            out,
+            "**Preconditions** (checked live right before the step):",
+        );
         out.push('\n');
         for pre in &step.preconditions {
             push_line(out, &format!("- `{}`: {}", pre.id, pre.description));
@@ -104,12 +117,8 @@ fn flag_labels(step: &Step) -> Vec<&'static str> {
 fn commands_markdown(out: &mut String, commands: &[RenderedCommand]) {
     for command in commands {
         push_line(out, &format!("`{}`", command.target));
-        out.push('\n');
         let fence = fence_for(&command.text);
-        push_line(
-            out,
-            &format!("{fence}{}", command.kind.fence_language()),
-        );
+        push_line(out, &format!("{fence}{}", command.kind.fence_language()));
         out.push_str(&command.text);
         if !command.text.ends_with('\n') {
             out.push('\n');

@@ -1,0 +1,450 @@
+//! Executor: the effects stage of the flow. Drives the pure engine (`crate::engine`) with
+//! live preconditions and confirmations, performs its effects through a runbook's [`Actions`]
+//! (tokio-postgres, pgbouncer admin, russh), and appends every journal entry durably before
+//! the next effect runs.
+//!
+//! Invariants:
+//! - a `Journal` effect is written before any later effect is performed;
+//! - while traffic is paused, an action that overruns the pause bound is cancelled, the run
+//!   rolls back to before the pause, and traffic is resumed even if that rollback stalls.
+
+pub mod shard_split;
+
+use crate::engine::{
+    self, Command, Confirmation, EngineSettings, EngineState, Effect, Observation,
+    PreconditionResult, Refusal,
+};
+use crate::journal::{Journal, JournalError, RunId, RunStatus};
+use crate::runbook::{Plan, Step, StepId};
+use chrono::Utc;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// What an action reports while it runs; journaled as it arrives.
+#[derive(Debug, Clone)]
+pub enum Report {
+    Output(String),
+    Gate { detail: String, passed: bool },
+}
+
+/// Where an action sends its [`Report`]s.
+#[derive(Clone)]
+pub struct Sink(mpsc::UnboundedSender<Report>);
+
+impl Sink {
+    pub fn output(&self, text: impl Into<String>) {
+        let text = text.into();
+        tracing::info!(target: "cutover::cmd", "{text}");
+        let _ = self.0.send(Report::Output(text));
+    }
+    pub fn gate(&self, detail: impl Into<String>, passed: bool) {
+        let detail = detail.into();
+        tracing::info!(target: "cutover::cmd", passed, "gate: {detail}");
+        let _ = self.0.send(Report::Gate { detail, passed });
+    }
+    /// A sink whose reports go nowhere, for previews (e.g. the cockpit evaluating preconditions).
+    pub fn discard() -> Sink {
+        let (tx, _) = mpsc::unbounded_channel();
+        Sink(tx)
+    }
+}
+
+/// A runbook's effects. Every action checks before it acts, so running it again after a
+/// crash (`recheck`) converges instead of applying twice; the same holds for undos.
+pub trait Actions: Send {
+    /// Evaluate the step's preconditions from live readings, right now.
+    fn preconditions(&mut self, step: &Step) -> impl Future<Output = Vec<PreconditionResult>> + Send;
+    /// The readings a confirmation of this step is bound to (e.g. both LSNs before promotion).
+    fn observations(&mut self, step: &Step) -> impl Future<Output = Vec<Observation>> + Send;
+    /// Perform the step; `Ok` carries the verification detail.
+    fn action(&mut self, step: &Step, recheck: bool, sink: Sink) -> impl Future<Output = Result<String, String>> + Send;
+    fn undo(&mut self, step: &Step, recheck: bool, sink: Sink) -> impl Future<Output = Result<String, String>> + Send;
+    /// Last-resort RESUME after the pause bound, whatever state the rollback reached.
+    fn force_resume(&mut self, sink: Sink) -> impl Future<Output = Result<String, String>> + Send;
+    /// The longest write pause this runbook allows.
+    fn pause_bound(&self) -> Duration;
+    /// Whether traffic may resume before the rollback runs: true while nothing that changes
+    /// where writes go has started. Otherwise the rollback restores routing first, then resumes.
+    fn resume_is_safe(&self, plan: &Plan, state: &EngineState) -> bool;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("step `{step}` refused: {refusal}")]
+    Refused { step: StepId, refusal: Refusal },
+    #[error("step `{step}` failed: {reason}")]
+    StepFailed { step: StepId, reason: String },
+    #[error("rolling back `{step}` failed: {reason}")]
+    UndoFailed { step: StepId, reason: String },
+    #[error("the plan changed since it was reviewed: expected fingerprint {expected}, the plan now has {actual}")]
+    FingerprintMismatch { expected: String, actual: String },
+    #[error("run {run_id} of this runbook is unfinished with another plan (fingerprint {fingerprint}); resume it with the same inventory and parameters, or roll it back first")]
+    OtherRunUnfinished { run_id: RunId, fingerprint: String },
+    #[error("the journal of run {run_id} does not replay onto this plan: {detail}")]
+    Replay { run_id: RunId, detail: String },
+    #[error("the write pause exceeded its bound of {bound_ms} ms; traffic was resumed and the run rolled back to before the pause")]
+    PauseBoundExceeded { bound_ms: u128 },
+}
+
+/// How a run ended up after a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    Completed,
+    /// Stopped at a step that needs an operator (refused, failed, or rolled back).
+    Stopped,
+}
+
+pub struct Runner<A: Actions> {
+    pub plan: Plan,
+    pub state: EngineState,
+    pub run_id: RunId,
+    pub resumed: bool,
+    journal: Journal,
+    actions: A,
+    /// When the current write pause began, by our monotonic clock.
+    pause_started: Option<Instant>,
+    pause_bound_hit: bool,
+}
+
+impl<A: Actions> Runner<A> {
+    /// Resume the unfinished run of this plan, or create a new one. An unfinished run of the
+    /// same runbook with a different plan blocks a new run: two cutovers must never interleave.
+    pub fn open(journal: Journal, plan: Plan, settings: EngineSettings, actions: A) -> Result<Self, RunError> {
+        let fingerprint = plan.fingerprint();
+        let (run_id, state, resumed) = match journal.latest_unfinished_run(&plan.environment, &plan.runbook)? {
+            Some(meta) if meta.fingerprint == fingerprint => {
+                let entries = journal.entries(&meta.run_id)?;
+                let state = EngineState::replay(&plan, settings, entries.iter()).map_err(|e| RunError::Replay {
+                    run_id: meta.run_id.clone(),
+                    detail: e.to_string(),
+                })?;
+                (meta.run_id, state, true)
+            }
+            Some(meta) => {
+                return Err(RunError::OtherRunUnfinished {
+                    run_id: meta.run_id,
+                    fingerprint: meta.fingerprint,
+                })
+            }
+            None => {
+                let run_id = journal.create_run(&plan)?;
+                (run_id, EngineState::new(&plan, settings), false)
+            }
+        };
+        // A pause that survived a crash counts from now: we cannot know how long it has been.
+        let pause_started = state.traffic_paused().then(Instant::now);
+        Ok(Runner {
+            plan,
+            state,
+            run_id,
+            resumed,
+            journal,
+            actions,
+            pause_started,
+            pause_bound_hit: false,
+        })
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    pub fn actions_mut(&mut self) -> &mut A {
+        &mut self.actions
+    }
+
+    /// Apply a command to the engine, write its journal entries, and return the other effects.
+    fn commit(&mut self, command: Command) -> Result<VecDeque<Effect>, RunError> {
+        let step = command_step(&command);
+        let (state, effects) = engine::apply(&self.state, &self.plan, Utc::now(), command)
+            .map_err(|refusal| RunError::Refused { step, refusal })?;
+        let was_paused = self.state.traffic_paused();
+        self.state = state;
+        match (was_paused, self.state.traffic_paused()) {
+            (false, true) => self.pause_started = Some(Instant::now()),
+            (true, false) => self.pause_started = None,
+            _ => {}
+        }
+        let mut rest = VecDeque::new();
+        for effect in effects {
+            match effect {
+                Effect::Journal(entry) => {
+                    self.journal.append(&self.run_id, &entry)?;
+                }
+                other => rest.push_back(other),
+            }
+        }
+        Ok(rest)
+    }
+
+    fn pause_deadline(&self) -> Option<Instant> {
+        self.pause_started.map(|since| since + self.actions.pause_bound())
+    }
+
+    /// Start `step` with preconditions evaluated now and the given confirmation, then perform
+    /// every effect that follows until the engine waits for an operator again.
+    pub async fn start(&mut self, step: &StepId, confirmation: Option<Confirmation>) -> Result<(), RunError> {
+        let spec = self.step_spec(step)?;
+        let precondition_results = self.actions.preconditions(&spec).await;
+        let observations = self.actions.observations(&spec).await;
+        let effects = self.commit(Command::Start {
+            step: step.clone(),
+            confirmation,
+            precondition_results,
+            observations,
+        });
+        let effects = match effects {
+            Ok(effects) => effects,
+            Err(RunError::Refused { step, refusal }) => {
+                // A refusal changes no state; record it for the change ticket all the same.
+                let _ = self.commit(Command::Note {
+                    step: Some(step.clone()),
+                    text: format!("refused: {refusal}"),
+                    by: vec![],
+                });
+                return Err(RunError::Refused { step, refusal });
+            }
+            Err(other) => return Err(other),
+        };
+        self.perform(effects).await
+    }
+
+    /// The confirmation requirement of `step` from readings taken now.
+    pub async fn requirement(&mut self, step: &StepId) -> Result<engine::ConfirmationRequirement, RunError> {
+        let spec = self.step_spec(step)?;
+        let observations = self.actions.observations(&spec).await;
+        engine::required_confirmation(&self.state, &self.plan, step, &observations)
+            .map_err(|refusal| RunError::Refused { step: step.clone(), refusal })
+    }
+
+    fn step_spec(&self, step: &StepId) -> Result<Step, RunError> {
+        self.plan.step(step).cloned().ok_or_else(|| RunError::Refused {
+            step: step.clone(),
+            refusal: Refusal::UnknownStep { step: step.clone() },
+        })
+    }
+
+    pub async fn rollback_to(&mut self, step: &StepId, by: &str, reason: &str) -> Result<(), RunError> {
+        let effects = self.commit(Command::RollbackTo {
+            step: step.clone(),
+            by: by.to_string(),
+            reason: reason.to_string(),
+        })?;
+        self.perform(effects).await
+    }
+
+    pub async fn skip(&mut self, step: &StepId, by: &str, reason: &str) -> Result<(), RunError> {
+        let effects = self.commit(Command::Skip {
+            step: step.clone(),
+            reason: reason.to_string(),
+            by: by.to_string(),
+        })?;
+        self.perform(effects).await
+    }
+
+    async fn perform(&mut self, mut queue: VecDeque<Effect>) -> Result<(), RunError> {
+        let mut first_error: Option<RunError> = None;
+        while let Some(effect) = queue.pop_front() {
+            let next = match effect {
+                Effect::Journal(entry) => {
+                    self.journal.append(&self.run_id, &entry)?;
+                    VecDeque::new()
+                }
+                Effect::RunAction { step, resume_recheck } => {
+                    let (next, error) = self.run_action(&step, resume_recheck).await?;
+                    if first_error.is_none() {
+                        first_error = error;
+                    }
+                    next
+                }
+                Effect::RunUndo { step, resume_recheck } => {
+                    let (next, error) = self.run_undo(&step, resume_recheck).await?;
+                    if first_error.is_none() {
+                        first_error = error;
+                    }
+                    next
+                }
+                // The action's future was dropped when the bound fired; nothing is left to stop.
+                Effect::CancelAction { .. } => VecDeque::new(),
+                Effect::RollbackCompleted { .. } => {
+                    if self.state.cursor == 0 {
+                        self.journal.finish_run(&self.run_id, RunStatus::RolledBack)?;
+                    }
+                    VecDeque::new()
+                }
+                Effect::RunCompleted => {
+                    self.journal.finish_run(&self.run_id, RunStatus::Completed)?;
+                    VecDeque::new()
+                }
+            };
+            for effect in next.into_iter().rev() {
+                queue.push_front(effect);
+            }
+        }
+        if self.pause_bound_hit {
+            self.pause_bound_hit = false;
+            self.ensure_resumed().await?;
+            return Err(RunError::PauseBoundExceeded {
+                bound_ms: self.actions.pause_bound().as_millis(),
+            });
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// After the bound fired: if the rollback did not end the pause, RESUME anyway.
+    async fn ensure_resumed(&mut self) -> Result<(), RunError> {
+        if !self.state.traffic_paused() {
+            return Ok(());
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let result = self.actions.force_resume(Sink(tx)).await;
+        while let Ok(report) = rx.try_recv() {
+            self.journal_report(None, report)?;
+        }
+        let text = match result {
+            Ok(detail) => format!("traffic resumed by force after the pause bound: {detail}"),
+            Err(reason) => format!("FORCED RESUME FAILED after the pause bound: {reason}"),
+        };
+        self.commit(Command::Note { step: None, text, by: vec!["cutover:pause-bound".into()] })?;
+        Ok(())
+    }
+
+    fn journal_report(&mut self, step: Option<&StepId>, report: Report) -> Result<(), RunError> {
+        let command = match (report, step) {
+            (Report::Output(text), Some(step)) => Command::Output { step: step.clone(), text },
+            (Report::Gate { detail, passed }, Some(step)) => Command::Gate { step: step.clone(), detail, passed },
+            (Report::Output(text) | Report::Gate { detail: text, .. }, None) => {
+                Command::Note { step: None, text, by: vec![] }
+            }
+        };
+        self.commit(command)?;
+        Ok(())
+    }
+
+    async fn run_action(&mut self, step: &StepId, recheck: bool) -> Result<(VecDeque<Effect>, Option<RunError>), RunError> {
+        let spec = self.step_spec(step)?;
+        let deadline = self.pause_deadline();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let outcome = {
+            let action = self.actions.action(&spec, recheck, Sink(tx));
+            tokio::pin!(action);
+            let mut reports = Vec::new();
+            let outcome = loop {
+                tokio::select! {
+                    result = &mut action => break Some(result),
+                    Some(report) = rx.recv() => reports.push(report),
+                    _ = sleep_until(deadline) => break None,
+                }
+            };
+            (outcome, reports)
+        };
+        let (outcome, mut reports) = outcome;
+        while let Ok(report) = rx.try_recv() {
+            reports.push(report);
+        }
+        for report in reports {
+            self.journal_report(Some(step), report)?;
+        }
+        match outcome {
+            Some(Ok(detail)) => Ok((
+                self.commit(Command::ActionSucceeded { step: step.clone(), verification_detail: detail })?,
+                None,
+            )),
+            Some(Err(reason)) => {
+                let effects = self.commit(Command::ActionFailed { step: step.clone(), reason: reason.clone() })?;
+                Ok((effects, Some(RunError::StepFailed { step: step.clone(), reason })))
+            }
+            None => {
+                let paused_for = self.pause_started.map(|s| s.elapsed()).unwrap_or_default();
+                self.pause_bound_hit = true;
+                if self.actions.resume_is_safe(&self.plan, &self.state) {
+                    let (tx, mut rx) = mpsc::unbounded_channel();
+                    let resumed = self.actions.force_resume(Sink(tx)).await;
+                    while let Ok(report) = rx.try_recv() {
+                        self.journal_report(Some(step), report)?;
+                    }
+                    if let Err(reason) = resumed {
+                        self.journal_report(Some(step), Report::Output(format!("RESUME after the pause bound failed: {reason}")))?;
+                    }
+                }
+                let effects = self.commit(Command::PauseBoundExceeded {
+                    bound: self.actions.pause_bound(),
+                    paused_for,
+                })?;
+                Ok((effects, None))
+            }
+        }
+    }
+
+    async fn run_undo(&mut self, step: &StepId, recheck: bool) -> Result<(VecDeque<Effect>, Option<RunError>), RunError> {
+        let spec = self.step_spec(step)?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let result = self.actions.undo(&spec, recheck, Sink(tx)).await;
+        while let Ok(report) = rx.try_recv() {
+            self.journal_report(Some(step), report)?;
+        }
+        match result {
+            Ok(_) => Ok((self.commit(Command::RollbackStepDone { step: step.clone() })?, None)),
+            Err(reason) => {
+                let effects = self.commit(Command::RollbackStepFailed { step: step.clone(), reason: reason.clone() })?;
+                Ok((effects, Some(RunError::UndoFailed { step: step.clone(), reason })))
+            }
+        }
+    }
+
+    /// `--yes`: run every remaining step with headless confirmations, enforcing every
+    /// precondition and gate. A failure while traffic is paused rolls back to before the pause.
+    pub async fn run_headless(&mut self, user: &str) -> Result<Progress, RunError> {
+        loop {
+            let Some(step) = self.state.next_step(&self.plan).map(|s| s.id.clone()) else {
+                return Ok(Progress::Completed);
+            };
+            let requirement = self.requirement(&step).await?;
+            let confirmation = Confirmation::headless(user, &requirement);
+            if let Err(error) = self.start(&step, Some(confirmation)).await {
+                if let Some(pause_step) = self.state.traffic_pause.as_ref().map(|p| p.by_step) {
+                    let target = self.plan.steps[pause_step].id.clone();
+                    let reason = format!("automatic: {error}");
+                    if let Err(rollback_error) = self.rollback_to(&target, &format!("headless:{user}"), &reason).await {
+                        tracing::error!(target: "cutover::cmd", "rollback after failure: {rollback_error}");
+                    }
+                    self.ensure_resumed().await?;
+                }
+                if !matches!(error, RunError::PauseBoundExceeded { .. }) {
+                    self.journal.finish_run(&self.run_id, RunStatus::Failed)?;
+                }
+                return Err(error);
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn command_step(command: &Command) -> StepId {
+    match command {
+        Command::Start { step, .. }
+        | Command::ActionSucceeded { step, .. }
+        | Command::ActionFailed { step, .. }
+        | Command::Output { step, .. }
+        | Command::Gate { step, .. }
+        | Command::Skip { step, .. }
+        | Command::RollbackTo { step, .. }
+        | Command::RollbackStepDone { step }
+        | Command::RollbackStepFailed { step, .. } => step.clone(),
+        Command::Note { step, .. } => step.clone().unwrap_or_else(|| StepId::new("-")),
+        Command::PauseBoundExceeded { .. } => StepId::new("pause-bound"),
+    }
+}

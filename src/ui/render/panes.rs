@@ -1,0 +1,559 @@
+//! The reading panes (Replication, Connections, Shards) and the Log pane, rendered from the
+//! model's shown snapshot; each marks the age of its readings and stale or unreachable sources.
+
+use super::super::model::{LagHistory, Model, Pane};
+use super::super::theme::Theme;
+use super::{format_age, pane_block, STALE_FACTOR};
+use crate::readings::types::{Outcome, Reading};
+use chrono::{DateTime, Utc};
+use ratatui::layout::Rect;
+use ratatui::style::Style;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::Paragraph;
+use ratatui::Frame;
+use std::borrow::Cow;
+use std::time::Duration;
+
+/// Retained WAL of a slot above which it is shown as a warning.
+pub const SLOT_WARN_BYTES: i64 = 1 << 30;
+/// Retained WAL of a slot above which it is shown as dangerous.
+pub const SLOT_DANGER_BYTES: i64 = 8 << 30;
+/// Replication lag above which a sender is shown as a warning / as dangerous.
+const LAG_WARN_BYTES: i64 = 16 << 20;
+const LAG_DANGER_BYTES: i64 = 1 << 30;
+const SPARKLINE_WIDTH: usize = 20;
+
+pub use crate::readings::text::human_bytes;
+
+/// `samples` (oldest first) as a block-character sparkline of at most `width` columns,
+/// scaled to the largest sample shown.
+pub fn sparkline(samples: &LagHistory, width: usize) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let skip = samples.samples.len().saturating_sub(width);
+    let shown: Vec<u64> = samples.samples.iter().skip(skip).copied().collect();
+    let max = shown.iter().copied().max().unwrap_or(0);
+    shown
+        .iter()
+        .map(|&v| {
+            if max == 0 {
+                BARS[0]
+            } else {
+                let level = (v as u128 * (BARS.len() as u128 - 1)).div_ceil(max as u128);
+                BARS[level.min(BARS.len() as u128 - 1) as usize]
+            }
+        })
+        .collect()
+}
+
+fn age_of(model: &Model, at: DateTime<Utc>) -> Duration {
+    (model.now - at).to_std().unwrap_or(Duration::ZERO)
+}
+
+fn is_stale(age: Duration, interval: Duration) -> bool {
+    age > interval * STALE_FACTOR
+}
+
+/// Title spans with the oldest reading's age, marked stale when it is.
+fn age_title<'a, T>(model: &Model, theme: &Theme, readings: &[Reading<T>], interval: Duration) -> Vec<Span<'a>> {
+    match readings.iter().map(|r| age_of(model, r.at)).max() {
+        None => vec![Span::styled(" waiting for readings ", theme.dim)],
+        Some(age) if is_stale(age, interval) => {
+            vec![Span::styled(format!(" STALE {} ", format_age(age)), theme.stale)]
+        }
+        Some(age) => vec![Span::styled(format!(" {} ", format_age(age)), theme.dim)],
+    }
+}
+
+/// The line naming a source: its name, its age (stale marked) or why it is unreachable.
+fn source_line<'a, T>(model: &Model, theme: &Theme, reading: &Reading<T>, interval: Duration, what: String) -> Line<'a> {
+    let age = age_of(model, reading.at);
+    let mut spans = vec![Span::styled(reading.source.clone(), theme.title)];
+    match &reading.outcome {
+        Outcome::Unreachable(why) => {
+            spans.push(Span::styled(" UNREACHABLE ", theme.unreachable));
+            spans.push(Span::styled(why.clone(), theme.danger));
+            spans.push(Span::styled(format!(" · tried {} ago", format_age(age)), theme.dim));
+        }
+        Outcome::Ok(_) => {
+            if !what.is_empty() {
+                spans.push(Span::styled(format!(" {what}"), theme.text));
+            }
+            if is_stale(age, interval) {
+                spans.push(Span::styled(format!(" · STALE {}", format_age(age)), theme.stale));
+            } else {
+                spans.push(Span::styled(format!(" · {}", format_age(age)), theme.dim));
+            }
+        }
+    }
+    Line::from(spans)
+}
+
+fn opt(value: &Option<String>) -> &str {
+    value.as_deref().unwrap_or("-")
+}
+
+fn lag_style(theme: &Theme, lag: Option<i64>) -> Style {
+    match lag {
+        Some(b) if b >= LAG_DANGER_BYTES => theme.danger,
+        Some(b) if b >= LAG_WARN_BYTES => theme.warn,
+        Some(0) => theme.ok,
+        _ => theme.text,
+    }
+}
+
+fn slot_style(theme: &Theme, retained: Option<i64>) -> Style {
+    match retained {
+        Some(b) if b > SLOT_DANGER_BYTES => theme.danger,
+        Some(b) if b > SLOT_WARN_BYTES => theme.warn,
+        _ => theme.text,
+    }
+}
+
+fn paragraph_in<'a>(frame: &mut Frame, area: Rect, pane: Pane, model: &Model, lines: Vec<Line<'a>>, block: ratatui::widgets::Block<'a>) {
+    let scroll = model.scroll[pane.index()];
+    frame.render_widget(Paragraph::new(lines).block(block).scroll((scroll, 0)), area);
+}
+
+pub fn render_replication(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
+    let snapshot = &model.shown;
+    let interval = model.session.intervals.fast;
+    let mut lines: Vec<Line> = Vec::new();
+    for reading in &snapshot.replication {
+        let Some(node) = reading.value() else {
+            lines.push(source_line(model, theme, reading, interval, String::new()));
+            continue;
+        };
+        let role = match (&node.receiver, node.in_recovery) {
+            (Some(_), _) | (None, true) => "standby".to_string(),
+            (None, false) => format!("primary · WAL {}", opt(&node.current_wal_lsn)),
+        };
+        lines.push(source_line(model, theme, reading, interval, role));
+        for s in &node.senders {
+            let key = format!("{}/{}", reading.source, s.application_name);
+            let spark = model
+                .lag_history
+                .get(&key)
+                .map(|h| sparkline(h, SPARKLINE_WIDTH))
+                .unwrap_or_default();
+            let lag_time = s
+                .replay_lag_ms
+                .map(|ms| format!("{ms:.0} ms"))
+                .unwrap_or_else(|| "-".into());
+            lines.push(Line::from(vec![
+                Span::styled(
+                    format!(
+                        "  → {} {} {}",
+                        s.application_name,
+                        opt(&s.client_addr),
+                        s.state
+                    ),
+                    theme.text,
+                ),
+                Span::styled(
+                    format!(
+                        "  lag {} / {lag_time} ",
+                        s.lag_bytes.map(human_bytes).unwrap_or_else(|| "-".into())
+                    ),
+                    lag_style(theme, s.lag_bytes),
+                ),
+                Span::styled(spark, theme.sparkline),
+            ]));
+            lines.push(Line::styled(
+                format!(
+                    "    sent {}  write {}  flush {}  replay {}",
+                    opt(&s.sent_lsn),
+                    opt(&s.write_lsn),
+                    opt(&s.flush_lsn),
+                    opt(&s.replay_lsn)
+                ),
+                theme.dim,
+            ));
+        }
+        if let Some(r) = &node.receiver {
+            let status = r.status.as_deref().unwrap_or("not running");
+            let from = match (&r.sender_host, r.sender_port) {
+                (Some(host), Some(port)) => format!(" from {host}:{port}"),
+                (Some(host), None) => format!(" from {host}"),
+                _ => String::new(),
+            };
+            let status_style = if r.status.as_deref() == Some("streaming") {
+                theme.ok
+            } else {
+                theme.warn
+            };
+            let mut spans = vec![
+                Span::styled("  receiver ", theme.text),
+                Span::styled(status.to_string(), status_style),
+                Span::styled(from, theme.text),
+            ];
+            if r.replay_paused {
+                spans.push(Span::styled(" REPLAY PAUSED", theme.warn));
+            }
+            lines.push(Line::from(spans));
+            lines.push(Line::styled(
+                format!(
+                    "    received {}  replayed {}",
+                    opt(&r.receive_lsn),
+                    opt(&r.replay_lsn)
+                ),
+                theme.dim,
+            ));
+        }
+        for slot in &node.slots {
+            let retained = slot.retained_bytes.map(human_bytes).unwrap_or_else(|| "-".into());
+            let mut spans = vec![
+                Span::styled(
+                    format!(
+                        "  slot {} ({}, {})",
+                        slot.slot_name,
+                        slot.slot_type,
+                        if slot.active { "active" } else { "inactive" }
+                    ),
+                    theme.text,
+                ),
+                Span::styled(
+                    format!(" retains {retained}"),
+                    slot_style(theme, slot.retained_bytes),
+                ),
+            ];
+            if slot.retained_bytes.is_some_and(|b| b > SLOT_WARN_BYTES) {
+                spans.push(Span::styled(" ⚠ WAL piling up", slot_style(theme, slot.retained_bytes)));
+            }
+            lines.push(Line::from(spans));
+        }
+        for sub in &node.subscriptions {
+            lines.push(Line::styled(
+                format!(
+                    "  subscription {} received {} latest end {}",
+                    sub.name,
+                    opt(&sub.received_lsn),
+                    opt(&sub.latest_end_lsn)
+                ),
+                theme.text,
+            ));
+        }
+    }
+    let block = pane_block(
+        Pane::Replication,
+        model,
+        theme,
+        age_title(model, theme, &snapshot.replication, interval),
+    );
+    paragraph_in(frame, area, Pane::Replication, model, lines, block);
+}
+
+fn fit(text: &str, width: usize) -> Cow<'_, str> {
+    if text.chars().count() <= width {
+        Cow::Borrowed(text)
+    } else {
+        let cut: String = text.chars().take(width.saturating_sub(1)).collect();
+        Cow::Owned(format!("{cut}…"))
+    }
+}
+
+pub fn render_connections(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
+    let snapshot = &model.shown;
+    let interval = model.session.intervals.fast;
+    let mut lines: Vec<Line> = Vec::new();
+    for reading in &snapshot.connections {
+        lines.push(source_line(model, theme, reading, interval, "sessions".into()));
+        let Some(groups) = reading.value() else { continue };
+        if groups.is_empty() {
+            lines.push(Line::styled("  no sessions", theme.dim));
+        } else {
+            lines.push(Line::styled(
+                format!("  {:<15} {:<22} {:<20} {:>5}", "client", "database", "state", "n"),
+                theme.dim,
+            ));
+        }
+        for g in groups {
+            lines.push(Line::styled(
+                format!(
+                    "  {:<15} {:<22} {:<20} {:>5}",
+                    fit(g.client_addr.as_deref().unwrap_or("local"), 15),
+                    fit(opt(&g.database), 22),
+                    fit(opt(&g.state), 20),
+                    g.count
+                ),
+                theme.text,
+            ));
+        }
+    }
+    for reading in &snapshot.pgbouncer {
+        lines.push(source_line(model, theme, reading, interval, "pgbouncer".into()));
+        let Some(bouncer) = reading.value() else { continue };
+        for db in bouncer.databases.iter().filter(|d| d.name != "pgbouncer") {
+            let target = format!(
+                "{}:{}/{}",
+                opt(&db.host),
+                db.port.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                db.database
+            );
+            let mut spans = vec![Span::styled(
+                format!("  alias {:<20} → {target}  conns {}", fit(&db.name, 20), db.current_connections),
+                theme.text,
+            )];
+            if db.paused {
+                spans.push(Span::styled(" PAUSED ", theme.paused));
+            }
+            if db.disabled {
+                spans.push(Span::styled(" DISABLED ", theme.warn));
+            }
+            lines.push(Line::from(spans));
+        }
+        for p in bouncer.pools.iter().filter(|p| p.database != "pgbouncer") {
+            let waiting_style = if p.cl_waiting > 0 { theme.warn } else { theme.text };
+            lines.push(Line::from(vec![
+                Span::styled(
+                    format!(
+                        "  pool {:<24} active {:>4}",
+                        fit(&format!("{}/{}", p.database, p.user), 24),
+                        p.cl_active
+                    ),
+                    theme.text,
+                ),
+                Span::styled(format!("  waiting {:>4}", p.cl_waiting), waiting_style),
+                Span::styled(
+                    format!(
+                        "  server {}/{} idle  maxwait {} ms  {}",
+                        p.sv_active, p.sv_idle, p.maxwait_ms, p.pool_mode
+                    ),
+                    theme.dim,
+                ),
+            ]));
+        }
+    }
+    let mut ages = age_title(model, theme, &snapshot.connections, interval);
+    if snapshot.connections.is_empty() {
+        ages = age_title(model, theme, &snapshot.pgbouncer, interval);
+    }
+    let block = pane_block(Pane::Connections, model, theme, ages);
+    paragraph_in(frame, area, Pane::Connections, model, lines, block);
+}
+
+/// `1234567` as `1,234,567`.
+pub fn thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+pub fn render_shards(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
+    let snapshot = &model.shown;
+    let interval = model.session.intervals.distribution;
+    let baseline = model.runbook.as_ref().map(|r| r.baseline.as_slice()).unwrap_or(&[]);
+    let mut lines: Vec<Line> = Vec::new();
+    for reading in &snapshot.distribution {
+        let Some(dist) = reading.value() else {
+            lines.push(source_line(model, theme, reading, interval, String::new()));
+            continue;
+        };
+        let what = format!(
+            "on {} · {} · owns {}–{}",
+            dist.node, dist.database, dist.owns[0], dist.owns[1]
+        );
+        lines.push(source_line(model, theme, reading, interval, what));
+        for t in &dist.tables {
+            let mut spans = vec![Span::styled(
+                format!(
+                    "  {:<18} exact {:>12}  est {:>12}",
+                    fit(&t.table, 18),
+                    thousands(t.total),
+                    thousands(t.estimate)
+                ),
+                theme.text,
+            )];
+            if let Some(base) = baseline
+                .iter()
+                .find(|b| b.node == dist.node && b.database == dist.database && b.table == t.table)
+            {
+                let delta = t.total - base.total;
+                spans.push(Span::styled(
+                    format!(
+                        "  baseline {:>12} ({}{})",
+                        thousands(base.total),
+                        if delta >= 0 { "+" } else { "" },
+                        thousands(delta)
+                    ),
+                    theme.dim,
+                ));
+            }
+            lines.push(Line::from(spans));
+            let outside: Vec<u32> = t
+                .per_shard
+                .iter()
+                .filter(|s| s.rows > 0 && (s.shard < dist.owns[0] || s.shard > dist.owns[1]))
+                .map(|s| s.shard)
+                .collect();
+            if t.misplaced > 0 {
+                let range = match (outside.first(), outside.last()) {
+                    (Some(a), Some(b)) => format!(" in {} shards ({a}–{b})", outside.len()),
+                    _ => String::new(),
+                };
+                lines.push(Line::styled(
+                    format!(
+                        "    ⚠ {} misplaced rows{range}: shards this database does not own",
+                        thousands(t.misplaced)
+                    ),
+                    theme.danger,
+                ));
+            }
+            if let (Some(first), Some(last)) = (t.per_shard.first(), t.per_shard.last()) {
+                lines.push(Line::styled(
+                    format!(
+                        "    rows in {} shards, {}–{}",
+                        t.per_shard.len(),
+                        first.shard,
+                        last.shard
+                    ),
+                    theme.dim,
+                ));
+            }
+        }
+    }
+    let block = pane_block(
+        Pane::Shards,
+        model,
+        theme,
+        age_title(model, theme, &snapshot.distribution, interval),
+    );
+    paragraph_in(frame, area, Pane::Shards, model, lines, block);
+}
+
+/// Masks secret values in a log message: `password=…`, `PGPASSWORD=…`, `PASSWORD '…'`,
+/// and the same for `secret`/`token` keys.
+pub fn redact_secrets(message: &str) -> Cow<'_, str> {
+    const KEYS: [&str; 5] = ["password", "passwd", "pgpassword", "secret", "token"];
+    let lower = message.to_ascii_lowercase();
+    if !KEYS.iter().any(|k| lower.contains(k)) {
+        return Cow::Borrowed(message);
+    }
+    let bytes = message.as_bytes();
+    let mut out = String::with_capacity(message.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let key = KEYS
+            .iter()
+            .filter(|k| lower[i..].starts_with(**k))
+            .max_by_key(|k| k.len());
+        let Some(key) = key else {
+            let ch = message[i..].chars().next().unwrap_or(' ');
+            out.push(ch);
+            i += ch.len_utf8();
+            continue;
+        };
+        out.push_str(&message[i..i + key.len()]);
+        i += key.len();
+        // Separator: `=`, `:`, or spaces before a quoted literal.
+        let sep_start = i;
+        while i < bytes.len() && matches!(bytes[i], b' ' | b'=' | b':') {
+            i += 1;
+        }
+        out.push_str(&message[sep_start..i]);
+        if i == sep_start {
+            continue;
+        }
+        let quote = bytes.get(i).copied().filter(|b| *b == b'\'' || *b == b'"');
+        let value_start = i;
+        match quote {
+            Some(q) => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != q {
+                    i += 1;
+                }
+                i = (i + 1).min(bytes.len());
+            }
+            None => {
+                while i < bytes.len() && !matches!(bytes[i], b' ' | b'\'' | b'"' | b',' | b';' | b')') {
+                    i += 1;
+                }
+            }
+        }
+        if i > value_start {
+            out.push_str("***");
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// tui-logger formatter: `HH:MM:SS LEVEL target message`, secrets masked, wrapped to width.
+struct RedactingFormatter {
+    text: Style,
+    dim: Style,
+    warn: Style,
+    danger: Style,
+}
+
+impl tui_logger::LogFormatter for RedactingFormatter {
+    fn min_width(&self) -> u16 {
+        20
+    }
+    fn format(&self, width: usize, evt: &tui_logger::ExtLogRecord) -> Vec<Line<'_>> {
+        let level_style = match evt.level.as_str() {
+            "ERROR" => self.danger,
+            "WARN" => self.warn,
+            _ => self.dim,
+        };
+        let prefix = format!(
+            "{} {:<5} {} ",
+            evt.timestamp.strftime("%H:%M:%S"),
+            evt.level,
+            evt.target()
+        );
+        let message = redact_secrets(evt.msg()).into_owned();
+        let mut lines = Vec::new();
+        let mut first = true;
+        for text_line in message.lines() {
+            let mut rest: Vec<char> = text_line.chars().collect();
+            loop {
+                let lead = if first { prefix.chars().count() } else { 2 };
+                let room = width.saturating_sub(lead).max(1);
+                let take = rest.len().min(room);
+                let chunk: String = rest.drain(..take).collect();
+                let head = if first {
+                    Span::styled(prefix.clone(), level_style)
+                } else {
+                    Span::raw("  ")
+                };
+                lines.push(Line::from(vec![head, Span::styled(chunk, self.text)]));
+                first = false;
+                if rest.is_empty() {
+                    break;
+                }
+            }
+        }
+        if lines.is_empty() {
+            lines.push(Line::from(Span::styled(prefix, level_style)));
+        }
+        lines
+    }
+}
+
+pub fn render_log(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
+    let block = pane_block(
+        Pane::Log,
+        model,
+        theme,
+        vec![Span::styled(" commands & queries (cutover::cmd) ", theme.dim)],
+    );
+    let widget = tui_logger::TuiLoggerWidget::default()
+        .block(block)
+        .style(theme.text)
+        .formatter(Box::new(RedactingFormatter {
+            text: theme.text,
+            dim: theme.dim,
+            warn: theme.warn,
+            danger: theme.danger,
+        }));
+    frame.render_widget(widget, area);
+}

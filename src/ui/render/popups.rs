@@ -1,0 +1,227 @@
+//! Popup layers drawn over the panes: confirmation dialogs, the command palette and the help
+//! popup generated from the keymap table.
+
+use super::super::dialog::{ConfirmDialog, DialogFocus, Layer, Palette, Severity};
+use super::super::keymap::{self, Context, PALETTE_COMMANDS};
+use super::super::model::{describe_change, Model};
+use super::super::theme::Theme;
+use ratatui::layout::Rect;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Clear, Paragraph, Wrap};
+use ratatui::Frame;
+
+/// Most lines of "what you confirm" shown in a dialog.
+const SEEN_LINES_SHOWN: usize = 8;
+
+fn centered(area: Rect, width: u16, height: u16) -> Rect {
+    let width = width.min(area.width.saturating_sub(2));
+    let height = height.min(area.height.saturating_sub(2));
+    Rect {
+        x: area.x + (area.width - width) / 2,
+        y: area.y + (area.height - height) / 2,
+        width,
+        height,
+    }
+}
+
+pub fn render_layer(frame: &mut Frame, area: Rect, layer: &Layer, model: &Model, theme: &Theme) {
+    match layer {
+        Layer::Confirm(dialog) => render_confirm(frame, area, dialog, model, theme),
+        Layer::Palette(palette) => render_palette(frame, area, palette, theme),
+        Layer::Help { scroll } => render_help(frame, area, *scroll, theme),
+    }
+}
+
+fn render_confirm(frame: &mut Frame, area: Rect, dialog: &ConfirmDialog, model: &Model, theme: &Theme) {
+    let dangerous = dialog.severity == Severity::Dangerous;
+    let mut lines: Vec<Line> = dialog
+        .body
+        .iter()
+        .map(|l| {
+            let style = if l.starts_with("POINT OF NO RETURN") || l.contains("DESTRUCTIVE") {
+                theme.danger
+            } else {
+                theme.dialog
+            };
+            Line::styled(l.clone(), style)
+        })
+        .collect();
+    if !dialog.seen.is_empty() {
+        lines.push(Line::raw(""));
+        lines.push(Line::styled("You confirm what you see now:", theme.title));
+        let seen: Vec<&str> = dialog.seen.lines().collect();
+        for l in seen.iter().take(SEEN_LINES_SHOWN) {
+            lines.push(Line::styled(format!("  {l}"), theme.dim));
+        }
+        if seen.len() > SEEN_LINES_SHOWN {
+            lines.push(Line::styled(
+                format!("  … {} more", seen.len() - SEEN_LINES_SHOWN),
+                theme.dim,
+            ));
+        }
+    }
+    // Live hint: the readings moved since the dialog recorded them (checked again on confirm).
+    if dialog.changed.is_empty() {
+        if let Some(step) = intent_step(dialog).and_then(|i| model.step(i)) {
+            let now = (model.session.seen)(step, &model.latest);
+            if now != dialog.seen {
+                lines.push(Line::styled(
+                    "Readings changed since this dialog opened: confirming will ask again.",
+                    theme.warn,
+                ));
+                for l in describe_change(&dialog.seen, &now).into_iter().take(4) {
+                    lines.push(Line::styled(format!("  {l}"), theme.warn));
+                }
+            }
+        }
+    } else {
+        lines.push(Line::raw(""));
+        lines.push(Line::styled("CHANGED since you opened this dialog:", theme.warn));
+        for l in &dialog.changed {
+            lines.push(Line::styled(format!("  {l}"), theme.warn));
+        }
+    }
+    if !dialog.fields.is_empty() {
+        lines.push(Line::raw(""));
+    }
+    for (i, field) in dialog.fields.iter().enumerate() {
+        let focused = dialog.focus == DialogFocus::Field(i);
+        let cursor = if focused { "▏" } else { "" };
+        lines.push(Line::from(vec![
+            Span::styled(
+                format!("{} {}: ", if focused { "›" } else { " " }, field.label),
+                theme.dialog,
+            ),
+            Span::styled(
+                format!("[{}{cursor}]", field.value),
+                if focused { theme.selected } else { theme.dialog },
+            ),
+        ]));
+    }
+    if let Some(error) = &dialog.error {
+        lines.push(Line::raw(""));
+        lines.push(Line::styled(format!("✗ {error}"), theme.danger));
+    }
+    lines.push(Line::raw(""));
+    let cancel_style = if dialog.focus == DialogFocus::Buttons {
+        theme.selected
+    } else {
+        theme.dialog
+    };
+    lines.push(Line::from(vec![
+        Span::styled(" [ Cancel ] ", cancel_style),
+        Span::styled("  Enter/Esc cancels · confirm with ", theme.dialog),
+        Span::styled(dialog.severity.confirm_label(), theme.key),
+        Span::styled(
+            if dialog.fields.is_empty() {
+                ""
+            } else {
+                " after filling the fields (Enter/Tab leaves a field)"
+            },
+            theme.dialog,
+        ),
+    ]));
+    let width = 84;
+    let height = lines.len() as u16 + 2;
+    let rect = centered(area, width, height);
+    let border = if dangerous { theme.dialog_danger } else { theme.border_focused };
+    let block = Block::bordered()
+        .border_style(border)
+        .style(theme.dialog)
+        .title(Span::styled(format!(" {} ", dialog.title), border));
+    frame.render_widget(Clear, rect);
+    frame.render_widget(
+        Paragraph::new(lines)
+            .block(block)
+            .style(theme.dialog)
+            .wrap(Wrap { trim: false }),
+        rect,
+    );
+}
+
+fn intent_step(dialog: &ConfirmDialog) -> Option<usize> {
+    use super::super::dialog::Intent;
+    match dialog.intent {
+        Intent::RunStep { step } | Intent::Skip { step } => Some(step),
+        Intent::Rollback { to } => Some(to),
+        Intent::Quit => None,
+    }
+}
+
+fn render_palette(frame: &mut Frame, area: Rect, palette: &Palette, theme: &Theme) {
+    let mut lines = vec![Line::from(vec![
+        Span::styled(":", theme.key),
+        Span::styled(format!("{}▏", palette.input), theme.dialog),
+    ])];
+    let completions = keymap::palette_completions(&palette.input);
+    for (name, args, description) in PALETTE_COMMANDS
+        .iter()
+        .filter(|c| completions.contains(&c.0))
+    {
+        lines.push(Line::from(vec![
+            Span::styled(format!("  {name}{args}"), theme.key),
+            Span::styled(format!("  {description}"), theme.dim),
+        ]));
+    }
+    if let Some(error) = &palette.error {
+        lines.push(Line::styled(format!("✗ {error}"), theme.danger));
+    }
+    let height = lines.len() as u16 + 2;
+    let width = area.width.min(70);
+    let rect = Rect {
+        x: area.x + 1,
+        y: area.y + area.height.saturating_sub(height + 2),
+        width,
+        height,
+    };
+    frame.render_widget(Clear, rect);
+    frame.render_widget(
+        Paragraph::new(lines).block(
+            Block::bordered()
+                .border_style(theme.border_focused)
+                .style(theme.dialog)
+                .title(Span::styled(" command ", theme.title)),
+        ),
+        rect,
+    );
+}
+
+/// Help lines, generated from the keymap table.
+pub fn help_lines(theme: &Theme) -> Vec<Line<'static>> {
+    let mut lines = Vec::new();
+    for context in [Context::Main, Context::Dialog, Context::Palette, Context::Help] {
+        lines.push(Line::styled(context.title(), theme.title));
+        for binding in keymap::bindings(context) {
+            lines.push(Line::from(vec![
+                Span::styled(format!("  {:<16}", binding.keys_label()), theme.key),
+                Span::styled(binding.description, theme.dialog),
+            ]));
+        }
+        lines.push(Line::raw(""));
+    }
+    lines.push(Line::styled("Palette commands", theme.title));
+    for (name, args, description) in PALETTE_COMMANDS {
+        lines.push(Line::from(vec![
+            Span::styled(format!("  {:<16}", format!("{name}{args}")), theme.key),
+            Span::styled(*description, theme.dialog),
+        ]));
+    }
+    lines
+}
+
+fn render_help(frame: &mut Frame, area: Rect, scroll: u16, theme: &Theme) {
+    let lines = help_lines(theme);
+    let rect = centered(area, 78, lines.len() as u16 + 2);
+    frame.render_widget(Clear, rect);
+    frame.render_widget(
+        Paragraph::new(lines)
+            .scroll((scroll, 0))
+            .block(
+                Block::bordered()
+                    .border_style(theme.border_focused)
+                    .style(theme.dialog)
+                    .title(Span::styled(" keys ", theme.title)),
+            ),
+        rect,
+    );
+}

@@ -1,0 +1,697 @@
+//! The pure state transition of the cockpit: `(Model, Action) → (Model', requests)`.
+//!
+//! Inputs are terminal keys, readings, engine updates and clock ticks, each carrying the time as
+//! data; outputs are [`UiRequest`]s for the engine. No I/O happens here.
+
+use super::dialog::{
+    ConfirmDialog, DialogFocus, FieldKind, Intent, Layer, Palette, Severity, TextField,
+};
+use super::keymap::{self, Command, Context, CONFIRM_PLAIN, CONFIRM_SHIFTED};
+use super::model::{
+    describe_change, ConfirmationView, Model, NoticeLevel, RunbookUpdate, StepStatusView,
+    StepView, UiRequest,
+};
+use crate::readings::types::Snapshot;
+use chrono::{DateTime, Utc};
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// A terminal key event and when it arrived.
+    Key { key: KeyEvent, at: Instant },
+    /// A command as if its key had been pressed (palette, tests, scripted demos).
+    Command { command: Command, at: Instant },
+    /// New readings from the pollers.
+    Snapshot(Box<Snapshot>),
+    Runbook(RunbookUpdate),
+    /// The engine's update channel closed.
+    EngineDisconnected,
+    /// Clock tick: wall time for reading ages and the pause clock, monotonic time for keys.
+    Tick { now: DateTime<Utc>, at: Instant },
+    Resize { width: u16, height: u16 },
+}
+
+/// Applies `action` to `model` and returns what to ask the engine.
+pub fn update(model: &mut Model, action: Action) -> Vec<UiRequest> {
+    match action {
+        Action::Key { key, at } => {
+            model.instant = at;
+            handle_key(model, key)
+        }
+        Action::Command { command, at } => {
+            model.instant = at;
+            run_command(model, command)
+        }
+        Action::Snapshot(snapshot) => {
+            if snapshot.taken_at > model.now {
+                model.now = snapshot.taken_at;
+            }
+            model.set_snapshot(*snapshot);
+            vec![]
+        }
+        Action::Runbook(update) => {
+            apply_runbook_update(model, update);
+            vec![]
+        }
+        Action::EngineDisconnected => {
+            model.engine_connected = false;
+            model.notify(NoticeLevel::Refused, "engine disconnected: nothing more can run");
+            vec![]
+        }
+        Action::Tick { now, at } => {
+            model.now = now;
+            model.instant = at;
+            vec![]
+        }
+        Action::Resize { width, height } => {
+            model.size = (width, height);
+            vec![]
+        }
+    }
+}
+
+fn apply_runbook_update(model: &mut Model, update: RunbookUpdate) {
+    match update {
+        RunbookUpdate::View(view) => {
+            let old_next = model.runbook.as_ref().and_then(|r| r.next_step());
+            let follow = model.runbook.is_none() || old_next == Some(model.selected_step);
+            let last = view.steps.len().saturating_sub(1);
+            if follow {
+                model.selected_step = view.next_step().unwrap_or(last);
+            }
+            model.selected_step = model.selected_step.min(last);
+            model.runbook = Some(view);
+        }
+        RunbookUpdate::Refused(message) => model.notify(NoticeLevel::Refused, message),
+        RunbookUpdate::Info(message) => model.notify(NoticeLevel::Info, message),
+    }
+}
+
+fn handle_key(model: &mut Model, key: KeyEvent) -> Vec<UiRequest> {
+    if key.kind == KeyEventKind::Release {
+        return vec![];
+    }
+    match model.layers.last() {
+        Some(Layer::Confirm(_)) => dialog_key(model, key),
+        Some(Layer::Palette(_)) => palette_key(model, key),
+        Some(Layer::Help { .. }) => {
+            help_key(model, key);
+            vec![]
+        }
+        None => {
+            let Some(binding) = keymap::lookup(Context::Main, &key) else {
+                return vec![];
+            };
+            let navigation = matches!(
+                binding.command,
+                Command::Up | Command::Down | Command::FocusNext | Command::FocusPrev
+            );
+            // Auto-repeat may move around, never open a dialog or act.
+            if key.kind == KeyEventKind::Repeat && !navigation {
+                return vec![];
+            }
+            run_command(model, binding.command.clone())
+        }
+    }
+}
+
+/// Runs a command on the main screen (from a key or the palette).
+pub fn run_command(model: &mut Model, command: Command) -> Vec<UiRequest> {
+    match command {
+        Command::RunNext => return open_run_dialog(model),
+        Command::RollbackToSelected => return open_rollback_dialog(model),
+        Command::SkipSelected => return open_skip_dialog(model),
+        Command::ToggleFreeze => {
+            model.frozen = !model.frozen;
+            if model.frozen {
+                model.notify(NoticeLevel::Info, "readings frozen (f to resume)");
+            } else {
+                model.shown = model.latest.clone();
+                model.notify(NoticeLevel::Info, "readings live again");
+            }
+        }
+        Command::OpenPalette => model.layers.push(Layer::Palette(Palette::default())),
+        Command::ToggleHelp => {
+            if matches!(model.layers.last(), Some(Layer::Help { .. })) {
+                model.layers.pop();
+            } else {
+                model.layers.push(Layer::Help { scroll: 0 });
+            }
+        }
+        Command::Quit => return request_quit(model),
+        Command::FocusNext => model.focus = model.focus.next(),
+        Command::FocusPrev => model.focus = model.focus.prev(),
+        Command::Up | Command::Down => move_selection(model, command == Command::Down),
+        Command::Theme(name) => {
+            model.notify(NoticeLevel::Info, format!("theme {name}"));
+            model.theme_request = Some(name);
+        }
+        Command::Cancel | Command::Confirm | Command::NextField => {}
+    }
+    vec![]
+}
+
+fn move_selection(model: &mut Model, down: bool) {
+    if model.focus == super::model::Pane::Runbook {
+        let count = model.runbook.as_ref().map_or(0, |r| r.steps.len());
+        if down {
+            model.selected_step = (model.selected_step + 1).min(count.saturating_sub(1));
+        } else {
+            model.selected_step = model.selected_step.saturating_sub(1);
+        }
+    } else {
+        let scroll = &mut model.scroll[model.focus.index()];
+        *scroll = if down {
+            scroll.saturating_add(1)
+        } else {
+            scroll.saturating_sub(1)
+        };
+    }
+}
+
+fn request_quit(model: &mut Model) -> Vec<UiRequest> {
+    let live = model.runbook.as_ref().and_then(|r| {
+        if let Some(i) = r.running {
+            let title = r.steps.get(i).map_or("?", |s| s.title.as_str());
+            Some(format!("Step {} “{title}” is running.", i + 1))
+        } else {
+            r.traffic_paused_since
+                .map(|_| "Traffic is PAUSED: quitting now leaves the applications waiting.".to_string())
+        }
+    });
+    match live {
+        None => {
+            model.should_quit = true;
+            vec![UiRequest::Quit]
+        }
+        Some(why) => {
+            let dialog = ConfirmDialog::new(
+                Intent::Quit,
+                "Quit while live?",
+                vec![why, "The engine keeps its journal; `cutover run` resumes.".into()],
+                Severity::Dangerous,
+                model.instant,
+                String::new(),
+                vec![],
+            );
+            model.layers.push(Layer::Confirm(dialog));
+            vec![]
+        }
+    }
+}
+
+/// Why a step cannot run now, or the index of the step Enter runs.
+pub fn run_next_availability(model: &Model) -> Result<usize, String> {
+    if model.session.readonly {
+        return Err("read-only session: nothing runs".into());
+    }
+    if !model.engine_connected {
+        return Err("engine disconnected".into());
+    }
+    let Some(runbook) = &model.runbook else {
+        return Err("no runbook loaded".into());
+    };
+    if let Some(running) = runbook.running {
+        return Err(format!("step {} is still running", running + 1));
+    }
+    let Some(next) = runbook.next_step() else {
+        return Err("every step is done".into());
+    };
+    let step = &runbook.steps[next];
+    if let Some(p) = step.failing_precondition() {
+        return Err(format!(
+            "step {} disabled: precondition “{}” does not hold ({})",
+            next + 1,
+            p.description,
+            p.detail
+        ));
+    }
+    Ok(next)
+}
+
+/// Why the run cannot be rolled back to step `to` now.
+pub fn rollback_availability(model: &Model, to: usize) -> Result<(), String> {
+    if model.session.readonly {
+        return Err("read-only session: nothing runs".into());
+    }
+    if !model.engine_connected {
+        return Err("engine disconnected".into());
+    }
+    let Some(runbook) = &model.runbook else {
+        return Err("no runbook loaded".into());
+    };
+    if let Some(running) = runbook.running {
+        return Err(format!("step {} is still running", running + 1));
+    }
+    let undone: Vec<(usize, &StepView)> = runbook
+        .steps
+        .iter()
+        .enumerate()
+        .skip(to)
+        .filter(|(_, s)| matches!(s.status, StepStatusView::Done | StepStatusView::Failed(_) | StepStatusView::NeedsRecheck))
+        .collect();
+    if undone.is_empty() {
+        return Err(format!("nothing to roll back at or after step {}", to + 1));
+    }
+    if let Some((i, s)) = undone
+        .iter()
+        .find(|(_, s)| s.status == StepStatusView::Done && s.point_of_no_return.is_some())
+    {
+        return Err(format!(
+            "step {} “{}” is past the point of no return: {}",
+            i + 1,
+            s.title,
+            s.point_of_no_return.as_deref().unwrap_or("")
+        ));
+    }
+    Ok(())
+}
+
+/// Why step `step` cannot be skipped now.
+pub fn skip_availability(model: &Model, step: usize) -> Result<(), String> {
+    if model.session.readonly {
+        return Err("read-only session: nothing runs".into());
+    }
+    if !model.engine_connected {
+        return Err("engine disconnected".into());
+    }
+    let Some(runbook) = &model.runbook else {
+        return Err("no runbook loaded".into());
+    };
+    let Some(s) = runbook.steps.get(step) else {
+        return Err("no step selected".into());
+    };
+    if runbook.running == Some(step) {
+        return Err(format!("step {} is running", step + 1));
+    }
+    match s.status {
+        StepStatusView::Done => Err(format!("step {} is already done", step + 1)),
+        StepStatusView::Skipped(_) => Err(format!("step {} is already skipped", step + 1)),
+        _ => Ok(()),
+    }
+}
+
+fn step_body(step: &StepView, index: usize, total: usize) -> Vec<String> {
+    let mut body = vec![format!("Step {}/{}: {}", index + 1, total, step.title)];
+    let mut flags = Vec::new();
+    if step.destructive {
+        flags.push("DESTRUCTIVE");
+    }
+    if step.needs_traffic_stopped {
+        flags.push("needs traffic stopped");
+    }
+    if !flags.is_empty() {
+        body.push(flags.join(" · "));
+    }
+    for c in &step.commands {
+        let first = c.text.lines().next().unwrap_or("");
+        let more = if c.text.lines().count() > 1 { " …" } else { "" };
+        body.push(format!("  [{}] {first}{more}", c.target));
+    }
+    match (&step.point_of_no_return, &step.undo) {
+        (Some(reason), _) => body.push(format!("POINT OF NO RETURN: {reason}")),
+        (None, Some(undo)) => body.push(format!("Undo: {undo}")),
+        (None, None) => {}
+    }
+    body
+}
+
+fn refuse(model: &mut Model, why: String) -> Vec<UiRequest> {
+    model.notify(NoticeLevel::Refused, why);
+    vec![]
+}
+
+fn open_run_dialog(model: &mut Model) -> Vec<UiRequest> {
+    let index = match run_next_availability(model) {
+        Ok(i) => i,
+        Err(why) => return refuse(model, why),
+    };
+    let Some(step) = model.step(index).cloned() else {
+        return vec![];
+    };
+    let total = model.runbook.as_ref().map_or(0, |r| r.steps.len());
+    let dangerous = step.destructive || step.point_of_no_return.is_some();
+    let mut fields = Vec::new();
+    if step.point_of_no_return.is_some() {
+        let word = step.required_word().to_string();
+        fields.push(TextField::new(
+            FieldKind::ConfirmWord,
+            format!("type {word} to confirm"),
+            Some(word),
+        ));
+    }
+    if model.session.pair && dangerous {
+        fields.push(TextField::new(
+            FieldKind::SecondOperator,
+            "second operator (pair mode)",
+            None,
+        ));
+    }
+    let seen = (model.session.seen)(&step, &model.latest);
+    let dialog = ConfirmDialog::new(
+        Intent::RunStep { step: index },
+        format!("Run step {}?", index + 1),
+        step_body(&step, index, total),
+        if dangerous { Severity::Dangerous } else { Severity::Plain },
+        model.instant,
+        seen,
+        fields,
+    );
+    model.layers.push(Layer::Confirm(dialog));
+    vec![]
+}
+
+fn open_rollback_dialog(model: &mut Model) -> Vec<UiRequest> {
+    let to = model.selected_step;
+    if let Err(why) = rollback_availability(model, to) {
+        return refuse(model, why);
+    }
+    let Some(step) = model.step(to).cloned() else {
+        return vec![];
+    };
+    let mut body = vec![format!(
+        "Undo every completed step from the last one back to step {}: {}",
+        to + 1,
+        step.title
+    )];
+    if let Some(runbook) = &model.runbook {
+        for (i, s) in runbook.steps.iter().enumerate().skip(to).rev() {
+            if matches!(s.status, StepStatusView::Done | StepStatusView::Failed(_) | StepStatusView::NeedsRecheck) {
+                body.push(format!(
+                    "  {}. {} — {}",
+                    i + 1,
+                    s.title,
+                    s.undo.as_deref().unwrap_or("engine-defined undo")
+                ));
+            }
+        }
+    }
+    let fields = if model.session.pair {
+        vec![TextField::new(FieldKind::SecondOperator, "second operator (pair mode)", None)]
+    } else {
+        vec![]
+    };
+    let seen = (model.session.seen)(&step, &model.latest);
+    let dialog = ConfirmDialog::new(
+        Intent::Rollback { to },
+        format!("Roll back to step {}?", to + 1),
+        body,
+        Severity::Dangerous,
+        model.instant,
+        seen,
+        fields,
+    );
+    model.layers.push(Layer::Confirm(dialog));
+    vec![]
+}
+
+fn open_skip_dialog(model: &mut Model) -> Vec<UiRequest> {
+    let index = model.selected_step;
+    if let Err(why) = skip_availability(model, index) {
+        return refuse(model, why);
+    }
+    let Some(step) = model.step(index).cloned() else {
+        return vec![];
+    };
+    let total = model.runbook.as_ref().map_or(0, |r| r.steps.len());
+    let seen = (model.session.seen)(&step, &model.latest);
+    let dialog = ConfirmDialog::new(
+        Intent::Skip { step: index },
+        format!("Skip step {}?", index + 1),
+        step_body(&step, index, total),
+        Severity::Plain,
+        model.instant,
+        seen,
+        vec![TextField::new(FieldKind::Reason, "reason (goes in the journal)", None)],
+    );
+    model.layers.push(Layer::Confirm(dialog));
+    vec![]
+}
+
+fn top_dialog(model: &mut Model) -> Option<&mut ConfirmDialog> {
+    match model.layers.last_mut() {
+        Some(Layer::Confirm(dialog)) => Some(dialog),
+        _ => None,
+    }
+}
+
+fn cancel_dialog(model: &mut Model) {
+    model.layers.pop();
+    model.notify(NoticeLevel::Info, "cancelled");
+}
+
+fn dialog_key(model: &mut Model, key: KeyEvent) -> Vec<UiRequest> {
+    // Only deliberate presses count: auto-repeat never types, moves or confirms.
+    if key.kind != KeyEventKind::Press {
+        return vec![];
+    }
+    if key.code == KeyCode::Esc {
+        cancel_dialog(model);
+        return vec![];
+    }
+    let at = model.instant;
+    let Some(dialog) = top_dialog(model) else {
+        return vec![];
+    };
+    if dialog.guarded(at) {
+        return vec![];
+    }
+    let typing = !key.modifiers.intersects(KeyModifiers::CONTROL | KeyModifiers::ALT);
+    match dialog.focus {
+        DialogFocus::Field(i) => {
+            let count = dialog.fields.len();
+            match key.code {
+                KeyCode::Char(c) if typing => {
+                    if let Some(field) = dialog.fields.get_mut(i) {
+                        field.value.push(c);
+                    }
+                }
+                KeyCode::Backspace => {
+                    if let Some(field) = dialog.fields.get_mut(i) {
+                        field.value.pop();
+                    }
+                }
+                KeyCode::Enter | KeyCode::Tab | KeyCode::Down => {
+                    dialog.focus = if i + 1 < count {
+                        DialogFocus::Field(i + 1)
+                    } else {
+                        DialogFocus::Buttons
+                    };
+                }
+                KeyCode::BackTab | KeyCode::Up => {
+                    dialog.focus = DialogFocus::Field(i.saturating_sub(1));
+                }
+                _ => {}
+            }
+            vec![]
+        }
+        DialogFocus::Buttons => {
+            let confirm = dialog.severity.confirm_key();
+            if confirm.matches(&key)
+                || (dialog.severity == Severity::Plain && CONFIRM_SHIFTED.matches(&key))
+            {
+                return try_confirm(model);
+            }
+            if dialog.severity == Severity::Dangerous && CONFIRM_PLAIN.matches(&key) {
+                dialog.error = Some("this confirmation needs the shifted key: Shift+Y".into());
+                return vec![];
+            }
+            match key.code {
+                KeyCode::Enter | KeyCode::Char('n') => cancel_dialog(model),
+                KeyCode::Tab | KeyCode::Up | KeyCode::BackTab if !dialog.fields.is_empty() => {
+                    dialog.focus = if key.code == KeyCode::Tab {
+                        DialogFocus::Field(0)
+                    } else {
+                        DialogFocus::Field(dialog.fields.len() - 1)
+                    };
+                }
+                _ => {}
+            }
+            vec![]
+        }
+    }
+}
+
+/// Checks every field of `dialog`; on failure returns the field index and why.
+fn validate_fields(dialog: &ConfirmDialog, operator: &str) -> Result<(), (usize, String)> {
+    for (i, field) in dialog.fields.iter().enumerate() {
+        let value = field.value.trim();
+        match field.kind {
+            FieldKind::ConfirmWord => {
+                let expected = field.expected.as_deref().unwrap_or("");
+                if value != expected {
+                    return Err((
+                        i,
+                        format!("typed {value:?}, but this step needs exactly {expected:?}"),
+                    ));
+                }
+            }
+            FieldKind::SecondOperator => {
+                if value.is_empty() {
+                    return Err((i, "pair mode: a second operator must type their name".into()));
+                }
+                if value.eq_ignore_ascii_case(operator.trim()) {
+                    return Err((
+                        i,
+                        format!("pair mode: the second operator must differ from {operator:?}"),
+                    ));
+                }
+            }
+            FieldKind::Reason => {
+                if value.is_empty() {
+                    return Err((i, "a reason is required".into()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn try_confirm(model: &mut Model) -> Vec<UiRequest> {
+    let operator = model.session.operator.clone();
+    let readonly = model.session.readonly;
+    let seen_fn = model.session.seen;
+    let at = model.instant;
+    let Some(dialog) = top_dialog(model).cloned() else {
+        return vec![];
+    };
+    let set_error = |model: &mut Model, error: String| {
+        if let Some(d) = top_dialog(model) {
+            d.error = Some(error);
+        }
+    };
+    if let Err((field, why)) = validate_fields(&dialog, &operator) {
+        if let Some(d) = top_dialog(model) {
+            d.error = Some(why);
+            d.focus = DialogFocus::Field(field);
+        }
+        return vec![];
+    }
+    if readonly && dialog.intent != Intent::Quit {
+        set_error(model, "read-only session: nothing runs".into());
+        return vec![];
+    }
+    let (step_index, available) = match dialog.intent {
+        Intent::Quit => {
+            model.layers.pop();
+            model.should_quit = true;
+            return vec![UiRequest::Quit];
+        }
+        Intent::RunStep { step } => (
+            step,
+            run_next_availability(model).and_then(|next| {
+                if next == step {
+                    Ok(())
+                } else {
+                    Err(format!("the next step is now step {}, not {}", next + 1, step + 1))
+                }
+            }),
+        ),
+        Intent::Rollback { to } => (to, rollback_availability(model, to)),
+        Intent::Skip { step } => (step, skip_availability(model, step)),
+    };
+    if let Err(why) = available {
+        set_error(model, format!("cannot confirm: {why}"));
+        return vec![];
+    }
+    let Some(step) = model.step(step_index).cloned() else {
+        return vec![];
+    };
+    let seen_now = seen_fn(&step, &model.latest);
+    if seen_now != dialog.seen {
+        if let Some(d) = top_dialog(model) {
+            let mut changed = describe_change(&d.seen, &seen_now);
+            if changed.is_empty() {
+                changed.push("the readings were reordered".into());
+            }
+            d.changed = changed;
+            d.seen = seen_now;
+            d.opened_at = at;
+            d.focus = DialogFocus::Buttons;
+            d.error = Some("what you saw has changed (below): review it and confirm again".into());
+        }
+        return vec![];
+    }
+    let second = dialog
+        .field(FieldKind::SecondOperator)
+        .map(|f| f.value.trim().to_string());
+    let by = model.operators(second.as_deref());
+    model.layers.pop();
+    let request = match dialog.intent {
+        Intent::RunStep { step } => UiRequest::RunStep {
+            step,
+            confirmation: ConfirmationView {
+                by,
+                seen: dialog.seen.clone(),
+            },
+        },
+        Intent::Rollback { to } => UiRequest::Rollback { to, by },
+        Intent::Skip { step } => UiRequest::Skip {
+            step,
+            reason: dialog
+                .field(FieldKind::Reason)
+                .map(|f| f.value.trim().to_string())
+                .unwrap_or_default(),
+            by,
+        },
+        Intent::Quit => UiRequest::Quit,
+    };
+    model.notify(NoticeLevel::Info, format!("sent: {}", dialog.title.trim_end_matches('?')));
+    vec![request]
+}
+
+fn palette_key(model: &mut Model, key: KeyEvent) -> Vec<UiRequest> {
+    let Some(Layer::Palette(palette)) = model.layers.last_mut() else {
+        return vec![];
+    };
+    let typing = !key.modifiers.intersects(KeyModifiers::CONTROL | KeyModifiers::ALT);
+    match key.code {
+        KeyCode::Esc => {
+            model.layers.pop();
+        }
+        KeyCode::Enter if key.kind == KeyEventKind::Press => {
+            match keymap::parse_palette(&palette.input) {
+                Ok(command) => {
+                    model.layers.pop();
+                    return run_command(model, command);
+                }
+                Err(why) => palette.error = Some(why),
+            }
+        }
+        KeyCode::Tab => {
+            if let [only] = keymap::palette_completions(&palette.input)[..] {
+                if !palette.input.starts_with(only) {
+                    palette.input = only.to_string();
+                }
+            }
+        }
+        KeyCode::Backspace => {
+            palette.input.pop();
+            palette.error = None;
+        }
+        KeyCode::Char(c) if typing => {
+            palette.input.push(c);
+            palette.error = None;
+        }
+        _ => {}
+    }
+    vec![]
+}
+
+fn help_key(model: &mut Model, key: KeyEvent) {
+    let Some(binding) = keymap::lookup(Context::Help, &key) else {
+        return;
+    };
+    let Some(Layer::Help { scroll }) = model.layers.last_mut() else {
+        return;
+    };
+    match binding.command {
+        Command::Down => *scroll = scroll.saturating_add(1),
+        Command::Up => *scroll = scroll.saturating_sub(1),
+        Command::Cancel => {
+            model.layers.pop();
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,316 @@
+//! Render snapshots of the cockpit on fixed readings: each pane at 80×24 and 160×48 in each
+//! theme (text plus style runs), the full screen, popups, and the too-small message.
+
+use cutover::ui::fixtures;
+use cutover::ui::model::{Model, Pane};
+use cutover::ui::render;
+use cutover::ui::theme::{self, Theme, ThemeEnv};
+use cutover::ui::update::{update, Action};
+use cutover::ui::keymap::Command;
+use ratatui::backend::TestBackend;
+use ratatui::buffer::Buffer;
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::Terminal;
+use std::fmt::Write;
+use std::time::Instant;
+
+const SIZES: [(u16, u16); 2] = [(80, 24), (160, 48)];
+
+fn draw(model: &Model, theme: &Theme, width: u16, height: u16) -> Buffer {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).expect("test backend");
+    render::draw(&mut terminal, model, theme).expect("draw");
+    terminal.backend().buffer().clone()
+}
+
+/// Draws only `pane`, filling the whole terminal.
+fn draw_pane(model: &Model, pane: Pane, theme: &Theme, width: u16, height: u16) -> Buffer {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).expect("test backend");
+    terminal
+        .draw(|frame| {
+            let area = frame.area();
+            frame.render_widget(ratatui::widgets::Block::new().style(theme.text), area);
+            render::render_pane(frame, area, pane, model, theme);
+        })
+        .expect("draw");
+    terminal.backend().buffer().clone()
+}
+
+fn text(buffer: &Buffer) -> String {
+    let area = buffer.area;
+    let mut out = String::new();
+    for y in 0..area.height {
+        let mut line = String::new();
+        for x in 0..area.width {
+            line.push_str(buffer[(x, y)].symbol());
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
+fn style_key(buffer: &Buffer, x: u16, y: u16) -> Style {
+    let cell = &buffer[(x, y)];
+    Style::default()
+        .fg(cell.fg)
+        .bg(cell.bg)
+        .add_modifier(cell.modifier)
+}
+
+/// Runs of equal style per row, skipping the most common style of the screen.
+fn style_runs(buffer: &Buffer) -> String {
+    let area = buffer.area;
+    let mut counts: Vec<(Style, usize)> = Vec::new();
+    for y in 0..area.height {
+        for x in 0..area.width {
+            let s = style_key(buffer, x, y);
+            match counts.iter_mut().find(|(k, _)| *k == s) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((s, 1)),
+            }
+        }
+    }
+    let base = counts
+        .iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(s, _)| *s)
+        .unwrap_or_default();
+    let mut out = format!("base {}\n", describe(base));
+    for y in 0..area.height {
+        let mut x = 0;
+        while x < area.width {
+            let s = style_key(buffer, x, y);
+            let start = x;
+            while x < area.width && style_key(buffer, x, y) == s {
+                x += 1;
+            }
+            if s != base {
+                let _ = writeln!(out, "{y:>2}:{start:>3}-{:<3} {}", x - 1, describe(s));
+            }
+        }
+    }
+    out
+}
+
+fn describe(style: Style) -> String {
+    let color = |c: Option<Color>| c.map_or("-".to_string(), |c| c.to_string());
+    format!(
+        "fg={} bg={} mod={:?}",
+        color(style.fg),
+        color(style.bg),
+        style.add_modifier
+    )
+}
+
+fn snapshot_text(buffer: &Buffer) -> String {
+    format!("{}\n--- styles ---\n{}", text(buffer), style_runs(buffer))
+}
+
+fn fixture_model() -> Model {
+    fixtures::model(Instant::now())
+}
+
+fn themes() -> Vec<Theme> {
+    theme::BUILTIN_NAMES
+        .iter()
+        .map(|n| Theme::builtin(n).expect("built-in theme parses"))
+        .collect()
+}
+
+#[test]
+fn each_pane_at_each_size_in_each_theme() {
+    let model = fixture_model();
+    for theme in themes() {
+        for (w, h) in SIZES {
+            for pane in Pane::ALL {
+                let buffer = draw_pane(&model, pane, &theme, w, h);
+                let name = format!("pane_{}_{}_{w}x{h}", pane.title().to_lowercase(), theme.name);
+                insta::assert_snapshot!(name, snapshot_text(&buffer));
+            }
+        }
+    }
+}
+
+#[test]
+fn full_screen_at_each_size_in_each_theme() {
+    let mut model = fixture_model();
+    for theme in themes() {
+        for (w, h) in SIZES {
+            for focus in [Pane::Runbook, Pane::Replication] {
+                model.focus = focus;
+                let buffer = draw(&model, &theme, w, h);
+                let name = format!(
+                    "screen_{}_{}_{w}x{h}",
+                    focus.title().to_lowercase(),
+                    theme.name
+                );
+                insta::assert_snapshot!(name, snapshot_text(&buffer));
+            }
+        }
+    }
+}
+
+#[test]
+fn too_small_terminal_says_what_size_it_needs() {
+    let model = fixture_model();
+    let theme = Theme::builtin("dark").expect("dark");
+    let buffer = draw(&model, &theme, 60, 20);
+    let screen = text(&buffer);
+    assert!(screen.contains("at least 80×24"), "{screen}");
+    assert!(screen.contains("this terminal is 60×20"), "{screen}");
+    insta::assert_snapshot!("too_small_60x20", screen);
+    // One below the minimum in either direction is too small; the minimum itself is not.
+    assert!(text(&draw(&model, &theme, 79, 24)).contains("Terminal too small"));
+    assert!(text(&draw(&model, &theme, 80, 23)).contains("Terminal too small"));
+    assert!(!text(&draw(&model, &theme, 80, 24)).contains("Terminal too small"));
+}
+
+/// Finds the first cell where `needle` starts.
+fn find(buffer: &Buffer, needle: &str) -> Option<(u16, u16)> {
+    let screen = text(buffer);
+    for (y, line) in screen.lines().enumerate() {
+        if let Some(byte) = line.find(needle) {
+            let x = line[..byte].chars().count();
+            return Some((x as u16, y as u16));
+        }
+    }
+    None
+}
+
+#[test]
+fn every_theme_is_applied_to_the_cells() {
+    let model = fixture_model();
+    for theme in themes() {
+        let buffer = draw(&model, &theme, 160, 48);
+        // Background of plain screen cells comes from the theme's text style.
+        let bottom_right = &buffer[(159, 46)];
+        assert_eq!(Some(bottom_right.bg), theme.text.bg, "{}: base background", theme.name);
+        // The paused pgbouncer alias is highlighted with the `paused` style.
+        let (x, y) = find(&buffer, " PAUSED ").expect("paused alias shown");
+        let cell = &buffer[(x + 1, y)];
+        assert_eq!(Some(cell.bg), theme.paused.bg, "{}: paused alias", theme.name);
+        assert_eq!(Some(cell.fg), theme.paused.fg, "{}: paused alias", theme.name);
+        // The slot past 8 GB is drawn in the danger style.
+        let (x, y) = find(&buffer, "retains 9.7 GB").expect("danger slot shown");
+        assert_eq!(Some(buffer[(x, y)].fg), theme.danger.fg, "{}: danger slot", theme.name);
+        // Misplaced rows are drawn in the danger style.
+        let (x, y) = find(&buffer, "misplaced rows").expect("misplaced rows shown");
+        assert_eq!(Some(buffer[(x, y)].fg), theme.danger.fg, "{}: misplaced", theme.name);
+        // The unreachable node carries the unreachable style.
+        let (x, y) = find(&buffer, "UNREACHABLE").expect("unreachable shown");
+        assert_eq!(Some(buffer[(x, y)].fg), theme.unreachable.fg, "{}: unreachable", theme.name);
+        assert!(buffer[(x, y)].modifier.contains(Modifier::BOLD));
+    }
+    // The three themes really differ where it matters.
+    let [dark, light, high] = [0, 1, 2].map(|i| themes().remove(i));
+    assert_ne!(dark.text, light.text);
+    assert_ne!(light.text, high.text);
+}
+
+#[test]
+fn no_color_keeps_modifiers_only() {
+    let env = ThemeEnv {
+        no_color: true,
+        config_home: None,
+    };
+    let theme = theme::resolve(Some("high-contrast"), &env).expect("resolve");
+    let buffer = draw(&fixture_model(), &theme, 160, 48);
+    for cell in buffer.content() {
+        assert_eq!(cell.fg, Color::Reset);
+        assert_eq!(cell.bg, Color::Reset);
+    }
+    let (x, y) = find(&buffer, "UNREACHABLE").expect("unreachable shown");
+    assert!(buffer[(x, y)].modifier.contains(Modifier::BOLD | Modifier::UNDERLINED));
+    insta::assert_snapshot!("screen_no_color_160x48", snapshot_text(&buffer));
+}
+
+#[test]
+fn readings_panes_mark_ages_stale_and_unreachable() {
+    let model = fixture_model();
+    let theme = Theme::builtin("dark").expect("dark");
+    let screen = text(&draw_pane(&model, Pane::Replication, &theme, 160, 48));
+    // pg2's reading is 5.2 s old with a 1 s interval: older than 3 intervals.
+    assert!(screen.contains("pg2 standby · STALE 5s"), "{screen}");
+    assert!(screen.contains("pg1 primary · WAL 0/5000060 · <1s"), "{screen}");
+    assert!(screen.contains("pg3 UNREACHABLE connection refused"), "{screen}");
+    assert!(screen.contains("lag 1.0 MB / 850 ms"), "{screen}");
+    assert!(screen.contains("slot pg2_slot (physical, active) retains 3.2 GB ⚠ WAL piling up"), "{screen}");
+    assert!(screen.contains("subscription sub_reporting"), "{screen}");
+    let shards = text(&draw_pane(&model, Pane::Shards, &theme, 160, 48));
+    assert!(shards.contains("baseline       99,000 (+"), "{shards}");
+    assert!(shards.contains("misplaced rows in 511 shards (512–1023)"), "{shards}");
+}
+
+#[test]
+fn pause_clock_counts_against_the_bound() {
+    let mut model = fixture_model();
+    let theme = Theme::builtin("dark").expect("dark");
+    let screen = text(&draw(&model, &theme, 160, 48));
+    assert!(screen.contains("TRAFFIC PAUSED"), "{screen}");
+    assert!(screen.contains("bound 10.0s · 6.8s left"), "{screen}");
+    // Time passes as data: 5 s later the clock reads 08.2 s.
+    update(
+        &mut model,
+        Action::Tick {
+            now: fixtures::fixed_now() + chrono::Duration::seconds(5),
+            at: Instant::now(),
+        },
+    );
+    let later = draw(&model, &theme, 160, 48);
+    let screen = text(&later);
+    assert!(screen.contains("bound 10.0s · 1.8s left"), "{screen}");
+    let glyphs = render::big_text_lines("08.2s");
+    assert!(screen.contains(glyphs[0].as_str()), "{screen}");
+    // Past 80 % of the bound the clock turns to the danger style.
+    let (x, y) = find(&later, "1.8s left").expect("remaining shown");
+    assert_eq!(Some(later[(x, y)].fg), theme.danger.fg);
+}
+
+#[test]
+fn popups_dialog_help_palette() {
+    let theme = Theme::builtin("dark").expect("dark");
+    let t0 = Instant::now();
+    // A dialog for a point-of-no-return step: make the gate pass and step 5 done.
+    let mut model = fixtures::model(t0);
+    if let Some(r) = model.runbook.as_mut() {
+        r.steps[4].status = cutover::ui::StepStatusView::Done;
+        r.traffic_paused_since = None;
+    }
+    update(&mut model, Action::Command { command: Command::RunNext, at: t0 });
+    let screen = text(&draw(&model, &theme, 160, 48));
+    assert!(screen.contains("Run step 6?"), "{screen}");
+    assert!(screen.contains("POINT OF NO RETURN"), "{screen}");
+    assert!(screen.contains("type pg2 to confirm"), "{screen}");
+    assert!(screen.contains("Shift+Y"), "{screen}");
+    insta::assert_snapshot!("dialog_point_of_no_return_160x48", screen);
+    let compact = text(&draw(&model, &theme, 80, 24));
+    insta::assert_snapshot!("dialog_point_of_no_return_80x24", compact);
+
+    let mut model = fixtures::model(t0);
+    update(&mut model, Action::Command { command: Command::ToggleHelp, at: t0 });
+    let screen = text(&draw(&model, &theme, 160, 48));
+    // Every binding of the keymap table appears in the help popup.
+    for binding in cutover::ui::keymap::KEYMAP {
+        assert!(screen.contains(binding.description), "help lacks {:?}", binding.description);
+    }
+    insta::assert_snapshot!("help_160x48", screen);
+
+    let mut model = fixtures::model(t0);
+    update(&mut model, Action::Command { command: Command::OpenPalette, at: t0 });
+    let screen = text(&draw(&model, &theme, 80, 24));
+    assert!(screen.contains("theme <dark|light|high-contrast>"), "{screen}");
+    insta::assert_snapshot!("palette_80x24", screen);
+}
+
+#[test]
+fn hint_bar_and_status_say_why_enter_is_disabled() {
+    let model = fixture_model();
+    let theme = Theme::builtin("dark").expect("dark");
+    let buffer = draw(&model, &theme, 160, 48);
+    let screen = text(&buffer);
+    assert!(screen.contains("Enter disabled: step 5 disabled: precondition “standby replay ≥ primary current WAL” does not hold (replay 0/4F00000 < current 0/5000060)"), "{screen}");
+    assert!(screen.contains("Enter run next step (disabled)"), "{screen}");
+    let (x, y) = find(&buffer, "Enter run next step").expect("hint");
+    assert_eq!(Some(buffer[(x, y)].fg), theme.dim.fg, "disabled key is dimmed");
+    let (x, y) = find(&buffer, " r roll back").expect("hint");
+    assert_eq!(Some(buffer[(x + 1, y)].fg), theme.key.fg, "enabled key uses the key style");
+}
