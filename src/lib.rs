@@ -5,6 +5,7 @@
 //! See `docs/ARCHITECTURE.md`.
 
 pub mod engine;
+pub mod executor;
 pub mod inventory;
 pub mod journal;
 pub mod lab;
@@ -13,6 +14,6 @@ pub mod pgbouncer_ini;
 pub mod readings;
 pub mod remote;
 pub mod runbook;
+pub mod session;
 pub mod sql;
 pub mod ui;
-pub mod executor;

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use cutover::{inventory, lab, readings};
+use cutover::{engine, inventory, journal, lab, readings, runbook, session};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,7 +21,11 @@ macro_rules! emit {
 }
 
 #[derive(Parser)]
-#[command(name = "cutover", version, about = "A terminal cockpit for PostgreSQL cutovers")]
+#[command(
+    name = "cutover",
+    version,
+    about = "A terminal cockpit for PostgreSQL cutovers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,10 +41,130 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a runbook's plan and its fingerprint, for review before a run.
+    Plan {
+        inventory: PathBuf,
+        runbook: String,
+        #[command(flatten)]
+        params: RunbookParams,
+        #[arg(long, value_enum, default_value = "md")]
+        format: PlanFormat,
+    },
+    /// Run (or resume) a runbook.
+    Run {
+        inventory: PathBuf,
+        runbook: String,
+        #[command(flatten)]
+        params: RunbookParams,
+        #[command(flatten)]
+        run: RunOptions,
+        /// Refuse to start unless the plan still has this fingerprint (from `cutover plan`).
+        #[arg(long)]
+        expect_fingerprint: Option<String>,
+        /// Run every step without prompts (rehearsals, CI); preconditions and gates still hold.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Undo completed steps of the unfinished run, in reverse order, back to a step.
+    Rollback {
+        inventory: PathBuf,
+        runbook: String,
+        #[command(flatten)]
+        params: RunbookParams,
+        #[command(flatten)]
+        run: RunOptions,
+        /// The step to roll back to (it is undone too).
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value = "operator rollback")]
+        reason: String,
+    },
+    /// Show or export the record of a run.
+    Journal {
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
     /// The local lab of real servers.
     Lab {
         #[command(subcommand)]
         command: LabCommand,
+    },
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+struct RunbookParams {
+    /// shard-split: partition that gives up shards.
+    #[arg(long)]
+    from: Option<String>,
+    /// shard-split: the new partition.
+    #[arg(long)]
+    to: Option<String>,
+    /// shard-split: the spare node that becomes the new partition's primary.
+    #[arg(long)]
+    node: Option<String>,
+    /// shard-split: inclusive range moved, FIRST-LAST.
+    #[arg(long)]
+    shards: Option<String>,
+    /// Longest write pause before traffic resumes by itself and the run rolls back.
+    #[arg(long)]
+    pause_bound_ms: Option<u64>,
+}
+
+impl RunbookParams {
+    fn to_map(&self) -> std::collections::BTreeMap<String, String> {
+        [
+            ("from", self.from.clone()),
+            ("to", self.to.clone()),
+            ("node", self.node.clone()),
+            ("shards", self.shards.clone()),
+            (
+                "pause-bound-ms",
+                self.pause_bound_ms.map(|ms| ms.to_string()),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+        .collect()
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct RunOptions {
+    /// Where the journal lives (default: $CUTOVER_STATE_DIR, $XDG_STATE_HOME/cutover, ~/.local/state/cutover).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Operator name recorded in the journal.
+    #[arg(long, env = "USER", default_value = "operator")]
+    operator: String,
+    /// Destructive and point-of-no-return steps need a second, different operator.
+    #[arg(long)]
+    pair: bool,
+    /// Accept and record an SSH host key never seen before (logged). Changed keys are always refused.
+    #[arg(long)]
+    trust_on_first_use: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum PlanFormat {
+    Md,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum JournalCommand {
+    /// List runs, or show one run's entries.
+    Show {
+        run: Option<String>,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Export a run's record (newest run by default) for the change ticket.
+    Export {
+        run: Option<String>,
+        #[arg(long, value_enum, default_value = "md")]
+        format: PlanFormat,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
 }
 
@@ -112,12 +236,216 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Check { file } => Ok(check(&file)),
         Command::Status { inventory, json } => status(&inventory, json).await,
         Command::Lab { command } => lab_command(command).await,
+        Command::Plan {
+            inventory,
+            runbook,
+            params,
+            format,
+        } => plan_command(&inventory, &runbook, &params, format),
+        Command::Run {
+            inventory,
+            runbook,
+            params,
+            run,
+            expect_fingerprint,
+            yes,
+        } => run_command(&inventory, &runbook, &params, &run, expect_fingerprint, yes).await,
+        Command::Rollback {
+            inventory,
+            runbook,
+            params,
+            run,
+            to,
+            reason,
+        } => rollback_command(&inventory, &runbook, &params, &run, &to, &reason).await,
+        Command::Journal { command } => journal_command(command),
     }
 }
 
+fn plan_command(
+    file: &std::path::Path,
+    runbook: &str,
+    params: &RunbookParams,
+    format: PlanFormat,
+) -> Result<ExitCode> {
+    let inv = match load_inventory(file)? {
+        Ok(inv) => inv,
+        Err(code) => return Ok(code),
+    };
+    let planned = match session::plan(&inv, runbook, &params.to_map()) {
+        Ok(planned) => planned,
+        Err(e) => {
+            eprintln!("cutover: {e}");
+            return Ok(ExitCode::from(INVALID_INPUT));
+        }
+    };
+    match format {
+        PlanFormat::Md => emit!("{}", planned.plan.to_markdown()),
+        PlanFormat::Json => {
+            let mut value: serde_json::Value = serde_json::from_str(&planned.plan.to_json()?)?;
+            value["fingerprint"] = serde_json::Value::String(planned.plan.fingerprint());
+            emit!("{}", serde_json::to_string_pretty(&value)?)
+        }
+    }
+    eprintln!("fingerprint: {}", planned.plan.fingerprint());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn invocation(
+    file: &std::path::Path,
+    runbook: &str,
+    params: &RunbookParams,
+    run: &RunOptions,
+    expect: Option<String>,
+) -> session::Invocation {
+    session::Invocation {
+        inventory_path: file.to_path_buf(),
+        runbook: runbook.to_string(),
+        params: params.to_map(),
+        state_dir: run.state_dir.clone(),
+        oversight: if run.pair {
+            engine::Oversight::Pair
+        } else {
+            engine::Oversight::Solo
+        },
+        trust_on_first_use: run.trust_on_first_use,
+        expect_fingerprint: expect,
+    }
+}
+
+fn report_session_error(e: session::SessionError) -> ExitCode {
+    eprintln!("cutover: {e}");
+    match e {
+        session::SessionError::Inventory(_)
+        | session::SessionError::Split(_)
+        | session::SessionError::UnknownRunbook(_)
+        | session::SessionError::FingerprintMismatch { .. } => ExitCode::from(INVALID_INPUT),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+async fn run_command(
+    file: &std::path::Path,
+    runbook: &str,
+    params: &RunbookParams,
+    run: &RunOptions,
+    expect: Option<String>,
+    yes: bool,
+) -> Result<ExitCode> {
+    let mut runner =
+        match session::open_shard_split(&invocation(file, runbook, params, run, expect)) {
+            Ok(runner) => runner,
+            Err(e) => return Ok(report_session_error(e)),
+        };
+    eprintln!(
+        "{} run {} of {} (fingerprint {})",
+        if runner.resumed {
+            "resuming"
+        } else {
+            "starting"
+        },
+        runner.run_id,
+        runner.plan.runbook,
+        runner.plan.fingerprint()
+    );
+    if !yes {
+        eprintln!("cutover: interactive runs use the cockpit: cutover tui {} {runbook} ...; pass --yes for a headless run", file.display());
+        return Ok(ExitCode::from(INVALID_INPUT));
+    }
+    match runner.run_headless(&run.operator).await {
+        Ok(_) => {
+            emit!("run {} completed", runner.run_id);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("cutover: run {}: {e}", runner.run_id);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn rollback_command(
+    file: &std::path::Path,
+    runbook: &str,
+    params: &RunbookParams,
+    run: &RunOptions,
+    to: &str,
+    reason: &str,
+) -> Result<ExitCode> {
+    let mut runner = match session::open_shard_split(&invocation(file, runbook, params, run, None))
+    {
+        Ok(runner) => runner,
+        Err(e) => return Ok(report_session_error(e)),
+    };
+    match runner
+        .rollback_to(&runbook::StepId::new(to), &run.operator, reason)
+        .await
+    {
+        Ok(()) => {
+            emit!("run {} rolled back to {to}", runner.run_id);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("cutover: rollback of run {}: {e}", runner.run_id);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn journal_command(command: JournalCommand) -> Result<ExitCode> {
+    let (run, state_dir, format) = match command {
+        JournalCommand::Show { run, state_dir } => (run, state_dir, None),
+        JournalCommand::Export {
+            run,
+            format,
+            state_dir,
+        } => (run, state_dir, Some(format)),
+    };
+    let journal = journal::Journal::open(&journal::resolve_state_dir(state_dir.as_deref())?)?;
+    let run_id = match run {
+        Some(id) => journal::RunId(id),
+        None if format.is_none() => {
+            for meta in journal.runs()? {
+                emit!(
+                    "{}  {:<12} {:<12} {} {}",
+                    meta.run_id,
+                    meta.status,
+                    meta.runbook,
+                    meta.environment,
+                    &meta.fingerprint[..12.min(meta.fingerprint.len())]
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        None => match journal.runs()?.into_iter().next() {
+            Some(meta) => meta.run_id,
+            None => {
+                eprintln!("cutover: the journal has no runs");
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+    };
+    match format {
+        None => emit!("{}", journal.show_text(&run_id)?),
+        Some(PlanFormat::Md) => emit!("{}", journal.export_markdown(&run_id)?),
+        Some(PlanFormat::Json) => {
+            let entries = journal.entries(&run_id)?;
+            let rows: Vec<serde_json::Value> = entries
+                .iter()
+                .map(|e| serde_json::json!({"at": e.at, "step": e.step.as_ref().map(|s| s.to_string()), "kind": e.kind.as_str(), "detail": e.detail, "actors": e.actors}))
+                .collect();
+            emit!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"run": run_id.0, "entries": rows})
+                )?
+            )
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 const INVALID_INPUT: u8 = 2;
-
-
 
 fn check(file: &std::path::Path) -> ExitCode {
     match inventory::load(file) {

@@ -82,7 +82,10 @@ impl Endpoint {
     }
     /// `user@address:port/dbname`: safe to log.
     pub fn label(&self) -> String {
-        format!("{}@{}:{}/{}", self.user, self.address, self.port, self.dbname)
+        format!(
+            "{}@{}:{}/{}",
+            self.user, self.address, self.port, self.dbname
+        )
     }
 }
 

@@ -13,7 +13,10 @@ pub struct AliasTarget {
 
 impl AliasTarget {
     pub fn render(&self) -> String {
-        format!("host={} port={} dbname={}", self.host, self.port, self.dbname)
+        format!(
+            "host={} port={} dbname={}",
+            self.host, self.port, self.dbname
+        )
     }
 }
 
@@ -109,13 +112,23 @@ mod tests {
     const INI: &str = "[databases]\n; comment\na = host=127.0.0.1 port=1 dbname=a\nb = host=127.0.0.1 port=1 dbname=b\n\n[pgbouncer]\nlisten_port = 6432\n";
 
     fn target(port: u16, db: &str) -> AliasTarget {
-        AliasTarget { host: "127.0.0.1".into(), port, dbname: db.into() }
+        AliasTarget {
+            host: "127.0.0.1".into(),
+            port,
+            dbname: db.into(),
+        }
     }
 
     #[test]
     fn repoint_replaces_in_place_and_keeps_the_rest() {
         let out = set_alias(INI, "b", &target(2, "b2"));
-        assert_eq!(out, INI.replace("b = host=127.0.0.1 port=1 dbname=b", "b = host=127.0.0.1 port=2 dbname=b2"));
+        assert_eq!(
+            out,
+            INI.replace(
+                "b = host=127.0.0.1 port=1 dbname=b",
+                "b = host=127.0.0.1 port=2 dbname=b2"
+            )
+        );
     }
 
     #[test]

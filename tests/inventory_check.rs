@@ -335,7 +335,7 @@ fn alias_bombs_are_cut_off_with_one_diagnostic() {
     let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
     for level in 1..10 {
         let previous = format!("*a{}", level - 1);
-        let items = vec![previous.as_str(); 10].join(", ");
+        let items = [previous.as_str(); 10].join(", ");
         text.push_str(&format!("a{level}: &a{level} [{items}]\n"));
     }
     let found = problems(inventory::parse(&text, "bomb.yaml"));
@@ -404,7 +404,7 @@ fn the_commcare_example_is_valid_and_describes_the_seed_environment() {
     assert_eq!(example.partitions[0].shards, [0, 1023]);
     assert_eq!(example.partitions[0].dbname, "commcarehq_p1");
     assert!(
-        example.partitions_by_node().get("pg2").is_none(),
+        !example.partitions_by_node().contains_key("pg2"),
         "pg2 is a spare"
     );
     let proxy = example.proxy.as_ref().expect("proxy");
@@ -615,10 +615,17 @@ fn run_check(path: &Path) -> (Option<i32>, String) {
 }
 
 #[test]
-#[ignore = "waiting for main.rs wiring"]
 fn cutover_check_exits_0_for_a_valid_inventory_and_2_listing_every_problem() {
     let (code, _) = run_check(&fixture("valid/lab.yaml"));
     assert_eq!(code, Some(0));
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories/commcare-example.yaml");
+    assert_eq!(run_check(&example).0, Some(0));
+    let (code, stdout) = run_check(&fixture("invalid/not_utf8.yaml"));
+    assert_eq!(code, Some(2));
+    assert!(
+        stdout.contains("not_utf8.yaml:2:17: file is not valid UTF-8"),
+        "{stdout}"
+    );
 
     let invalid = fixture("invalid/unknown_references.yaml");
     let (code, stdout) = run_check(&invalid);

@@ -16,7 +16,10 @@ async fn standby_lag_becomes_nonzero_after_writes_and_returns_to_zero() {
     let pg2 = lab.inventory.node("pg2").unwrap().clone();
 
     let standby = connect(lab.config.pg2_port, "postgres").await;
-    standby.simple_query("SELECT pg_wal_replay_pause()").await.unwrap();
+    standby
+        .simple_query("SELECT pg_wal_replay_pause()")
+        .await
+        .unwrap();
     let primary = connect(lab.config.pg1_port, "commcarehq_p1").await;
     primary
         .simple_query("INSERT INTO forms (form_id, domain) SELECT gen_random_uuid(), 'lagtest' FROM generate_series(1, 5000)")
@@ -34,12 +37,23 @@ async fn standby_lag_becomes_nonzero_after_writes_and_returns_to_zero() {
     assert_eq!(lagging.state, "streaming");
 
     let standby_reading = queries::read_replication(&pg2).await;
-    let receiver = standby_reading.value().unwrap().receiver.clone().expect("pg2 is a standby");
+    let receiver = standby_reading
+        .value()
+        .unwrap()
+        .receiver
+        .clone()
+        .expect("pg2 is a standby");
     assert!(receiver.replay_paused);
     assert_eq!(receiver.status.as_deref(), Some("streaming"));
-    assert_ne!(receiver.receive_lsn, receiver.replay_lsn, "received WAL is not replayed yet");
+    assert_ne!(
+        receiver.receive_lsn, receiver.replay_lsn,
+        "received WAL is not replayed yet"
+    );
 
-    standby.simple_query("SELECT pg_wal_replay_resume()").await.unwrap();
+    standby
+        .simple_query("SELECT pg_wal_replay_resume()")
+        .await
+        .unwrap();
     eventually(Duration::from_secs(20), || async {
         let r = queries::read_replication(&pg1).await;
         (r.value()?.senders.first()?.lag_bytes? == 0).then_some(())
@@ -47,7 +61,12 @@ async fn standby_lag_becomes_nonzero_after_writes_and_returns_to_zero() {
     .await
     .expect("lag returns to 0 after replay resumes");
 
-    let slots = queries::read_replication(&pg1).await.value().unwrap().slots.clone();
+    let slots = queries::read_replication(&pg1)
+        .await
+        .value()
+        .unwrap()
+        .slots
+        .clone();
     assert_eq!(slots.len(), 1);
     assert_eq!(slots[0].slot_name, "pg2_slot");
     assert!(slots[0].active);
@@ -78,7 +97,8 @@ async fn connections_per_database_match_open_sessions() {
     assert!(groups
         .iter()
         .filter(|g| g.database.as_deref() == Some("commcarehq_p1"))
-        .all(|g| g.client_addr.as_deref() == Some("127.0.0.1/32") && g.state.as_deref() == Some("idle")));
+        .all(|g| g.client_addr.as_deref() == Some("127.0.0.1/32")
+            && g.state.as_deref() == Some("idle")));
     drop(held);
 }
 
@@ -91,18 +111,33 @@ async fn per_shard_counts_sum_to_documents_loaded() {
     let dist = snapshot.distribution[0].value().expect("p1 readable");
     let forms = &dist.tables[0];
     assert_eq!(forms.total, docs as i64);
-    assert_eq!(forms.per_shard.iter().map(|s| s.rows).sum::<i64>(), docs as i64);
+    assert_eq!(
+        forms.per_shard.iter().map(|s| s.rows).sum::<i64>(),
+        docs as i64
+    );
     assert!(forms.per_shard.iter().all(|s| s.shard < 1024));
-    assert_eq!(forms.per_shard.len(), 1024, "20k random ids cover every shard");
+    assert_eq!(
+        forms.per_shard.len(),
+        1024,
+        "20k random ids cover every shard"
+    );
     assert_eq!(forms.misplaced, 0);
-    assert_eq!(forms.estimate, docs as i64, "the lab runs ANALYZE after loading");
+    assert_eq!(
+        forms.estimate, docs as i64,
+        "the lab runs ANALYZE after loading"
+    );
 
     // The status JSON carries the documented top-level keys, and every reading its time.
     let json = serde_json::to_value(&snapshot).unwrap();
     for key in ["replication", "connections", "pgbouncer", "distribution"] {
-        let readings = json[key].as_array().unwrap_or_else(|| panic!("{key} missing"));
+        let readings = json[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key} missing"));
         assert!(!readings.is_empty(), "{key} is empty");
-        assert!(readings.iter().all(|r| r["at"].is_string()), "{key} readings carry their time");
+        assert!(
+            readings.iter().all(|r| r["at"].is_string()),
+            "{key} readings carry their time"
+        );
     }
 }
 
@@ -118,7 +153,10 @@ async fn stopped_node_shows_unreachable_while_others_keep_reporting() {
         },
     );
     let reachable = |name: &str, s: &cutover::readings::types::Snapshot| {
-        s.replication.iter().find(|r| r.source == name).map(|r| r.value().is_some())
+        s.replication
+            .iter()
+            .find(|r| r.source == name)
+            .map(|r| r.value().is_some())
     };
     eventually(Duration::from_secs(10), || async {
         let s = pollers.snapshot();
@@ -129,15 +167,28 @@ async fn stopped_node_shows_unreachable_while_others_keep_reporting() {
 
     stop_node(&lab, "pg2");
     let before = pollers.snapshot();
-    let pg1_before = before.replication.iter().find(|r| r.source == "pg1").unwrap().at;
+    let pg1_before = before
+        .replication
+        .iter()
+        .find(|r| r.source == "pg1")
+        .unwrap()
+        .at;
     let after = eventually(Duration::from_secs(10), || async {
         let s = pollers.snapshot();
         (reachable("pg2", &s)? == false).then_some(s)
     })
     .await
     .expect("pg2 shows as unreachable");
-    let pg2 = after.replication.iter().find(|r| r.source == "pg2").unwrap();
-    assert!(pg2.error().unwrap().contains("127.0.0.1"), "error names the endpoint: {:?}", pg2.error());
+    let pg2 = after
+        .replication
+        .iter()
+        .find(|r| r.source == "pg2")
+        .unwrap();
+    assert!(
+        pg2.error().unwrap().contains("127.0.0.1"),
+        "error names the endpoint: {:?}",
+        pg2.error()
+    );
     let later = eventually(Duration::from_secs(5), || async {
         let s = pollers.snapshot();
         let pg1 = s.replication.iter().find(|r| r.source == "pg1")?;
@@ -145,5 +196,8 @@ async fn stopped_node_shows_unreachable_while_others_keep_reporting() {
     })
     .await;
     assert!(later.is_some(), "pg1 keeps updating while pg2 is down");
-    assert!(after.pgbouncer[0].value().is_some(), "pgbouncer still reports");
+    assert!(
+        after.pgbouncer[0].value().is_some(),
+        "pgbouncer still reports"
+    );
 }

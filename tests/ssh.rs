@@ -125,6 +125,20 @@ async fn ssh_command_streams_stdout_and_stderr_in_order_and_returns_exit_status(
 
     let who = hosts.run("db1", "id -un", T, &mut ignore).await.unwrap();
     assert_eq!(who.stdout.trim(), "postgres");
+
+    // A background process holding the output open (e.g. a server started without a log
+    // file) does not hang the command once the shell has exited.
+    let started = Instant::now();
+    let out = hosts
+        .run("db1", "sleep 3 & echo started", T, &mut ignore)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, "started\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]

@@ -2,11 +2,11 @@
 //! theme (text plus style runs), the full screen, popups, and the too-small message.
 
 use cutover::ui::fixtures;
+use cutover::ui::keymap::Command;
 use cutover::ui::model::{Model, Pane};
 use cutover::ui::render;
 use cutover::ui::theme::{self, Theme, ThemeEnv};
 use cutover::ui::update::{update, Action};
-use cutover::ui::keymap::Command;
 use ratatui::backend::TestBackend;
 use ratatui::buffer::Buffer;
 use ratatui::style::{Color, Modifier, Style};
@@ -123,7 +123,11 @@ fn each_pane_at_each_size_in_each_theme() {
         for (w, h) in SIZES {
             for pane in Pane::ALL {
                 let buffer = draw_pane(&model, pane, &theme, w, h);
-                let name = format!("pane_{}_{}_{w}x{h}", pane.title().to_lowercase(), theme.name);
+                let name = format!(
+                    "pane_{}_{}_{w}x{h}",
+                    pane.title().to_lowercase(),
+                    theme.name
+                );
                 insta::assert_snapshot!(name, snapshot_text(&buffer));
             }
         }
@@ -183,21 +187,51 @@ fn every_theme_is_applied_to_the_cells() {
         let buffer = draw(&model, &theme, 160, 48);
         // Background of plain screen cells comes from the theme's text style.
         let bottom_right = &buffer[(159, 46)];
-        assert_eq!(Some(bottom_right.bg), theme.text.bg, "{}: base background", theme.name);
+        assert_eq!(
+            Some(bottom_right.bg),
+            theme.text.bg,
+            "{}: base background",
+            theme.name
+        );
         // The paused pgbouncer alias is highlighted with the `paused` style.
         let (x, y) = find(&buffer, " PAUSED ").expect("paused alias shown");
         let cell = &buffer[(x + 1, y)];
-        assert_eq!(Some(cell.bg), theme.paused.bg, "{}: paused alias", theme.name);
-        assert_eq!(Some(cell.fg), theme.paused.fg, "{}: paused alias", theme.name);
+        assert_eq!(
+            Some(cell.bg),
+            theme.paused.bg,
+            "{}: paused alias",
+            theme.name
+        );
+        assert_eq!(
+            Some(cell.fg),
+            theme.paused.fg,
+            "{}: paused alias",
+            theme.name
+        );
         // The slot past 8 GB is drawn in the danger style.
         let (x, y) = find(&buffer, "retains 9.7 GB").expect("danger slot shown");
-        assert_eq!(Some(buffer[(x, y)].fg), theme.danger.fg, "{}: danger slot", theme.name);
+        assert_eq!(
+            Some(buffer[(x, y)].fg),
+            theme.danger.fg,
+            "{}: danger slot",
+            theme.name
+        );
         // Misplaced rows are drawn in the danger style.
         let (x, y) = find(&buffer, "misplaced rows").expect("misplaced rows shown");
-        assert_eq!(Some(buffer[(x, y)].fg), theme.danger.fg, "{}: misplaced", theme.name);
+        assert_eq!(
+            Some(buffer[(x, y)].fg),
+            theme.danger.fg,
+            "{}: misplaced",
+            theme.name
+        );
         // The unreachable node carries the unreachable style.
         let (x, y) = find(&buffer, "UNREACHABLE").expect("unreachable shown");
-        assert_eq!(Some(buffer[(x, y)].fg), theme.unreachable.fg, "{}: unreachable", theme.name);
+        assert_eq!(
+            Some(buffer[(x, y)].fg),
+            theme.unreachable.fg,
+            "{}: unreachable",
+            theme.name
+        );
         assert!(buffer[(x, y)].modifier.contains(Modifier::BOLD));
     }
     // The three themes really differ where it matters.
@@ -219,7 +253,9 @@ fn no_color_keeps_modifiers_only() {
         assert_eq!(cell.bg, Color::Reset);
     }
     let (x, y) = find(&buffer, "UNREACHABLE").expect("unreachable shown");
-    assert!(buffer[(x, y)].modifier.contains(Modifier::BOLD | Modifier::UNDERLINED));
+    assert!(buffer[(x, y)]
+        .modifier
+        .contains(Modifier::BOLD | Modifier::UNDERLINED));
     insta::assert_snapshot!("screen_no_color_160x48", snapshot_text(&buffer));
 }
 
@@ -230,14 +266,29 @@ fn readings_panes_mark_ages_stale_and_unreachable() {
     let screen = text(&draw_pane(&model, Pane::Replication, &theme, 160, 48));
     // pg2's reading is 5.2 s old with a 1 s interval: older than 3 intervals.
     assert!(screen.contains("pg2 standby · STALE 5s"), "{screen}");
-    assert!(screen.contains("pg1 primary · WAL 0/5000060 · <1s"), "{screen}");
-    assert!(screen.contains("pg3 UNREACHABLE connection refused"), "{screen}");
+    assert!(
+        screen.contains("pg1 primary · WAL 0/5000060 · <1s"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("pg3 UNREACHABLE connection refused"),
+        "{screen}"
+    );
     assert!(screen.contains("lag 1.0 MB / 850 ms"), "{screen}");
-    assert!(screen.contains("slot pg2_slot (physical, active) retains 3.2 GB ⚠ WAL piling up"), "{screen}");
+    assert!(
+        screen.contains("slot pg2_slot (physical, active) retains 3.2 GB ⚠ WAL piling up"),
+        "{screen}"
+    );
     assert!(screen.contains("subscription sub_reporting"), "{screen}");
     let shards = text(&draw_pane(&model, Pane::Shards, &theme, 160, 48));
-    assert!(shards.contains("baseline       99,000 (+"), "{shards}");
-    assert!(shards.contains("misplaced rows in 511 shards (512–1023)"), "{shards}");
+    assert!(
+        shards.contains("exact 99,231 · est 98,500 · baseline 99,000 (+231)"),
+        "{shards}"
+    );
+    assert!(
+        shards.contains("misplaced rows in 511 shards (512–1023)"),
+        "{shards}"
+    );
 }
 
 #[test]
@@ -275,7 +326,13 @@ fn popups_dialog_help_palette() {
         r.steps[4].status = cutover::ui::StepStatusView::Done;
         r.traffic_paused_since = None;
     }
-    update(&mut model, Action::Command { command: Command::RunNext, at: t0 });
+    update(
+        &mut model,
+        Action::Command {
+            command: Command::RunNext,
+            at: t0,
+        },
+    );
     let screen = text(&draw(&model, &theme, 160, 48));
     assert!(screen.contains("Run step 6?"), "{screen}");
     assert!(screen.contains("POINT OF NO RETURN"), "{screen}");
@@ -286,18 +343,37 @@ fn popups_dialog_help_palette() {
     insta::assert_snapshot!("dialog_point_of_no_return_80x24", compact);
 
     let mut model = fixtures::model(t0);
-    update(&mut model, Action::Command { command: Command::ToggleHelp, at: t0 });
+    update(
+        &mut model,
+        Action::Command {
+            command: Command::ToggleHelp,
+            at: t0,
+        },
+    );
     let screen = text(&draw(&model, &theme, 160, 48));
     // Every binding of the keymap table appears in the help popup.
     for binding in cutover::ui::keymap::KEYMAP {
-        assert!(screen.contains(binding.description), "help lacks {:?}", binding.description);
+        assert!(
+            screen.contains(binding.description),
+            "help lacks {:?}",
+            binding.description
+        );
     }
     insta::assert_snapshot!("help_160x48", screen);
 
     let mut model = fixtures::model(t0);
-    update(&mut model, Action::Command { command: Command::OpenPalette, at: t0 });
+    update(
+        &mut model,
+        Action::Command {
+            command: Command::OpenPalette,
+            at: t0,
+        },
+    );
     let screen = text(&draw(&model, &theme, 80, 24));
-    assert!(screen.contains("theme <dark|light|high-contrast>"), "{screen}");
+    assert!(
+        screen.contains("theme <dark|light|high-contrast>"),
+        "{screen}"
+    );
     insta::assert_snapshot!("palette_80x24", screen);
 }
 
@@ -307,10 +383,102 @@ fn hint_bar_and_status_say_why_enter_is_disabled() {
     let theme = Theme::builtin("dark").expect("dark");
     let buffer = draw(&model, &theme, 160, 48);
     let screen = text(&buffer);
-    assert!(screen.contains("Enter disabled: step 5 disabled: precondition “standby replay ≥ primary current WAL” does not hold (replay 0/4F00000 < current 0/5000060)"), "{screen}");
-    assert!(screen.contains("Enter run next step (disabled)"), "{screen}");
-    let (x, y) = find(&buffer, "Enter run next step").expect("hint");
-    assert_eq!(Some(buffer[(x, y)].fg), theme.dim.fg, "disabled key is dimmed");
-    let (x, y) = find(&buffer, " r roll back").expect("hint");
-    assert_eq!(Some(buffer[(x + 1, y)].fg), theme.key.fg, "enabled key uses the key style");
+    assert!(screen.contains("Enter disabled: step 5: precondition “standby replay ≥ primary current WAL” does not hold (replay 0/4F00000 < current 0/5000060)"), "{screen}");
+    let (x, y) = find(&buffer, " Enter run ").expect("hint");
+    assert_eq!(y, 47, "hint bar is the last row");
+    assert_eq!(
+        Some(buffer[(x + 1, y)].fg),
+        theme.dim.fg,
+        "disabled key is dimmed"
+    );
+    let (x, y) = find(&buffer, " r rollback").expect("hint");
+    assert_eq!(
+        Some(buffer[(x + 1, y)].fg),
+        theme.key.fg,
+        "enabled key uses the key style"
+    );
+}
+
+#[test]
+fn theme_comes_from_the_flag_then_the_xdg_config_then_dark() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = ThemeEnv {
+        no_color: false,
+        config_home: Some(dir.path().to_path_buf()),
+    };
+    assert_eq!(theme::resolve(None, &env).expect("default").name, "dark");
+    std::fs::create_dir_all(dir.path().join("cutover")).expect("mkdir");
+    std::fs::write(dir.path().join("cutover/config.yaml"), "theme: light\n").expect("write");
+    assert_eq!(theme::resolve(None, &env).expect("config").name, "light");
+    assert_eq!(
+        theme::resolve(Some("high-contrast"), &env)
+            .expect("flag wins")
+            .name,
+        "high-contrast"
+    );
+    // A theme file given by path, e.g. a copy of a built-in one with a different name.
+    let custom = dir.path().join("mine.yaml");
+    let text = std::fs::read_to_string("themes/light.yaml")
+        .expect("light theme")
+        .replace("name: light", "name: mine");
+    std::fs::write(&custom, text).expect("write");
+    let loaded = theme::resolve(Some(custom.to_str().expect("utf-8 path")), &env).expect("path");
+    assert_eq!(loaded.name, "mine");
+    assert_eq!(loaded.text, Theme::builtin("light").expect("light").text);
+}
+
+#[test]
+fn bad_themes_and_configs_are_reported_with_their_source() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = ThemeEnv {
+        no_color: false,
+        config_home: Some(dir.path().to_path_buf()),
+    };
+    let err = theme::resolve(Some("solarized"), &env).expect_err("unknown");
+    assert!(
+        err.to_string().contains("dark, light, high-contrast"),
+        "{err}"
+    );
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "name: bad\nstyles:\n  text: { fg: mauve-ish }\n").expect("write");
+    let err = theme::resolve(Some(bad.to_str().expect("utf-8")), &env).expect_err("invalid");
+    assert!(err.to_string().contains("bad.yaml"), "{err}");
+    let incomplete = Theme::parse("name: x\nstyles:\n  text: {}\n", "x.yaml").expect_err("missing");
+    assert!(
+        incomplete.to_string().contains("missing field"),
+        "{incomplete}"
+    );
+    let colour = Theme::parse(
+        &std::fs::read_to_string("themes/dark.yaml")
+            .expect("dark")
+            .replace(
+                "fg: \"#ff6b6b\", bold: true }",
+                "fg: \"not-a-colour\", bold: true }",
+            ),
+        "edited.yaml",
+    )
+    .expect_err("bad colour");
+    assert!(colour.to_string().contains("not-a-colour"), "{colour}");
+    std::fs::create_dir_all(dir.path().join("cutover")).expect("mkdir");
+    std::fs::write(dir.path().join("cutover/config.yaml"), "theme: [oops\n").expect("write");
+    let err = theme::resolve(None, &env).expect_err("bad config");
+    assert!(err.to_string().contains("config.yaml"), "{err}");
+}
+
+#[test]
+fn secrets_never_reach_the_log_pane() {
+    use cutover::ui::render::redact_secrets;
+    assert_eq!(
+        redact_secrets("connect host=pg1 user=postgres password=hunter2 dbname=p1"),
+        "connect host=pg1 user=postgres password=*** dbname=p1"
+    );
+    assert_eq!(
+        redact_secrets("ALTER ROLE app PASSWORD 'hunter2';"),
+        "ALTER ROLE app PASSWORD ***;"
+    );
+    assert_eq!(
+        redact_secrets("PGPASSWORD=s3cret psql"),
+        "PGPASSWORD=*** psql"
+    );
+    assert_eq!(redact_secrets("SELECT 1"), "SELECT 1");
 }

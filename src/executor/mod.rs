@@ -11,7 +11,7 @@
 pub mod shard_split;
 
 use crate::engine::{
-    self, Command, Confirmation, EngineSettings, EngineState, Effect, Observation,
+    self, Command, Confirmation, Effect, EngineSettings, EngineState, Observation,
     PreconditionResult, Refusal,
 };
 use crate::journal::{Journal, JournalError, RunId, RunStatus};
@@ -55,12 +55,25 @@ impl Sink {
 /// crash (`recheck`) converges instead of applying twice; the same holds for undos.
 pub trait Actions: Send {
     /// Evaluate the step's preconditions from live readings, right now.
-    fn preconditions(&mut self, step: &Step) -> impl Future<Output = Vec<PreconditionResult>> + Send;
+    fn preconditions(
+        &mut self,
+        step: &Step,
+    ) -> impl Future<Output = Vec<PreconditionResult>> + Send;
     /// The readings a confirmation of this step is bound to (e.g. both LSNs before promotion).
     fn observations(&mut self, step: &Step) -> impl Future<Output = Vec<Observation>> + Send;
     /// Perform the step; `Ok` carries the verification detail.
-    fn action(&mut self, step: &Step, recheck: bool, sink: Sink) -> impl Future<Output = Result<String, String>> + Send;
-    fn undo(&mut self, step: &Step, recheck: bool, sink: Sink) -> impl Future<Output = Result<String, String>> + Send;
+    fn action(
+        &mut self,
+        step: &Step,
+        recheck: bool,
+        sink: Sink,
+    ) -> impl Future<Output = Result<String, String>> + Send;
+    fn undo(
+        &mut self,
+        step: &Step,
+        recheck: bool,
+        sink: Sink,
+    ) -> impl Future<Output = Result<String, String>> + Send;
     /// Last-resort RESUME after the pause bound, whatever state the rollback reached.
     fn force_resume(&mut self, sink: Sink) -> impl Future<Output = Result<String, String>> + Send;
     /// The longest write pause this runbook allows.
@@ -86,6 +99,8 @@ pub enum RunError {
     OtherRunUnfinished { run_id: RunId, fingerprint: String },
     #[error("the journal of run {run_id} does not replay onto this plan: {detail}")]
     Replay { run_id: RunId, detail: String },
+    #[error("cannot prepare the run: {0}")]
+    Setup(String),
     #[error("the write pause exceeded its bound of {bound_ms} ms; traffic was resumed and the run rolled back to before the pause")]
     PauseBoundExceeded { bound_ms: u128 },
 }
@@ -113,14 +128,24 @@ pub struct Runner<A: Actions> {
 impl<A: Actions> Runner<A> {
     /// Resume the unfinished run of this plan, or create a new one. An unfinished run of the
     /// same runbook with a different plan blocks a new run: two cutovers must never interleave.
-    pub fn open(journal: Journal, plan: Plan, settings: EngineSettings, actions: A) -> Result<Self, RunError> {
+    /// `make_actions` gets the run id (new or resumed) so the actions can keep per-run files.
+    pub fn open(
+        journal: Journal,
+        plan: Plan,
+        settings: EngineSettings,
+        make_actions: impl FnOnce(&RunId) -> Result<A, String>,
+    ) -> Result<Self, RunError> {
         let fingerprint = plan.fingerprint();
-        let (run_id, state, resumed) = match journal.latest_unfinished_run(&plan.environment, &plan.runbook)? {
+        let (run_id, state, resumed) = match journal
+            .latest_unfinished_run(&plan.environment, &plan.runbook)?
+        {
             Some(meta) if meta.fingerprint == fingerprint => {
                 let entries = journal.entries(&meta.run_id)?;
-                let state = EngineState::replay(&plan, settings, entries.iter()).map_err(|e| RunError::Replay {
-                    run_id: meta.run_id.clone(),
-                    detail: e.to_string(),
+                let state = EngineState::replay(&plan, settings, entries.iter()).map_err(|e| {
+                    RunError::Replay {
+                        run_id: meta.run_id.clone(),
+                        detail: e.to_string(),
+                    }
                 })?;
                 (meta.run_id, state, true)
             }
@@ -135,6 +160,7 @@ impl<A: Actions> Runner<A> {
                 (run_id, EngineState::new(&plan, settings), false)
             }
         };
+        let actions = make_actions(&run_id).map_err(RunError::Setup)?;
         // A pause that survived a crash counts from now: we cannot know how long it has been.
         let pause_started = state.traffic_paused().then(Instant::now);
         Ok(Runner {
@@ -182,15 +208,20 @@ impl<A: Actions> Runner<A> {
     }
 
     fn pause_deadline(&self) -> Option<Instant> {
-        self.pause_started.map(|since| since + self.actions.pause_bound())
+        self.pause_started
+            .map(|since| since + self.actions.pause_bound())
     }
 
     /// Start `step` with preconditions evaluated now and the given confirmation, then perform
     /// every effect that follows until the engine waits for an operator again.
-    pub async fn start(&mut self, step: &StepId, confirmation: Option<Confirmation>) -> Result<(), RunError> {
+    pub async fn start(
+        &mut self,
+        step: &StepId,
+        confirmation: Option<Confirmation>,
+    ) -> Result<(), RunError> {
         let spec = self.step_spec(step)?;
-        let precondition_results = self.actions.preconditions(&spec).await;
-        let observations = self.actions.observations(&spec).await;
+        let precondition_results = Box::pin(self.actions.preconditions(&spec)).await;
+        let observations = Box::pin(self.actions.observations(&spec)).await;
         let effects = self.commit(Command::Start {
             step: step.clone(),
             confirmation,
@@ -210,25 +241,40 @@ impl<A: Actions> Runner<A> {
             }
             Err(other) => return Err(other),
         };
-        self.perform(effects).await
+        Box::pin(self.perform(effects)).await
     }
 
     /// The confirmation requirement of `step` from readings taken now.
-    pub async fn requirement(&mut self, step: &StepId) -> Result<engine::ConfirmationRequirement, RunError> {
+    pub async fn requirement(
+        &mut self,
+        step: &StepId,
+    ) -> Result<engine::ConfirmationRequirement, RunError> {
         let spec = self.step_spec(step)?;
-        let observations = self.actions.observations(&spec).await;
-        engine::required_confirmation(&self.state, &self.plan, step, &observations)
-            .map_err(|refusal| RunError::Refused { step: step.clone(), refusal })
+        let observations = Box::pin(self.actions.observations(&spec)).await;
+        engine::required_confirmation(&self.state, &self.plan, step, &observations).map_err(
+            |refusal| RunError::Refused {
+                step: step.clone(),
+                refusal,
+            },
+        )
     }
 
     fn step_spec(&self, step: &StepId) -> Result<Step, RunError> {
-        self.plan.step(step).cloned().ok_or_else(|| RunError::Refused {
-            step: step.clone(),
-            refusal: Refusal::UnknownStep { step: step.clone() },
-        })
+        self.plan
+            .step(step)
+            .cloned()
+            .ok_or_else(|| RunError::Refused {
+                step: step.clone(),
+                refusal: Refusal::UnknownStep { step: step.clone() },
+            })
     }
 
-    pub async fn rollback_to(&mut self, step: &StepId, by: &str, reason: &str) -> Result<(), RunError> {
+    pub async fn rollback_to(
+        &mut self,
+        step: &StepId,
+        by: &str,
+        reason: &str,
+    ) -> Result<(), RunError> {
         let effects = self.commit(Command::RollbackTo {
             step: step.clone(),
             by: by.to_string(),
@@ -254,15 +300,21 @@ impl<A: Actions> Runner<A> {
                     self.journal.append(&self.run_id, &entry)?;
                     VecDeque::new()
                 }
-                Effect::RunAction { step, resume_recheck } => {
-                    let (next, error) = self.run_action(&step, resume_recheck).await?;
+                Effect::RunAction {
+                    step,
+                    resume_recheck,
+                } => {
+                    let (next, error) = Box::pin(self.run_action(&step, resume_recheck)).await?;
                     if first_error.is_none() {
                         first_error = error;
                     }
                     next
                 }
-                Effect::RunUndo { step, resume_recheck } => {
-                    let (next, error) = self.run_undo(&step, resume_recheck).await?;
+                Effect::RunUndo {
+                    step,
+                    resume_recheck,
+                } => {
+                    let (next, error) = Box::pin(self.run_undo(&step, resume_recheck)).await?;
                     if first_error.is_none() {
                         first_error = error;
                     }
@@ -272,12 +324,14 @@ impl<A: Actions> Runner<A> {
                 Effect::CancelAction { .. } => VecDeque::new(),
                 Effect::RollbackCompleted { .. } => {
                     if self.state.cursor == 0 {
-                        self.journal.finish_run(&self.run_id, RunStatus::RolledBack)?;
+                        self.journal
+                            .finish_run(&self.run_id, RunStatus::RolledBack)?;
                     }
                     VecDeque::new()
                 }
                 Effect::RunCompleted => {
-                    self.journal.finish_run(&self.run_id, RunStatus::Completed)?;
+                    self.journal
+                        .finish_run(&self.run_id, RunStatus::Completed)?;
                     VecDeque::new()
                 }
             };
@@ -312,29 +366,46 @@ impl<A: Actions> Runner<A> {
             Ok(detail) => format!("traffic resumed by force after the pause bound: {detail}"),
             Err(reason) => format!("FORCED RESUME FAILED after the pause bound: {reason}"),
         };
-        self.commit(Command::Note { step: None, text, by: vec!["cutover:pause-bound".into()] })?;
+        self.commit(Command::Note {
+            step: None,
+            text,
+            by: vec!["cutover:pause-bound".into()],
+        })?;
         Ok(())
     }
 
     fn journal_report(&mut self, step: Option<&StepId>, report: Report) -> Result<(), RunError> {
         let command = match (report, step) {
-            (Report::Output(text), Some(step)) => Command::Output { step: step.clone(), text },
-            (Report::Gate { detail, passed }, Some(step)) => Command::Gate { step: step.clone(), detail, passed },
-            (Report::Output(text) | Report::Gate { detail: text, .. }, None) => {
-                Command::Note { step: None, text, by: vec![] }
-            }
+            (Report::Output(text), Some(step)) => Command::Output {
+                step: step.clone(),
+                text,
+            },
+            (Report::Gate { detail, passed }, Some(step)) => Command::Gate {
+                step: step.clone(),
+                detail,
+                passed,
+            },
+            (Report::Output(text) | Report::Gate { detail: text, .. }, None) => Command::Note {
+                step: None,
+                text,
+                by: vec![],
+            },
         };
         self.commit(command)?;
         Ok(())
     }
 
-    async fn run_action(&mut self, step: &StepId, recheck: bool) -> Result<(VecDeque<Effect>, Option<RunError>), RunError> {
+    async fn run_action(
+        &mut self,
+        step: &StepId,
+        recheck: bool,
+    ) -> Result<(VecDeque<Effect>, Option<RunError>), RunError> {
         let spec = self.step_spec(step)?;
         let deadline = self.pause_deadline();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let outcome = {
-            let action = self.actions.action(&spec, recheck, Sink(tx));
-            tokio::pin!(action);
+            // Boxed: runbook actions are large futures; on the stack they overflow it.
+            let mut action = Box::pin(self.actions.action(&spec, recheck, Sink(tx)));
             let mut reports = Vec::new();
             let outcome = loop {
                 tokio::select! {
@@ -354,12 +425,24 @@ impl<A: Actions> Runner<A> {
         }
         match outcome {
             Some(Ok(detail)) => Ok((
-                self.commit(Command::ActionSucceeded { step: step.clone(), verification_detail: detail })?,
+                self.commit(Command::ActionSucceeded {
+                    step: step.clone(),
+                    verification_detail: detail,
+                })?,
                 None,
             )),
             Some(Err(reason)) => {
-                let effects = self.commit(Command::ActionFailed { step: step.clone(), reason: reason.clone() })?;
-                Ok((effects, Some(RunError::StepFailed { step: step.clone(), reason })))
+                let effects = self.commit(Command::ActionFailed {
+                    step: step.clone(),
+                    reason: reason.clone(),
+                })?;
+                Ok((
+                    effects,
+                    Some(RunError::StepFailed {
+                        step: step.clone(),
+                        reason,
+                    }),
+                ))
             }
             None => {
                 let paused_for = self.pause_started.map(|s| s.elapsed()).unwrap_or_default();
@@ -371,7 +454,12 @@ impl<A: Actions> Runner<A> {
                         self.journal_report(Some(step), report)?;
                     }
                     if let Err(reason) = resumed {
-                        self.journal_report(Some(step), Report::Output(format!("RESUME after the pause bound failed: {reason}")))?;
+                        self.journal_report(
+                            Some(step),
+                            Report::Output(format!(
+                                "RESUME after the pause bound failed: {reason}"
+                            )),
+                        )?;
                     }
                 }
                 let effects = self.commit(Command::PauseBoundExceeded {
@@ -383,18 +471,34 @@ impl<A: Actions> Runner<A> {
         }
     }
 
-    async fn run_undo(&mut self, step: &StepId, recheck: bool) -> Result<(VecDeque<Effect>, Option<RunError>), RunError> {
+    async fn run_undo(
+        &mut self,
+        step: &StepId,
+        recheck: bool,
+    ) -> Result<(VecDeque<Effect>, Option<RunError>), RunError> {
         let spec = self.step_spec(step)?;
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let result = self.actions.undo(&spec, recheck, Sink(tx)).await;
+        let result = Box::pin(self.actions.undo(&spec, recheck, Sink(tx))).await;
         while let Ok(report) = rx.try_recv() {
             self.journal_report(Some(step), report)?;
         }
         match result {
-            Ok(_) => Ok((self.commit(Command::RollbackStepDone { step: step.clone() })?, None)),
+            Ok(_) => Ok((
+                self.commit(Command::RollbackStepDone { step: step.clone() })?,
+                None,
+            )),
             Err(reason) => {
-                let effects = self.commit(Command::RollbackStepFailed { step: step.clone(), reason: reason.clone() })?;
-                Ok((effects, Some(RunError::UndoFailed { step: step.clone(), reason })))
+                let effects = self.commit(Command::RollbackStepFailed {
+                    step: step.clone(),
+                    reason: reason.clone(),
+                })?;
+                Ok((
+                    effects,
+                    Some(RunError::UndoFailed {
+                        step: step.clone(),
+                        reason,
+                    }),
+                ))
             }
         }
     }
@@ -406,20 +510,21 @@ impl<A: Actions> Runner<A> {
             let Some(step) = self.state.next_step(&self.plan).map(|s| s.id.clone()) else {
                 return Ok(Progress::Completed);
             };
-            let requirement = self.requirement(&step).await?;
+            let requirement = Box::pin(self.requirement(&step)).await?;
             let confirmation = Confirmation::headless(user, &requirement);
-            if let Err(error) = self.start(&step, Some(confirmation)).await {
+            if let Err(error) = Box::pin(self.start(&step, Some(confirmation))).await {
                 if let Some(pause_step) = self.state.traffic_pause.as_ref().map(|p| p.by_step) {
                     let target = self.plan.steps[pause_step].id.clone();
                     let reason = format!("automatic: {error}");
-                    if let Err(rollback_error) = self.rollback_to(&target, &format!("headless:{user}"), &reason).await {
+                    if let Err(rollback_error) =
+                        Box::pin(self.rollback_to(&target, &format!("headless:{user}"), &reason))
+                            .await
+                    {
                         tracing::error!(target: "cutover::cmd", "rollback after failure: {rollback_error}");
                     }
                     self.ensure_resumed().await?;
                 }
-                if !matches!(error, RunError::PauseBoundExceeded { .. }) {
-                    self.journal.finish_run(&self.run_id, RunStatus::Failed)?;
-                }
+                // The run stays unfinished: `cutover run` retries (re-checking), `cutover rollback` undoes.
                 return Err(error);
             }
         }

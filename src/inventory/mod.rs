@@ -185,3 +185,141 @@ fn invalid(mut problems: Vec<marked::Problem>, file_label: &str) -> InventoryErr
             .collect(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every field of the model set, so a schema/model mismatch in any field shows up.
+    fn every_field_set() -> Inventory {
+        Inventory {
+            environment: "full".into(),
+            shard_count: 2,
+            hosts: vec![
+                Host {
+                    name: "jump".into(),
+                    local: true,
+                    ssh: None,
+                },
+                Host {
+                    name: "remote".into(),
+                    local: false,
+                    ssh: Some(SshTarget {
+                        address: "10.0.0.2".into(),
+                        port: 2200,
+                        user: "ubuntu".into(),
+                        key: Some("~/.ssh/id_ed25519".into()),
+                        known_hosts: Some("/etc/ssh/known".into()),
+                    }),
+                },
+            ],
+            nodes: vec![Node {
+                name: "pg1".into(),
+                host: "remote".into(),
+                address: "10.0.0.2".into(),
+                port: 5432,
+                version: 15,
+                data_dir: "/data".into(),
+                bin_dir: "/bin".into(),
+                user: "admin".into(),
+                maintenance_db: "template1".into(),
+                control: NodeControl {
+                    start: "start".into(),
+                    stop: "stop".into(),
+                    promote: Some("promote".into()),
+                },
+            }],
+            pgbouncers: vec![Pgbouncer {
+                name: "b".into(),
+                host: "jump".into(),
+                admin: PgbouncerAdmin {
+                    address: "127.0.0.1".into(),
+                    port: 6432,
+                    user: "pgadmin".into(),
+                },
+                config: "/etc/pgbouncer.ini".into(),
+                aliases: vec![PgbouncerAlias {
+                    name: "proxy".into(),
+                    node: "pg1".into(),
+                    dbname: "proxy".into(),
+                }],
+            }],
+            proxy: Some(Proxy {
+                node: "pg1".into(),
+                dbname: "proxy".into(),
+                cluster: "c".into(),
+                alias: Some("proxy".into()),
+                route_via: Some(RouteVia {
+                    address: "127.0.0.1".into(),
+                    port: 6432,
+                }),
+            }),
+            partitions: vec![
+                Partition {
+                    name: "p1".into(),
+                    dbname: "db_p1".into(),
+                    node: "pg1".into(),
+                    shards: [0, 0],
+                },
+                Partition {
+                    name: "p2".into(),
+                    dbname: "db_p2".into(),
+                    node: "pg1".into(),
+                    shards: [1, 1],
+                },
+            ],
+            sharded_tables: vec![ShardedTable {
+                table: "public.forms".into(),
+                hash: "hashtext(id::text)".into(),
+                key: vec!["domain".into(), "id".into()],
+            }],
+            standbys: vec![Standby {
+                node: "pg1".into(),
+                primary: "pg1".into(),
+                slot: Some("s".into()),
+            }],
+            slots: vec![Slot {
+                node: "pg1".into(),
+                name: "s".into(),
+            }],
+            traffic: Some(TrafficHooks {
+                host: Some("jump".into()),
+                stop: "down".into(),
+                start: "up".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_schema_accepts_every_model_field() {
+        let mut full = every_field_set();
+        full.nodes.push(Node {
+            name: "pg2".into(),
+            ..full.nodes[0].clone()
+        });
+        full.standbys[0].node = "pg2".into();
+        let text = to_yaml(&full).expect("serializes");
+        let parsed = parse(&text, "full.yaml").unwrap_or_else(|error| panic!("{text}\n{error}"));
+        assert_eq!(parsed, full);
+    }
+
+    #[test]
+    fn non_utf8_is_located_at_the_first_bad_byte() {
+        let error = parse_bytes(b"a: 1\nbb: \xc3\x28\n", "x.yaml").expect_err("invalid");
+        assert_eq!(
+            error.to_string(),
+            "x.yaml:2:5: file is not valid UTF-8 (byte 0xc3); save it as UTF-8"
+        );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_ignored() {
+        let text = format!("\u{feff}{}", to_yaml(&every_field_set()).expect("yaml"));
+        let error = parse(&text, "bom.yaml").expect_err("standby is its own primary");
+        let InventoryError::Invalid(diagnostics) = error else {
+            panic!("expected diagnostics");
+        };
+        assert_eq!(diagnostics.len(), 1, "{diagnostics:?}");
+        assert!(diagnostics[0].message.contains("cannot be its own primary"));
+    }
+}

@@ -44,7 +44,10 @@ pub enum LoadError {
 }
 
 /// Run the load until `duration` passes or `stop` becomes true.
-pub async fn run(options: LoadOptions, stop: watch::Receiver<bool>) -> Result<LoadReport, LoadError> {
+pub async fn run(
+    options: LoadOptions,
+    stop: watch::Receiver<bool>,
+) -> Result<LoadReport, LoadError> {
     let started = Instant::now();
     let workers = options.workers.max(1);
     let per_worker_interval =
@@ -84,7 +87,9 @@ pub async fn run(options: LoadOptions, stop: watch::Receiver<bool>) -> Result<Lo
                         }
                     }
                 }
-                report.max_call_ms = report.max_call_ms.max(call_started.elapsed().as_millis() as u64);
+                report.max_call_ms = report
+                    .max_call_ms
+                    .max(call_started.elapsed().as_millis() as u64);
             }
             report
         }));
@@ -106,7 +111,9 @@ pub async fn run(options: LoadOptions, stop: watch::Receiver<bool>) -> Result<Lo
             }
             Err(join_error) => {
                 total.failed += 1;
-                total.errors.push(format!("load worker stopped: {join_error}"));
+                total
+                    .errors
+                    .push(format!("load worker stopped: {join_error}"));
             }
         }
     }

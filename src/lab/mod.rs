@@ -150,12 +150,16 @@ pub async fn up(config: &LabConfig) -> Result<UpReport, LabError> {
     if start_sshd(config)? {
         report.started.push(format!("sshd :{}", config.ssh_port));
     } else {
-        report.already_running.push(format!("sshd :{}", config.ssh_port));
+        report
+            .already_running
+            .push(format!("sshd :{}", config.ssh_port));
     }
 
     let pg1 = config.node_dir("pg1");
     if postgres::is_running(&pg1, config.pg1_port) {
-        report.already_running.push(format!("pg1 :{}", config.pg1_port));
+        report
+            .already_running
+            .push(format!("pg1 :{}", config.pg1_port));
     } else {
         if !pg1.join("PG_VERSION").exists() {
             postgres::initdb(PG15_BIN, &pg1, postgres::InitOptions::default())?;
@@ -172,11 +176,15 @@ pub async fn up(config: &LabConfig) -> Result<UpReport, LabError> {
 
     let loaded = postgres::setup_lab_databases(config).await?;
     if loaded > 0 {
-        report.started.push(format!("loaded {loaded} documents into {P1_DB}"));
+        report
+            .started
+            .push(format!("loaded {loaded} documents into {P1_DB}"));
     }
 
     if start_pgbouncer(config)? {
-        report.started.push(format!("pgbouncer :{}", config.pgbouncer_port));
+        report
+            .started
+            .push(format!("pgbouncer :{}", config.pgbouncer_port));
     } else {
         report
             .already_running
@@ -248,8 +256,11 @@ fn start_pgbouncer(config: &LabConfig) -> Result<bool, LabError> {
     }
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let userlist = dir.join("userlist.txt");
-    std::fs::write(&userlist, format!("\"postgres\" \"\"\n\"{ADMIN_USER}\" \"\"\n"))
-        .map_err(io_err(&userlist))?;
+    std::fs::write(
+        &userlist,
+        format!("\"postgres\" \"\"\n\"{ADMIN_USER}\" \"\"\n"),
+    )
+    .map_err(io_err(&userlist))?;
     let ini = config.pgbouncer_ini();
     std::fs::write(&ini, pgbouncer_ini_text(config)).map_err(io_err(&ini))?;
     chown_to_service_user(&dir)?;
@@ -388,7 +399,8 @@ pub struct TestLab {
 impl TestLab {
     /// Bring up a lab with `docs` documents on free ports under a fresh directory in /tmp.
     pub async fn start(docs: u64) -> Result<TestLab, LabError> {
-        let dir = std::env::temp_dir().join(format!("cutover-test-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("cutover-test-{}", uuid::Uuid::new_v4().simple()));
         let config = LabConfig::on_free_ports(&dir, docs).map_err(io_err(&dir))?;
         let started = up(&config).await;
         if let Err(e) = started {

@@ -146,12 +146,19 @@ pub async fn setup_lab_databases(config: &LabConfig) -> Result<u64, LabError> {
         let exists = pg::simple_rows(
             &admin,
             &target,
-            &format!("SELECT 1 FROM pg_database WHERE datname = {}", quote_literal(db)),
+            &format!(
+                "SELECT 1 FROM pg_database WHERE datname = {}",
+                quote_literal(db)
+            ),
         )
         .await?;
         if exists.is_empty() {
-            pg::simple_execute(&admin, &target, &format!("CREATE DATABASE {}", quote_ident(db)))
-                .await?;
+            pg::simple_execute(
+                &admin,
+                &target,
+                &format!("CREATE DATABASE {}", quote_ident(db)),
+            )
+            .await?;
         }
     }
 

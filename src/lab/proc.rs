@@ -84,7 +84,11 @@ pub fn chown_to_service_user(path: &Path) -> Result<(), ProcError> {
     })
 }
 
-fn chown_recursive(path: &Path, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> std::io::Result<()> {
+fn chown_recursive(
+    path: &Path,
+    uid: nix::unistd::Uid,
+    gid: nix::unistd::Gid,
+) -> std::io::Result<()> {
     nix::unistd::chown(path, Some(uid), Some(gid)).map_err(std::io::Error::from)?;
     if path.is_dir() {
         for entry in std::fs::read_dir(path)? {
@@ -120,9 +124,20 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
-/// Whether a process with this PID exists.
+/// Whether a process with this PID exists and has not exited. A zombie counts as exited:
+/// on machines whose PID 1 does not reap orphans, stopped daemons linger as zombies.
 pub fn pid_alive(pid: i32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state letter follows the parenthesised command name, which may contain spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_none_or(|state| state != 'Z'),
+        Err(_) => false,
+    }
 }
 
 /// Send `signal` to `pid`, then wait up to `timeout` for it to exit; SIGKILL after that.

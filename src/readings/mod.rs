@@ -1,5 +1,5 @@
 //! Live readings: pollers over tokio-postgres that publish timestamped snapshots on watch channels.
-pub mod types;
+pub mod poller;
 pub mod queries;
 pub mod text;
-pub mod poller;
+pub mod types;

@@ -79,16 +79,27 @@ impl Source {
     }
     async fn read(&self, client: &Client, target: &str) -> Result<SourceValue, PgError> {
         Ok(match self {
-            Source::Replication(_) => SourceValue::Replication(queries::replication(client, target).await?),
-            Source::Connections(_) => SourceValue::Connections(queries::connections(client, target).await?),
-            Source::Pgbouncer(_) => SourceValue::Pgbouncer(queries::pgbouncer(client, target).await?),
+            Source::Replication(_) => {
+                SourceValue::Replication(queries::replication(client, target).await?)
+            }
+            Source::Connections(_) => {
+                SourceValue::Connections(queries::connections(client, target).await?)
+            }
+            Source::Pgbouncer(_) => {
+                SourceValue::Pgbouncer(queries::pgbouncer(client, target).await?)
+            }
             Source::Distribution(inv, p) => {
                 SourceValue::Distribution(queries::distribution(client, target, inv, p).await?)
             }
         })
     }
     fn wrap(&self, reading: Reading<SourceValue>) -> SourceReading {
-        let Reading { source, at, took_ms, outcome } = reading;
+        let Reading {
+            source,
+            at,
+            took_ms,
+            outcome,
+        } = reading;
         macro_rules! rewrap {
             ($variant:ident) => {
                 SourceReading::$variant(Reading {

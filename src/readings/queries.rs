@@ -281,7 +281,11 @@ pub async fn distribution(
     })
 }
 
-async fn with_client<T, F, Fut>(endpoint: Endpoint, settings: SessionSettings, read: F) -> Result<T, PgError>
+async fn with_client<T, F, Fut>(
+    endpoint: Endpoint,
+    settings: SessionSettings,
+    read: F,
+) -> Result<T, PgError>
 where
     F: FnOnce(Client, String) -> Fut,
     Fut: Future<Output = Result<T, PgError>>,
@@ -293,9 +297,11 @@ where
 pub async fn read_replication(node: &Node) -> Reading<NodeReplication> {
     timed(
         &node.name,
-        with_client(Endpoint::maintenance(node), SessionSettings::MONITOR, |c, t| async move {
-            replication(&c, &t).await
-        }),
+        with_client(
+            Endpoint::maintenance(node),
+            SessionSettings::MONITOR,
+            |c, t| async move { replication(&c, &t).await },
+        ),
     )
     .await
 }
@@ -303,9 +309,11 @@ pub async fn read_replication(node: &Node) -> Reading<NodeReplication> {
 pub async fn read_connections(node: &Node) -> Reading<Vec<ConnectionGroup>> {
     timed(
         &node.name,
-        with_client(Endpoint::maintenance(node), SessionSettings::MONITOR, |c, t| async move {
-            connections(&c, &t).await
-        }),
+        with_client(
+            Endpoint::maintenance(node),
+            SessionSettings::MONITOR,
+            |c, t| async move { connections(&c, &t).await },
+        ),
     )
     .await
 }
@@ -313,21 +321,38 @@ pub async fn read_connections(node: &Node) -> Reading<Vec<ConnectionGroup>> {
 pub async fn read_pgbouncer(bouncer: &Pgbouncer) -> Reading<PgbouncerReading> {
     timed(
         &bouncer.name,
-        with_client(Endpoint::pgbouncer_admin(bouncer), SessionSettings::PGBOUNCER, |c, t| async move {
-            pgbouncer(&c, &t).await
-        }),
+        with_client(
+            Endpoint::pgbouncer_admin(bouncer),
+            SessionSettings::PGBOUNCER,
+            |c, t| async move { pgbouncer(&c, &t).await },
+        ),
     )
     .await
 }
 
-pub async fn read_distribution(inventory: &Inventory, partition: &Partition) -> Reading<PartitionDistribution> {
+pub async fn read_distribution(
+    inventory: &Inventory,
+    partition: &Partition,
+) -> Reading<PartitionDistribution> {
     let read = async {
-        let node = inventory.node(&partition.node).ok_or_else(|| PgError::Unexpected {
-            target: partition.name.clone(),
-            detail: format!("node {} is not in the inventory", partition.node),
-        })?;
-        let client = pg::connect(&Endpoint::node(node, &partition.dbname), SessionSettings::MONITOR).await?;
-        distribution(&client, &format!("{}/{}", node.name, partition.dbname), inventory, partition).await
+        let node = inventory
+            .node(&partition.node)
+            .ok_or_else(|| PgError::Unexpected {
+                target: partition.name.clone(),
+                detail: format!("node {} is not in the inventory", partition.node),
+            })?;
+        let client = pg::connect(
+            &Endpoint::node(node, &partition.dbname),
+            SessionSettings::MONITOR,
+        )
+        .await?;
+        distribution(
+            &client,
+            &format!("{}/{}", node.name, partition.dbname),
+            inventory,
+            partition,
+        )
+        .await
     };
     timed(&partition.name, read).await
 }
@@ -341,7 +366,12 @@ pub async fn snapshot(inventory: &Inventory) -> Snapshot {
         join_all(inventory.nodes.iter().map(read_replication)),
         join_all(inventory.nodes.iter().map(read_connections)),
         join_all(inventory.pgbouncers.iter().map(read_pgbouncer)),
-        join_all(inventory.partitions.iter().map(|p| read_distribution(inventory, p))),
+        join_all(
+            inventory
+                .partitions
+                .iter()
+                .map(|p| read_distribution(inventory, p))
+        ),
     );
     Snapshot {
         environment: inventory.environment.clone(),

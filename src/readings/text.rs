@@ -27,7 +27,11 @@ fn header<T>(out: &mut String, reading: &Reading<T>) -> bool {
             false
         }
         None => {
-            let _ = writeln!(out, "  {} @ {at} ({:.1} ms)", reading.source, reading.took_ms);
+            let _ = writeln!(
+                out,
+                "  {} @ {at} ({:.1} ms)",
+                reading.source, reading.took_ms
+            );
             true
         }
     }
@@ -35,16 +39,27 @@ fn header<T>(out: &mut String, reading: &Reading<T>) -> bool {
 
 pub fn render_snapshot(snapshot: &Snapshot) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{} — snapshot at {}", snapshot.environment, snapshot.taken_at.to_rfc3339());
+    let _ = writeln!(
+        out,
+        "{} — snapshot at {}",
+        snapshot.environment,
+        snapshot.taken_at.to_rfc3339()
+    );
     let _ = writeln!(out, "\nREPLICATION");
     for reading in &snapshot.replication {
         if !header(&mut out, reading) {
             continue;
         }
-        let Some(node) = reading.value() else { continue };
+        let Some(node) = reading.value() else {
+            continue;
+        };
         match &node.receiver {
             None => {
-                let _ = writeln!(out, "    primary, current WAL {}", opt(&node.current_wal_lsn));
+                let _ = writeln!(
+                    out,
+                    "    primary, current WAL {}",
+                    opt(&node.current_wal_lsn)
+                );
             }
             Some(r) => {
                 let _ = writeln!(
@@ -53,7 +68,11 @@ pub fn render_snapshot(snapshot: &Snapshot) -> String {
                     opt(&r.status),
                     opt(&r.receive_lsn),
                     opt(&r.replay_lsn),
-                    if r.replay_paused { " (replay PAUSED)" } else { "" }
+                    if r.replay_paused {
+                        " (replay PAUSED)"
+                    } else {
+                        ""
+                    }
                 );
             }
         }
@@ -76,11 +95,18 @@ pub fn render_snapshot(snapshot: &Snapshot) -> String {
                 slot.slot_name,
                 slot.slot_type,
                 if slot.active { "active" } else { "inactive" },
-                slot.retained_bytes.map(human_bytes).unwrap_or_else(|| "-".into())
+                slot.retained_bytes
+                    .map(human_bytes)
+                    .unwrap_or_else(|| "-".into())
             );
         }
         for sub in &node.subscriptions {
-            let _ = writeln!(out, "    subscription {} received {}", sub.name, opt(&sub.received_lsn));
+            let _ = writeln!(
+                out,
+                "    subscription {} received {}",
+                sub.name,
+                opt(&sub.received_lsn)
+            );
         }
     }
     let _ = writeln!(out, "\nCONNECTIONS");

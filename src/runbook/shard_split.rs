@@ -5,7 +5,9 @@
 //! single source of the statements the executor sends, so what a reviewer reads is what runs.
 
 use super::{Plan, PlanError, RenderedCommand, Step, StepFlags, Undo};
-use crate::inventory::{Inventory, Node, Partition, Pgbouncer, PgbouncerAlias, ShardedTable, Standby};
+use crate::inventory::{
+    Inventory, Node, Partition, Pgbouncer, PgbouncerAlias, ShardedTable, Standby,
+};
 use crate::pgbouncer_ini::AliasTarget;
 use crate::remote::shell_quote;
 use crate::sql::{quote_ident, quote_literal, quote_qualified};
@@ -80,8 +82,14 @@ impl SplitParams {
             ("from".to_string(), self.from.clone()),
             ("to".to_string(), self.to.clone()),
             ("node".to_string(), self.node.clone()),
-            ("shards".to_string(), format!("{}-{}", self.shards[0], self.shards[1])),
-            ("pause-bound-ms".to_string(), self.pause_bound.as_millis().to_string()),
+            (
+                "shards".to_string(),
+                format!("{}-{}", self.shards[0], self.shards[1]),
+            ),
+            (
+                "pause-bound-ms".to_string(),
+                self.pause_bound.as_millis().to_string(),
+            ),
         ])
     }
 }
@@ -118,7 +126,12 @@ impl Split {
         let bad = |m: String| SplitError::Inventory(m);
         let from = inventory
             .partition(&params.from)
-            .ok_or_else(|| bad(format!("partition `{}` is not in the inventory", params.from)))?
+            .ok_or_else(|| {
+                bad(format!(
+                    "partition `{}` is not in the inventory",
+                    params.from
+                ))
+            })?
             .clone();
         if inventory.partition(&params.to).is_some() {
             return Err(bad(format!("partition `{}` exists already", params.to)));
@@ -132,13 +145,26 @@ impl Split {
             .ok_or_else(|| bad(format!("node `{}` is not in the inventory", params.node)))?
             .clone();
         if target.name == source.name {
-            return Err(bad(format!("--node {} already holds {}", target.name, from.name)));
+            return Err(bad(format!(
+                "--node {} already holds {}",
+                target.name, from.name
+            )));
         }
         if inventory.partitions.iter().any(|p| p.node == target.name) {
-            return Err(bad(format!("node `{}` already holds a partition; a split needs a spare node", target.name)));
+            return Err(bad(format!(
+                "node `{}` already holds a partition; a split needs a spare node",
+                target.name
+            )));
         }
-        if inventory.proxy.as_ref().is_some_and(|p| p.node == target.name) {
-            return Err(bad(format!("node `{}` holds the proxy database", target.name)));
+        if inventory
+            .proxy
+            .as_ref()
+            .is_some_and(|p| p.node == target.name)
+        {
+            return Err(bad(format!(
+                "node `{}` holds the proxy database",
+                target.name
+            )));
         }
         if target.version != source.version {
             return Err(bad(format!(
@@ -165,7 +191,9 @@ impl Split {
             return Err(bad("the inventory lists no sharded tables".into()));
         }
         if inventory.sharded_tables.iter().any(|t| t.key.len() != 1) {
-            return Err(bad("every sharded table needs a single-column key for the verified delete".into()));
+            return Err(bad(
+                "every sharded table needs a single-column key for the verified delete".into(),
+            ));
         }
         let bouncer = inventory
             .pgbouncers
@@ -176,7 +204,10 @@ impl Split {
         let mut paused_aliases = Vec::new();
         if let Some(entry) = inventory.proxy.as_ref().and_then(|p| p.alias.clone()) {
             if !bouncer.aliases.iter().any(|a| a.name == entry) {
-                return Err(bad(format!("the entry alias `{entry}` is not on pgbouncer `{}`", bouncer.name)));
+                return Err(bad(format!(
+                    "the entry alias `{entry}` is not on pgbouncer `{}`",
+                    bouncer.name
+                )));
             }
             paused_aliases.push(entry);
         }
@@ -213,7 +244,12 @@ impl Split {
 
     /// Connection string plproxy uses for a partition: through pgbouncer when configured.
     pub fn plproxy_conn(&self, dbname: &str) -> String {
-        let (host, port) = match self.inventory.proxy.as_ref().and_then(|p| p.route_via.clone()) {
+        let (host, port) = match self
+            .inventory
+            .proxy
+            .as_ref()
+            .and_then(|p| p.route_via.clone())
+        {
             Some(via) => (via.address, via.port),
             None => (self.target.address.clone(), self.target.port),
         };
@@ -267,7 +303,12 @@ impl Split {
     }
 
     pub fn plan(&self) -> Result<Plan, SplitError> {
-        Ok(Plan::new(&self.inventory, RUNBOOK, self.params.to_map(), self.steps())?)
+        Ok(Plan::new(
+            &self.inventory,
+            RUNBOOK,
+            self.params.to_map(),
+            self.steps(),
+        )?)
     }
 
     fn steps(&self) -> Vec<Step> {
@@ -307,33 +348,58 @@ impl Split {
             .precondition("no-long-transactions", format!("{s}: no transaction open longer than 60 s"))
             .verification("every precondition holds");
 
-        let base_backup = Step::new("base-backup", format!("Base backup: make {t} a streaming standby of {s}"))
-            .command(RenderedCommand::shell(&self.target.host, self.basebackup_command()))
-            .command(RenderedCommand::shell(&self.target.host, self.target.control.start.clone()))
-            .command(RenderedCommand::internal(format!("{t} · poll"), format!("wait until {t} replays up to {s}'s pg_current_wal_lsn()")))
-            .verification(format!("{t} is in recovery, streaming from {s} through slot {}, lag 0 B", self.slot))
-            .undo(Undo::Reversible {
-                description: format!("stop {t}, discard its data directory, drop slot {} on {s}", self.slot),
-                commands: vec![
-                    RenderedCommand::shell(&self.target.host, self.target.control.stop.clone()),
-                    RenderedCommand::shell(&self.target.host, self.discard_target_command()),
-                    RenderedCommand::sql(s, &self.source.maintenance_db, drop_slot_sql(&self.slot)),
-                ],
-            });
+        let base_backup = Step::new(
+            "base-backup",
+            format!("Base backup: make {t} a streaming standby of {s}"),
+        )
+        .command(RenderedCommand::shell(
+            &self.target.host,
+            self.basebackup_command(),
+        ))
+        .command(RenderedCommand::shell(
+            &self.target.host,
+            self.target.control.start.clone(),
+        ))
+        .command(RenderedCommand::internal(
+            format!("{t} · poll"),
+            format!("wait until {t} replays up to {s}'s pg_current_wal_lsn()"),
+        ))
+        .verification(format!(
+            "{t} is in recovery, streaming from {s} through slot {}, lag 0 B",
+            self.slot
+        ))
+        .undo(Undo::Reversible {
+            description: format!(
+                "stop {t}, discard its data directory, drop slot {} on {s}",
+                self.slot
+            ),
+            commands: vec![
+                RenderedCommand::shell(&self.target.host, self.target.control.stop.clone()),
+                RenderedCommand::shell(&self.target.host, self.discard_target_command()),
+                RenderedCommand::sql(s, &self.source.maintenance_db, drop_slot_sql(&self.slot)),
+            ],
+        });
 
         let baseline = Step::new("baseline", "Baseline: record the per-shard distribution")
             .command(RenderedCommand::sql(s, from_db, self.per_shard_sql()))
             .verification("per-shard counts recorded in the journal");
 
-        let mut stop_traffic = Step::new("stop-traffic", format!("Stop traffic: PAUSE {}", self.paused_aliases.join(", ")))
-            .verification("SHOW DATABASES reports every alias paused")
-            .undo(Undo::Reversible {
-                description: "RESUME the aliases and start traffic".into(),
-                commands: resume.clone(),
-            })
-            .flags(StepFlags { pauses_traffic: true, ..StepFlags::default() });
+        let mut stop_traffic = Step::new(
+            "stop-traffic",
+            format!("Stop traffic: PAUSE {}", self.paused_aliases.join(", ")),
+        )
+        .verification("SHOW DATABASES reports every alias paused")
+        .undo(Undo::Reversible {
+            description: "RESUME the aliases and start traffic".into(),
+            commands: resume.clone(),
+        })
+        .flags(StepFlags {
+            pauses_traffic: true,
+            ..StepFlags::default()
+        });
         if let Some(hooks) = &traffic {
-            stop_traffic = stop_traffic.command(RenderedCommand::shell(&hook_host, hooks.stop.clone()));
+            stop_traffic =
+                stop_traffic.command(RenderedCommand::shell(&hook_host, hooks.stop.clone()));
         }
         for command in pause {
             stop_traffic = stop_traffic.command(command);
@@ -343,48 +409,115 @@ impl Split {
             format!("if RESUME has not run {} ms after PAUSE, traffic resumes by itself and the run rolls back to before the pause", self.params.pause_bound.as_millis()),
         ));
 
-        let gate = Step::new("lsn-gate", format!("Gate: {t} has replayed everything {s} wrote"))
-            .command(RenderedCommand::sql(s, &self.source.maintenance_db, PRIMARY_LSN_SQL))
-            .command(RenderedCommand::sql(t, &self.target.maintenance_db, STANDBY_LSN_SQL))
-            .verification(format!("{t}'s pg_last_wal_replay_lsn() ≥ {s}'s pg_current_wal_lsn(); both recorded"))
-            .flags(StepFlags { needs_traffic_stopped: true, ..StepFlags::default() });
+        let gate = Step::new(
+            "lsn-gate",
+            format!("Gate: {t} has replayed everything {s} wrote"),
+        )
+        .command(RenderedCommand::sql(
+            s,
+            &self.source.maintenance_db,
+            PRIMARY_LSN_SQL,
+        ))
+        .command(RenderedCommand::sql(
+            t,
+            &self.target.maintenance_db,
+            STANDBY_LSN_SQL,
+        ))
+        .verification(format!(
+            "{t}'s pg_last_wal_replay_lsn() ≥ {s}'s pg_current_wal_lsn(); both recorded"
+        ))
+        .flags(StepFlags {
+            needs_traffic_stopped: true,
+            ..StepFlags::default()
+        });
 
         let promote = Step::new("promote", format!("Promote {t}"))
-            .command(RenderedCommand::sql(t, &self.target.maintenance_db, format!("{STANDBY_LSN_SQL}  -- re-proved right before promoting")))
-            .command(RenderedCommand::sql(t, &self.target.maintenance_db, PROMOTE_SQL))
-            .command(RenderedCommand::internal(format!("{t} · poll"), "SELECT pg_is_in_recovery();  -- every 5 ms until false"))
+            .command(RenderedCommand::sql(
+                t,
+                &self.target.maintenance_db,
+                format!("{STANDBY_LSN_SQL}  -- re-proved right before promoting"),
+            ))
+            .command(RenderedCommand::sql(
+                t,
+                &self.target.maintenance_db,
+                PROMOTE_SQL,
+            ))
+            .command(RenderedCommand::internal(
+                format!("{t} · poll"),
+                "SELECT pg_is_in_recovery();  -- every 5 ms until false",
+            ))
             .verification(format!("{t} is out of recovery"))
             .undo(Undo::Reversible {
-                description: format!("{t} has served no traffic yet: stop it (base-backup's undo discards it)"),
-                commands: vec![RenderedCommand::shell(&self.target.host, self.target.control.stop.clone())],
+                description: format!(
+                    "{t} has served no traffic yet: stop it (base-backup's undo discards it)"
+                ),
+                commands: vec![RenderedCommand::shell(
+                    &self.target.host,
+                    self.target.control.stop.clone(),
+                )],
             })
-            .flags(StepFlags { needs_traffic_stopped: true, ..StepFlags::default() });
+            .flags(StepFlags {
+                needs_traffic_stopped: true,
+                ..StepFlags::default()
+            });
 
         let rename = Step::new("rename", format!("Rename {from_db} to {to_db} on {t}"))
-            .command(RenderedCommand::sql(t, &self.target.maintenance_db, terminate_sql(from_db)))
-            .command(RenderedCommand::sql(t, &self.target.maintenance_db, rename_sql(from_db, to_db)))
+            .command(RenderedCommand::sql(
+                t,
+                &self.target.maintenance_db,
+                terminate_sql(from_db),
+            ))
+            .command(RenderedCommand::sql(
+                t,
+                &self.target.maintenance_db,
+                rename_sql(from_db, to_db),
+            ))
             .verification(format!("{t} has {to_db} and no {from_db}"))
             .undo(Undo::Reversible {
                 description: format!("rename {to_db} back to {from_db}"),
                 commands: vec![
                     RenderedCommand::sql(t, &self.target.maintenance_db, terminate_sql(to_db)),
-                    RenderedCommand::sql(t, &self.target.maintenance_db, rename_sql(to_db, from_db)),
+                    RenderedCommand::sql(
+                        t,
+                        &self.target.maintenance_db,
+                        rename_sql(to_db, from_db),
+                    ),
                 ],
             })
-            .flags(StepFlags { needs_traffic_stopped: true, ..StepFlags::default() });
+            .flags(StepFlags {
+                needs_traffic_stopped: true,
+                ..StepFlags::default()
+            });
 
-        let mut reroute = Step::new("reroute", format!("Re-route shards {first}–{last} to {} on {t}", self.to.name))
-            .command(RenderedCommand::file("<inventory>", self.inventory_diff()))
-            .command(RenderedCommand::file(&self.bouncer.config, format!("[databases]\n+{} = {}", to_db, self.new_alias_target().render())))
-            .command(RenderedCommand::pgbouncer_admin(b, "RELOAD"));
+        let mut reroute = Step::new(
+            "reroute",
+            format!("Re-route shards {first}–{last} to {} on {t}", self.to.name),
+        )
+        .command(RenderedCommand::file("<inventory>", self.inventory_diff()))
+        .command(RenderedCommand::file(
+            &self.bouncer.config,
+            format!(
+                "[databases]\n+{} = {}",
+                to_db,
+                self.new_alias_target().render()
+            ),
+        ))
+        .command(RenderedCommand::pgbouncer_admin(b, "RELOAD"));
         if let (Some(proxy), Some(sql)) = (self.inventory.proxy.as_ref(), self.reroute_sql(to_db)) {
             reroute = reroute.command(RenderedCommand::sql(&proxy.node, &proxy.dbname, sql));
         }
-        let mut undo_reroute = vec![RenderedCommand::file("<inventory>", "restore the inventory kept as <inventory>.before-<run>")];
-        if let (Some(proxy), Some(sql)) = (self.inventory.proxy.as_ref(), self.reroute_sql(from_db)) {
+        let mut undo_reroute = vec![RenderedCommand::file(
+            "<inventory>",
+            "restore the inventory kept as <inventory>.before-<run>",
+        )];
+        if let (Some(proxy), Some(sql)) = (self.inventory.proxy.as_ref(), self.reroute_sql(from_db))
+        {
             undo_reroute.push(RenderedCommand::sql(&proxy.node, &proxy.dbname, sql));
         }
-        undo_reroute.push(RenderedCommand::file(&self.bouncer.config, "restore the previous pgbouncer.ini"));
+        undo_reroute.push(RenderedCommand::file(
+            &self.bouncer.config,
+            "restore the previous pgbouncer.ini",
+        ));
         undo_reroute.push(RenderedCommand::pgbouncer_admin(b, "RELOAD"));
         let reroute = reroute
             .verification("plproxy, pgbouncer and the new inventory route every moved shard to the new partition")
@@ -394,12 +527,16 @@ impl Split {
             })
             .flags(StepFlags { needs_traffic_stopped: true, ..StepFlags::default() });
 
-        let mut resume_traffic = Step::new("resume-traffic", format!("Resume traffic: RESUME {}", self.paused_aliases.join(", ")));
+        let mut resume_traffic = Step::new(
+            "resume-traffic",
+            format!("Resume traffic: RESUME {}", self.paused_aliases.join(", ")),
+        );
         for command in resume {
             resume_traffic = resume_traffic.command(command);
         }
         if let Some(hooks) = &traffic {
-            resume_traffic = resume_traffic.command(RenderedCommand::shell(&hook_host, hooks.start.clone()));
+            resume_traffic =
+                resume_traffic.command(RenderedCommand::shell(&hook_host, hooks.start.clone()));
         }
         let resume_traffic = resume_traffic
             .verification("SHOW DATABASES reports no alias paused")
@@ -448,17 +585,46 @@ impl Split {
         }
 
         let drop_slot = Step::new("drop-slot", format!("Drop slot {} on {s}", self.slot))
-            .command(RenderedCommand::sql(s, &self.source.maintenance_db, drop_slot_sql(&self.slot)))
+            .command(RenderedCommand::sql(
+                s,
+                &self.source.maintenance_db,
+                drop_slot_sql(&self.slot),
+            ))
             .verification(format!("{s} has no slot {}", self.slot));
 
-        let validate = Step::new("validate-connections", format!("Validate connections: {s} serves only {from_db}, {t} only {to_db}"))
-            .command(RenderedCommand::sql(s, &self.source.maintenance_db, CONNECTIONS_BY_DB_SQL))
-            .command(RenderedCommand::sql(t, &self.target.maintenance_db, CONNECTIONS_BY_DB_SQL))
-            .verification("no client is connected to a partition database on a node that does not hold it");
+        let validate = Step::new(
+            "validate-connections",
+            format!("Validate connections: {s} serves only {from_db}, {t} only {to_db}"),
+        )
+        .command(RenderedCommand::sql(
+            s,
+            &self.source.maintenance_db,
+            CONNECTIONS_BY_DB_SQL,
+        ))
+        .command(RenderedCommand::sql(
+            t,
+            &self.target.maintenance_db,
+            CONNECTIONS_BY_DB_SQL,
+        ))
+        .verification(
+            "no client is connected to a partition database on a node that does not hold it",
+        );
 
         vec![
-            preflight, base_backup, baseline, stop_traffic, gate, promote, rename, reroute,
-            resume_traffic, verify, delete, vacuum, drop_slot, validate,
+            preflight,
+            base_backup,
+            baseline,
+            stop_traffic,
+            gate,
+            promote,
+            rename,
+            reroute,
+            resume_traffic,
+            verify,
+            delete,
+            vacuum,
+            drop_slot,
+            validate,
         ]
     }
 
@@ -485,7 +651,7 @@ impl Split {
     /// (looked up at run time; the plan shows a placeholder).
     pub fn delete_batch_sql(&self, table: &ShardedTable, key_type: &str) -> String {
         format!(
-            "DELETE FROM {} WHERE {} = ANY($1::text[]::{key_type}[]) AND (({}) & {}) = $2",
+            "DELETE FROM {} WHERE {} = ANY($1::text[]::{key_type}[]) AND (({}) & {})::int8 = $2",
             quote_qualified(&table.table),
             quote_ident(&table.key[0]),
             table.hash,
@@ -515,7 +681,13 @@ pub fn unified_diff(before: &str, after: &str) -> String {
 
 fn sanitize(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -546,7 +718,11 @@ fn inventory_after(
         .position(|p| p.name == from_after.name)
         .map_or(after.partitions.len(), |i| i + 1);
     after.partitions.insert(position, to.clone());
-    for b in after.pgbouncers.iter_mut().filter(|b| b.name == bouncer.name) {
+    for b in after
+        .pgbouncers
+        .iter_mut()
+        .filter(|b| b.name == bouncer.name)
+    {
         b.aliases.retain(|a| a.name != to.dbname);
         b.aliases.push(PgbouncerAlias {
             name: to.dbname.clone(),
@@ -554,9 +730,7 @@ fn inventory_after(
             dbname: to.dbname.clone(),
         });
     }
-    after
-        .standbys
-        .retain(|s: &Standby| s.node != target.name);
+    after.standbys.retain(|s: &Standby| s.node != target.name);
     after
 }
 
@@ -567,7 +741,11 @@ pub fn resume_sql(alias: &str) -> String {
     format!("RESUME {}", quote_ident(alias))
 }
 pub fn rename_sql(from: &str, to: &str) -> String {
-    format!("ALTER DATABASE {} RENAME TO {}", quote_ident(from), quote_ident(to))
+    format!(
+        "ALTER DATABASE {} RENAME TO {}",
+        quote_ident(from),
+        quote_ident(to)
+    )
 }
 pub fn terminate_sql(dbname: &str) -> String {
     format!(
@@ -590,6 +768,7 @@ FROM pg_stat_activity WHERE xact_start < now() - interval '60 seconds' AND backe
 pub const PRIMARY_LSN_SQL: &str = "SELECT pg_current_wal_lsn()::text";
 pub const STANDBY_LSN_SQL: &str = "SELECT pg_last_wal_replay_lsn()::text, pg_is_in_recovery()";
 pub const PROMOTE_SQL: &str = "SELECT pg_promote(wait => false)";
-pub const PLPROXY_OPTIONS_SQL: &str = "SELECT unnest(srvoptions) FROM pg_foreign_server WHERE srvname = $1";
+pub const PLPROXY_OPTIONS_SQL: &str =
+    "SELECT unnest(srvoptions) FROM pg_foreign_server WHERE srvname = $1";
 pub const CONNECTIONS_BY_DB_SQL: &str = "SELECT datname::text, count(*)::int8 FROM pg_stat_activity \
 WHERE backend_type = 'client backend' AND datname IS NOT NULL AND pid <> pg_backend_pid() GROUP BY 1 ORDER BY 1";

@@ -2,8 +2,8 @@
 //! and a `select!` over terminal events, pollers, engine updates and a clock tick, feeding
 //! [`update`] and drawing with [`render`] at most ~30 times per second.
 
-use super::model::{Model, RunbookUpdate, RunbookView, SeenFn, Session, UiRequest};
 use super::model::NoticeLevel;
+use super::model::{Model, RunbookUpdate, RunbookView, SeenFn, Session, UiRequest};
 use super::render;
 use super::theme::{Theme, ThemeEnv};
 use super::update::{update, Action};
@@ -106,7 +106,13 @@ pub async fn run(opts: TuiOptions) -> Result<(), UiError> {
     let mut terminal = ratatui::try_init()?;
     let _guard = TerminalGuard;
     let size = terminal.size()?;
-    update(&mut model, Action::Resize { width: size.width, height: size.height });
+    update(
+        &mut model,
+        Action::Resize {
+            width: size.width,
+            height: size.height,
+        },
+    );
 
     let mut events = EventStream::new();
     let mut tick = tokio::time::interval(TICK);

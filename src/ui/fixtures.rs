@@ -208,7 +208,11 @@ pub fn snapshot(now: DateTime<Utc>) -> Snapshot {
                         table: "form_data".into(),
                         total: p1_shards.iter().map(|c| c.rows).sum(),
                         estimate: 98_500,
-                        misplaced: p1_shards.iter().filter(|c| c.shard > 511).map(|c| c.rows).sum(),
+                        misplaced: p1_shards
+                            .iter()
+                            .filter(|c| c.shard > 511)
+                            .map(|c| c.rows)
+                            .sum(),
                         per_shard: p1_shards,
                     }],
                 },
@@ -279,12 +283,31 @@ pub fn runbook(now: DateTime<Utc>) -> RunbookView {
     use StepStatusView::*;
     let mut steps = vec![
         timed(step("preflight", "Preflight", Done), now, 120_000, 800),
-        timed(step("basebackup", "Base backup and catch-up", Done), now, 110_000, 42_300),
-        timed(step("baseline", "Record baseline distribution", Done), now, 60_000, 1_200),
-        timed(step("stop-traffic", "Stop traffic (PAUSE proxy)", Done), now, 3_300, 90),
+        timed(
+            step("basebackup", "Base backup and catch-up", Done),
+            now,
+            110_000,
+            42_300,
+        ),
+        timed(
+            step("baseline", "Record baseline distribution", Done),
+            now,
+            60_000,
+            1_200,
+        ),
+        timed(
+            step("stop-traffic", "Stop traffic (PAUSE proxy)", Done),
+            now,
+            3_300,
+            90,
+        ),
         step("gate", "Gate: standby caught up", Pending),
         step("promote", "Promote pg2", Pending),
-        step("rename", "Rename commcarehq_p1 → commcarehq_p2 on pg2", Pending),
+        step(
+            "rename",
+            "Rename commcarehq_p1 → commcarehq_p2 on pg2",
+            Pending,
+        ),
         step("reroute", "Re-route shards 512–1023", Pending),
         step("resume", "Resume traffic", Pending),
         step("verify", "Verify routing and counts", Pending),
@@ -316,7 +339,10 @@ pub fn runbook(now: DateTime<Utc>) -> RunbookView {
     promote.needs_traffic_stopped = true;
     promote.point_of_no_return = Some("a promoted standby cannot follow pg1 again".into());
     promote.confirm_word = Some("pg2".into());
-    promote.commands = vec![cmd("pg2", "SELECT pg_promote(wait => false);\n-- then poll pg_is_in_recovery() every 10 ms")];
+    promote.commands = vec![cmd(
+        "pg2",
+        "SELECT pg_promote(wait => false);\n-- then poll pg_is_in_recovery() every 10 ms",
+    )];
     promote.preconditions = vec![pre("pg2 is in recovery", Some(true), "in_recovery = t")];
     let rename = &mut steps[6];
     rename.destructive = true;
@@ -328,7 +354,8 @@ pub fn runbook(now: DateTime<Utc>) -> RunbookView {
     ];
     let delete = &mut steps[10];
     delete.destructive = true;
-    delete.point_of_no_return = Some("deleted rows are gone; the owner's copy was proven first".into());
+    delete.point_of_no_return =
+        Some("deleted rows are gone; the owner's copy was proven first".into());
     delete.confirm_word = Some("commcarehq_p1".into());
     RunbookView {
         runbook: "shard-split".into(),
@@ -362,8 +389,10 @@ pub fn model(instant: Instant) -> Model {
     let now = fixed_now();
     let mut model = Model::new(session("alice"), snapshot(now), Some(runbook(now)), instant);
     let history = model.lag_history.entry("pg1/pg2".into()).or_default();
-    history.samples = [0u64, 0, 4_096, 65_536, 262_144, 1_048_672, 524_288, 1_048_672]
-        .into_iter()
-        .collect();
+    history.samples = [
+        0u64, 0, 4_096, 65_536, 262_144, 1_048_672, 524_288, 1_048_672,
+    ]
+    .into_iter()
+    .collect();
     model
 }

@@ -103,13 +103,19 @@ impl KeySpec {
 pub struct KeyBinding {
     pub keys: &'static [KeySpec],
     pub command: Command,
+    /// Shown in the help popup.
     pub description: &'static str,
     pub context: Context,
-    /// Shown in the hint bar (the help popup shows every binding).
-    pub hint: bool,
+    /// Shown in the hint bar next to the first key; `None` keeps the binding out of the bar
+    /// (the help popup shows every binding).
+    pub hint: Option<&'static str>,
 }
 
 impl KeyBinding {
+    /// The first key's label, for the hint bar.
+    pub fn first_key_label(&self) -> String {
+        self.keys.first().map(KeySpec::label).unwrap_or_default()
+    }
     pub fn keys_label(&self) -> String {
         self.keys
             .iter()
@@ -124,7 +130,7 @@ const fn bind(
     command: Command,
     description: &'static str,
     context: Context,
-    hint: bool,
+    hint: Option<&'static str>,
 ) -> KeyBinding {
     KeyBinding {
         keys,
@@ -143,27 +149,165 @@ pub const CONFIRM_SHIFTED: KeySpec = KeySpec::char('Y');
 
 /// The one keymap. Order is the order of the help popup and the hint bar.
 pub static KEYMAP: &[KeyBinding] = &[
-    bind(&[KeySpec::plain(KeyCode::Enter)], Command::RunNext, "run next step (asks to confirm)", Context::Main, true),
-    bind(&[KeySpec::char('r')], Command::RollbackToSelected, "roll back to selected step", Context::Main, true),
-    bind(&[KeySpec::char('s')], Command::SkipSelected, "skip selected step (typed reason)", Context::Main, true),
-    bind(&[KeySpec::char('f')], Command::ToggleFreeze, "freeze/unfreeze readings", Context::Main, true),
-    bind(&[KeySpec::char(':')], Command::OpenPalette, "command palette", Context::Main, true),
-    bind(&[KeySpec::plain(KeyCode::Tab), KeySpec::plain(KeyCode::Right), KeySpec::char('l')], Command::FocusNext, "next pane", Context::Main, true),
-    bind(&[KeySpec::plain(KeyCode::BackTab), KeySpec::plain(KeyCode::Left), KeySpec::char('h')], Command::FocusPrev, "previous pane", Context::Main, false),
-    bind(&[KeySpec::plain(KeyCode::Down), KeySpec::char('j')], Command::Down, "select next step / scroll down", Context::Main, true),
-    bind(&[KeySpec::plain(KeyCode::Up), KeySpec::char('k')], Command::Up, "select previous step / scroll up", Context::Main, false),
-    bind(&[KeySpec::char('?')], Command::ToggleHelp, "help", Context::Main, true),
-    bind(&[KeySpec::char('q')], Command::Quit, "quit (asks while a step runs or traffic is paused)", Context::Main, true),
-    bind(&[KeySpec::plain(KeyCode::Esc), KeySpec::plain(KeyCode::Enter)], Command::Cancel, "cancel (the default)", Context::Dialog, true),
-    bind(&[CONFIRM_PLAIN], Command::Confirm, "confirm a plain step", Context::Dialog, true),
-    bind(&[CONFIRM_SHIFTED], Command::Confirm, "confirm destructive step / rollback / quit (Shift+y)", Context::Dialog, true),
-    bind(&[KeySpec::plain(KeyCode::Tab)], Command::NextField, "next field (Enter also leaves a field)", Context::Dialog, true),
-    bind(&[KeySpec::plain(KeyCode::Enter)], Command::Confirm, "run the typed command", Context::Palette, true),
-    bind(&[KeySpec::plain(KeyCode::Tab)], Command::NextField, "complete", Context::Palette, true),
-    bind(&[KeySpec::plain(KeyCode::Esc)], Command::Cancel, "close", Context::Palette, true),
-    bind(&[KeySpec::plain(KeyCode::Esc), KeySpec::char('?'), KeySpec::char('q')], Command::Cancel, "close help", Context::Help, true),
-    bind(&[KeySpec::plain(KeyCode::Down), KeySpec::char('j')], Command::Down, "scroll down", Context::Help, true),
-    bind(&[KeySpec::plain(KeyCode::Up), KeySpec::char('k')], Command::Up, "scroll up", Context::Help, true),
+    bind(
+        &[KeySpec::plain(KeyCode::Enter)],
+        Command::RunNext,
+        "run next step (asks to confirm)",
+        Context::Main,
+        Some("run"),
+    ),
+    bind(
+        &[KeySpec::char('r')],
+        Command::RollbackToSelected,
+        "roll back to selected step",
+        Context::Main,
+        Some("rollback"),
+    ),
+    bind(
+        &[KeySpec::char('s')],
+        Command::SkipSelected,
+        "skip selected step (typed reason)",
+        Context::Main,
+        Some("skip"),
+    ),
+    bind(
+        &[KeySpec::char('f')],
+        Command::ToggleFreeze,
+        "freeze/unfreeze readings",
+        Context::Main,
+        Some("freeze"),
+    ),
+    bind(
+        &[KeySpec::char(':')],
+        Command::OpenPalette,
+        "command palette",
+        Context::Main,
+        Some("palette"),
+    ),
+    bind(
+        &[
+            KeySpec::plain(KeyCode::Tab),
+            KeySpec::plain(KeyCode::Right),
+            KeySpec::char('l'),
+        ],
+        Command::FocusNext,
+        "next pane",
+        Context::Main,
+        Some("pane"),
+    ),
+    bind(
+        &[
+            KeySpec::plain(KeyCode::BackTab),
+            KeySpec::plain(KeyCode::Left),
+            KeySpec::char('h'),
+        ],
+        Command::FocusPrev,
+        "previous pane",
+        Context::Main,
+        None,
+    ),
+    bind(
+        &[KeySpec::char('j'), KeySpec::plain(KeyCode::Down)],
+        Command::Down,
+        "select next step / scroll down",
+        Context::Main,
+        None,
+    ),
+    bind(
+        &[KeySpec::char('k'), KeySpec::plain(KeyCode::Up)],
+        Command::Up,
+        "select previous step / scroll up",
+        Context::Main,
+        None,
+    ),
+    bind(
+        &[KeySpec::char('?')],
+        Command::ToggleHelp,
+        "help",
+        Context::Main,
+        Some("help"),
+    ),
+    bind(
+        &[KeySpec::char('q')],
+        Command::Quit,
+        "quit (asks while a step runs or traffic is paused)",
+        Context::Main,
+        Some("quit"),
+    ),
+    bind(
+        &[KeySpec::plain(KeyCode::Esc), KeySpec::plain(KeyCode::Enter)],
+        Command::Cancel,
+        "cancel (the default)",
+        Context::Dialog,
+        Some("cancel"),
+    ),
+    bind(
+        &[CONFIRM_PLAIN],
+        Command::Confirm,
+        "confirm a plain step",
+        Context::Dialog,
+        Some("confirm"),
+    ),
+    bind(
+        &[CONFIRM_SHIFTED],
+        Command::Confirm,
+        "confirm destructive step / rollback / quit (Shift+y)",
+        Context::Dialog,
+        Some("confirm"),
+    ),
+    bind(
+        &[KeySpec::plain(KeyCode::Tab)],
+        Command::NextField,
+        "next field (Enter also leaves a field)",
+        Context::Dialog,
+        Some("next field"),
+    ),
+    bind(
+        &[KeySpec::plain(KeyCode::Enter)],
+        Command::Confirm,
+        "run the typed command",
+        Context::Palette,
+        Some("run"),
+    ),
+    bind(
+        &[KeySpec::plain(KeyCode::Tab)],
+        Command::NextField,
+        "complete",
+        Context::Palette,
+        Some("complete"),
+    ),
+    bind(
+        &[KeySpec::plain(KeyCode::Esc)],
+        Command::Cancel,
+        "close",
+        Context::Palette,
+        Some("close"),
+    ),
+    bind(
+        &[
+            KeySpec::plain(KeyCode::Esc),
+            KeySpec::char('?'),
+            KeySpec::char('q'),
+        ],
+        Command::Cancel,
+        "close help",
+        Context::Help,
+        Some("close"),
+    ),
+    bind(
+        &[KeySpec::plain(KeyCode::Down), KeySpec::char('j')],
+        Command::Down,
+        "scroll down",
+        Context::Help,
+        Some("scroll"),
+    ),
+    bind(
+        &[KeySpec::plain(KeyCode::Up), KeySpec::char('k')],
+        Command::Up,
+        "scroll up",
+        Context::Help,
+        None,
+    ),
 ];
 
 /// The command `key` is bound to in `context`, if any.
@@ -211,7 +355,9 @@ pub fn parse_palette(line: &str) -> Result<Command, String> {
             }
             Command::Theme(theme.to_string())
         }
-        ("theme", None) => return Err("theme needs a name: theme <dark|light|high-contrast>".into()),
+        ("theme", None) => {
+            return Err("theme needs a name: theme <dark|light|high-contrast>".into())
+        }
         ("", _) => return Err("type a command; Tab completes".into()),
         _ => {
             return Err(format!(

@@ -137,9 +137,19 @@ pub struct ConfirmationView {
 /// What the cockpit asks the engine to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UiRequest {
-    RunStep { step: usize, confirmation: ConfirmationView },
-    Rollback { to: usize, by: Vec<String> },
-    Skip { step: usize, reason: String, by: Vec<String> },
+    RunStep {
+        step: usize,
+        confirmation: ConfirmationView,
+    },
+    Rollback {
+        to: usize,
+        by: Vec<String>,
+    },
+    Skip {
+        step: usize,
+        reason: String,
+        by: Vec<String>,
+    },
     Quit,
 }
 
@@ -173,7 +183,11 @@ pub fn default_seen(step: &StepView, snapshot: &Snapshot) -> String {
             Some(false) => "does not hold",
             None => "not evaluated",
         };
-        let _ = writeln!(out, "precondition {}: {holds} ({})", p.description, p.detail);
+        let _ = writeln!(
+            out,
+            "precondition {}: {holds} ({})",
+            p.description, p.detail
+        );
     }
     for reading in &snapshot.replication {
         let node = &reading.source;
@@ -208,7 +222,11 @@ pub fn default_seen(step: &StepView, snapshot: &Snapshot) -> String {
                 out,
                 "{node} receiver: {}{}",
                 r.status.as_deref().unwrap_or("not running"),
-                if r.replay_paused { ", replay paused" } else { "" }
+                if r.replay_paused {
+                    ", replay paused"
+                } else {
+                    ""
+                }
             );
             if step.needs_traffic_stopped {
                 let _ = write!(out, ", replayed {}", r.replay_lsn.as_deref().unwrap_or("-"));
@@ -341,7 +359,12 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn new(session: Session, snapshot: Snapshot, runbook: Option<RunbookView>, instant: Instant) -> Model {
+    pub fn new(
+        session: Session,
+        snapshot: Snapshot,
+        runbook: Option<RunbookView>,
+        instant: Instant,
+    ) -> Model {
         let now = snapshot.taken_at;
         let selected_step = runbook.as_ref().and_then(|r| r.next_step()).unwrap_or(0);
         let mut model = Model {
@@ -378,7 +401,9 @@ impl Model {
 
     fn sample_lag(&mut self) {
         for reading in &self.latest.replication {
-            let Some(node) = reading.value() else { continue };
+            let Some(node) = reading.value() else {
+                continue;
+            };
             for sender in &node.senders {
                 let key = format!("{}/{}", reading.source, sender.application_name);
                 let history = self.lag_history.entry(key).or_default();

@@ -105,10 +105,14 @@ struct StylesFile {
 fn color(value: &Option<String>, field: &str, origin: &str) -> Result<Option<Color>, ThemeError> {
     match value {
         None => Ok(None),
-        Some(text) => Color::from_str(text).map(Some).map_err(|_| ThemeError::Invalid {
-            origin: origin.to_string(),
-            message: format!("{field}: {text:?} is not a colour (a name like red, #rrggbb, or 0-255)"),
-        }),
+        Some(text) => Color::from_str(text)
+            .map(Some)
+            .map_err(|_| ThemeError::Invalid {
+                origin: origin.to_string(),
+                message: format!(
+                    "{field}: {text:?} is not a colour (a name like red, #rrggbb, or 0-255)"
+                ),
+            }),
     }
 }
 

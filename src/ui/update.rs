@@ -8,8 +8,8 @@ use super::dialog::{
 };
 use super::keymap::{self, Command, Context, CONFIRM_PLAIN, CONFIRM_SHIFTED};
 use super::model::{
-    describe_change, ConfirmationView, Model, NoticeLevel, RunbookUpdate, StepStatusView,
-    StepView, UiRequest,
+    describe_change, ConfirmationView, Model, NoticeLevel, RunbookUpdate, StepStatusView, StepView,
+    UiRequest,
 };
 use crate::readings::types::Snapshot;
 use chrono::{DateTime, Utc};
@@ -19,17 +19,29 @@ use std::time::Instant;
 #[derive(Debug, Clone)]
 pub enum Action {
     /// A terminal key event and when it arrived.
-    Key { key: KeyEvent, at: Instant },
+    Key {
+        key: KeyEvent,
+        at: Instant,
+    },
     /// A command as if its key had been pressed (palette, tests, scripted demos).
-    Command { command: Command, at: Instant },
+    Command {
+        command: Command,
+        at: Instant,
+    },
     /// New readings from the pollers.
     Snapshot(Box<Snapshot>),
     Runbook(RunbookUpdate),
     /// The engine's update channel closed.
     EngineDisconnected,
     /// Clock tick: wall time for reading ages and the pause clock, monotonic time for keys.
-    Tick { now: DateTime<Utc>, at: Instant },
-    Resize { width: u16, height: u16 },
+    Tick {
+        now: DateTime<Utc>,
+        at: Instant,
+    },
+    Resize {
+        width: u16,
+        height: u16,
+    },
 }
 
 /// Applies `action` to `model` and returns what to ask the engine.
@@ -56,7 +68,10 @@ pub fn update(model: &mut Model, action: Action) -> Vec<UiRequest> {
         }
         Action::EngineDisconnected => {
             model.engine_connected = false;
-            model.notify(NoticeLevel::Refused, "engine disconnected: nothing more can run");
+            model.notify(
+                NoticeLevel::Refused,
+                "engine disconnected: nothing more can run",
+            );
             vec![]
         }
         Action::Tick { now, at } => {
@@ -171,15 +186,22 @@ fn move_selection(model: &mut Model, down: bool) {
 }
 
 fn request_quit(model: &mut Model) -> Vec<UiRequest> {
-    let live = model.runbook.as_ref().and_then(|r| {
-        if let Some(i) = r.running {
-            let title = r.steps.get(i).map_or("?", |s| s.title.as_str());
-            Some(format!("Step {} “{title}” is running.", i + 1))
-        } else {
-            r.traffic_paused_since
-                .map(|_| "Traffic is PAUSED: quitting now leaves the applications waiting.".to_string())
-        }
-    });
+    // A read-only cockpit drives nothing, so leaving it cannot strand a step or a pause.
+    let drives_engine = !model.session.readonly && model.engine_connected;
+    let live = model
+        .runbook
+        .as_ref()
+        .filter(|_| drives_engine)
+        .and_then(|r| {
+            if let Some(i) = r.running {
+                let title = r.steps.get(i).map_or("?", |s| s.title.as_str());
+                Some(format!("Step {} “{title}” is running.", i + 1))
+            } else {
+                r.traffic_paused_since.map(|_| {
+                    "Traffic is PAUSED: quitting now leaves the applications waiting.".to_string()
+                })
+            }
+        });
     match live {
         None => {
             model.should_quit = true;
@@ -189,7 +211,10 @@ fn request_quit(model: &mut Model) -> Vec<UiRequest> {
             let dialog = ConfirmDialog::new(
                 Intent::Quit,
                 "Quit while live?",
-                vec![why, "The engine keeps its journal; `cutover run` resumes.".into()],
+                vec![
+                    why,
+                    "The engine keeps its journal; `cutover run` resumes.".into(),
+                ],
                 Severity::Dangerous,
                 model.instant,
                 String::new(),
@@ -221,7 +246,7 @@ pub fn run_next_availability(model: &Model) -> Result<usize, String> {
     let step = &runbook.steps[next];
     if let Some(p) = step.failing_precondition() {
         return Err(format!(
-            "step {} disabled: precondition “{}” does not hold ({})",
+            "step {}: precondition “{}” does not hold ({})",
             next + 1,
             p.description,
             p.detail
@@ -249,7 +274,12 @@ pub fn rollback_availability(model: &Model, to: usize) -> Result<(), String> {
         .iter()
         .enumerate()
         .skip(to)
-        .filter(|(_, s)| matches!(s.status, StepStatusView::Done | StepStatusView::Failed(_) | StepStatusView::NeedsRecheck))
+        .filter(|(_, s)| {
+            matches!(
+                s.status,
+                StepStatusView::Done | StepStatusView::Failed(_) | StepStatusView::NeedsRecheck
+            )
+        })
         .collect();
     if undone.is_empty() {
         return Err(format!("nothing to roll back at or after step {}", to + 1));
@@ -306,7 +336,11 @@ fn step_body(step: &StepView, index: usize, total: usize) -> Vec<String> {
     }
     for c in &step.commands {
         let first = c.text.lines().next().unwrap_or("");
-        let more = if c.text.lines().count() > 1 { " …" } else { "" };
+        let more = if c.text.lines().count() > 1 {
+            " …"
+        } else {
+            ""
+        };
         body.push(format!("  [{}] {first}{more}", c.target));
     }
     match (&step.point_of_no_return, &step.undo) {
@@ -353,7 +387,11 @@ fn open_run_dialog(model: &mut Model) -> Vec<UiRequest> {
         Intent::RunStep { step: index },
         format!("Run step {}?", index + 1),
         step_body(&step, index, total),
-        if dangerous { Severity::Dangerous } else { Severity::Plain },
+        if dangerous {
+            Severity::Dangerous
+        } else {
+            Severity::Plain
+        },
         model.instant,
         seen,
         fields,
@@ -377,7 +415,10 @@ fn open_rollback_dialog(model: &mut Model) -> Vec<UiRequest> {
     )];
     if let Some(runbook) = &model.runbook {
         for (i, s) in runbook.steps.iter().enumerate().skip(to).rev() {
-            if matches!(s.status, StepStatusView::Done | StepStatusView::Failed(_) | StepStatusView::NeedsRecheck) {
+            if matches!(
+                s.status,
+                StepStatusView::Done | StepStatusView::Failed(_) | StepStatusView::NeedsRecheck
+            ) {
                 body.push(format!(
                     "  {}. {} — {}",
                     i + 1,
@@ -388,7 +429,11 @@ fn open_rollback_dialog(model: &mut Model) -> Vec<UiRequest> {
         }
     }
     let fields = if model.session.pair {
-        vec![TextField::new(FieldKind::SecondOperator, "second operator (pair mode)", None)]
+        vec![TextField::new(
+            FieldKind::SecondOperator,
+            "second operator (pair mode)",
+            None,
+        )]
     } else {
         vec![]
     };
@@ -423,7 +468,11 @@ fn open_skip_dialog(model: &mut Model) -> Vec<UiRequest> {
         Severity::Plain,
         model.instant,
         seen,
-        vec![TextField::new(FieldKind::Reason, "reason (goes in the journal)", None)],
+        vec![TextField::new(
+            FieldKind::Reason,
+            "reason (goes in the journal)",
+            None,
+        )],
     );
     model.layers.push(Layer::Confirm(dialog));
     vec![]
@@ -457,7 +506,9 @@ fn dialog_key(model: &mut Model, key: KeyEvent) -> Vec<UiRequest> {
     if dialog.guarded(at) {
         return vec![];
     }
-    let typing = !key.modifiers.intersects(KeyModifiers::CONTROL | KeyModifiers::ALT);
+    let typing = !key
+        .modifiers
+        .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT);
     match dialog.focus {
         DialogFocus::Field(i) => {
             let count = dialog.fields.len();
@@ -529,7 +580,10 @@ fn validate_fields(dialog: &ConfirmDialog, operator: &str) -> Result<(), (usize,
             }
             FieldKind::SecondOperator => {
                 if value.is_empty() {
-                    return Err((i, "pair mode: a second operator must type their name".into()));
+                    return Err((
+                        i,
+                        "pair mode: a second operator must type their name".into(),
+                    ));
                 }
                 if value.eq_ignore_ascii_case(operator.trim()) {
                     return Err((
@@ -584,7 +638,11 @@ fn try_confirm(model: &mut Model) -> Vec<UiRequest> {
                 if next == step {
                     Ok(())
                 } else {
-                    Err(format!("the next step is now step {}, not {}", next + 1, step + 1))
+                    Err(format!(
+                        "the next step is now step {}, not {}",
+                        next + 1,
+                        step + 1
+                    ))
                 }
             }),
         ),
@@ -637,7 +695,10 @@ fn try_confirm(model: &mut Model) -> Vec<UiRequest> {
         },
         Intent::Quit => UiRequest::Quit,
     };
-    model.notify(NoticeLevel::Info, format!("sent: {}", dialog.title.trim_end_matches('?')));
+    model.notify(
+        NoticeLevel::Info,
+        format!("sent: {}", dialog.title.trim_end_matches('?')),
+    );
     vec![request]
 }
 
@@ -645,7 +706,9 @@ fn palette_key(model: &mut Model, key: KeyEvent) -> Vec<UiRequest> {
     let Some(Layer::Palette(palette)) = model.layers.last_mut() else {
         return vec![];
     };
-    let typing = !key.modifiers.intersects(KeyModifiers::CONTROL | KeyModifiers::ALT);
+    let typing = !key
+        .modifiers
+        .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT);
     match key.code {
         KeyCode::Esc => {
             model.layers.pop();

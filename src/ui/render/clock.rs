@@ -8,8 +8,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Gauge, Paragraph};
 use ratatui::Frame;
 
-/// Rows the clock takes: 5 rows of glyphs plus a gauge row.
-pub const CLOCK_HEIGHT: u16 = 6;
+/// Rows the clock takes: 5 rows of glyphs, with the label and gauge beside them.
+pub const CLOCK_HEIGHT: u16 = 5;
 const GLYPH_ROWS: usize = 5;
 
 fn glyph(c: char) -> [&'static str; GLYPH_ROWS] {
@@ -70,36 +70,53 @@ pub fn render_pause_clock(frame: &mut Frame, area: Rect, model: &Model, theme: &
     } else {
         theme.ok
     };
-    let [glyphs, gauge] =
-        Layout::vertical([Constraint::Length(GLYPH_ROWS as u16), Constraint::Length(1)]).areas(area);
     let big = big_text_lines(&clock_text(elapsed.as_secs_f64()));
     let width = big[0].chars().count() as u16 + 2;
     let [digits, label] =
-        Layout::horizontal([Constraint::Length(width), Constraint::Min(0)]).areas(glyphs);
+        Layout::horizontal([Constraint::Length(width), Constraint::Min(0)]).areas(area);
     let lines: Vec<Line> = big
         .iter()
         .map(|row| Line::from(Span::styled(format!(" {row}"), style)))
         .collect();
     frame.render_widget(Paragraph::new(lines), digits);
     let remaining = (bound - elapsed.as_secs_f64()).max(0.0);
-    let label_lines = vec![
-        Line::from(Span::styled(" TRAFFIC PAUSED ", theme.paused)),
-        Line::raw(""),
-        Line::from(vec![
+    let [title, numbers, gauge, note] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Length(1),
+        Constraint::Length(1),
+        Constraint::Length(1),
+    ])
+    .areas(label);
+    frame.render_widget(
+        Paragraph::new(Line::from(Span::styled(" TRAFFIC PAUSED ", theme.paused))),
+        title,
+    );
+    frame.render_widget(
+        Paragraph::new(Line::from(vec![
             Span::styled(format!(" bound {bound:.1}s"), theme.text),
             Span::styled(format!(" · {remaining:.1}s left"), style),
-        ]),
-        Line::from(Span::styled(
+        ])),
+        numbers,
+    );
+    frame.render_widget(
+        Paragraph::new(Line::from(Span::styled(
             " traffic resumes by itself at the bound",
             theme.dim,
-        )),
-    ];
-    frame.render_widget(Paragraph::new(label_lines), label);
+        ))),
+        note,
+    );
     frame.render_widget(
         Gauge::default()
             .gauge_style(style)
             .ratio(ratio.clamp(0.0, 1.0))
-            .label(format!("{:.0}% of the pause bound", (ratio * 100.0).min(999.0))),
-        gauge,
+            .label(format!(
+                "{:.0}% of the pause bound",
+                (ratio * 100.0).min(999.0)
+            )),
+        Rect {
+            x: gauge.x + 1,
+            width: gauge.width.saturating_sub(2).min(60),
+            ..gauge
+        },
     );
 }

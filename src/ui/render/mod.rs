@@ -6,11 +6,11 @@ mod panes;
 mod popups;
 mod runbook;
 
-use super::keymap::{self, Command, Context, KeyBinding};
+use super::dialog::Layer;
+use super::keymap::{self, Command, Context};
 use super::model::{Model, NoticeLevel, Pane};
 use super::theme::Theme;
 use super::update::run_next_availability;
-use super::dialog::Layer;
 use ratatui::backend::Backend;
 use ratatui::layout::{Alignment, Constraint, Layout, Rect};
 use ratatui::style::Style;
@@ -20,7 +20,9 @@ use ratatui::{Frame, Terminal};
 use std::time::Duration;
 
 pub use clock::big_text_lines;
-pub use panes::{human_bytes, sparkline, SLOT_DANGER_BYTES, SLOT_WARN_BYTES};
+pub use panes::{
+    human_bytes, redact_secrets, sparkline, thousands, SLOT_DANGER_BYTES, SLOT_WARN_BYTES,
+};
 
 /// Smallest terminal the cockpit draws in.
 pub const MIN_WIDTH: u16 = 80;
@@ -34,7 +36,11 @@ pub const STALE_FACTOR: u32 = 3;
 const NOTICE_SHOWN: Duration = Duration::from_secs(15);
 
 /// Draws one frame on any backend (crossterm in the app, `TestBackend` in tests and benches).
-pub fn draw<B: Backend>(terminal: &mut Terminal<B>, model: &Model, theme: &Theme) -> Result<(), B::Error> {
+pub fn draw<B: Backend>(
+    terminal: &mut Terminal<B>,
+    model: &Model,
+    theme: &Theme,
+) -> Result<(), B::Error> {
     terminal.draw(|frame| render(frame, model, theme))?;
     Ok(())
 }
@@ -128,7 +134,12 @@ pub fn render_pane(frame: &mut Frame, area: Rect, pane: Pane, model: &Model, the
 }
 
 /// Bordered block for `pane`, its title followed by `extra` (age, staleness).
-pub(crate) fn pane_block<'a>(pane: Pane, model: &Model, theme: &Theme, extra: Vec<Span<'a>>) -> Block<'a> {
+pub(crate) fn pane_block<'a>(
+    pane: Pane,
+    model: &Model,
+    theme: &Theme,
+    extra: Vec<Span<'a>>,
+) -> Block<'a> {
     let focused = model.focus == pane;
     let mut title = vec![Span::styled(format!(" {} ", pane.title()), theme.title)];
     title.extend(extra);
@@ -136,7 +147,11 @@ pub(crate) fn pane_block<'a>(pane: Pane, model: &Model, theme: &Theme, extra: Ve
         title.push(Span::styled(" FROZEN ", theme.warn));
     }
     Block::bordered()
-        .border_style(if focused { theme.border_focused } else { theme.border })
+        .border_style(if focused {
+            theme.border_focused
+        } else {
+            theme.border
+        })
         .title(Line::from(title))
 }
 
@@ -154,7 +169,10 @@ fn render_header(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
     let mut top = vec![
         Span::styled(" cutover ", theme.header),
         sep(),
-        Span::styled(format!("env {}", model.session.environment), environment_style),
+        Span::styled(
+            format!("env {}", model.session.environment),
+            environment_style,
+        ),
         sep(),
     ];
     match &model.runbook {
@@ -190,7 +208,10 @@ fn render_header(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
                 .iter()
                 .filter(|s| s.status == super::model::StepStatusView::Done)
                 .count();
-            second.push(Span::styled(format!(" {done}/{total} steps done"), theme.text));
+            second.push(Span::styled(
+                format!(" {done}/{total} steps done"),
+                theme.text,
+            ));
             if let Some(i) = r.running {
                 let step = &r.steps[i.min(total.saturating_sub(1))];
                 let elapsed = step
@@ -220,7 +241,8 @@ fn render_header(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
         second.push(Span::raw(" · "));
         second.push(Span::styled("engine disconnected", theme.danger));
     }
-    let [line1, line2] = Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(area);
+    let [line1, line2] =
+        Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(area);
     frame.render_widget(Paragraph::new(Line::from(top)).style(theme.header), line1);
     frame.render_widget(Paragraph::new(Line::from(second)), line2);
 }
@@ -270,14 +292,6 @@ pub(crate) fn current_context(model: &Model) -> Context {
     }
 }
 
-fn short_description(binding: &KeyBinding) -> &'static str {
-    binding
-        .description
-        .split(" (")
-        .next()
-        .unwrap_or(binding.description)
-}
-
 fn render_hint_bar(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
     let context = current_context(model);
     let dialog_key = match model.layers.last() {
@@ -286,22 +300,27 @@ fn render_hint_bar(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) 
     };
     let run_disabled = run_next_availability(model).is_err();
     let mut spans = Vec::new();
-    for binding in keymap::bindings(context).filter(|b| b.hint) {
+    for binding in keymap::bindings(context) {
+        let Some(hint) = binding.hint else { continue };
         if context == Context::Dialog
             && binding.command == Command::Confirm
             && dialog_key.is_some_and(|k| !binding.keys.contains(&k))
         {
             continue;
         }
-        let disabled = binding.command == Command::RunNext && run_disabled;
-        let key_style: Style = if disabled { theme.dim } else { theme.key };
-        spans.push(Span::styled(format!(" {}", binding.keys_label()), key_style));
-        let description = if disabled {
-            format!(" {} (disabled) ", short_description(binding))
+        // A disabled key is dimmed; the status line says why.
+        let disabled =
+            context == Context::Main && binding.command == Command::RunNext && run_disabled;
+        let (key_style, hint_style): (Style, Style) = if disabled {
+            (theme.dim, theme.dim)
         } else {
-            format!(" {} ", short_description(binding))
+            (theme.key, theme.text)
         };
-        spans.push(Span::styled(description, theme.dim));
+        spans.push(Span::styled(
+            format!(" {}", binding.first_key_label()),
+            key_style,
+        ));
+        spans.push(Span::styled(format!(" {hint} "), hint_style));
     }
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }

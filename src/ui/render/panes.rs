@@ -54,32 +54,52 @@ fn is_stale(age: Duration, interval: Duration) -> bool {
 }
 
 /// Title spans with the oldest reading's age, marked stale when it is.
-fn age_title<'a, T>(model: &Model, theme: &Theme, readings: &[Reading<T>], interval: Duration) -> Vec<Span<'a>> {
+fn age_title<'a, T>(
+    model: &Model,
+    theme: &Theme,
+    readings: &[Reading<T>],
+    interval: Duration,
+) -> Vec<Span<'a>> {
     match readings.iter().map(|r| age_of(model, r.at)).max() {
         None => vec![Span::styled(" waiting for readings ", theme.dim)],
         Some(age) if is_stale(age, interval) => {
-            vec![Span::styled(format!(" STALE {} ", format_age(age)), theme.stale)]
+            vec![Span::styled(
+                format!(" STALE {} ", format_age(age)),
+                theme.stale,
+            )]
         }
         Some(age) => vec![Span::styled(format!(" {} ", format_age(age)), theme.dim)],
     }
 }
 
 /// The line naming a source: its name, its age (stale marked) or why it is unreachable.
-fn source_line<'a, T>(model: &Model, theme: &Theme, reading: &Reading<T>, interval: Duration, what: String) -> Line<'a> {
+fn source_line<'a, T>(
+    model: &Model,
+    theme: &Theme,
+    reading: &Reading<T>,
+    interval: Duration,
+    what: String,
+) -> Line<'a> {
     let age = age_of(model, reading.at);
     let mut spans = vec![Span::styled(reading.source.clone(), theme.title)];
     match &reading.outcome {
         Outcome::Unreachable(why) => {
             spans.push(Span::styled(" UNREACHABLE ", theme.unreachable));
             spans.push(Span::styled(why.clone(), theme.danger));
-            spans.push(Span::styled(format!(" · tried {} ago", format_age(age)), theme.dim));
+            spans.push(Span::styled(
+                format!(" · tried {} ago", format_age(age)),
+                theme.dim,
+            ));
         }
         Outcome::Ok(_) => {
             if !what.is_empty() {
                 spans.push(Span::styled(format!(" {what}"), theme.text));
             }
             if is_stale(age, interval) {
-                spans.push(Span::styled(format!(" · STALE {}", format_age(age)), theme.stale));
+                spans.push(Span::styled(
+                    format!(" · STALE {}", format_age(age)),
+                    theme.stale,
+                ));
             } else {
                 spans.push(Span::styled(format!(" · {}", format_age(age)), theme.dim));
             }
@@ -109,7 +129,14 @@ fn slot_style(theme: &Theme, retained: Option<i64>) -> Style {
     }
 }
 
-fn paragraph_in<'a>(frame: &mut Frame, area: Rect, pane: Pane, model: &Model, lines: Vec<Line<'a>>, block: ratatui::widgets::Block<'a>) {
+fn paragraph_in<'a>(
+    frame: &mut Frame,
+    area: Rect,
+    pane: Pane,
+    model: &Model,
+    lines: Vec<Line<'a>>,
+    block: ratatui::widgets::Block<'a>,
+) {
     let scroll = model.scroll[pane.index()];
     frame.render_widget(Paragraph::new(lines).block(block).scroll((scroll, 0)), area);
 }
@@ -200,7 +227,10 @@ pub fn render_replication(frame: &mut Frame, area: Rect, model: &Model, theme: &
             ));
         }
         for slot in &node.slots {
-            let retained = slot.retained_bytes.map(human_bytes).unwrap_or_else(|| "-".into());
+            let retained = slot
+                .retained_bytes
+                .map(human_bytes)
+                .unwrap_or_else(|| "-".into());
             let mut spans = vec![
                 Span::styled(
                     format!(
@@ -217,7 +247,10 @@ pub fn render_replication(frame: &mut Frame, area: Rect, model: &Model, theme: &
                 ),
             ];
             if slot.retained_bytes.is_some_and(|b| b > SLOT_WARN_BYTES) {
-                spans.push(Span::styled(" ⚠ WAL piling up", slot_style(theme, slot.retained_bytes)));
+                spans.push(Span::styled(
+                    " ⚠ WAL piling up",
+                    slot_style(theme, slot.retained_bytes),
+                ));
             }
             lines.push(Line::from(spans));
         }
@@ -256,13 +289,24 @@ pub fn render_connections(frame: &mut Frame, area: Rect, model: &Model, theme: &
     let interval = model.session.intervals.fast;
     let mut lines: Vec<Line> = Vec::new();
     for reading in &snapshot.connections {
-        lines.push(source_line(model, theme, reading, interval, "sessions".into()));
-        let Some(groups) = reading.value() else { continue };
+        lines.push(source_line(
+            model,
+            theme,
+            reading,
+            interval,
+            "sessions".into(),
+        ));
+        let Some(groups) = reading.value() else {
+            continue;
+        };
         if groups.is_empty() {
             lines.push(Line::styled("  no sessions", theme.dim));
         } else {
             lines.push(Line::styled(
-                format!("  {:<15} {:<22} {:<20} {:>5}", "client", "database", "state", "n"),
+                format!(
+                    "  {:<15} {:<22} {:<20} {:>5}",
+                    "client", "database", "state", "n"
+                ),
                 theme.dim,
             ));
         }
@@ -280,8 +324,16 @@ pub fn render_connections(frame: &mut Frame, area: Rect, model: &Model, theme: &
         }
     }
     for reading in &snapshot.pgbouncer {
-        lines.push(source_line(model, theme, reading, interval, "pgbouncer".into()));
-        let Some(bouncer) = reading.value() else { continue };
+        lines.push(source_line(
+            model,
+            theme,
+            reading,
+            interval,
+            "pgbouncer".into(),
+        ));
+        let Some(bouncer) = reading.value() else {
+            continue;
+        };
         for db in bouncer.databases.iter().filter(|d| d.name != "pgbouncer") {
             let target = format!(
                 "{}:{}/{}",
@@ -289,20 +341,26 @@ pub fn render_connections(frame: &mut Frame, area: Rect, model: &Model, theme: &
                 db.port.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 db.database
             );
-            let mut spans = vec![Span::styled(
-                format!("  alias {:<20} → {target}  conns {}", fit(&db.name, 20), db.current_connections),
-                theme.text,
-            )];
-            if db.paused {
-                spans.push(Span::styled(" PAUSED ", theme.paused));
-            }
-            if db.disabled {
-                spans.push(Span::styled(" DISABLED ", theme.warn));
-            }
-            lines.push(Line::from(spans));
+            let state = match (db.paused, db.disabled) {
+                (true, _) => Span::styled(" PAUSED ", theme.paused),
+                (false, true) => Span::styled(" DISABLED ", theme.warn),
+                (false, false) => Span::styled(" live   ", theme.ok),
+            };
+            lines.push(Line::from(vec![
+                Span::styled(format!("  alias {:<14} ", fit(&db.name, 14)), theme.text),
+                state,
+                Span::styled(
+                    format!(" → {target}  conns {}", db.current_connections),
+                    theme.text,
+                ),
+            ]));
         }
         for p in bouncer.pools.iter().filter(|p| p.database != "pgbouncer") {
-            let waiting_style = if p.cl_waiting > 0 { theme.warn } else { theme.text };
+            let waiting_style = if p.cl_waiting > 0 {
+                theme.warn
+            } else {
+                theme.text
+            };
             lines.push(Line::from(vec![
                 Span::styled(
                     format!(
@@ -351,7 +409,11 @@ pub fn thousands(n: i64) -> String {
 pub fn render_shards(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
     let snapshot = &model.shown;
     let interval = model.session.intervals.distribution;
-    let baseline = model.runbook.as_ref().map(|r| r.baseline.as_slice()).unwrap_or(&[]);
+    let baseline = model
+        .runbook
+        .as_ref()
+        .map(|r| r.baseline.as_slice())
+        .unwrap_or(&[]);
     let mut lines: Vec<Line> = Vec::new();
     for reading in &snapshot.distribution {
         let Some(dist) = reading.value() else {
@@ -366,8 +428,8 @@ pub fn render_shards(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme
         for t in &dist.tables {
             let mut spans = vec![Span::styled(
                 format!(
-                    "  {:<18} exact {:>12}  est {:>12}",
-                    fit(&t.table, 18),
+                    "  {} exact {} · est {}",
+                    fit(&t.table, 24),
                     thousands(t.total),
                     thousands(t.estimate)
                 ),
@@ -380,7 +442,7 @@ pub fn render_shards(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme
                 let delta = t.total - base.total;
                 spans.push(Span::styled(
                     format!(
-                        "  baseline {:>12} ({}{})",
+                        " · baseline {} ({}{})",
                         thousands(base.total),
                         if delta >= 0 { "+" } else { "" },
                         thousands(delta)
@@ -402,7 +464,7 @@ pub fn render_shards(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme
                 };
                 lines.push(Line::styled(
                     format!(
-                        "    ⚠ {} misplaced rows{range}: shards this database does not own",
+                        "    ⚠ {} misplaced rows{range}, not owned here",
                         thousands(t.misplaced)
                     ),
                     theme.danger,
@@ -474,7 +536,9 @@ pub fn redact_secrets(message: &str) -> Cow<'_, str> {
                 i = (i + 1).min(bytes.len());
             }
             None => {
-                while i < bytes.len() && !matches!(bytes[i], b' ' | b'\'' | b'"' | b',' | b';' | b')') {
+                while i < bytes.len()
+                    && !matches!(bytes[i], b' ' | b'\'' | b'"' | b',' | b';' | b')')
+                {
                     i += 1;
                 }
             }
@@ -544,7 +608,10 @@ pub fn render_log(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
         Pane::Log,
         model,
         theme,
-        vec![Span::styled(" commands & queries (cutover::cmd) ", theme.dim)],
+        vec![Span::styled(
+            " commands & queries (cutover::cmd) ",
+            theme.dim,
+        )],
     );
     let widget = tui_logger::TuiLoggerWidget::default()
         .block(block)

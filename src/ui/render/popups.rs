@@ -7,7 +7,7 @@ use super::super::model::{describe_change, Model};
 use super::super::theme::Theme;
 use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Clear, Paragraph, Wrap};
+use ratatui::widgets::{Block, Clear, Paragraph};
 use ratatui::Frame;
 
 /// Most lines of "what you confirm" shown in a dialog.
@@ -32,9 +32,15 @@ pub fn render_layer(frame: &mut Frame, area: Rect, layer: &Layer, model: &Model,
     }
 }
 
-fn render_confirm(frame: &mut Frame, area: Rect, dialog: &ConfirmDialog, model: &Model, theme: &Theme) {
+fn render_confirm(
+    frame: &mut Frame,
+    area: Rect,
+    dialog: &ConfirmDialog,
+    model: &Model,
+    theme: &Theme,
+) {
     let dangerous = dialog.severity == Severity::Dangerous;
-    let mut lines: Vec<Line> = dialog
+    let body: Vec<Line> = dialog
         .body
         .iter()
         .map(|l| {
@@ -46,97 +52,107 @@ fn render_confirm(frame: &mut Frame, area: Rect, dialog: &ConfirmDialog, model: 
             Line::styled(l.clone(), style)
         })
         .collect();
-    if !dialog.seen.is_empty() {
-        lines.push(Line::raw(""));
-        lines.push(Line::styled("You confirm what you see now:", theme.title));
-        let seen: Vec<&str> = dialog.seen.lines().collect();
-        for l in seen.iter().take(SEEN_LINES_SHOWN) {
-            lines.push(Line::styled(format!("  {l}"), theme.dim));
-        }
-        if seen.len() > SEEN_LINES_SHOWN {
-            lines.push(Line::styled(
-                format!("  … {} more", seen.len() - SEEN_LINES_SHOWN),
-                theme.dim,
-            ));
-        }
-    }
+    let mut changes: Vec<Line> = Vec::new();
     // Live hint: the readings moved since the dialog recorded them (checked again on confirm).
     if dialog.changed.is_empty() {
         if let Some(step) = intent_step(dialog).and_then(|i| model.step(i)) {
             let now = (model.session.seen)(step, &model.latest);
             if now != dialog.seen {
-                lines.push(Line::styled(
+                changes.push(Line::styled(
                     "Readings changed since this dialog opened: confirming will ask again.",
                     theme.warn,
                 ));
                 for l in describe_change(&dialog.seen, &now).into_iter().take(4) {
-                    lines.push(Line::styled(format!("  {l}"), theme.warn));
+                    changes.push(Line::styled(format!("  {l}"), theme.warn));
                 }
             }
         }
     } else {
-        lines.push(Line::raw(""));
-        lines.push(Line::styled("CHANGED since you opened this dialog:", theme.warn));
+        changes.push(Line::styled(
+            "CHANGED since you opened this dialog:",
+            theme.warn,
+        ));
         for l in &dialog.changed {
-            lines.push(Line::styled(format!("  {l}"), theme.warn));
+            changes.push(Line::styled(format!("  {l}"), theme.warn));
         }
     }
+    let mut tail: Vec<Line> = Vec::new();
     if !dialog.fields.is_empty() {
-        lines.push(Line::raw(""));
+        tail.push(Line::raw(""));
     }
     for (i, field) in dialog.fields.iter().enumerate() {
         let focused = dialog.focus == DialogFocus::Field(i);
         let cursor = if focused { "▏" } else { "" };
-        lines.push(Line::from(vec![
+        tail.push(Line::from(vec![
             Span::styled(
                 format!("{} {}: ", if focused { "›" } else { " " }, field.label),
                 theme.dialog,
             ),
             Span::styled(
                 format!("[{}{cursor}]", field.value),
-                if focused { theme.selected } else { theme.dialog },
+                if focused {
+                    theme.selected
+                } else {
+                    theme.dialog
+                },
             ),
         ]));
     }
     if let Some(error) = &dialog.error {
-        lines.push(Line::raw(""));
-        lines.push(Line::styled(format!("✗ {error}"), theme.danger));
+        tail.push(Line::styled(format!("✗ {error}"), theme.danger));
     }
-    lines.push(Line::raw(""));
+    tail.push(Line::raw(""));
     let cancel_style = if dialog.focus == DialogFocus::Buttons {
         theme.selected
     } else {
         theme.dialog
     };
-    lines.push(Line::from(vec![
+    tail.push(Line::from(vec![
         Span::styled(" [ Cancel ] ", cancel_style),
-        Span::styled("  Enter/Esc cancels · confirm with ", theme.dialog),
+        Span::styled("  Enter/Esc cancels · ", theme.dialog),
         Span::styled(dialog.severity.confirm_label(), theme.key),
-        Span::styled(
-            if dialog.fields.is_empty() {
-                ""
-            } else {
-                " after filling the fields (Enter/Tab leaves a field)"
-            },
-            theme.dialog,
-        ),
+        Span::styled(" confirms", theme.dialog),
     ]));
-    let width = 84;
+    // What the operator confirms gets the room that is left, up to SEEN_LINES_SHOWN lines.
+    let max_inner = area.height.saturating_sub(4) as usize;
+    let fixed = body.len() + changes.len() + tail.len();
+    let seen: Vec<&str> = dialog.seen.lines().collect();
+    let mut lines = body;
+    let room = max_inner.saturating_sub(fixed + 2).min(SEEN_LINES_SHOWN);
+    if !seen.is_empty() && room > 0 {
+        lines.push(Line::raw(""));
+        lines.push(Line::styled("You confirm what you see now:", theme.title));
+        let shown = if seen.len() > room {
+            room.saturating_sub(1)
+        } else {
+            seen.len()
+        };
+        for l in seen.iter().take(shown) {
+            lines.push(Line::styled(format!("  {l}"), theme.dim));
+        }
+        if seen.len() > shown {
+            lines.push(Line::styled(
+                format!("  … {} more", seen.len() - shown),
+                theme.dim,
+            ));
+        }
+    }
+    lines.extend(changes);
+    lines.extend(tail);
+    let width = 90;
     let height = lines.len() as u16 + 2;
     let rect = centered(area, width, height);
-    let border = if dangerous { theme.dialog_danger } else { theme.border_focused };
+    let border = if dangerous {
+        theme.dialog_danger
+    } else {
+        theme.border_focused
+    };
     let block = Block::bordered()
         .border_style(border)
         .style(theme.dialog)
         .title(Span::styled(format!(" {} ", dialog.title), border));
     frame.render_widget(Clear, rect);
-    frame.render_widget(
-        Paragraph::new(lines)
-            .block(block)
-            .style(theme.dialog)
-            .wrap(Wrap { trim: false }),
-        rect,
-    );
+    frame.render_widget(Paragraph::new(lines).block(block).style(theme.dialog), rect);
 }
 
 fn intent_step(dialog: &ConfirmDialog) -> Option<usize> {
@@ -189,7 +205,12 @@ fn render_palette(frame: &mut Frame, area: Rect, palette: &Palette, theme: &Them
 /// Help lines, generated from the keymap table.
 pub fn help_lines(theme: &Theme) -> Vec<Line<'static>> {
     let mut lines = Vec::new();
-    for context in [Context::Main, Context::Dialog, Context::Palette, Context::Help] {
+    for context in [
+        Context::Main,
+        Context::Dialog,
+        Context::Palette,
+        Context::Help,
+    ] {
         lines.push(Line::styled(context.title(), theme.title));
         for binding in keymap::bindings(context) {
             lines.push(Line::from(vec![
@@ -199,10 +220,16 @@ pub fn help_lines(theme: &Theme) -> Vec<Line<'static>> {
         }
         lines.push(Line::raw(""));
     }
-    lines.push(Line::styled("Palette commands", theme.title));
+    lines.push(Line::styled("Runbook step flags", theme.title));
+    lines.push(Line::styled(
+        "  D destructive · ! point of no return (type a name to confirm) · T needs traffic stopped",
+        theme.dialog,
+    ));
+    lines.push(Line::raw(""));
+    lines.push(Line::styled("Palette commands (:)", theme.title));
     for (name, args, description) in PALETTE_COMMANDS {
         lines.push(Line::from(vec![
-            Span::styled(format!("  {:<16}", format!("{name}{args}")), theme.key),
+            Span::styled(format!("  {:<36}", format!("{name}{args}")), theme.key),
             Span::styled(*description, theme.dialog),
         ]));
     }
@@ -211,17 +238,15 @@ pub fn help_lines(theme: &Theme) -> Vec<Line<'static>> {
 
 fn render_help(frame: &mut Frame, area: Rect, scroll: u16, theme: &Theme) {
     let lines = help_lines(theme);
-    let rect = centered(area, 78, lines.len() as u16 + 2);
+    let rect = centered(area, 94, lines.len() as u16 + 2);
     frame.render_widget(Clear, rect);
     frame.render_widget(
-        Paragraph::new(lines)
-            .scroll((scroll, 0))
-            .block(
-                Block::bordered()
-                    .border_style(theme.border_focused)
-                    .style(theme.dialog)
-                    .title(Span::styled(" keys ", theme.title)),
-            ),
+        Paragraph::new(lines).scroll((scroll, 0)).block(
+            Block::bordered()
+                .border_style(theme.border_focused)
+                .style(theme.dialog)
+                .title(Span::styled(" keys ", theme.title)),
+        ),
         rect,
     );
 }

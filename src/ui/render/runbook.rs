@@ -40,11 +40,20 @@ fn status_style(theme: &Theme, status: &StepStatusView) -> Style {
         StepStatusView::Done => theme.ok,
         StepStatusView::Running | StepStatusView::NeedsRecheck => theme.warn,
         StepStatusView::Failed(_) => theme.danger,
-        StepStatusView::Skipped(_) | StepStatusView::RolledBack | StepStatusView::Pending => theme.dim,
+        StepStatusView::Skipped(_) | StepStatusView::RolledBack | StepStatusView::Pending => {
+            theme.dim
+        }
     }
 }
 
-fn step_row<'a>(model: &Model, theme: &Theme, index: usize, step: &StepView, width: u16, selected: bool) -> Line<'a> {
+fn step_row<'a>(
+    model: &Model,
+    theme: &Theme,
+    index: usize,
+    step: &StepView,
+    width: u16,
+    selected: bool,
+) -> Line<'a> {
     let duration = step
         .duration(model.now)
         .map(format_duration)
@@ -67,7 +76,11 @@ fn step_row<'a>(model: &Model, theme: &Theme, index: usize, step: &StepView, wid
     let pad = room.saturating_sub(title.chars().count());
     title.push_str(&" ".repeat(pad));
     let base = if selected { theme.selected } else { theme.text };
-    let icon_style = if selected { theme.selected } else { status_style(theme, &step.status) };
+    let icon_style = if selected {
+        theme.selected
+    } else {
+        status_style(theme, &step.status)
+    };
     let flag_style = if selected {
         theme.selected
     } else if step.destructive || step.point_of_no_return.is_some() {
@@ -86,7 +99,10 @@ fn step_row<'a>(model: &Model, theme: &Theme, index: usize, step: &StepView, wid
 
 fn details<'a>(model: &Model, theme: &Theme, index: usize, step: &StepView) -> Vec<Line<'a>> {
     let mut lines = vec![
-        Line::from(Span::styled(format!("{}. {}", index + 1, step.title), theme.title)),
+        Line::from(Span::styled(
+            format!("{}. {}", index + 1, step.title),
+            theme.title,
+        )),
         Line::from(vec![
             Span::styled("status ", theme.dim),
             Span::styled(status_text(&step.status), status_style(theme, &step.status)),
@@ -115,7 +131,10 @@ fn details<'a>(model: &Model, theme: &Theme, index: usize, step: &StepView) -> V
     }
     if model.runbook.as_ref().and_then(|r| r.next_step()) == Some(index) {
         if let Err(why) = run_next_availability(model) {
-            lines.push(Line::from(Span::styled(format!("Enter disabled: {why}"), theme.warn)));
+            lines.push(Line::from(Span::styled(
+                format!("Enter disabled: {why}"),
+                theme.warn,
+            )));
         }
     }
     if !step.preconditions.is_empty() {
@@ -144,9 +163,15 @@ fn details<'a>(model: &Model, theme: &Theme, index: usize, step: &StepView) -> V
         lines.push(Line::from(Span::styled("Runs exactly", theme.title)));
     }
     for c in &step.commands {
-        lines.push(Line::from(Span::styled(format!(" [{}]", c.target), theme.key)));
+        lines.push(Line::from(Span::styled(
+            format!(" [{}]", c.target),
+            theme.key,
+        )));
         for text_line in c.text.lines() {
-            lines.push(Line::from(Span::styled(format!("   {text_line}"), theme.text)));
+            lines.push(Line::from(Span::styled(
+                format!("   {text_line}"),
+                theme.text,
+            )));
         }
     }
     lines
@@ -156,7 +181,11 @@ pub fn render_runbook(frame: &mut Frame, area: Rect, model: &Model, theme: &Them
     let Some(runbook) = &model.runbook else {
         let block = pane_block(Pane::Runbook, model, theme, vec![]);
         frame.render_widget(
-            Paragraph::new(Line::styled("No runbook loaded: monitoring only.", theme.dim)).block(block),
+            Paragraph::new(Line::styled(
+                "No runbook loaded: monitoring only.",
+                theme.dim,
+            ))
+            .block(block),
             area,
         );
         return;
@@ -171,7 +200,11 @@ pub fn render_runbook(frame: &mut Frame, area: Rect, model: &Model, theme: &Them
         model,
         theme,
         vec![Span::styled(
-            format!(" {} · {done}/{} done ", runbook.runbook, runbook.steps.len()),
+            format!(
+                " {} · {done}/{} done ",
+                runbook.runbook,
+                runbook.steps.len()
+            ),
             theme.dim,
         )],
     );
@@ -180,7 +213,8 @@ pub fn render_runbook(frame: &mut Frame, area: Rect, model: &Model, theme: &Them
     let step_count = runbook.steps.len() as u16;
     let (list_area, detail_area) = if inner.width >= 100 {
         let [list, detail] =
-            Layout::horizontal([Constraint::Percentage(42), Constraint::Percentage(58)]).areas(inner);
+            Layout::horizontal([Constraint::Percentage(42), Constraint::Percentage(58)])
+                .areas(inner);
         (list, detail)
     } else {
         let list_height = step_count.min(inner.height / 2).max(1);
@@ -188,7 +222,9 @@ pub fn render_runbook(frame: &mut Frame, area: Rect, model: &Model, theme: &Them
             Layout::vertical([Constraint::Length(list_height), Constraint::Min(0)]).areas(inner);
         (list, detail)
     };
-    let selected = model.selected_step.min(runbook.steps.len().saturating_sub(1));
+    let selected = model
+        .selected_step
+        .min(runbook.steps.len().saturating_sub(1));
     let rows: Vec<Line> = runbook
         .steps
         .iter()
