@@ -333,7 +333,7 @@ async fn run_command(
     yes: bool,
 ) -> Result<ExitCode> {
     let mut runner =
-        match session::open_shard_split(&invocation(file, runbook, params, run, expect)) {
+        match session::open(&invocation(file, runbook, params, run, expect)) {
             Ok(runner) => runner,
             Err(e) => return Ok(report_session_error(e)),
         };
@@ -372,7 +372,7 @@ async fn rollback_command(
     to: &str,
     reason: &str,
 ) -> Result<ExitCode> {
-    let mut runner = match session::open_shard_split(&invocation(file, runbook, params, run, None))
+    let mut runner = match session::open(&invocation(file, runbook, params, run, None))
     {
         Ok(runner) => runner,
         Err(e) => return Ok(report_session_error(e)),

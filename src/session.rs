@@ -4,11 +4,13 @@
 
 use crate::engine::{EngineSettings, Oversight};
 use crate::executor::shard_split::ShardSplitActions;
-use crate::executor::{RunError, Runner};
+use crate::engine::{EngineState, Observation, PreconditionResult};
+use crate::executor::{Actions, RunError, Runner, Sink};
 use crate::inventory::{self, Inventory, InventoryError};
 use crate::journal::{self, Journal, JournalError, RunId};
 use crate::runbook::shard_split::{Split, SplitError, SplitParams};
-use crate::runbook::Plan;
+use crate::runbook::{Plan, Step};
+use std::time::Duration;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -75,40 +77,112 @@ fn run_dir(state_dir: &Path, run_id: &RunId) -> PathBuf {
 
 const PLAN_INVENTORY: &str = "inventory.plan.yaml";
 
-/// Open the run for this invocation: resume the unfinished one of this environment and
-/// runbook (planned from the inventory it started with, since the re-route rewrites the
-/// file), or start a new one from the current inventory.
-pub fn open_shard_split(
-    invocation: &Invocation,
-) -> Result<Runner<ShardSplitActions>, SessionError> {
+/// The actions of whichever runbook an invocation names; the CLI and the cockpit drive this.
+pub enum RunbookActions {
+    ShardSplit(ShardSplitActions),
+}
+
+impl Actions for RunbookActions {
+    async fn preconditions(&mut self, step: &Step) -> Vec<PreconditionResult> {
+        match self {
+            RunbookActions::ShardSplit(a) => a.preconditions(step).await,
+        }
+    }
+    async fn observations(&mut self, step: &Step) -> Vec<Observation> {
+        match self {
+            RunbookActions::ShardSplit(a) => a.observations(step).await,
+        }
+    }
+    async fn action(&mut self, step: &Step, recheck: bool, sink: Sink) -> Result<String, String> {
+        match self {
+            RunbookActions::ShardSplit(a) => a.action(step, recheck, sink).await,
+        }
+    }
+    async fn undo(&mut self, step: &Step, recheck: bool, sink: Sink) -> Result<String, String> {
+        match self {
+            RunbookActions::ShardSplit(a) => a.undo(step, recheck, sink).await,
+        }
+    }
+    async fn force_resume(&mut self, sink: Sink) -> Result<String, String> {
+        match self {
+            RunbookActions::ShardSplit(a) => a.force_resume(sink).await,
+        }
+    }
+    fn pause_bound(&self) -> Duration {
+        match self {
+            RunbookActions::ShardSplit(a) => a.pause_bound(),
+        }
+    }
+    fn resume_is_safe(&self, plan: &Plan, state: &EngineState) -> bool {
+        match self {
+            RunbookActions::ShardSplit(a) => a.resume_is_safe(plan, state),
+        }
+    }
+}
+
+/// Open the run of whichever runbook `invocation` names.
+pub fn open(invocation: &Invocation) -> Result<Runner<RunbookActions>, SessionError> {
+    match invocation.runbook.as_str() {
+        crate::runbook::shard_split::RUNBOOK => {
+            open_run(invocation, |inventory, params| {
+                let split = Split::resolve(inventory, SplitParams::from_map(params).map_err(SplitError::Param)?)?;
+                let plan = split.plan()?;
+                Ok((plan, move |setup: RunSetup| {
+                    ShardSplitActions::new(split, setup.inventory_path, setup.run_dir, setup.trust_on_first_use)
+                        .map(RunbookActions::ShardSplit)
+                }))
+            })
+        }
+        other => Err(SessionError::UnknownRunbook(other.to_string())),
+    }
+}
+
+/// Open a shard-split run with its concrete actions (rehearsals and tests inspect them).
+pub fn open_shard_split(invocation: &Invocation) -> Result<Runner<ShardSplitActions>, SessionError> {
+    open_run(invocation, |inventory, params| {
+        let split = Split::resolve(inventory, SplitParams::from_map(params).map_err(SplitError::Param)?)?;
+        let plan = split.plan()?;
+        Ok((plan, move |setup: RunSetup| {
+            ShardSplitActions::new(split, setup.inventory_path, setup.run_dir, setup.trust_on_first_use)
+        }))
+    })
+}
+
+/// What a runbook's actions get when its run opens.
+pub struct RunSetup {
+    pub inventory_path: PathBuf,
+    /// Per-run directory in the state dir for backups and values later steps need.
+    pub run_dir: PathBuf,
+    pub trust_on_first_use: bool,
+}
+
+/// Resume the unfinished run of this environment and runbook (planned from the inventory it
+/// started with, since a run may rewrite the file), or start a new one from the current
+/// inventory. `build` turns an inventory and parameters into the plan and its actions.
+pub fn open_run<A, F, M>(invocation: &Invocation, build: F) -> Result<Runner<A>, SessionError>
+where
+    A: Actions,
+    F: FnOnce(&Inventory, &BTreeMap<String, String>) -> Result<(Plan, M), SessionError>,
+    M: FnOnce(RunSetup) -> Result<A, String>,
+{
     let state_dir = journal::resolve_state_dir(invocation.state_dir.as_deref())?;
     let journal = Journal::open(&state_dir)?;
     let current = inventory::load(&invocation.inventory_path)?;
-    let planned_from =
-        match journal.latest_unfinished_run(&current.environment, &invocation.runbook)? {
-            Some(meta) => match std::fs::read_to_string(
-                run_dir(&state_dir, &meta.run_id).join(PLAN_INVENTORY),
-            ) {
-                Ok(text) => inventory::parse(&text, PLAN_INVENTORY)?,
-                Err(_) => current.clone(),
-            },
-            None => current.clone(),
-        };
-    let Planned { plan, split } = plan(&planned_from, &invocation.runbook, &invocation.params)?;
+    let planned_from = match journal.latest_unfinished_run(&current.environment, &invocation.runbook)? {
+        Some(meta) => match std::fs::read_to_string(run_dir(&state_dir, &meta.run_id).join(PLAN_INVENTORY)) {
+            Ok(text) => inventory::parse(&text, PLAN_INVENTORY)?,
+            Err(_) => current.clone(),
+        },
+        None => current.clone(),
+    };
+    let (plan, make_actions) = build(&planned_from, &invocation.params)?;
     if let Some(expected) = &invocation.expect_fingerprint {
         let actual = plan.fingerprint();
         if &actual != expected {
-            return Err(SessionError::FingerprintMismatch {
-                expected: expected.clone(),
-                actual,
-            });
+            return Err(SessionError::FingerprintMismatch { expected: expected.clone(), actual });
         }
     }
-    let settings = EngineSettings {
-        oversight: invocation.oversight,
-    };
-    let inventory_path = invocation.inventory_path.clone();
-    let trust = invocation.trust_on_first_use;
+    let settings = EngineSettings { oversight: invocation.oversight };
     let runner = Runner::open(journal, plan, settings, |run_id| {
         let dir = run_dir(&state_dir, run_id);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -117,7 +191,11 @@ pub fn open_shard_split(
             let text = inventory::to_yaml(&planned_from).map_err(|e| e.to_string())?;
             std::fs::write(&saved, text).map_err(|e| format!("{}: {e}", saved.display()))?;
         }
-        ShardSplitActions::new(split, inventory_path, dir, trust)
+        make_actions(RunSetup {
+            inventory_path: invocation.inventory_path.clone(),
+            run_dir: dir,
+            trust_on_first_use: invocation.trust_on_first_use,
+        })
     })?;
     Ok(runner)
 }

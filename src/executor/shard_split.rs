@@ -34,6 +34,9 @@ pub struct SplitMemory {
     pub cutover_xid: BTreeMap<String, String>,
     pub gate_primary_lsn: Option<String>,
     pub gate_standby_lsn: Option<String>,
+    /// Set before pg_basebackup starts: a data directory without `standby.signal` found on
+    /// re-check is then our own interrupted copy, safe to discard.
+    pub base_backup_started: bool,
     /// From the first PAUSE issued to the last RESUME returned, in milliseconds.
     pub pause_window_ms: Option<f64>,
     /// Rows written to a node after it stopped owning their shard, moved to their owner.
@@ -451,7 +454,7 @@ impl ShardSplitActions {
 
     // ---- base backup ----------------------------------------------------------------------
 
-    async fn base_backup(&self, sink: &Sink) -> Result<String, String> {
+    async fn base_backup(&mut self, sink: &Sink) -> Result<String, String> {
         let s = &self.split;
         match self.target_in_recovery().await {
             Some(true) => sink.output(format!(
@@ -554,7 +557,7 @@ impl ShardSplitActions {
         }
     }
 
-    async fn undo_base_backup(&self, sink: &Sink) -> Result<String, String> {
+    async fn undo_base_backup(&mut self, sink: &Sink) -> Result<String, String> {
         let s = &self.split;
         if self.target_in_recovery().await.is_some() {
             self.forget_clients();

@@ -1,0 +1,98 @@
+//! Crash and resume: `kill -9` the real binary at step boundaries and in the middle of steps;
+//! running it again reaches the same end state, with nothing lost and no step applied twice.
+
+mod common;
+
+use common::*;
+use cutover::engine::EntryKind;
+use cutover::journal::Journal;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DOCS: u64 = 5_000;
+
+fn run_split(lab: &cutover::lab::TestLab, state: &std::path::Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["run", lab.config.inventory_path().to_str().unwrap(), "shard-split"])
+        .args(["--from", "p1", "--to", "p2", "--node", "pg2", "--shards", "512-1023", "--yes"])
+        .arg("--state-dir")
+        .arg(state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait until the journal holds `kind` for `step`, then SIGKILL the run. Returns whether the
+/// point was reached before the run ended by itself.
+fn kill_at(child: &mut std::process::Child, state: &std::path::Path, step: &str, kind: EntryKind) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if let Ok(journal) = Journal::open(state) {
+            if let Some(run) = journal.runs().ok().and_then(|r| r.into_iter().next()) {
+                let entries = journal.entries(&run.run_id).unwrap_or_default();
+                if entries.iter().any(|e| e.kind == kind && e.step.as_ref().is_some_and(|s| s.as_str() == step)) {
+                    child.kill().unwrap(); // SIGKILL: no cleanup runs
+                    child.wait().unwrap();
+                    return true;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("{step} {kind:?} never appeared");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_runs_resume_to_the_same_end_state() {
+    let lab = lab(DOCS).await;
+    let state = tempfile::tempdir().unwrap();
+    let points = [
+        ("base-backup", EntryKind::Started),   // mid-step: pg_basebackup running
+        ("baseline", EntryKind::Verified),     // boundary
+        ("stop-traffic", EntryKind::Verified), // boundary, traffic paused
+        ("promote", EntryKind::Started),       // mid-step
+        ("reroute", EntryKind::Started),       // mid-step
+        ("delete-invalid", EntryKind::Started), // mid-step
+    ];
+    let mut kills = 0;
+    for (step, kind) in points {
+        let mut child = run_split(&lab, state.path());
+        if kill_at(&mut child, state.path(), step, kind) {
+            kills += 1;
+        }
+    }
+    assert!(kills >= 4, "most crash points were hit ({kills})");
+    let status = run_split(&lab, state.path()).wait().unwrap();
+    assert!(status.success(), "the resumed run completes");
+
+    let c = &lab.config;
+    let pg1 = form_count(c.pg1_port, "commcarehq_p1").await;
+    let pg2 = form_count(c.pg2_port, "commcarehq_p2").await;
+    assert_eq!((pg1 + pg2) as u64, DOCS, "nothing lost, nothing duplicated");
+    let foreign_on_pg1: i64 = pg1_forms(&lab).await.query_one("SELECT count(*) FROM forms WHERE (hashtext(form_id::text) & 1023) >= 512", &[]).await.unwrap().get(0);
+    assert_eq!(foreign_on_pg1, 0);
+    let routes = plproxy_routes(c.pg1_port).await;
+    assert!((512..1024).all(|s| routes[&s] == "commcarehq_p2"));
+
+    let journal = Journal::open(state.path()).unwrap();
+    let runs = journal.runs().unwrap();
+    assert_eq!(runs.len(), 1, "one run, resumed, never restarted");
+    let entries = journal.entries(&runs[0].run_id).unwrap();
+    let outputs = |needle: &str| entries.iter().filter(|e| e.kind == EntryKind::Output && e.detail.contains(needle)).count();
+    assert!(outputs("promoted in") <= 1, "promotion ran once");
+    assert!(outputs("renamed commcarehq_p1 to commcarehq_p2") <= 1, "rename ran once");
+    assert!(outputs("PAUSE commcarehq_proxy") <= 1, "PAUSE was issued once");
+    assert!(entries.iter().any(|e| e.detail.contains("re-checking")), "a half-run step was re-checked");
+    let admin = cutover::pg::connect(
+        &cutover::pg::Endpoint::pgbouncer_admin(&lab.inventory.pgbouncers[0]),
+        cutover::pg::SessionSettings::PGBOUNCER,
+    )
+    .await
+    .unwrap();
+    let pools = cutover::readings::queries::pgbouncer(&admin, "pgbouncer").await.unwrap();
+    assert!(pools.databases.iter().all(|d| !d.paused), "traffic flows at the end");
+}
