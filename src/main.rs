@@ -185,6 +185,18 @@ enum LabCommand {
         #[arg(long, default_value_t = 2222)]
         ssh_port: u16,
     },
+    /// Benchmark: a full headless runbook on fresh labs under load, measured.
+    Rehearse {
+        runbook: String,
+        #[arg(long, default_value_t = 300)]
+        rate: u32,
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        #[arg(long, default_value_t = 200_000)]
+        docs: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop everything the lab started (by PID) and remove its directory.
     Down {
         #[arg(long, default_value = lab::DEFAULT_DIR)]
@@ -519,6 +531,28 @@ async fn lab_command(command: LabCommand) -> Result<ExitCode> {
             }
             emit!("{}", report.inventory.display());
             Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Rehearse { runbook, rate, runs, docs, json } => {
+            if runbook != runbook::shard_split::RUNBOOK {
+                eprintln!("cutover: lab rehearse knows: shard-split");
+                return Ok(ExitCode::from(INVALID_INPUT));
+            }
+            let summary = lab::rehearse::shard_split(&lab::rehearse::RehearsalOptions { rate, runs, docs }).await?;
+            if json {
+                emit!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                emit!(
+                    "pause window: median {:.1} ms, worst {:.1} ms; failed {}, missing {}, stray {} over {} runs at {rate}/s",
+                    summary.pause_window_ms.median,
+                    summary.pause_window_ms.worst,
+                    summary.failed,
+                    summary.missing,
+                    summary.stray,
+                    summary.runs.len()
+                );
+            }
+            let clean = summary.failed == 0 && summary.missing == 0 && summary.runs.iter().all(|r| r.error.is_none());
+            Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         LabCommand::Down { dir } => {
             for stopped in lab::down(&dir)? {

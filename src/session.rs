@@ -3,11 +3,13 @@
 //! `rollback`, the cockpit and the lab rehearsal, so all of them resume the same way.
 
 use crate::engine::{EngineSettings, Oversight};
+use crate::executor::major_upgrade::MajorUpgradeActions;
 use crate::executor::shard_split::ShardSplitActions;
 use crate::engine::{EngineState, Observation, PreconditionResult};
 use crate::executor::{Actions, RunError, Runner, Sink};
 use crate::inventory::{self, Inventory, InventoryError};
 use crate::journal::{self, Journal, JournalError, RunId};
+use crate::runbook::major_upgrade::{Upgrade, UpgradeError, UpgradeParams};
 use crate::runbook::shard_split::{Split, SplitError, SplitParams};
 use crate::runbook::{Plan, Step};
 use std::time::Duration;
@@ -21,10 +23,12 @@ pub enum SessionError {
     #[error(transparent)]
     Split(#[from] SplitError),
     #[error(transparent)]
+    Upgrade(#[from] UpgradeError),
+    #[error(transparent)]
     Journal(#[from] JournalError),
     #[error(transparent)]
     Run(#[from] RunError),
-    #[error("unknown runbook `{0}`; known: shard-split")]
+    #[error("unknown runbook `{0}`; known: shard-split, major-upgrade")]
     UnknownRunbook(String),
     #[error("the plan changed since it was reviewed: expected fingerprint {expected}, the plan now has {actual}; review it again with `cutover plan`")]
     FingerprintMismatch { expected: String, actual: String },
@@ -47,7 +51,10 @@ pub struct Invocation {
 /// A generated plan with what produced it.
 pub struct Planned {
     pub plan: Plan,
-    pub split: Split,
+    /// The resolved split, for `shard-split` plans.
+    pub split: Option<Split>,
+    /// The resolved upgrade, for `major-upgrade` plans.
+    pub upgrade: Option<Upgrade>,
 }
 
 /// Generate the plan of `runbook` on `inventory`.
@@ -64,7 +71,19 @@ pub fn plan(
             )?;
             Ok(Planned {
                 plan: split.plan()?,
-                split,
+                split: Some(split),
+                upgrade: None,
+            })
+        }
+        crate::runbook::major_upgrade::RUNBOOK => {
+            let upgrade = Upgrade::resolve(
+                inventory,
+                UpgradeParams::from_map(params).map_err(UpgradeError::Param)?,
+            )?;
+            Ok(Planned {
+                plan: upgrade.plan()?,
+                split: None,
+                upgrade: Some(upgrade),
             })
         }
         other => Err(SessionError::UnknownRunbook(other.to_string())),
@@ -80,42 +99,50 @@ const PLAN_INVENTORY: &str = "inventory.plan.yaml";
 /// The actions of whichever runbook an invocation names; the CLI and the cockpit drive this.
 pub enum RunbookActions {
     ShardSplit(ShardSplitActions),
+    MajorUpgrade(MajorUpgradeActions),
 }
 
 impl Actions for RunbookActions {
     async fn preconditions(&mut self, step: &Step) -> Vec<PreconditionResult> {
         match self {
             RunbookActions::ShardSplit(a) => a.preconditions(step).await,
+            RunbookActions::MajorUpgrade(a) => Box::pin(a.preconditions(step)).await,
         }
     }
     async fn observations(&mut self, step: &Step) -> Vec<Observation> {
         match self {
             RunbookActions::ShardSplit(a) => a.observations(step).await,
+            RunbookActions::MajorUpgrade(a) => Box::pin(a.observations(step)).await,
         }
     }
     async fn action(&mut self, step: &Step, recheck: bool, sink: Sink) -> Result<String, String> {
         match self {
             RunbookActions::ShardSplit(a) => a.action(step, recheck, sink).await,
+            RunbookActions::MajorUpgrade(a) => Box::pin(a.action(step, recheck, sink)).await,
         }
     }
     async fn undo(&mut self, step: &Step, recheck: bool, sink: Sink) -> Result<String, String> {
         match self {
             RunbookActions::ShardSplit(a) => a.undo(step, recheck, sink).await,
+            RunbookActions::MajorUpgrade(a) => Box::pin(a.undo(step, recheck, sink)).await,
         }
     }
     async fn force_resume(&mut self, sink: Sink) -> Result<String, String> {
         match self {
             RunbookActions::ShardSplit(a) => a.force_resume(sink).await,
+            RunbookActions::MajorUpgrade(a) => Box::pin(a.force_resume(sink)).await,
         }
     }
     fn pause_bound(&self) -> Duration {
         match self {
             RunbookActions::ShardSplit(a) => a.pause_bound(),
+            RunbookActions::MajorUpgrade(a) => a.pause_bound(),
         }
     }
     fn resume_is_safe(&self, plan: &Plan, state: &EngineState) -> bool {
         match self {
             RunbookActions::ShardSplit(a) => a.resume_is_safe(plan, state),
+            RunbookActions::MajorUpgrade(a) => a.resume_is_safe(plan, state),
         }
     }
 }
@@ -133,8 +160,45 @@ pub fn open(invocation: &Invocation) -> Result<Runner<RunbookActions>, SessionEr
                 }))
             })
         }
+        crate::runbook::major_upgrade::RUNBOOK => open_run(invocation, |inventory, params| {
+            let upgrade = Upgrade::resolve(
+                inventory,
+                UpgradeParams::from_map(params).map_err(UpgradeError::Param)?,
+            )?;
+            let plan = upgrade.plan()?;
+            Ok((plan, move |setup: RunSetup| {
+                MajorUpgradeActions::new(
+                    upgrade,
+                    setup.inventory_path,
+                    setup.run_dir,
+                    setup.trust_on_first_use,
+                )
+                .map(RunbookActions::MajorUpgrade)
+            }))
+        }),
         other => Err(SessionError::UnknownRunbook(other.to_string())),
     }
+}
+
+/// Open a major-upgrade run with its concrete actions (rehearsals and tests inspect them).
+pub fn open_major_upgrade(
+    invocation: &Invocation,
+) -> Result<Runner<MajorUpgradeActions>, SessionError> {
+    open_run(invocation, |inventory, params| {
+        let upgrade = Upgrade::resolve(
+            inventory,
+            UpgradeParams::from_map(params).map_err(UpgradeError::Param)?,
+        )?;
+        let plan = upgrade.plan()?;
+        Ok((plan, move |setup: RunSetup| {
+            MajorUpgradeActions::new(
+                upgrade,
+                setup.inventory_path,
+                setup.run_dir,
+                setup.trust_on_first_use,
+            )
+        }))
+    })
 }
 
 /// Open a shard-split run with its concrete actions (rehearsals and tests inspect them).

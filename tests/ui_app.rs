@@ -604,3 +604,172 @@ fn selection_follows_the_run_and_engine_refusals_are_shown() {
     assert_eq!(notice.level, NoticeLevel::Refused);
     assert!(notice.text.contains("lag on pg2"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The real loop (`ui::run`) in a real terminal (tmux) against a real lab: readings arrive in the
+// panes, keys go through crossterm, requests reach the engine channel, `q` asks while paused.
+
+const TMUX_INVENTORY: &str = "CUTOVER_UI_TMUX_INVENTORY";
+const TMUX_REQUESTS: &str = "CUTOVER_UI_TMUX_REQUESTS";
+
+/// The cockpit process the tmux test starts (this test binary, running only this function).
+/// A stand-in engine appends every request it receives to a file and marks run steps done.
+#[test]
+#[ignore = "helper process started by run_loop_in_tmux_against_a_real_lab"]
+fn tmux_cockpit_process() {
+    use cutover::ui::{RunbookUpdate, TuiOptions};
+    use std::io::Write;
+    use std::sync::Arc;
+    let (Ok(inventory_path), Ok(requests_path)) =
+        (std::env::var(TMUX_INVENTORY), std::env::var(TMUX_REQUESTS))
+    else {
+        panic!("run by run_loop_in_tmux_against_a_real_lab only");
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async move {
+        let inventory = cutover::inventory::load(std::path::Path::new(&inventory_path)).expect("inventory");
+        let (requests_tx, mut requests_rx) = tokio::sync::mpsc::channel(8);
+        let (updates_tx, updates_rx) = tokio::sync::mpsc::channel(8);
+        let mut view = fixtures::runbook(chrono::Utc::now());
+        view.steps[4].preconditions[1].holds = Some(true);
+        let initial = view.clone();
+        tokio::spawn(async move {
+            while let Some(request) = requests_rx.recv().await {
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&requests_path)
+                    .expect("requests file");
+                writeln!(file, "{request:?}").expect("write request");
+                if let UiRequest::RunStep { step, .. } = request {
+                    view.steps[step].status = StepStatusView::Done;
+                    let _ = updates_tx.send(RunbookUpdate::View(view.clone())).await;
+                }
+            }
+        });
+        cutover::ui::run(TuiOptions {
+            inventory: Arc::new(inventory),
+            theme: cutover::ui::Theme::builtin("dark").expect("theme"),
+            operator: "alice".into(),
+            pair: false,
+            readonly: false,
+            requests_tx,
+            updates_rx,
+            initial: Some(initial),
+            intervals: cutover::readings::poller::PollIntervals {
+                fast: Duration::from_millis(500),
+                distribution: Duration::from_secs(2),
+            },
+            seen: cutover::ui::default_seen,
+        })
+        .await
+        .expect("cockpit ran");
+    });
+}
+
+/// Kills the tmux session this test created, by its unique name.
+struct TmuxSession(String);
+
+impl TmuxSession {
+    fn capture(&self) -> String {
+        let out = std::process::Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.0])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    fn send(&self, keys: &str) {
+        let status = std::process::Command::new("tmux")
+            .args(["send-keys", "-t", &self.0, keys])
+            .status()
+            .expect("tmux send-keys");
+        assert!(status.success());
+    }
+    fn alive(&self) -> bool {
+        std::process::Command::new("tmux")
+            .args(["has-session", "-t", &self.0])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+    fn wait_for(&self, what: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let screen = self.capture();
+            if screen.contains(what) {
+                return screen;
+            }
+            assert!(Instant::now() < deadline, "{what:?} never appeared; screen:\n{screen}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for TmuxSession {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn wait_for_file(path: &std::path::Path, what: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(what) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{what:?} never sent; requests:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_loop_in_tmux_against_a_real_lab() {
+    let lab = cutover::lab::TestLab::start(2_000).await.expect("lab up");
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let requests = scratch.path().join("requests.txt");
+    let exe = std::env::current_exe().expect("test binary");
+    let command = format!(
+        "{TMUX_INVENTORY}={} {TMUX_REQUESTS}={} {} --ignored --exact tmux_cockpit_process --nocapture --test-threads=1 2>{}",
+        lab.config.inventory_path().display(),
+        requests.display(),
+        exe.display(),
+        scratch.path().join("stderr.txt").display(),
+    );
+    let session = TmuxSession(format!("cutover-ui-{}", uuid::Uuid::new_v4().simple()));
+    let status = std::process::Command::new("tmux")
+        .args(["new-session", "-d", "-s", &session.0, "-x", "160", "-y", "48", &command])
+        .status()
+        .expect("tmux new-session");
+    assert!(status.success());
+    let long = Duration::from_secs(20);
+    // Live readings from the lab's servers reach the panes.
+    session.wait_for("pg1 primary · WAL 0/", long);
+    session.wait_for("alias", long);
+    let screen = session.wait_for("exact 2,000", long);
+    assert!(screen.contains("TRAFFIC PAUSED"), "{screen}");
+    assert!(screen.contains("env lab"), "{screen}");
+    // Enter opens the confirmation; `y` after the guard sends the request to the engine.
+    session.send("Enter");
+    session.wait_for("Run step 5?", long);
+    std::thread::sleep(Duration::from_millis(500));
+    session.send("y");
+    wait_for_file(&requests, "RunStep { step: 4", long);
+    session.wait_for("5/14 steps done", long);
+    // q while traffic is paused asks; Shift+Y confirms and the cockpit exits.
+    session.send("q");
+    session.wait_for("Quit while live?", long);
+    std::thread::sleep(Duration::from_millis(500));
+    session.send("Y");
+    wait_for_file(&requests, "Quit", long);
+    let deadline = Instant::now() + long;
+    while session.alive() {
+        assert!(Instant::now() < deadline, "cockpit did not exit:\n{}", session.capture());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(lab);
+}

@@ -6,7 +6,9 @@
 pub mod load;
 pub mod postgres;
 pub mod proc;
+pub mod rehearse;
 pub mod sshd;
+pub mod target;
 
 use crate::inventory::{
     Host, Inventory, Node, NodeControl, Partition, Pgbouncer, PgbouncerAdmin, PgbouncerAlias,
@@ -141,6 +143,31 @@ pub fn check_packages() -> Result<(), LabError> {
 
 /// Bring the lab up (idempotent) and write its inventory.
 pub async fn up(config: &LabConfig) -> Result<UpReport, LabError> {
+    up_with_target(config, None).await
+}
+
+/// The lab's major-upgrade target (`cutover lab up --with-target 18`): node `pg1new`.
+#[derive(Debug, Clone, Copy)]
+pub struct TargetConfig {
+    pub version: u32,
+    pub port: u16,
+}
+
+impl TargetConfig {
+    /// PostgreSQL `version` on the default target port (54323).
+    pub fn new(version: u32) -> Self {
+        TargetConfig {
+            version,
+            port: target::DEFAULT_TARGET_PORT,
+        }
+    }
+}
+
+/// [`up`], plus the upgrade target node `pg1new` and the upgrade sample database on pg1.
+pub async fn up_with_target(
+    config: &LabConfig,
+    with_target: Option<TargetConfig>,
+) -> Result<UpReport, LabError> {
     check_packages()?;
     let dir = &config.dir;
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -191,8 +218,21 @@ pub async fn up(config: &LabConfig) -> Result<UpReport, LabError> {
             .push(format!("pgbouncer :{}", config.pgbouncer_port));
     }
 
+    let mut inventory = lab_inventory(config);
+    if let Some(t) = with_target {
+        report
+            .started
+            .extend(target::up_target(config, t.version, t.port).await?);
+        inventory.nodes.push(target::lab_node(
+            dir,
+            target::TARGET_NODE,
+            t.port,
+            t.version,
+            &target::bin_dir(t.version)?,
+        ));
+    }
     let inventory_path = config.inventory_path();
-    let text = inventory_yaml(&lab_inventory(config))?;
+    let text = inventory_yaml(&inventory)?;
     std::fs::write(&inventory_path, text).map_err(io_err(&inventory_path))?;
     report.inventory = inventory_path;
     Ok(report)

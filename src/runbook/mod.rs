@@ -7,6 +7,7 @@
 //! executor runs typed actions of its own that must match what is rendered.
 
 mod markdown;
+pub mod major_upgrade;
 pub mod shard_split;
 
 use crate::inventory::Inventory;
