@@ -344,11 +344,10 @@ async fn run_command(
     expect: Option<String>,
     yes: bool,
 ) -> Result<ExitCode> {
-    let mut runner =
-        match session::open(&invocation(file, runbook, params, run, expect)) {
-            Ok(runner) => runner,
-            Err(e) => return Ok(report_session_error(e)),
-        };
+    let mut runner = match session::open(&invocation(file, runbook, params, run, expect)) {
+        Ok(runner) => runner,
+        Err(e) => return Ok(report_session_error(e)),
+    };
     eprintln!(
         "{} run {} of {} (fingerprint {})",
         if runner.resumed {
@@ -384,8 +383,7 @@ async fn rollback_command(
     to: &str,
     reason: &str,
 ) -> Result<ExitCode> {
-    let mut runner = match session::open(&invocation(file, runbook, params, run, None))
-    {
+    let mut runner = match session::open(&invocation(file, runbook, params, run, None)) {
         Ok(runner) => runner,
         Err(e) => return Ok(report_session_error(e)),
     };
@@ -532,12 +530,20 @@ async fn lab_command(command: LabCommand) -> Result<ExitCode> {
             emit!("{}", report.inventory.display());
             Ok(ExitCode::SUCCESS)
         }
-        LabCommand::Rehearse { runbook, rate, runs, docs, json } => {
+        LabCommand::Rehearse {
+            runbook,
+            rate,
+            runs,
+            docs,
+            json,
+        } => {
             if runbook != runbook::shard_split::RUNBOOK {
                 eprintln!("cutover: lab rehearse knows: shard-split");
                 return Ok(ExitCode::from(INVALID_INPUT));
             }
-            let summary = lab::rehearse::shard_split(&lab::rehearse::RehearsalOptions { rate, runs, docs }).await?;
+            let summary =
+                lab::rehearse::shard_split(&lab::rehearse::RehearsalOptions { rate, runs, docs })
+                    .await?;
             if json {
                 emit!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
@@ -551,8 +557,14 @@ async fn lab_command(command: LabCommand) -> Result<ExitCode> {
                     summary.runs.len()
                 );
             }
-            let clean = summary.failed == 0 && summary.missing == 0 && summary.runs.iter().all(|r| r.error.is_none());
-            Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            let clean = summary.failed == 0
+                && summary.missing == 0
+                && summary.runs.iter().all(|r| r.error.is_none());
+            Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         LabCommand::Down { dir } => {
             for stopped in lab::down(&dir)? {

@@ -3,18 +3,24 @@
 //! `rollback`, the cockpit and the lab rehearsal, so all of them resume the same way.
 
 use crate::engine::{EngineSettings, Oversight};
+use crate::engine::{EngineState, Observation, PreconditionResult};
 use crate::executor::major_upgrade::MajorUpgradeActions;
 use crate::executor::shard_split::ShardSplitActions;
-use crate::engine::{EngineState, Observation, PreconditionResult};
 use crate::executor::{Actions, RunError, Runner, Sink};
 use crate::inventory::{self, Inventory, InventoryError};
 use crate::journal::{self, Journal, JournalError, RunId};
 use crate::runbook::major_upgrade::{Upgrade, UpgradeError, UpgradeParams};
 use crate::runbook::shard_split::{Split, SplitError, SplitParams};
 use crate::runbook::{Plan, Step};
-use std::time::Duration;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+impl From<RunError> for SessionError {
+    fn from(e: RunError) -> Self {
+        SessionError::Run(Box::new(e))
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -27,7 +33,7 @@ pub enum SessionError {
     #[error(transparent)]
     Journal(#[from] JournalError),
     #[error(transparent)]
-    Run(#[from] RunError),
+    Run(Box<RunError>),
     #[error("unknown runbook `{0}`; known: shard-split, major-upgrade")]
     UnknownRunbook(String),
     #[error("the plan changed since it was reviewed: expected fingerprint {expected}, the plan now has {actual}; review it again with `cutover plan`")]
@@ -98,8 +104,8 @@ const PLAN_INVENTORY: &str = "inventory.plan.yaml";
 
 /// The actions of whichever runbook an invocation names; the CLI and the cockpit drive this.
 pub enum RunbookActions {
-    ShardSplit(ShardSplitActions),
-    MajorUpgrade(MajorUpgradeActions),
+    ShardSplit(Box<ShardSplitActions>),
+    MajorUpgrade(Box<MajorUpgradeActions>),
 }
 
 impl Actions for RunbookActions {
@@ -150,16 +156,22 @@ impl Actions for RunbookActions {
 /// Open the run of whichever runbook `invocation` names.
 pub fn open(invocation: &Invocation) -> Result<Runner<RunbookActions>, SessionError> {
     match invocation.runbook.as_str() {
-        crate::runbook::shard_split::RUNBOOK => {
-            open_run(invocation, |inventory, params| {
-                let split = Split::resolve(inventory, SplitParams::from_map(params).map_err(SplitError::Param)?)?;
-                let plan = split.plan()?;
-                Ok((plan, move |setup: RunSetup| {
-                    ShardSplitActions::new(split, setup.inventory_path, setup.run_dir, setup.trust_on_first_use)
-                        .map(RunbookActions::ShardSplit)
-                }))
-            })
-        }
+        crate::runbook::shard_split::RUNBOOK => open_run(invocation, |inventory, params| {
+            let split = Split::resolve(
+                inventory,
+                SplitParams::from_map(params).map_err(SplitError::Param)?,
+            )?;
+            let plan = split.plan()?;
+            Ok((plan, move |setup: RunSetup| {
+                ShardSplitActions::new(
+                    split,
+                    setup.inventory_path,
+                    setup.run_dir,
+                    setup.trust_on_first_use,
+                )
+                .map(|actions| RunbookActions::ShardSplit(Box::new(actions)))
+            }))
+        }),
         crate::runbook::major_upgrade::RUNBOOK => open_run(invocation, |inventory, params| {
             let upgrade = Upgrade::resolve(
                 inventory,
@@ -173,7 +185,7 @@ pub fn open(invocation: &Invocation) -> Result<Runner<RunbookActions>, SessionEr
                     setup.run_dir,
                     setup.trust_on_first_use,
                 )
-                .map(RunbookActions::MajorUpgrade)
+                .map(|actions| RunbookActions::MajorUpgrade(Box::new(actions)))
             }))
         }),
         other => Err(SessionError::UnknownRunbook(other.to_string())),
@@ -202,12 +214,22 @@ pub fn open_major_upgrade(
 }
 
 /// Open a shard-split run with its concrete actions (rehearsals and tests inspect them).
-pub fn open_shard_split(invocation: &Invocation) -> Result<Runner<ShardSplitActions>, SessionError> {
+pub fn open_shard_split(
+    invocation: &Invocation,
+) -> Result<Runner<ShardSplitActions>, SessionError> {
     open_run(invocation, |inventory, params| {
-        let split = Split::resolve(inventory, SplitParams::from_map(params).map_err(SplitError::Param)?)?;
+        let split = Split::resolve(
+            inventory,
+            SplitParams::from_map(params).map_err(SplitError::Param)?,
+        )?;
         let plan = split.plan()?;
         Ok((plan, move |setup: RunSetup| {
-            ShardSplitActions::new(split, setup.inventory_path, setup.run_dir, setup.trust_on_first_use)
+            ShardSplitActions::new(
+                split,
+                setup.inventory_path,
+                setup.run_dir,
+                setup.trust_on_first_use,
+            )
         }))
     })
 }
@@ -232,21 +254,29 @@ where
     let state_dir = journal::resolve_state_dir(invocation.state_dir.as_deref())?;
     let journal = Journal::open(&state_dir)?;
     let current = inventory::load(&invocation.inventory_path)?;
-    let planned_from = match journal.latest_unfinished_run(&current.environment, &invocation.runbook)? {
-        Some(meta) => match std::fs::read_to_string(run_dir(&state_dir, &meta.run_id).join(PLAN_INVENTORY)) {
-            Ok(text) => inventory::parse(&text, PLAN_INVENTORY)?,
-            Err(_) => current.clone(),
-        },
-        None => current.clone(),
-    };
+    let planned_from =
+        match journal.latest_unfinished_run(&current.environment, &invocation.runbook)? {
+            Some(meta) => match std::fs::read_to_string(
+                run_dir(&state_dir, &meta.run_id).join(PLAN_INVENTORY),
+            ) {
+                Ok(text) => inventory::parse(&text, PLAN_INVENTORY)?,
+                Err(_) => current.clone(),
+            },
+            None => current.clone(),
+        };
     let (plan, make_actions) = build(&planned_from, &invocation.params)?;
     if let Some(expected) = &invocation.expect_fingerprint {
         let actual = plan.fingerprint();
         if &actual != expected {
-            return Err(SessionError::FingerprintMismatch { expected: expected.clone(), actual });
+            return Err(SessionError::FingerprintMismatch {
+                expected: expected.clone(),
+                actual,
+            });
         }
     }
-    let settings = EngineSettings { oversight: invocation.oversight };
+    let settings = EngineSettings {
+        oversight: invocation.oversight,
+    };
     let runner = Runner::open(journal, plan, settings, |run_id| {
         let dir = run_dir(&state_dir, run_id);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -13,8 +13,14 @@ const DOCS: u64 = 5_000;
 
 fn run_split(lab: &cutover::lab::TestLab, state: &std::path::Path) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_cutover"))
-        .args(["run", lab.config.inventory_path().to_str().unwrap(), "shard-split"])
-        .args(["--from", "p1", "--to", "p2", "--node", "pg2", "--shards", "512-1023", "--yes"])
+        .args([
+            "run",
+            lab.config.inventory_path().to_str().unwrap(),
+            "shard-split",
+        ])
+        .args([
+            "--from", "p1", "--to", "p2", "--node", "pg2", "--shards", "512-1023", "--yes",
+        ])
         .arg("--state-dir")
         .arg(state)
         .stdout(Stdio::null())
@@ -25,7 +31,12 @@ fn run_split(lab: &cutover::lab::TestLab, state: &std::path::Path) -> std::proce
 
 /// Wait until the journal holds `kind` for `step`, then SIGKILL the run. Returns whether the
 /// point was reached before the run ended by itself.
-fn kill_at(child: &mut std::process::Child, state: &std::path::Path, step: &str, kind: EntryKind) -> bool {
+fn kill_at(
+    child: &mut std::process::Child,
+    state: &std::path::Path,
+    step: &str,
+    kind: EntryKind,
+) -> bool {
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
@@ -34,7 +45,10 @@ fn kill_at(child: &mut std::process::Child, state: &std::path::Path, step: &str,
         if let Ok(journal) = Journal::open(state) {
             if let Some(run) = journal.runs().ok().and_then(|r| r.into_iter().next()) {
                 let entries = journal.entries(&run.run_id).unwrap_or_default();
-                if entries.iter().any(|e| e.kind == kind && e.step.as_ref().is_some_and(|s| s.as_str() == step)) {
+                if entries
+                    .iter()
+                    .any(|e| e.kind == kind && e.step.as_ref().is_some_and(|s| s.as_str() == step))
+                {
                     child.kill().unwrap(); // SIGKILL: no cleanup runs
                     child.wait().unwrap();
                     return true;
@@ -51,11 +65,11 @@ async fn killed_runs_resume_to_the_same_end_state() {
     let lab = lab(DOCS).await;
     let state = tempfile::tempdir().unwrap();
     let points = [
-        ("base-backup", EntryKind::Started),   // mid-step: pg_basebackup running
-        ("baseline", EntryKind::Verified),     // boundary
+        ("base-backup", EntryKind::Started), // mid-step: pg_basebackup running
+        ("baseline", EntryKind::Verified),   // boundary
         ("stop-traffic", EntryKind::Verified), // boundary, traffic paused
-        ("promote", EntryKind::Started),       // mid-step
-        ("reroute", EntryKind::Started),       // mid-step
+        ("promote", EntryKind::Started),     // mid-step
+        ("reroute", EntryKind::Started),     // mid-step
         ("delete-invalid", EntryKind::Started), // mid-step
     ];
     let mut kills = 0;
@@ -73,7 +87,15 @@ async fn killed_runs_resume_to_the_same_end_state() {
     let pg1 = form_count(c.pg1_port, "commcarehq_p1").await;
     let pg2 = form_count(c.pg2_port, "commcarehq_p2").await;
     assert_eq!((pg1 + pg2) as u64, DOCS, "nothing lost, nothing duplicated");
-    let foreign_on_pg1: i64 = pg1_forms(&lab).await.query_one("SELECT count(*) FROM forms WHERE (hashtext(form_id::text) & 1023) >= 512", &[]).await.unwrap().get(0);
+    let foreign_on_pg1: i64 = pg1_forms(&lab)
+        .await
+        .query_one(
+            "SELECT count(*) FROM forms WHERE (hashtext(form_id::text) & 1023) >= 512",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(foreign_on_pg1, 0);
     let routes = plproxy_routes(c.pg1_port).await;
     assert!((512..1024).all(|s| routes[&s] == "commcarehq_p2"));
@@ -82,17 +104,36 @@ async fn killed_runs_resume_to_the_same_end_state() {
     let runs = journal.runs().unwrap();
     assert_eq!(runs.len(), 1, "one run, resumed, never restarted");
     let entries = journal.entries(&runs[0].run_id).unwrap();
-    let outputs = |needle: &str| entries.iter().filter(|e| e.kind == EntryKind::Output && e.detail.contains(needle)).count();
+    let outputs = |needle: &str| {
+        entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Output && e.detail.contains(needle))
+            .count()
+    };
     assert!(outputs("promoted in") <= 1, "promotion ran once");
-    assert!(outputs("renamed commcarehq_p1 to commcarehq_p2") <= 1, "rename ran once");
-    assert!(outputs("PAUSE commcarehq_proxy") <= 1, "PAUSE was issued once");
-    assert!(entries.iter().any(|e| e.detail.contains("re-checking")), "a half-run step was re-checked");
+    assert!(
+        outputs("renamed commcarehq_p1 to commcarehq_p2") <= 1,
+        "rename ran once"
+    );
+    assert!(
+        outputs("PAUSE commcarehq_proxy") <= 1,
+        "PAUSE was issued once"
+    );
+    assert!(
+        entries.iter().any(|e| e.detail.contains("re-checking")),
+        "a half-run step was re-checked"
+    );
     let admin = cutover::pg::connect(
         &cutover::pg::Endpoint::pgbouncer_admin(&lab.inventory.pgbouncers[0]),
         cutover::pg::SessionSettings::PGBOUNCER,
     )
     .await
     .unwrap();
-    let pools = cutover::readings::queries::pgbouncer(&admin, "pgbouncer").await.unwrap();
-    assert!(pools.databases.iter().all(|d| !d.paused), "traffic flows at the end");
+    let pools = cutover::readings::queries::pgbouncer(&admin, "pgbouncer")
+        .await
+        .unwrap();
+    assert!(
+        pools.databases.iter().all(|d| !d.paused),
+        "traffic flows at the end"
+    );
 }

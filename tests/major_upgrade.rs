@@ -119,14 +119,21 @@ async fn fingerprint(port: u16) -> BTreeMap<String, String> {
         out.insert(format!("table {table}"), n.to_string());
     }
     for row in app
-        .query("SELECT schemaname || '.' || sequencename, last_value FROM pg_sequences", &[])
+        .query(
+            "SELECT schemaname || '.' || sequencename, last_value FROM pg_sequences",
+            &[],
+        )
         .await
         .unwrap()
     {
         let (name, value): (String, Option<i64>) = (row.get(0), row.get(1));
         out.insert(format!("sequence {name}"), format!("{value:?}"));
     }
-    for row in app.query("SELECT extname::text FROM pg_extension", &[]).await.unwrap() {
+    for row in app
+        .query("SELECT extname::text FROM pg_extension", &[])
+        .await
+        .unwrap()
+    {
         let name: String = row.get(0);
         out.insert(format!("extension {name}"), "present".into());
     }
@@ -198,10 +205,20 @@ async fn full_upgrade(method: &str, extra: &[(&str, &str)]) {
     run_until(&mut runner, "stop-old-cluster").await;
 
     let after = fingerprint(lab.target_port).await;
-    assert_eq!(before, after, "{method}: counts, sequences, roles and extensions equal");
-    assert_eq!(alias_port(&lab).await, (i64::from(lab.target_port), false), "traffic flows to the target");
+    assert_eq!(
+        before, after,
+        "{method}: counts, sequences, roles and extensions equal"
+    );
+    assert_eq!(
+        alias_port(&lab).await,
+        (i64::from(lab.target_port), false),
+        "traffic flows to the target"
+    );
     let marker = write_through_pgbouncer(&lab).await;
-    assert!(has_marker(lab.target_port, &marker).await, "a new write lands on PostgreSQL 18");
+    assert!(
+        has_marker(lab.target_port, &marker).await,
+        "a new write lands on PostgreSQL 18"
+    );
     let version: String = connect(lab.target_port, APP_DB)
         .await
         .query_one("SHOW server_version_num", &[])
@@ -212,15 +229,28 @@ async fn full_upgrade(method: &str, extra: &[(&str, &str)]) {
     let memory = runner.actions_mut().memory().clone();
     assert!(memory.downtime_ms.is_some(), "downtime recorded");
     let record = runner.journal().export_markdown(&runner.run_id).unwrap();
-    assert!(record.contains("vs baseline") && record.contains("all equal"), "validation is journaled");
+    assert!(
+        record.contains("vs baseline") && record.contains("all equal"),
+        "validation is journaled"
+    );
 
     // The old cluster is stopped and kept, then retired only by the explicit final step.
     start_step(&mut runner, "stop-old-cluster").await.unwrap();
-    assert!(!cutover::lab::proc::port_open(lab.source_port), "old cluster stopped");
+    assert!(
+        !cutover::lab::proc::port_open(lab.source_port),
+        "old cluster stopped"
+    );
     assert!(lab.dir.join("pg1/base").exists(), "old cluster kept intact");
     start_step(&mut runner, "retire-old-cluster").await.unwrap();
-    assert_eq!(std::fs::read_dir(lab.dir.join("pg1")).unwrap().count(), 0, "retired");
-    assert!(runner.state.next_step(&runner.plan).is_none(), "run complete");
+    assert_eq!(
+        std::fs::read_dir(lab.dir.join("pg1")).unwrap().count(),
+        0,
+        "retired"
+    );
+    assert!(
+        runner.state.next_step(&runner.plan).is_none(),
+        "run complete"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,10 +280,15 @@ async fn a_flipped_byte_in_the_artifact_is_caught_before_the_restore() {
     bytes[middle] ^= 0x01;
     std::fs::write(&artifact, bytes).unwrap();
 
-    let error = start_step(&mut runner, "restore").await.expect_err("refused");
+    let error = start_step(&mut runner, "restore")
+        .await
+        .expect_err("refused");
     assert!(matches!(error, RunError::StepFailed { .. }), "{error}");
     assert!(error.to_string().contains("CHECKSUM MISMATCH"), "{error}");
-    assert!(!has_database(lab.target_port, APP_DB).await, "nothing was restored");
+    assert!(
+        !has_database(lab.target_port, APP_DB).await,
+        "nothing was restored"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,11 +304,17 @@ async fn a_restore_error_off_the_allow_list_fails_and_traffic_stays_on_the_sourc
         .await
         .unwrap();
 
-    let error = runner.run_headless("test").await.expect_err("the restore fails");
+    let error = runner
+        .run_headless("test")
+        .await
+        .expect_err("the restore fails");
     match &error {
         RunError::StepFailed { step, reason } => {
             assert_eq!(step.as_str(), "restore");
-            assert!(reason.contains("database \"app\" already exists"), "{reason}");
+            assert!(
+                reason.contains("database \"app\" already exists"),
+                "{reason}"
+            );
         }
         other => panic!("expected the restore to fail: {other}"),
     }
@@ -283,13 +324,19 @@ async fn a_restore_error_off_the_allow_list_fails_and_traffic_stays_on_the_sourc
         "the alias routes to the source, resumed"
     );
     let marker = write_through_pgbouncer(&lab).await;
-    assert!(has_marker(lab.source_port, &marker).await, "writes land on the source");
+    assert!(
+        has_marker(lab.source_port, &marker).await,
+        "writes land on the source"
+    );
     assert!(
         has_database(lab.target_port, APP_DB).await,
         "the undo keeps what the target had before the restore"
     );
     let record = runner.journal().export_markdown(&runner.run_id).unwrap();
-    assert!(record.contains("already exists"), "the error is shown in the journal");
+    assert!(
+        record.contains("already exists"),
+        "the error is shown in the journal"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,19 +348,43 @@ async fn rollback_after_the_restore_returns_traffic_to_the_source_with_nothing_l
     let before = fingerprint(lab.source_port).await;
     let mut runner = open(&lab, state.path(), "parallel");
     run_until(&mut runner, "resume-traffic").await;
-    assert_eq!(alias_port(&lab).await, (i64::from(lab.target_port), true), "repointed, still paused");
+    assert_eq!(
+        alias_port(&lab).await,
+        (i64::from(lab.target_port), true),
+        "repointed, still paused"
+    );
 
     runner
-        .rollback_to(&"stop-traffic".into(), "test", "operator changed their mind")
+        .rollback_to(
+            &"stop-traffic".into(),
+            "test",
+            "operator changed their mind",
+        )
         .await
         .expect("rollback");
     assert_eq!(alias_port(&lab).await, (i64::from(lab.source_port), false));
-    assert_eq!(std::fs::read_to_string(lab.pgbouncer_ini()).unwrap(), original_ini);
-    assert_eq!(std::fs::read_to_string(lab.inventory_path()).unwrap(), original_inventory);
-    assert_eq!(fingerprint(lab.source_port).await, before, "nothing lost on the source");
+    assert_eq!(
+        std::fs::read_to_string(lab.pgbouncer_ini()).unwrap(),
+        original_ini
+    );
+    assert_eq!(
+        std::fs::read_to_string(lab.inventory_path()).unwrap(),
+        original_inventory
+    );
+    assert_eq!(
+        fingerprint(lab.source_port).await,
+        before,
+        "nothing lost on the source"
+    );
     let marker = write_through_pgbouncer(&lab).await;
-    assert!(has_marker(lab.source_port, &marker).await, "writes land on the source again");
-    assert!(!has_database(lab.target_port, APP_DB).await, "the target is empty again");
+    assert!(
+        has_marker(lab.source_port, &marker).await,
+        "writes land on the source again"
+    );
+    assert!(
+        !has_database(lab.target_port, APP_DB).await,
+        "the target is empty again"
+    );
 
     // Past the resume, the way back is refused, with the reason.
     run_until(&mut runner, "stop-old-cluster").await;
@@ -321,7 +392,10 @@ async fn rollback_after_the_restore_returns_traffic_to_the_source_with_nothing_l
         .rollback_to(&"stop-traffic".into(), "test", "too late")
         .await
         .expect_err("refused");
-    assert!(refused.to_string().contains("point of no return"), "{refused}");
+    assert!(
+        refused.to_string().contains("point of no return"),
+        "{refused}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,14 +408,24 @@ async fn a_locale_mismatch_is_caught_in_preflight() {
     .expect("upgrade lab up");
     let state = tempfile::tempdir().unwrap();
     let mut runner = open(&lab, state.path(), "dumpall");
-    let error = start_step(&mut runner, "preflight").await.expect_err("refused");
+    let error = start_step(&mut runner, "preflight")
+        .await
+        .expect_err("refused");
     match error {
         RunError::Refused {
-            refusal: Refusal::PreconditionFailed { precondition, detail, .. },
+            refusal:
+                Refusal::PreconditionFailed {
+                    precondition,
+                    detail,
+                    ..
+                },
             ..
         } => {
             assert_eq!(precondition, "encoding-locale");
-            assert!(detail.contains("C.UTF-8") && detail.contains("collate C,"), "{detail}");
+            assert!(
+                detail.contains("C.UTF-8") && detail.contains("collate C,"),
+                "{detail}"
+            );
         }
         other => panic!("expected a refused preflight: {other}"),
     }

@@ -175,7 +175,7 @@ async fn stopped_node_shows_unreachable_while_others_keep_reporting() {
         .at;
     let after = eventually(Duration::from_secs(10), || async {
         let s = pollers.snapshot();
-        (reachable("pg2", &s)? == false).then_some(s)
+        (!reachable("pg2", &s)?).then_some(s)
     })
     .await
     .expect("pg2 shows as unreachable");

@@ -627,13 +627,14 @@ fn tmux_cockpit_process() {
     };
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async move {
-        let inventory = cutover::inventory::load(std::path::Path::new(&inventory_path)).expect("inventory");
+        let inventory =
+            cutover::inventory::load(std::path::Path::new(&inventory_path)).expect("inventory");
         let (requests_tx, mut requests_rx) = tokio::sync::mpsc::channel(8);
         let (updates_tx, updates_rx) = tokio::sync::mpsc::channel(8);
         let mut view = fixtures::runbook(chrono::Utc::now());
         view.steps[4].preconditions[1].holds = Some(true);
         let initial = view.clone();
-        tokio::spawn(async move {
+        let engine = tokio::spawn(async move {
             while let Some(request) = requests_rx.recv().await {
                 let mut file = std::fs::OpenOptions::new()
                     .create(true)
@@ -664,6 +665,8 @@ fn tmux_cockpit_process() {
         })
         .await
         .expect("cockpit ran");
+        // `run` dropped its sender: the engine drains what was sent, then ends.
+        engine.await.expect("engine task");
     });
 }
 
@@ -700,7 +703,10 @@ impl TmuxSession {
             if screen.contains(what) {
                 return screen;
             }
-            assert!(Instant::now() < deadline, "{what:?} never appeared; screen:\n{screen}");
+            assert!(
+                Instant::now() < deadline,
+                "{what:?} never appeared; screen:\n{screen}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -722,7 +728,10 @@ fn wait_for_file(path: &std::path::Path, what: &str, timeout: Duration) -> Strin
         if text.contains(what) {
             return text;
         }
-        assert!(Instant::now() < deadline, "{what:?} never sent; requests:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "{what:?} never sent; requests:\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -742,7 +751,17 @@ async fn run_loop_in_tmux_against_a_real_lab() {
     );
     let session = TmuxSession(format!("cutover-ui-{}", uuid::Uuid::new_v4().simple()));
     let status = std::process::Command::new("tmux")
-        .args(["new-session", "-d", "-s", &session.0, "-x", "160", "-y", "48", &command])
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            &session.0,
+            "-x",
+            "160",
+            "-y",
+            "48",
+            &command,
+        ])
         .status()
         .expect("tmux new-session");
     assert!(status.success());
@@ -768,7 +787,11 @@ async fn run_loop_in_tmux_against_a_real_lab() {
     wait_for_file(&requests, "Quit", long);
     let deadline = Instant::now() + long;
     while session.alive() {
-        assert!(Instant::now() < deadline, "cockpit did not exit:\n{}", session.capture());
+        assert!(
+            Instant::now() < deadline,
+            "cockpit did not exit:\n{}",
+            session.capture()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(lab);

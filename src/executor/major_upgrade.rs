@@ -362,10 +362,7 @@ impl MajorUpgradeActions {
         let (source_major, source_checksums) = self.server_version(s).await?;
         let mut detail = format!("{} runs {source_major}", s.name);
         if source_major != s.version {
-            return Err(format!(
-                "{detail}, but the inventory says {}",
-                s.version
-            ));
+            return Err(format!("{detail}, but the inventory says {}", s.version));
         }
         match self.server_version(t).await {
             Ok((target_major, target_checksums)) => {
@@ -388,7 +385,12 @@ impl MajorUpgradeActions {
                         &format!("cat {}/PG_VERSION", shell_quote(&t.data_dir)),
                     )
                     .await
-                    .map_err(|_| format!("{detail}; {} does not answer ({e}) and has no PG_VERSION", t.name))?;
+                    .map_err(|_| {
+                        format!(
+                            "{detail}; {} does not answer ({e}) and has no PG_VERSION",
+                            t.name
+                        )
+                    })?;
                 if version.trim() != t.version.to_string() {
                     return Err(format!(
                         "{detail}; {}'s data directory is version {}",
@@ -396,7 +398,11 @@ impl MajorUpgradeActions {
                         version.trim()
                     ));
                 }
-                Ok(format!("{detail}; {} is stopped, data directory version {}", t.name, version.trim()))
+                Ok(format!(
+                    "{detail}; {} is stopped, data directory version {}",
+                    t.name,
+                    version.trim()
+                ))
             }
             Err(e) => Err(format!("{detail}; {}: {e}", t.name)),
         }
@@ -415,9 +421,10 @@ impl MajorUpgradeActions {
                 .collect())
         }
         let source = read(&*self.admin(s).await?).await?;
-        let target_client = self.admin(t).await.map_err(|e| {
-            format!("{} must be running to compare locales: {e}", t.name)
-        })?;
+        let target_client = self
+            .admin(t)
+            .await
+            .map_err(|e| format!("{} must be running to compare locales: {e}", t.name))?;
         let target = read(&target_client).await?;
         let offered: BTreeSet<String> = target_client
             .query(plan::COLLATIONS_SQL, &[])
@@ -467,7 +474,10 @@ impl MajorUpgradeActions {
             }
             for name in [&locale.1, &locale.2] {
                 if !available(name) {
-                    problems.push(format!("{db}: locale {name} is not available on {}", t.name));
+                    problems.push(format!(
+                        "{db}: locale {name} is not available on {}",
+                        t.name
+                    ));
                 }
             }
         }
@@ -501,7 +511,11 @@ impl MajorUpgradeActions {
             let client = pg::connect(&Endpoint::node(s, &db), SessionSettings::EXECUTOR)
                 .await
                 .map_err(fail)?;
-            for row in client.query(plan::EXTENSIONS_SQL, &[]).await.map_err(db_err)? {
+            for row in client
+                .query(plan::EXTENSIONS_SQL, &[])
+                .await
+                .map_err(db_err)?
+            {
                 used.entry(row.get(0)).or_default().push(db.clone());
             }
         }
@@ -533,7 +547,11 @@ impl MajorUpgradeActions {
                 used.keys().cloned().collect::<Vec<_>>().join(", ")
             ))
         } else {
-            Err(format!("not available on {}: {}", t.name, missing.join("; ")))
+            Err(format!(
+                "not available on {}: {}",
+                t.name,
+                missing.join("; ")
+            ))
         }
     }
 
@@ -560,19 +578,39 @@ impl MajorUpgradeActions {
             Method::Dumpall | Method::Parallel => {
                 // A compressed dump is smaller than the data; the data size is the safe bound.
                 checks.push((u.source.host.clone(), u.dump_dir.clone(), size, "the dump"));
-                checks.push((u.target.host.clone(), u.target.data_dir.clone(), size, "the restored data"));
+                checks.push((
+                    u.target.host.clone(),
+                    u.target.data_dir.clone(),
+                    size,
+                    "the restored data",
+                ));
             }
             Method::PgUpgrade { link: false } => {
-                checks.push((u.target.host.clone(), u.target.data_dir.clone(), size, "a copy of the data"));
+                checks.push((
+                    u.target.host.clone(),
+                    u.target.data_dir.clone(),
+                    size,
+                    "a copy of the data",
+                ));
             }
             Method::PgUpgrade { link: true } => {
-                checks.push((u.target.host.clone(), u.dump_dir.clone(), 64 << 20, "the pristine copy and catalog"));
+                checks.push((
+                    u.target.host.clone(),
+                    u.dump_dir.clone(),
+                    64 << 20,
+                    "the pristine copy and catalog",
+                ));
             }
         }
         let mut details = Vec::new();
         for (host, path, needed, what) in checks {
             let avail = self.free_bytes(&host, &path).await?;
-            let line = format!("{}: {} free at {path} for {what} (needs {})", host, human(avail), human(needed));
+            let line = format!(
+                "{}: {} free at {path} for {what} (needs {})",
+                host,
+                human(avail),
+                human(needed)
+            );
             if avail < needed {
                 return Err(line);
             }
@@ -675,7 +713,11 @@ impl MajorUpgradeActions {
         } else {
             format!(
                 "paused: {}",
-                wanted.iter().map(|(_, a)| a.as_str()).collect::<Vec<_>>().join(", ")
+                wanted
+                    .iter()
+                    .map(|(_, a)| a.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         })
     }
@@ -750,10 +792,18 @@ impl MajorUpgradeActions {
                     .get(0);
                 one.tables.insert(table, count);
             }
-            for row in client.query(plan::SEQUENCES_SQL, &[]).await.map_err(db_err)? {
+            for row in client
+                .query(plan::SEQUENCES_SQL, &[])
+                .await
+                .map_err(db_err)?
+            {
                 one.sequences.insert(row.get(0), row.get(1));
             }
-            for row in client.query(plan::EXTENSIONS_SQL, &[]).await.map_err(db_err)? {
+            for row in client
+                .query(plan::EXTENSIONS_SQL, &[])
+                .await
+                .map_err(db_err)?
+            {
                 one.extensions.insert(row.get(0));
             }
             snapshot.databases.insert(db.clone(), one);
@@ -777,7 +827,10 @@ impl MajorUpgradeActions {
         let summary = snapshot.summary();
         self.memory.baseline = Some(snapshot);
         self.remember()?;
-        Ok(format!("baseline of {}: {summary}", self.upgrade.source.name))
+        Ok(format!(
+            "baseline of {}: {summary}",
+            self.upgrade.source.name
+        ))
     }
 
     // ---- dump and transfer ----------------------------------------------------------------
@@ -787,14 +840,24 @@ impl MajorUpgradeActions {
         let started = Instant::now();
         let artifact = match u.method() {
             Method::Dumpall => {
-                self.host_run(&u.source.host, &u.dumpall_command(), HOST_COMMAND_TIMEOUT, sink)
-                    .await?;
+                self.host_run(
+                    &u.source.host,
+                    &u.dumpall_command(),
+                    HOST_COMMAND_TIMEOUT,
+                    sink,
+                )
+                .await?;
                 u.dumpall_file()
             }
             Method::Parallel => {
                 let databases = self.source_databases().await?;
-                self.host_run(&u.source.host, &u.globals_dump_command(), HOST_COMMAND_TIMEOUT, sink)
-                    .await?;
+                self.host_run(
+                    &u.source.host,
+                    &u.globals_dump_command(),
+                    HOST_COMMAND_TIMEOUT,
+                    sink,
+                )
+                .await?;
                 for db in &databases {
                     let one = Instant::now();
                     self.host_run(
@@ -815,7 +878,10 @@ impl MajorUpgradeActions {
             Method::PgUpgrade { .. } => return Err("pg-upgrade has no dump step".into()),
         };
         let bytes: u64 = self
-            .host_read(&u.source.host, &format!("du -sb {} | cut -f1", shell_quote(&artifact)))
+            .host_read(
+                &u.source.host,
+                &format!("du -sb {} | cut -f1", shell_quote(&artifact)),
+            )
             .await?
             .trim()
             .parse()
@@ -847,7 +913,11 @@ impl MajorUpgradeActions {
                 },
             )
             .await?;
-        Ok(listing.lines().map(str::to_string).filter(|l| !l.is_empty()).collect())
+        Ok(listing
+            .lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect())
     }
 
     /// Verify every checksum file of the artifact on the target host.
@@ -889,7 +959,8 @@ impl MajorUpgradeActions {
         let u = &self.upgrade;
         if u.source.host != u.target.host {
             for file in self.artifact_files().await? {
-                self.copy_file(&format!("{}/{file}", u.dump_dir), sink).await?;
+                self.copy_file(&format!("{}/{file}", u.dump_dir), sink)
+                    .await?;
             }
         }
         self.verify_checksums(sink).await
@@ -992,7 +1063,12 @@ impl MajorUpgradeActions {
         }
         .await;
         let stopped = self
-            .host_run(&u.target.host, &u.scratch_stop_command(), QUICK_COMMAND_TIMEOUT, sink)
+            .host_run(
+                &u.target.host,
+                &u.scratch_stop_command(),
+                QUICK_COMMAND_TIMEOUT,
+                sink,
+            )
             .await;
         let allowed = result?;
         stopped?;
@@ -1043,7 +1119,11 @@ impl MajorUpgradeActions {
             "restored into {} in {:.0} ms; allowed errors: {}",
             u.target.name,
             started.elapsed().as_secs_f64() * 1000.0,
-            if allowed.is_empty() { "none".to_string() } else { allowed.join("; ") }
+            if allowed.is_empty() {
+                "none".to_string()
+            } else {
+                allowed.join("; ")
+            }
         ))
     }
 
@@ -1058,7 +1138,9 @@ impl MajorUpgradeActions {
                     .await?
                     .trim()
                     .parse()
-                    .map_err(|_| "the dump has no \\connect line: not a pg_dumpall artifact".to_string())?;
+                    .map_err(|_| {
+                        "the dump has no \\connect line: not a pg_dumpall artifact".to_string()
+                    })?;
                 let globals = self
                     .host_read(host, &into.dumpall_globals_text_command(split))
                     .await?;
@@ -1085,9 +1167,14 @@ impl MajorUpgradeActions {
                 let allowed = self.restore_globals(into, &globals, sink).await?;
                 for db in &self.memory.dumped_databases {
                     let started = Instant::now();
-                    self.host_run(host, &into.database_restore_command(db), HOST_COMMAND_TIMEOUT, sink)
-                        .await
-                        .map_err(|e| format!("restore of {db} failed (--exit-on-error): {e}"))?;
+                    self.host_run(
+                        host,
+                        &into.database_restore_command(db),
+                        HOST_COMMAND_TIMEOUT,
+                        sink,
+                    )
+                    .await
+                    .map_err(|e| format!("restore of {db} failed (--exit-on-error): {e}"))?;
                     sink.output(format!(
                         "pg_restore {db}: {:.0} ms",
                         started.elapsed().as_secs_f64() * 1000.0
@@ -1114,7 +1201,10 @@ impl MajorUpgradeActions {
             .iter()
             .position(|l| {
                 let t = l.trim();
-                !(t.is_empty() || t.starts_with("--") || t.starts_with("SET ") || t.starts_with('\\'))
+                !(t.is_empty()
+                    || t.starts_with("--")
+                    || t.starts_with("SET ")
+                    || t.starts_with('\\'))
             })
             .unwrap_or(lines.len());
         let script_path = format!("{}/globals.restore.sql", into.dump_dir);
@@ -1180,9 +1270,16 @@ impl MajorUpgradeActions {
         if !Self::answers(t).await {
             return Ok(format!("{} is not running; nothing to empty", t.name));
         }
-        let keep_dbs = self.memory.target_databases_before.clone().unwrap_or_else(|| {
-            ["postgres", "template0", "template1"].iter().map(|s| s.to_string()).collect()
-        });
+        let keep_dbs = self
+            .memory
+            .target_databases_before
+            .clone()
+            .unwrap_or_else(|| {
+                ["postgres", "template0", "template1"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            });
         let keep_roles = self.memory.target_roles_before.clone().unwrap_or_default();
         let client = pg::connect(&Endpoint::node(t, "template1"), SessionSettings::EXECUTOR)
             .await
@@ -1213,7 +1310,10 @@ impl MajorUpgradeActions {
             sink.output(format!("recreated {maint} empty on {}", t.name));
         }
         let roles: Vec<String> = client
-            .query("SELECT rolname::text FROM pg_roles WHERE rolname !~ '^pg_' AND oid <> 10", &[])
+            .query(
+                "SELECT rolname::text FROM pg_roles WHERE rolname !~ '^pg_' AND oid <> 10",
+                &[],
+            )
             .await
             .map_err(db_err)?
             .iter()
@@ -1221,7 +1321,11 @@ impl MajorUpgradeActions {
             .filter(|r| !keep_roles.contains(r))
             .collect();
         if !roles.is_empty() {
-            let list = roles.iter().map(|r| quote_ident(r)).collect::<Vec<_>>().join(", ");
+            let list = roles
+                .iter()
+                .map(|r| quote_ident(r))
+                .collect::<Vec<_>>()
+                .join(", ");
             client
                 .simple_query(&format!("DROP OWNED BY {list}; DROP ROLE {list}"))
                 .await
@@ -1229,7 +1333,10 @@ impl MajorUpgradeActions {
             sink.output(format!("dropped roles {} on {}", roles.join(", "), t.name));
         }
         self.forget_clients();
-        Ok(format!("{} is back to its state before the restore", t.name))
+        Ok(format!(
+            "{} is back to its state before the restore",
+            t.name
+        ))
     }
 
     // ---- pg_upgrade -----------------------------------------------------------------------
@@ -1237,8 +1344,13 @@ impl MajorUpgradeActions {
     async fn stop_node(&self, node: &Node, sink: &Sink) -> Result<String, String> {
         self.forget_clients();
         if Self::answers(node).await {
-            self.host_run(&node.host, &node.control.stop, QUICK_COMMAND_TIMEOUT * 5, sink)
-                .await?;
+            self.host_run(
+                &node.host,
+                &node.control.stop,
+                QUICK_COMMAND_TIMEOUT * 5,
+                sink,
+            )
+            .await?;
         }
         if Self::answers(node).await {
             return Err(format!("{} still answers after stop", node.name));
@@ -1249,8 +1361,13 @@ impl MajorUpgradeActions {
     async fn start_node(&self, node: &Node, sink: &Sink) -> Result<String, String> {
         self.forget_clients();
         if !Self::answers(node).await {
-            self.host_run(&node.host, &node.control.start, QUICK_COMMAND_TIMEOUT * 5, sink)
-                .await?;
+            self.host_run(
+                &node.host,
+                &node.control.start,
+                QUICK_COMMAND_TIMEOUT * 5,
+                sink,
+            )
+            .await?;
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         while !Self::answers(node).await {
@@ -1267,7 +1384,11 @@ impl MajorUpgradeActions {
         let stopped = self.stop_node(&u.target, sink).await?;
         self.host_run(
             &u.target.host,
-            &format!("mkdir -p {} && {}", shell_quote(&u.dump_dir), u.save_pristine_command()),
+            &format!(
+                "mkdir -p {} && {}",
+                shell_quote(&u.dump_dir),
+                u.save_pristine_command()
+            ),
             HOST_COMMAND_TIMEOUT,
             sink,
         )
@@ -1275,16 +1396,31 @@ impl MajorUpgradeActions {
         Ok(format!("{stopped}; pristine copy in {}", u.pristine_dir()))
     }
 
-    async fn pg_upgrade(&self, check_only: bool, recheck: bool, sink: &Sink) -> Result<String, String> {
+    async fn pg_upgrade(
+        &self,
+        check_only: bool,
+        recheck: bool,
+        sink: &Sink,
+    ) -> Result<String, String> {
         let u = &self.upgrade;
         if recheck && !check_only {
             sink.output("pg_upgrade may have half-run: restoring the pristine target first");
-            self.host_run(&u.target.host, &u.undo_pg_upgrade_command(), HOST_COMMAND_TIMEOUT, sink)
-                .await?;
+            self.host_run(
+                &u.target.host,
+                &u.undo_pg_upgrade_command(),
+                HOST_COMMAND_TIMEOUT,
+                sink,
+            )
+            .await?;
         }
         let started = Instant::now();
-        self.host_run(&u.target.host, &u.pg_upgrade_command(check_only), HOST_COMMAND_TIMEOUT, sink)
-            .await?;
+        self.host_run(
+            &u.target.host,
+            &u.pg_upgrade_command(check_only),
+            HOST_COMMAND_TIMEOUT,
+            sink,
+        )
+        .await?;
         Ok(format!(
             "pg_upgrade {} finished in {:.0} ms",
             if check_only { "--check" } else { "" },
@@ -1300,8 +1436,13 @@ impl MajorUpgradeActions {
                 u.target.name
             ));
         }
-        self.host_run(&u.target.host, &u.undo_pg_upgrade_command(), HOST_COMMAND_TIMEOUT, sink)
-            .await?;
+        self.host_run(
+            &u.target.host,
+            &u.undo_pg_upgrade_command(),
+            HOST_COMMAND_TIMEOUT,
+            sink,
+        )
+        .await?;
         Ok(format!(
             "{} re-enabled; {} restored from its pristine copy",
             u.source.data_dir, u.target.data_dir
@@ -1387,7 +1528,8 @@ impl MajorUpgradeActions {
             let ini = self
                 .host_read(&b.host, &format!("cat {}", shell_quote(&b.config)))
                 .await?;
-            let backup = self.backup_path(&format!("pgbouncer-{}.ini.before", hex::encode(&b.name)));
+            let backup =
+                self.backup_path(&format!("pgbouncer-{}.ini.before", hex::encode(&b.name)));
             if !backup.exists() {
                 write_durably(&backup, ini.as_bytes())?;
             }
@@ -1397,12 +1539,19 @@ impl MajorUpgradeActions {
             if new_ini != ini {
                 sink.output(format!("{}:\n{}", b.config, unified_diff(&ini, &new_ini)));
                 self.hosts
-                    .upload(&b.host, &b.config, new_ini.as_bytes(), QUICK_COMMAND_TIMEOUT)
+                    .upload(
+                        &b.host,
+                        &b.config,
+                        new_ini.as_bytes(),
+                        QUICK_COMMAND_TIMEOUT,
+                    )
                     .await
                     .map_err(fail)?;
             }
             let admin = self.bouncer_admin(b).await?;
-            pg::simple_execute(&admin, &b.name, "RELOAD").await.map_err(fail)?;
+            pg::simple_execute(&admin, &b.name, "RELOAD")
+                .await
+                .map_err(fail)?;
         }
         let after = inventory::to_yaml(&u.inventory_after).map_err(fail)?;
         let before = std::fs::read_to_string(&self.inventory_path).unwrap_or_default();
@@ -1421,14 +1570,17 @@ impl MajorUpgradeActions {
         let u = &self.upgrade;
         for route in &u.routes {
             let b = &route.bouncer;
-            let backup = self.backup_path(&format!("pgbouncer-{}.ini.before", hex::encode(&b.name)));
+            let backup =
+                self.backup_path(&format!("pgbouncer-{}.ini.before", hex::encode(&b.name)));
             if let Ok(ini) = std::fs::read(&backup) {
                 self.hosts
                     .upload(&b.host, &b.config, &ini, QUICK_COMMAND_TIMEOUT)
                     .await
                     .map_err(fail)?;
                 let admin = self.bouncer_admin(b).await?;
-                pg::simple_execute(&admin, &b.name, "RELOAD").await.map_err(fail)?;
+                pg::simple_execute(&admin, &b.name, "RELOAD")
+                    .await
+                    .map_err(fail)?;
                 sink.output(format!("{} restored and reloaded", b.config));
             }
         }
@@ -1458,9 +1610,16 @@ impl MajorUpgradeActions {
             }
         }
         if wrong.is_empty() {
-            Ok(format!("{count} aliases route to {} (port {})", node.name, node.port))
+            Ok(format!(
+                "{count} aliases route to {} (port {})",
+                node.name, node.port
+            ))
         } else {
-            Err(format!("aliases not routed to {}: {}", node.name, wrong.join(", ")))
+            Err(format!(
+                "aliases not routed to {}: {}",
+                node.name,
+                wrong.join(", ")
+            ))
         }
     }
 
@@ -1469,8 +1628,13 @@ impl MajorUpgradeActions {
         if Self::answers(s).await {
             return Err(format!("{} is running; stop it before retiring it", s.name));
         }
-        self.host_run(&s.host, &self.upgrade.retire_command(), HOST_COMMAND_TIMEOUT, sink)
-            .await?;
+        self.host_run(
+            &s.host,
+            &self.upgrade.retire_command(),
+            HOST_COMMAND_TIMEOUT,
+            sink,
+        )
+        .await?;
         Ok(format!("{} deleted; {} is retired", s.data_dir, s.name))
     }
 }
@@ -1513,10 +1677,7 @@ impl Actions for MajorUpgradeActions {
                     "paused",
                     format!("{:?}", self.paused_aliases().await.unwrap_or_default()),
                 ),
-                Observation::new(
-                    "validated",
-                    self.memory.validated.is_some().to_string(),
-                ),
+                Observation::new("validated", self.memory.validated.is_some().to_string()),
             ],
             "start-target" | "retire-old-cluster" => vec![
                 Observation::new("old.data_dir", self.upgrade.source.data_dir.clone()),
@@ -1611,7 +1772,8 @@ mod tests {
 
     #[test]
     fn psql_errors_are_located() {
-        let stderr = "psql:/tmp/x/globals.restore.sql:12: ERROR:  role \"postgres\" already exists\n";
+        let stderr =
+            "psql:/tmp/x/globals.restore.sql:12: ERROR:  role \"postgres\" already exists\n";
         assert_eq!(
             first_psql_error(stderr),
             Some((12, "role \"postgres\" already exists".to_string()))
@@ -1630,12 +1792,19 @@ mod tests {
         before.databases.insert("app".into(), db.clone());
         assert!(before.differences(&before).is_empty());
         let mut after = before.clone();
-        after.databases.get_mut("app").unwrap().tables.insert("s.t".into(), 2);
+        after
+            .databases
+            .get_mut("app")
+            .unwrap()
+            .tables
+            .insert("s.t".into(), 2);
         after.databases.get_mut("app").unwrap().extensions.clear();
         after.roles.clear();
         let problems = after_problems(&before, &after);
         assert!(problems.iter().any(|p| p.contains("role app is missing")));
-        assert!(problems.iter().any(|p| p.contains("has 2 rows, expected 3")));
+        assert!(problems
+            .iter()
+            .any(|p| p.contains("has 2 rows, expected 3")));
         assert!(problems.iter().any(|p| p.contains("extension citext")));
     }
 

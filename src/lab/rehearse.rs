@@ -63,7 +63,10 @@ fn stat(values: &[f64]) -> Stat {
         n if n % 2 == 1 => sorted[n / 2],
         n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     };
-    Stat { median, worst: sorted.last().copied().unwrap_or(0.0) }
+    Stat {
+        median,
+        worst: sorted.last().copied().unwrap_or(0.0),
+    }
 }
 
 pub async fn shard_split(options: &RehearsalOptions) -> Result<SplitSummary, RehearsalError> {
@@ -78,7 +81,11 @@ pub async fn shard_split(options: &RehearsalOptions) -> Result<SplitSummary, Reh
             result.failed,
             result.missing,
             result.stray,
-            result.error.as_deref().map(|e| format!(", ERROR {e}")).unwrap_or_default()
+            result
+                .error
+                .as_deref()
+                .map(|e| format!(", ERROR {e}"))
+                .unwrap_or_default()
         );
         runs.push(result);
     }
@@ -95,10 +102,17 @@ pub async fn shard_split(options: &RehearsalOptions) -> Result<SplitSummary, Reh
 async fn one_split(options: &RehearsalOptions) -> Result<SplitRehearsal, RehearsalError> {
     let lab = TestLab::start(options.docs).await?;
     let state = lab.config.dir.join("state");
-    let endpoint = load::entry_endpoint(&lab.inventory).ok_or_else(|| RehearsalError::Other("no entry alias".into()))?;
+    let endpoint = load::entry_endpoint(&lab.inventory)
+        .ok_or_else(|| RehearsalError::Other("no entry alias".into()))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let traffic = tokio::spawn(load::run(
-        LoadOptions { endpoint, rate: options.rate, duration: Duration::from_secs(3600), workers: 4, out: None },
+        LoadOptions {
+            endpoint,
+            rate: options.rate,
+            duration: Duration::from_secs(3600),
+            workers: 4,
+            out: None,
+        },
         stop_rx,
     ));
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -117,7 +131,8 @@ async fn one_split(options: &RehearsalOptions) -> Result<SplitRehearsal, Rehears
         expect_fingerprint: None,
     };
     let started = std::time::Instant::now();
-    let mut runner = session::open_shard_split(&invocation).map_err(|e| RehearsalError::Other(e.to_string()))?;
+    let mut runner =
+        session::open_shard_split(&invocation).map_err(|e| RehearsalError::Other(e.to_string()))?;
     let outcome = runner.run_headless("rehearsal").await;
     let total_ms = started.elapsed().as_millis();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -126,21 +141,33 @@ async fn one_split(options: &RehearsalOptions) -> Result<SplitRehearsal, Rehears
         .await
         .map_err(|e| RehearsalError::Other(e.to_string()))?
         .map_err(|e| RehearsalError::Other(e.to_string()))?;
-    let ids: Vec<String> = report.committed_ids.iter().map(|id| id.to_string()).collect();
+    let ids: Vec<String> = report
+        .committed_ids
+        .iter()
+        .map(|id| id.to_string())
+        .collect();
     let found = owned_ids(&lab, &ids).await?;
     let memory = runner.actions_mut().memory().clone();
-    let entries = runner.journal().entries(&runner.run_id).map_err(|e| RehearsalError::Other(e.to_string()))?;
+    let entries = runner
+        .journal()
+        .entries(&runner.run_id)
+        .map_err(|e| RehearsalError::Other(e.to_string()))?;
     let mut started_at = BTreeMap::new();
     let mut step_ms = BTreeMap::new();
     for entry in &entries {
-        let Some(step) = entry.step.as_ref().map(|s| s.to_string()) else { continue };
+        let Some(step) = entry.step.as_ref().map(|s| s.to_string()) else {
+            continue;
+        };
         match entry.kind {
             EntryKind::Started => {
                 started_at.insert(step, entry.at);
             }
             EntryKind::Verified => {
                 if let Some(start) = started_at.get(&step) {
-                    step_ms.insert(step, (entry.at - *start).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                    step_ms.insert(
+                        step,
+                        (entry.at - *start).num_microseconds().unwrap_or(0) as f64 / 1000.0,
+                    );
                 }
             }
             _ => {}
@@ -166,7 +193,12 @@ async fn owned_ids(lab: &TestLab, ids: &[String]) -> Result<u64, RehearsalError>
         (lab.config.pg1_port, "commcarehq_p1", (0i32, 511i32)),
         (lab.config.pg2_port, "commcarehq_p2", (512, 1023)),
     ] {
-        let endpoint = crate::pg::Endpoint { address: "127.0.0.1".into(), port, user: "postgres".into(), dbname: db.into() };
+        let endpoint = crate::pg::Endpoint {
+            address: "127.0.0.1".into(),
+            port,
+            user: "postgres".into(),
+            dbname: db.into(),
+        };
         let client = crate::pg::connect(&endpoint, crate::pg::SessionSettings::EXECUTOR)
             .await
             .map_err(|e| RehearsalError::Other(e.to_string()))?;

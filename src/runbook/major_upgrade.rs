@@ -675,9 +675,17 @@ impl Upgrade {
             ),
         )
         .command(RenderedCommand::sql(s, maint, VERSION_SQL))
-        .command(RenderedCommand::sql(t, &self.target.maintenance_db, VERSION_SQL))
+        .command(RenderedCommand::sql(
+            t,
+            &self.target.maintenance_db,
+            VERSION_SQL,
+        ))
         .command(RenderedCommand::sql(s, maint, DATABASE_LOCALES_SQL))
-        .command(RenderedCommand::sql(t, &self.target.maintenance_db, DATABASE_LOCALES_SQL))
+        .command(RenderedCommand::sql(
+            t,
+            &self.target.maintenance_db,
+            DATABASE_LOCALES_SQL,
+        ))
         .command(RenderedCommand::internal(
             "each database of the source",
             EXTENSIONS_SQL,
@@ -687,7 +695,11 @@ impl Upgrade {
             &self.target.maintenance_db,
             AVAILABLE_EXTENSIONS_SQL,
         ))
-        .command(RenderedCommand::sql(t, &self.target.maintenance_db, TARGET_CONTENTS_SQL))
+        .command(RenderedCommand::sql(
+            t,
+            &self.target.maintenance_db,
+            TARGET_CONTENTS_SQL,
+        ))
         .command(RenderedCommand::sql(s, maint, LONG_TRANSACTIONS_SQL))
         .command(RenderedCommand::shell(
             &self.source.host,
@@ -713,19 +725,44 @@ impl Upgrade {
 
         if let Method::PgUpgrade { .. } = method {
             steps.push(
-                Step::new("stop-target", format!("Stop {t}, the empty new cluster, and keep a pristine copy"))
-                    .command(RenderedCommand::shell(&self.target.host, self.target.control.stop.clone()))
-                    .command(RenderedCommand::shell(&self.target.host, format!("mkdir -p {} && {}", shell_quote(&self.dump_dir), self.save_pristine_command())))
-                    .verification(format!("{t} does not answer; {} holds its pristine copy", self.pristine_dir()))
-                    .undo(Undo::Reversible {
-                        description: format!("start {t} again"),
-                        commands: vec![RenderedCommand::shell(&self.target.host, self.target.control.start.clone())],
-                    }),
+                Step::new(
+                    "stop-target",
+                    format!("Stop {t}, the empty new cluster, and keep a pristine copy"),
+                )
+                .command(RenderedCommand::shell(
+                    &self.target.host,
+                    self.target.control.stop.clone(),
+                ))
+                .command(RenderedCommand::shell(
+                    &self.target.host,
+                    format!(
+                        "mkdir -p {} && {}",
+                        shell_quote(&self.dump_dir),
+                        self.save_pristine_command()
+                    ),
+                ))
+                .verification(format!(
+                    "{t} does not answer; {} holds its pristine copy",
+                    self.pristine_dir()
+                ))
+                .undo(Undo::Reversible {
+                    description: format!("start {t} again"),
+                    commands: vec![RenderedCommand::shell(
+                        &self.target.host,
+                        self.target.control.start.clone(),
+                    )],
+                }),
             );
             steps.push(
-                Step::new("upgrade-check", format!("pg_upgrade --check against the live {s}"))
-                    .command(RenderedCommand::shell(&self.target.host, self.pg_upgrade_command(true)))
-                    .verification("pg_upgrade reports the clusters compatible"),
+                Step::new(
+                    "upgrade-check",
+                    format!("pg_upgrade --check against the live {s}"),
+                )
+                .command(RenderedCommand::shell(
+                    &self.target.host,
+                    self.pg_upgrade_command(true),
+                ))
+                .verification("pg_upgrade reports the clusters compatible"),
             );
         }
 
@@ -736,15 +773,21 @@ impl Upgrade {
             } else {
                 format!(
                     "Stop traffic: PAUSE {}",
-                    paused.iter().map(|(_, a)| a.as_str()).collect::<Vec<_>>().join(", ")
+                    paused
+                        .iter()
+                        .map(|(_, a)| a.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             },
         );
         if let Some(hooks) = &traffic {
-            stop_traffic = stop_traffic.command(RenderedCommand::shell(&hook_host, hooks.stop.clone()));
+            stop_traffic =
+                stop_traffic.command(RenderedCommand::shell(&hook_host, hooks.stop.clone()));
         }
         for (bouncer, alias) in &paused {
-            stop_traffic = stop_traffic.command(RenderedCommand::pgbouncer_admin(bouncer, pause_sql(alias)));
+            stop_traffic =
+                stop_traffic.command(RenderedCommand::pgbouncer_admin(bouncer, pause_sql(alias)));
         }
         let mut resume_on_source: Vec<RenderedCommand> = paused
             .iter()
@@ -787,7 +830,10 @@ impl Upgrade {
             Method::Dumpall | Method::Parallel => {
                 let (dump, verify_dir, verify_files) = if method == Method::Dumpall {
                     (
-                        vec![RenderedCommand::shell(&self.source.host, self.dumpall_command())],
+                        vec![RenderedCommand::shell(
+                            &self.source.host,
+                            self.dumpall_command(),
+                        )],
                         self.dump_dir.clone(),
                         "dumpall.sql.gz.sha512".to_string(),
                     )
@@ -795,7 +841,10 @@ impl Upgrade {
                     (
                         vec![
                             RenderedCommand::shell(&self.source.host, self.globals_dump_command()),
-                            RenderedCommand::shell(&self.source.host, self.database_dump_command("<each database>")),
+                            RenderedCommand::shell(
+                                &self.source.host,
+                                self.database_dump_command("<each database>"),
+                            ),
                         ],
                         self.parallel_dir(),
                         "globals.sql.sha512 and db-<hex>.dir.sha512".to_string(),
@@ -814,22 +863,34 @@ impl Upgrade {
                 }
                 steps.push(
                     dump_step
-                        .verification(format!("the artifact and its checksum exist in {}", self.dump_dir))
+                        .verification(format!(
+                            "the artifact and its checksum exist in {}",
+                            self.dump_dir
+                        ))
                         .flags(needs_stopped),
                 );
 
                 let mut transfer = Step::new(
                     "transfer",
                     if self.source.host == self.target.host {
-                        format!("Verify the artifact on {} (same host, nothing to move)", self.target.host)
+                        format!(
+                            "Verify the artifact on {} (same host, nothing to move)",
+                            self.target.host
+                        )
                     } else {
-                        format!("Transfer the artifact {} → {} over SSH", self.source.host, self.target.host)
+                        format!(
+                            "Transfer the artifact {} → {} over SSH",
+                            self.source.host, self.target.host
+                        )
                     },
                 );
                 if self.source.host != self.target.host {
                     transfer = transfer.command(RenderedCommand::internal(
                         format!("host {} → host {}", self.source.host, self.target.host),
-                        format!("copy every file of {} in 8 MiB chunks through the jump host", self.dump_dir),
+                        format!(
+                            "copy every file of {} in 8 MiB chunks through the jump host",
+                            self.dump_dir
+                        ),
                     ));
                 }
                 steps.push(
@@ -850,17 +911,37 @@ impl Upgrade {
                     );
                 }
 
-                let mut restore = Step::new("restore", format!("Restore into {t} with ON_ERROR_STOP"))
-                    .command(RenderedCommand::shell(&self.target.host, Self::verify_checksum_command(&verify_dir, &verify_files)));
+                let mut restore =
+                    Step::new("restore", format!("Restore into {t} with ON_ERROR_STOP")).command(
+                        RenderedCommand::shell(
+                            &self.target.host,
+                            Self::verify_checksum_command(&verify_dir, &verify_files),
+                        ),
+                    );
                 if method == Method::Dumpall {
                     restore = restore
-                        .command(RenderedCommand::shell(&self.target.host, self.dumpall_split_line_command()))
-                        .command(RenderedCommand::shell(&self.target.host, self.globals_restore_command("<globals part>")))
-                        .command(RenderedCommand::shell(&self.target.host, self.dumpall_databases_restore_command("<first \\connect line>")));
+                        .command(RenderedCommand::shell(
+                            &self.target.host,
+                            self.dumpall_split_line_command(),
+                        ))
+                        .command(RenderedCommand::shell(
+                            &self.target.host,
+                            self.globals_restore_command("<globals part>"),
+                        ))
+                        .command(RenderedCommand::shell(
+                            &self.target.host,
+                            self.dumpall_databases_restore_command("<first \\connect line>"),
+                        ));
                 } else {
                     restore = restore
-                        .command(RenderedCommand::shell(&self.target.host, self.globals_restore_command(&self.globals_file())))
-                        .command(RenderedCommand::shell(&self.target.host, self.database_restore_command("<each database>")));
+                        .command(RenderedCommand::shell(
+                            &self.target.host,
+                            self.globals_restore_command(&self.globals_file()),
+                        ))
+                        .command(RenderedCommand::shell(
+                            &self.target.host,
+                            self.database_restore_command("<each database>"),
+                        ));
                 }
                 steps.push(
                     restore
@@ -886,11 +967,17 @@ impl Upgrade {
             Method::PgUpgrade { link } => {
                 steps.push(
                     Step::new("stop-source", format!("Stop {s}"))
-                        .command(RenderedCommand::shell(&self.source.host, self.source.control.stop.clone()))
+                        .command(RenderedCommand::shell(
+                            &self.source.host,
+                            self.source.control.stop.clone(),
+                        ))
                         .verification(format!("{s} does not answer"))
                         .undo(Undo::Reversible {
                             description: format!("start {s} again"),
-                            commands: vec![RenderedCommand::shell(&self.source.host, self.source.control.start.clone())],
+                            commands: vec![RenderedCommand::shell(
+                                &self.source.host,
+                                self.source.control.start.clone(),
+                            )],
                         })
                         .flags(needs_stopped),
                 );
@@ -913,13 +1000,22 @@ impl Upgrade {
                 } else {
                     Undo::Reversible {
                         description: format!("stop {t}; {s} is untouched (--copy)"),
-                        commands: vec![RenderedCommand::shell(&self.target.host, self.target.control.stop.clone())],
+                        commands: vec![RenderedCommand::shell(
+                            &self.target.host,
+                            self.target.control.stop.clone(),
+                        )],
                     }
                 };
                 steps.push(
                     Step::new("start-target", format!("Start {t} on the upgraded data"))
-                        .command(RenderedCommand::shell(&self.target.host, self.target.control.start.clone()))
-                        .verification(format!("{t} answers and runs PostgreSQL {}", self.target.version))
+                        .command(RenderedCommand::shell(
+                            &self.target.host,
+                            self.target.control.start.clone(),
+                        ))
+                        .verification(format!(
+                            "{t} answers and runs PostgreSQL {}",
+                            self.target.version
+                        ))
                         .undo(start_undo)
                         .flags(needs_stopped),
                 );
@@ -937,11 +1033,17 @@ impl Upgrade {
         );
 
         let mut repoint = Step::new("repoint", format!("Repoint pgbouncer from {s} to {t}"))
-            .command(RenderedCommand::file("<inventory>", unified_diff(
-                &serde_yaml::to_string(&self.inventory).unwrap_or_default(),
-                &serde_yaml::to_string(&self.inventory_after).unwrap_or_default(),
-            )));
-        let mut undo_repoint = vec![RenderedCommand::file("<inventory>", "restore the inventory kept in the run directory")];
+            .command(RenderedCommand::file(
+                "<inventory>",
+                unified_diff(
+                    &serde_yaml::to_string(&self.inventory).unwrap_or_default(),
+                    &serde_yaml::to_string(&self.inventory_after).unwrap_or_default(),
+                ),
+            ));
+        let mut undo_repoint = vec![RenderedCommand::file(
+            "<inventory>",
+            "restore the inventory kept in the run directory",
+        )];
         for route in &self.routes {
             let lines: Vec<String> = route
                 .aliases
@@ -949,10 +1051,22 @@ impl Upgrade {
                 .map(|a| format!("{} = {}", a.name, self.new_alias_target(a).render()))
                 .collect();
             repoint = repoint
-                .command(RenderedCommand::file(&route.bouncer.config, format!("[databases]\n{}", lines.join("\n"))))
-                .command(RenderedCommand::pgbouncer_admin(&route.bouncer.name, "RELOAD"));
-            undo_repoint.push(RenderedCommand::file(&route.bouncer.config, "restore the previous pgbouncer.ini"));
-            undo_repoint.push(RenderedCommand::pgbouncer_admin(&route.bouncer.name, "RELOAD"));
+                .command(RenderedCommand::file(
+                    &route.bouncer.config,
+                    format!("[databases]\n{}", lines.join("\n")),
+                ))
+                .command(RenderedCommand::pgbouncer_admin(
+                    &route.bouncer.name,
+                    "RELOAD",
+                ));
+            undo_repoint.push(RenderedCommand::file(
+                &route.bouncer.config,
+                "restore the previous pgbouncer.ini",
+            ));
+            undo_repoint.push(RenderedCommand::pgbouncer_admin(
+                &route.bouncer.name,
+                "RELOAD",
+            ));
         }
         steps.push(
             repoint
@@ -964,10 +1078,7 @@ impl Upgrade {
                 .flags(needs_stopped),
         );
 
-        let mut resume = Step::new(
-            "resume-traffic",
-            format!("Resume traffic on {t}"),
-        );
+        let mut resume = Step::new("resume-traffic", format!("Resume traffic on {t}"));
         for (b, a) in paused.iter().rev() {
             resume = resume.command(RenderedCommand::pgbouncer_admin(b, resume_sql(a)));
         }
@@ -978,25 +1089,49 @@ impl Upgrade {
             resume
                 .verification("SHOW DATABASES reports no alias paused; the downtime is recorded")
                 .undo(Undo::PointOfNoReturn {
-                    reason: format!("from here on, writes land only on {t}; going back to {s} would lose them"),
+                    reason: format!(
+                        "from here on, writes land only on {t}; going back to {s} would lose them"
+                    ),
                 })
-                .flags(StepFlags { resumes_traffic: true, needs_traffic_stopped: true, ..StepFlags::default() }),
+                .flags(StepFlags {
+                    resumes_traffic: true,
+                    needs_traffic_stopped: true,
+                    ..StepFlags::default()
+                }),
         );
 
         steps.push(
-            Step::new("stop-old-cluster", format!("Stop {s} and keep it intact as the way back"))
-                .command(RenderedCommand::shell(&self.source.host, format!("{} || true", self.source.control.stop)))
-                .verification(format!("{s} does not answer; {} is untouched", self.source.data_dir)),
+            Step::new(
+                "stop-old-cluster",
+                format!("Stop {s} and keep it intact as the way back"),
+            )
+            .command(RenderedCommand::shell(
+                &self.source.host,
+                format!("{} || true", self.source.control.stop),
+            ))
+            .verification(format!(
+                "{s} does not answer; {} is untouched",
+                self.source.data_dir
+            )),
         );
 
         steps.push(
-            Step::new("retire-old-cluster", format!("Retire {s}: delete its data directory"))
-                .command(RenderedCommand::shell(&self.source.host, self.retire_command()))
-                .verification(format!("{} is empty", self.source.data_dir))
-                .undo(Undo::PointOfNoReturn {
-                    reason: format!("{s}'s data directory, the last way back, is deleted"),
-                })
-                .flags(StepFlags { destructive: true, ..StepFlags::default() }),
+            Step::new(
+                "retire-old-cluster",
+                format!("Retire {s}: delete its data directory"),
+            )
+            .command(RenderedCommand::shell(
+                &self.source.host,
+                self.retire_command(),
+            ))
+            .verification(format!("{} is empty", self.source.data_dir))
+            .undo(Undo::PointOfNoReturn {
+                reason: format!("{s}'s data directory, the last way back, is deleted"),
+            })
+            .flags(StepFlags {
+                destructive: true,
+                ..StepFlags::default()
+            }),
         );
         steps
     }
@@ -1004,7 +1139,13 @@ impl Upgrade {
 
 fn sanitize(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -1016,7 +1157,11 @@ fn inventory_after(inventory: &Inventory, source: &Node, target: &Node) -> Inven
             alias.node = target.name.clone();
         }
     }
-    for partition in after.partitions.iter_mut().filter(|p| p.node == source.name) {
+    for partition in after
+        .partitions
+        .iter_mut()
+        .filter(|p| p.node == source.name)
+    {
         partition.node = target.name.clone();
     }
     if let Some(proxy) = after.proxy.as_mut().filter(|p| p.node == source.name) {
@@ -1052,7 +1197,8 @@ pub const DATABASES_SQL: &str =
     "SELECT datname::text FROM pg_database WHERE datallowconn AND datname <> 'template1' ORDER BY 1";
 pub const TABLES_SQL: &str = "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
 WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast' ORDER BY 1";
-pub const SEQUENCES_SQL: &str = "SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences ORDER BY 1";
+pub const SEQUENCES_SQL: &str =
+    "SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences ORDER BY 1";
 
 #[cfg(test)]
 mod tests {

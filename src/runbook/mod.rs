@@ -6,8 +6,8 @@
 //! Nothing here does I/O. The rendered commands are for review and for the fingerprint; the
 //! executor runs typed actions of its own that must match what is rendered.
 
-mod markdown;
 pub mod major_upgrade;
+mod markdown;
 pub mod shard_split;
 
 use crate::inventory::Inventory;

@@ -364,16 +364,16 @@ pub fn render_connections(frame: &mut Frame, area: Rect, model: &Model, theme: &
             lines.push(Line::from(vec![
                 Span::styled(
                     format!(
-                        "  pool {:<24} active {:>4}",
-                        fit(&format!("{}/{}", p.database, p.user), 24),
+                        "  pool {:<14} active {:>3}",
+                        fit(&format!("{}/{}", p.database, p.user), 14),
                         p.cl_active
                     ),
                     theme.text,
                 ),
-                Span::styled(format!("  waiting {:>4}", p.cl_waiting), waiting_style),
+                Span::styled(format!("  waiting {:>3}", p.cl_waiting), waiting_style),
                 Span::styled(
                     format!(
-                        "  server {}/{} idle  maxwait {} ms  {}",
+                        "  server {} active {} idle  maxwait {} ms · {}",
                         p.sv_active, p.sv_idle, p.maxwait_ms, p.pool_mode
                     ),
                     theme.dim,
