@@ -4,6 +4,7 @@
 //! executor (effects over tokio-postgres, pgbouncer admin, russh) → journal.
 //! See `docs/ARCHITECTURE.md`.
 
+pub mod cockpit;
 pub mod engine;
 pub mod executor;
 pub mod inventory;

@@ -24,11 +24,14 @@ macro_rules! emit {
 #[command(
     name = "cutover",
     version,
-    about = "A terminal cockpit for PostgreSQL cutovers"
+    about = "A terminal cockpit for PostgreSQL cutovers",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// With no subcommand: open the cockpit on this inventory (needs a terminal).
+    inventory: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -78,6 +81,21 @@ enum Command {
         to: String,
         #[arg(long, default_value = "operator rollback")]
         reason: String,
+    },
+    /// The cockpit: live panes and the runbook, step by step with confirmations.
+    Tui {
+        inventory: PathBuf,
+        runbook: Option<String>,
+        #[command(flatten)]
+        params: RunbookParams,
+        #[command(flatten)]
+        run: RunOptions,
+        /// dark (default), light, high-contrast, or a theme file; also `theme:` in $XDG_CONFIG_HOME/cutover/config.yaml.
+        #[arg(long)]
+        theme: Option<String>,
+        /// Show everything, run nothing.
+        #[arg(long)]
+        readonly: bool,
     },
     /// Show or export the record of a run.
     Journal {
@@ -142,6 +160,17 @@ struct RunOptions {
     /// Accept and record an SSH host key never seen before (logged). Changed keys are always refused.
     #[arg(long)]
     trust_on_first_use: bool,
+}
+
+impl RunOptions {
+    fn from_env() -> Self {
+        RunOptions {
+            state_dir: None,
+            operator: std::env::var("USER").unwrap_or_else(|_| "operator".into()),
+            pair: false,
+            trust_on_first_use: false,
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -220,21 +249,61 @@ enum LabCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CUTOVER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let command = match (cli.command, cli.inventory) {
+        (Some(command), _) => command,
+        (None, Some(inventory)) if std::io::IsTerminal::is_terminal(&std::io::stdout()) => Command::Tui {
+            inventory,
+            runbook: None,
+            params: RunbookParams::default(),
+            run: RunOptions::from_env(),
+            theme: None,
+            readonly: false,
+        },
+        (None, Some(_)) => {
+            eprintln!("cutover: the cockpit needs a terminal; use a subcommand (see --help)");
+            return ExitCode::from(INVALID_INPUT);
+        }
+        (None, None) => {
+            eprintln!("cutover: give an inventory to open the cockpit, or a subcommand (see --help)");
+            return ExitCode::from(INVALID_INPUT);
+        }
+    };
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("CUTOVER_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
+    };
+    if matches!(command, Command::Tui { .. }) {
+        // The cockpit's log pane is the sink: nothing may write to the terminal underneath it.
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        match cutover::ui::log_layer() {
+            Ok(layer) => {
+                let _ = tracing_subscriber::registry().with(layer).try_init();
+            }
+            Err(e) => {
+                eprintln!("cutover: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    // Runbook actions are deep futures; workers get room for them (the runner also boxes them).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(16 * 1024 * 1024)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cutover: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    match runtime.block_on(dispatch(command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cutover: {e:#}");
@@ -271,7 +340,57 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             reason,
         } => rollback_command(&inventory, &runbook, &params, &run, &to, &reason).await,
         Command::Journal { command } => journal_command(command),
+        Command::Tui { inventory, runbook, params, run, theme, readonly } => {
+            tui_command(&inventory, runbook, &params, &run, theme, readonly).await
+        }
     }
+}
+
+async fn tui_command(
+    file: &std::path::Path,
+    runbook: Option<String>,
+    params: &RunbookParams,
+    run: &RunOptions,
+    theme: Option<String>,
+    readonly: bool,
+) -> Result<ExitCode> {
+    let inv = match load_inventory(file)? {
+        Ok(inv) => inv,
+        Err(code) => return Ok(code),
+    };
+    let theme = match cutover::ui::theme::resolve(theme.as_deref(), &cutover::ui::ThemeEnv::from_process()) {
+        Ok(theme) => theme,
+        Err(e) => {
+            eprintln!("cutover: {e}");
+            return Ok(ExitCode::from(INVALID_INPUT));
+        }
+    };
+    let (requests_tx, requests_rx) = tokio::sync::mpsc::channel(8);
+    let (updates_tx, updates_rx) = tokio::sync::mpsc::channel(64);
+    let mut initial = None;
+    if let Some(runbook) = runbook {
+        let runner = match session::open(&invocation(file, &runbook, params, run, None)) {
+            Ok(runner) => runner,
+            Err(e) => return Ok(report_session_error(e)),
+        };
+        let bound = cutover::executor::Actions::pause_bound(runner.actions());
+        initial = Some(cutover::cockpit::initial_view(&runner, bound));
+        tokio::spawn(cutover::cockpit::serve(runner, requests_rx, updates_tx, bound));
+    }
+    cutover::ui::run(cutover::ui::TuiOptions {
+        inventory: std::sync::Arc::new(inv),
+        theme,
+        operator: run.operator.clone(),
+        pair: run.pair,
+        readonly,
+        requests_tx,
+        updates_rx,
+        initial,
+        intervals: readings::poller::PollIntervals::default(),
+        seen: cutover::cockpit::seen,
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn plan_command(

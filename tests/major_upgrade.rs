@@ -228,6 +228,13 @@ async fn full_upgrade(method: &str, extra: &[(&str, &str)]) {
     assert!(version.starts_with("18"), "{version}");
     let memory = runner.actions_mut().memory().clone();
     assert!(memory.downtime_ms.is_some(), "downtime recorded");
+    if method != "pg-upgrade" {
+        assert_eq!(
+            memory.allowed_errors,
+            vec!["role \"postgres\" already exists".to_string()],
+            "the one benign error was met, allowed by the list, and recorded"
+        );
+    }
     let record = runner.journal().export_markdown(&runner.run_id).unwrap();
     assert!(
         record.contains("vs baseline") && record.contains("all equal"),
@@ -429,4 +436,26 @@ async fn a_locale_mismatch_is_caught_in_preflight() {
         }
         other => panic!("expected a refused preflight: {other}"),
     }
+}
+
+/// The rehearsal's numbers (not a check): `cargo test --release --test major_upgrade
+/// rehearsal -- --ignored --nocapture`, with `REHEARSE_METHOD` and `REHEARSE_ROWS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn rehearsal() {
+    let options = cutover::lab::rehearse_upgrade::UpgradeRehearsalOptions {
+        method: std::env::var("REHEARSE_METHOD").unwrap_or_else(|_| "parallel".into()),
+        bench_rows: std::env::var("REHEARSE_ROWS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(150_000),
+        reference: std::env::var("REHEARSE_REFERENCE").map_or(true, |v| v != "no"),
+        ..Default::default()
+    };
+    let report = cutover::lab::rehearse_upgrade::major_upgrade(&options)
+        .await
+        .expect("rehearsal");
+    println!("{}", report.human());
+    println!("{}", serde_json::to_string(&report).unwrap());
+    assert!(report.error.is_none(), "{:?}", report.error);
 }

@@ -1300,13 +1300,13 @@ impl MajorUpgradeActions {
         }
         let maint = &t.maintenance_db;
         if maint != "template1" && dbs.contains(maint) {
-            client
-                .simple_query(&format!(
-                    "DROP DATABASE {0} WITH (FORCE); CREATE DATABASE {0} TEMPLATE template0",
-                    quote_ident(maint)
-                ))
-                .await
-                .map_err(db_err)?;
+            // Two statements: a multi-statement query is one transaction, and neither may run in one.
+            for sql in [
+                format!("DROP DATABASE {} WITH (FORCE)", quote_ident(maint)),
+                format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(maint)),
+            ] {
+                client.simple_query(&sql).await.map_err(db_err)?;
+            }
             sink.output(format!("recreated {maint} empty on {}", t.name));
         }
         let roles: Vec<String> = client

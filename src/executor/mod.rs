@@ -124,6 +124,8 @@ pub struct Runner<A: Actions> {
     /// When the current write pause began, by our monotonic clock.
     pause_started: Option<Instant>,
     pause_bound_hit: bool,
+    /// Set once traffic was resumed because of the bound, so it is not resumed again.
+    resumed_after_bound: bool,
 }
 
 impl<A: Actions> Runner<A> {
@@ -173,11 +175,16 @@ impl<A: Actions> Runner<A> {
             actions,
             pause_started,
             pause_bound_hit: false,
+            resumed_after_bound: false,
         })
     }
 
     pub fn journal(&self) -> &Journal {
         &self.journal
+    }
+
+    pub fn actions(&self) -> &A {
+        &self.actions
     }
 
     pub fn actions_mut(&mut self) -> &mut A {
@@ -342,6 +349,7 @@ impl<A: Actions> Runner<A> {
         }
         if self.pause_bound_hit {
             self.pause_bound_hit = false;
+            self.resumed_after_bound = false;
             self.ensure_resumed().await?;
             return Err(RunError::PauseBoundExceeded {
                 bound_ms: self.actions.pause_bound().as_millis(),
@@ -445,30 +453,51 @@ impl<A: Actions> Runner<A> {
                     }),
                 ))
             }
-            None => {
-                let paused_for = self.pause_started.map(|s| s.elapsed()).unwrap_or_default();
-                self.pause_bound_hit = true;
-                if self.actions.resume_is_safe(&self.plan, &self.state) {
-                    let (tx, mut rx) = mpsc::unbounded_channel();
-                    let resumed = self.actions.force_resume(Sink(tx)).await;
-                    while let Ok(report) = rx.try_recv() {
-                        self.journal_report(Some(step), report)?;
-                    }
-                    if let Err(reason) = resumed {
-                        self.journal_report(
-                            Some(step),
-                            Report::Output(format!(
-                                "RESUME after the pause bound failed: {reason}"
-                            )),
-                        )?;
-                    }
-                }
-                let effects = self.commit(Command::PauseBoundExceeded {
-                    bound: self.actions.pause_bound(),
-                    paused_for,
-                })?;
-                Ok((effects, None))
+            None => Ok((self.pause_bound_exceeded(Some(step)).await?, None)),
+        }
+    }
+
+    /// The pause outlived its bound: resume first when routing is untouched, then roll back
+    /// to before the pause (the engine emits the undo effects).
+    async fn pause_bound_exceeded(&mut self, step: Option<&StepId>) -> Result<VecDeque<Effect>, RunError> {
+        let paused_for = self.pause_started.map(|s| s.elapsed()).unwrap_or_default();
+        self.pause_bound_hit = true;
+        if self.actions.resume_is_safe(&self.plan, &self.state) {
+            self.force_resume_now(step).await?;
+        }
+        self.commit(Command::PauseBoundExceeded {
+            bound: self.actions.pause_bound(),
+            paused_for,
+        })
+    }
+
+    /// RESUME now (idempotent: aliases already flowing are left alone) and journal what happened.
+    async fn force_resume_now(&mut self, step: Option<&StepId>) -> Result<(), RunError> {
+        self.resumed_after_bound = true;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let resumed = self.actions.force_resume(Sink(tx)).await;
+        while let Ok(report) = rx.try_recv() {
+            self.journal_report(step, report)?;
+        }
+        if let Err(reason) = resumed {
+            self.journal_report(step, Report::Output(format!("RESUME after the pause bound failed: {reason}")))?;
+        }
+        Ok(())
+    }
+
+    /// When the pause window is open, the instant its bound runs out.
+    pub fn pause_deadline_at(&self) -> Option<Instant> {
+        self.pause_deadline()
+    }
+
+    /// Enforce the bound while no action runs (an operator taking too long in the cockpit).
+    pub async fn enforce_pause_bound(&mut self) -> Result<(), RunError> {
+        match self.pause_deadline() {
+            Some(deadline) if Instant::now() >= deadline => {
+                let effects = self.pause_bound_exceeded(None).await?;
+                Box::pin(self.perform(effects)).await
             }
+            _ => Ok(()),
         }
     }
 

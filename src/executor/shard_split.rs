@@ -809,19 +809,22 @@ impl ShardSplitActions {
         ))
     }
 
-    async fn undo_promote(&self, sink: &Sink) -> Result<String, String> {
-        let s = &self.split;
+    /// A promoted node cannot follow its old primary again: undoing the promotion discards it
+    /// and rebuilds the standby, so the state is again what base-backup left.
+    async fn undo_promote(&mut self, sink: &Sink) -> Result<String, String> {
+        let s = self.split.clone();
+        if self.target_in_recovery().await == Some(true) {
+            return Ok(format!("{} was never promoted; it is still a standby", s.target.name));
+        }
         if self.target_in_recovery().await.is_some() {
             self.forget_clients();
-            self.host_run(
-                &s.target.host,
-                &s.target.control.stop,
-                HOST_COMMAND_TIMEOUT,
-                sink,
-            )
-            .await?;
+            self.host_run(&s.target.host, &s.target.control.stop, HOST_COMMAND_TIMEOUT, sink).await?;
         }
-        Ok(format!("{} stopped; it served no traffic", s.target.name))
+        self.host_run(&s.target.host, &s.discard_target_command(), HOST_COMMAND_TIMEOUT, sink).await?;
+        self.memory.cutover_xid.clear();
+        self.remember()?;
+        sink.output(format!("{} served no traffic; rebuilding it as a standby of {}", s.target.name, s.source.name));
+        self.base_backup(sink).await
     }
 
     // ---- rename -----------------------------------------------------------------------------

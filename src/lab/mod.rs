@@ -7,6 +7,7 @@ pub mod load;
 pub mod postgres;
 pub mod proc;
 pub mod rehearse;
+pub mod rehearse_upgrade;
 pub mod sshd;
 pub mod target;
 

@@ -56,6 +56,8 @@ pub fn log_layer() -> Result<tui_logger::TuiTracingSubscriberLayer, UiError> {
     tui_logger::init_logger(tui_logger::LevelFilter::Trace)
         .map_err(|e| UiError::Logger(e.to_string()))?;
     tui_logger::set_default_level(tui_logger::LevelFilter::Info);
+    // Every command and query the tool runs is logged under this target: show all of it.
+    tui_logger::set_level_for_target("cutover::cmd", tui_logger::LevelFilter::Trace);
     Ok(tui_logger::TuiTracingSubscriberLayer)
 }
 

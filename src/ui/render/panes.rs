@@ -373,7 +373,7 @@ pub fn render_connections(frame: &mut Frame, area: Rect, model: &Model, theme: &
                 Span::styled(format!("  waiting {:>3}", p.cl_waiting), waiting_style),
                 Span::styled(
                     format!(
-                        "  server {} active {} idle  maxwait {} ms · {}",
+                        "  srv {}/{} idle  maxwait {} ms · {}",
                         p.sv_active, p.sv_idle, p.maxwait_ms, p.pool_mode
                     ),
                     theme.dim,

@@ -1,0 +1,237 @@
+//! Cockpit bridge: runs the engine's [`Runner`] on its own task and speaks to the UI only
+//! through channels — `UiRequest`s in, `RunbookView`s out — so the UI never blocks on I/O.
+//!
+//! Confirmations: the view of the next step carries the observations the engine will bind
+//! its confirmation to (as a "confirmation is bound to" line), so the UI's seen-fingerprint
+//! covers them; the bridge confirms with the engine fingerprint it last published, and the
+//! engine refuses it as stale if a fresh reading differs.
+
+use crate::engine::{Confirmation, EngineState, StepStatus};
+use crate::executor::{Actions, Runner};
+use crate::runbook::{Plan, StepId, Undo};
+use crate::ui::model::{
+    CommandView, PreconditionView, RunbookUpdate, RunbookView, StepStatusView, StepView, UiRequest,
+};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How often the next step's preconditions and observations are evaluated while idle.
+const REFRESH: Duration = Duration::from_secs(5);
+/// The precondition line that carries the engine's confirmation fingerprint.
+const BOUND_TO: &str = "confirmation is bound to";
+
+/// What a cockpit confirmation is bound to: the UI's default facts, with each precondition's
+/// verdict but not its free-text detail (free disk moves by the second), plus the engine's
+/// observation fingerprint for the step.
+pub fn seen(step: &StepView, snapshot: &crate::readings::types::Snapshot) -> String {
+    let mut bound = step.clone();
+    for p in bound.preconditions.iter_mut().filter(|p| p.description != BOUND_TO) {
+        p.detail.clear();
+    }
+    crate::ui::model::default_seen(&bound, snapshot)
+}
+
+/// What was evaluated for the next step: the engine's `seen` and the views shown.
+#[derive(Default)]
+struct Evaluated {
+    seen: BTreeMap<usize, String>,
+    preconditions: BTreeMap<usize, Vec<PreconditionView>>,
+}
+
+/// Serve the cockpit until it quits or its channels close.
+pub async fn serve<A: Actions>(
+    mut runner: Runner<A>,
+    mut requests: mpsc::Receiver<UiRequest>,
+    updates: mpsc::Sender<RunbookUpdate>,
+    pause_bound: Duration,
+) {
+    let mut evaluated = Evaluated::default();
+    let mut refresh = tokio::time::interval(REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        let deadline = runner.pause_deadline_at();
+        tokio::select! {
+            request = requests.recv() => {
+                let Some(request) = request else { return };
+                if matches!(request, UiRequest::Quit) {
+                    return;
+                }
+                let running = view(&runner.plan, &runner.state, &evaluated, pause_bound, request_step(&request));
+                let _ = updates.send(RunbookUpdate::View(running)).await;
+                if let Err(message) = handle(&mut runner, &evaluated, request).await {
+                    let _ = updates.send(RunbookUpdate::Refused(message)).await;
+                }
+                evaluate_next(&mut runner, &mut evaluated).await;
+            }
+            _ = refresh.tick() => evaluate_next(&mut runner, &mut evaluated).await,
+            _ = sleep_until(deadline) => {
+                if let Err(e) = runner.enforce_pause_bound().await {
+                    let _ = updates.send(RunbookUpdate::Refused(e.to_string())).await;
+                }
+            }
+        }
+        let current = view(&runner.plan, &runner.state, &evaluated, pause_bound, None);
+        if updates.send(RunbookUpdate::View(current)).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn request_step(request: &UiRequest) -> Option<usize> {
+    match request {
+        UiRequest::RunStep { step, .. } => Some(*step),
+        _ => None,
+    }
+}
+
+fn step_id(plan: &Plan, index: usize) -> Result<StepId, String> {
+    plan.steps
+        .get(index)
+        .map(|s| s.id.clone())
+        .ok_or_else(|| format!("no step {index}"))
+}
+
+async fn handle<A: Actions>(runner: &mut Runner<A>, evaluated: &Evaluated, request: UiRequest) -> Result<(), String> {
+    match request {
+        UiRequest::RunStep { step, confirmation } => {
+            let id = step_id(&runner.plan, step)?;
+            let seen = evaluated
+                .seen
+                .get(&step)
+                .cloned()
+                .ok_or_else(|| "the step's readings were not evaluated yet; confirm again in a moment".to_string())?;
+            let confirmation = Confirmation { by: confirmation.by, seen };
+            runner.start(&id, Some(confirmation)).await.map_err(|e| e.to_string())
+        }
+        UiRequest::Rollback { to, by } => {
+            let id = step_id(&runner.plan, to)?;
+            runner
+                .rollback_to(&id, &by.join(" + "), "operator rollback from the cockpit")
+                .await
+                .map_err(|e| e.to_string())
+        }
+        UiRequest::Skip { step, reason, by } => {
+            let id = step_id(&runner.plan, step)?;
+            runner.skip(&id, &by.join(" + "), &reason).await.map_err(|e| e.to_string())
+        }
+        UiRequest::Quit => Ok(()),
+    }
+}
+
+/// Evaluate the next step's preconditions and the observations its confirmation binds to.
+async fn evaluate_next<A: Actions>(runner: &mut Runner<A>, evaluated: &mut Evaluated) {
+    let Some(index) = runner.state.next_step(&runner.plan).and_then(|s| runner.plan.index_of(&s.id)) else {
+        return;
+    };
+    let spec = runner.plan.steps[index].clone();
+    let results = runner.actions_mut().preconditions(&spec).await;
+    let mut views: Vec<PreconditionView> = spec
+        .preconditions
+        .iter()
+        .map(|p| {
+            let result = results.iter().find(|r| r.id == p.id);
+            PreconditionView {
+                description: p.description.clone(),
+                holds: result.map(|r| r.holds),
+                detail: result.map(|r| r.detail.clone()).unwrap_or_default(),
+            }
+        })
+        .collect();
+    match runner.requirement(&spec.id).await {
+        Ok(requirement) => {
+            views.push(PreconditionView {
+                description: BOUND_TO.into(),
+                holds: Some(true),
+                detail: format!("seen {}", &requirement.seen[..12.min(requirement.seen.len())]),
+            });
+            evaluated.seen.insert(index, requirement.seen);
+        }
+        Err(e) => views.push(PreconditionView {
+            description: "confirmation".into(),
+            holds: Some(false),
+            detail: e.to_string(),
+        }),
+    }
+    evaluated.preconditions.insert(index, views);
+}
+
+/// The engine state as the cockpit shows it.
+fn view(plan: &Plan, state: &EngineState, evaluated: &Evaluated, pause_bound: Duration, starting: Option<usize>) -> RunbookView {
+    let steps = plan
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| {
+            let status = state.steps.get(i).cloned().unwrap_or(StepStatus::Pending);
+            let (status_view, started_at, finished_at) = match status {
+                StepStatus::Pending => (StepStatusView::Pending, None, None),
+                StepStatus::Running { started_at } | StepStatus::RollingBack { started_at } => {
+                    (StepStatusView::Running, Some(started_at), None)
+                }
+                StepStatus::NeedsRecheck { started_at } | StepStatus::UndoNeedsRecheck { started_at } => {
+                    (StepStatusView::NeedsRecheck, Some(started_at), None)
+                }
+                StepStatus::Done { finished_at, .. } => (StepStatusView::Done, None, Some(finished_at)),
+                StepStatus::Failed { at, reason } => (StepStatusView::Failed(reason), None, Some(at)),
+                StepStatus::Skipped { reason, .. } => (StepStatusView::Skipped(reason), None, None),
+                StepStatus::RolledBack { at } => (StepStatusView::RolledBack, None, Some(at)),
+                StepStatus::RollbackFailed { at, reason } => {
+                    (StepStatusView::Failed(format!("rollback failed: {reason}")), None, Some(at))
+                }
+            };
+            let status_view = if starting == Some(i) { StepStatusView::Running } else { status_view };
+            StepView {
+                id: step.id.to_string(),
+                title: step.title.clone(),
+                status: status_view,
+                started_at,
+                finished_at,
+                commands: step
+                    .commands
+                    .iter()
+                    .map(|c| CommandView { target: c.target.clone(), text: c.text.clone() })
+                    .collect(),
+                preconditions: evaluated.preconditions.get(&i).cloned().unwrap_or_else(|| {
+                    step.preconditions
+                        .iter()
+                        .map(|p| PreconditionView { description: p.description.clone(), holds: None, detail: String::new() })
+                        .collect()
+                }),
+                destructive: step.flags.destructive,
+                point_of_no_return: match &step.undo {
+                    Undo::PointOfNoReturn { reason } => Some(reason.clone()),
+                    _ => None,
+                },
+                confirm_word: plan.params.get("to").cloned(),
+                needs_traffic_stopped: step.flags.needs_traffic_stopped,
+                undo: match &step.undo {
+                    Undo::Reversible { description, .. } => Some(description.clone()),
+                    Undo::PointOfNoReturn { reason } => Some(format!("POINT OF NO RETURN: {reason}")),
+                    Undo::NothingToUndo => None,
+                },
+            }
+        })
+        .collect();
+    RunbookView {
+        runbook: plan.runbook.clone(),
+        fingerprint: plan.fingerprint(),
+        steps,
+        traffic_paused_since: state.traffic_pause.as_ref().map(|p| p.since),
+        pause_bound,
+        running: starting.or_else(|| state.running_step()),
+        baseline: vec![],
+    }
+}
+
+/// The initial view, before the bridge task has evaluated anything.
+pub fn initial_view<A: Actions>(runner: &Runner<A>, pause_bound: Duration) -> RunbookView {
+    view(&runner.plan, &runner.state, &Evaluated::default(), pause_bound, None)
+}
