@@ -26,7 +26,11 @@ const BOUND_TO: &str = "confirmation is bound to";
 /// observation fingerprint for the step.
 pub fn seen(step: &StepView, snapshot: &crate::readings::types::Snapshot) -> String {
     let mut bound = step.clone();
-    for p in bound.preconditions.iter_mut().filter(|p| p.description != BOUND_TO) {
+    for p in bound
+        .preconditions
+        .iter_mut()
+        .filter(|p| p.description != BOUND_TO)
+    {
         p.detail.clear();
     }
     crate::ui::model::default_seen(&bound, snapshot)
@@ -99,17 +103,25 @@ fn step_id(plan: &Plan, index: usize) -> Result<StepId, String> {
         .ok_or_else(|| format!("no step {index}"))
 }
 
-async fn handle<A: Actions>(runner: &mut Runner<A>, evaluated: &Evaluated, request: UiRequest) -> Result<(), String> {
+async fn handle<A: Actions>(
+    runner: &mut Runner<A>,
+    evaluated: &Evaluated,
+    request: UiRequest,
+) -> Result<(), String> {
     match request {
         UiRequest::RunStep { step, confirmation } => {
             let id = step_id(&runner.plan, step)?;
-            let seen = evaluated
-                .seen
-                .get(&step)
-                .cloned()
-                .ok_or_else(|| "the step's readings were not evaluated yet; confirm again in a moment".to_string())?;
-            let confirmation = Confirmation { by: confirmation.by, seen };
-            runner.start(&id, Some(confirmation)).await.map_err(|e| e.to_string())
+            let seen = evaluated.seen.get(&step).cloned().ok_or_else(|| {
+                "the step's readings were not evaluated yet; confirm again in a moment".to_string()
+            })?;
+            let confirmation = Confirmation {
+                by: confirmation.by,
+                seen,
+            };
+            runner
+                .start(&id, Some(confirmation))
+                .await
+                .map_err(|e| e.to_string())
         }
         UiRequest::Rollback { to, by } => {
             let id = step_id(&runner.plan, to)?;
@@ -120,7 +132,10 @@ async fn handle<A: Actions>(runner: &mut Runner<A>, evaluated: &Evaluated, reque
         }
         UiRequest::Skip { step, reason, by } => {
             let id = step_id(&runner.plan, step)?;
-            runner.skip(&id, &by.join(" + "), &reason).await.map_err(|e| e.to_string())
+            runner
+                .skip(&id, &by.join(" + "), &reason)
+                .await
+                .map_err(|e| e.to_string())
         }
         UiRequest::Quit => Ok(()),
     }
@@ -128,7 +143,11 @@ async fn handle<A: Actions>(runner: &mut Runner<A>, evaluated: &Evaluated, reque
 
 /// Evaluate the next step's preconditions and the observations its confirmation binds to.
 async fn evaluate_next<A: Actions>(runner: &mut Runner<A>, evaluated: &mut Evaluated) {
-    let Some(index) = runner.state.next_step(&runner.plan).and_then(|s| runner.plan.index_of(&s.id)) else {
+    let Some(index) = runner
+        .state
+        .next_step(&runner.plan)
+        .and_then(|s| runner.plan.index_of(&s.id))
+    else {
         return;
     };
     let spec = runner.plan.steps[index].clone();
@@ -150,7 +169,10 @@ async fn evaluate_next<A: Actions>(runner: &mut Runner<A>, evaluated: &mut Evalu
             views.push(PreconditionView {
                 description: BOUND_TO.into(),
                 holds: Some(true),
-                detail: format!("seen {}", &requirement.seen[..12.min(requirement.seen.len())]),
+                detail: format!(
+                    "seen {}",
+                    &requirement.seen[..12.min(requirement.seen.len())]
+                ),
             });
             evaluated.seen.insert(index, requirement.seen);
         }
@@ -164,7 +186,13 @@ async fn evaluate_next<A: Actions>(runner: &mut Runner<A>, evaluated: &mut Evalu
 }
 
 /// The engine state as the cockpit shows it.
-fn view(plan: &Plan, state: &EngineState, evaluated: &Evaluated, pause_bound: Duration, starting: Option<usize>) -> RunbookView {
+fn view(
+    plan: &Plan,
+    state: &EngineState,
+    evaluated: &Evaluated,
+    pause_bound: Duration,
+    starting: Option<usize>,
+) -> RunbookView {
     let steps = plan
         .steps
         .iter()
@@ -176,18 +204,29 @@ fn view(plan: &Plan, state: &EngineState, evaluated: &Evaluated, pause_bound: Du
                 StepStatus::Running { started_at } | StepStatus::RollingBack { started_at } => {
                     (StepStatusView::Running, Some(started_at), None)
                 }
-                StepStatus::NeedsRecheck { started_at } | StepStatus::UndoNeedsRecheck { started_at } => {
+                StepStatus::NeedsRecheck { started_at }
+                | StepStatus::UndoNeedsRecheck { started_at } => {
                     (StepStatusView::NeedsRecheck, Some(started_at), None)
                 }
-                StepStatus::Done { finished_at, .. } => (StepStatusView::Done, None, Some(finished_at)),
-                StepStatus::Failed { at, reason } => (StepStatusView::Failed(reason), None, Some(at)),
+                StepStatus::Done { finished_at, .. } => {
+                    (StepStatusView::Done, None, Some(finished_at))
+                }
+                StepStatus::Failed { at, reason } => {
+                    (StepStatusView::Failed(reason), None, Some(at))
+                }
                 StepStatus::Skipped { reason, .. } => (StepStatusView::Skipped(reason), None, None),
                 StepStatus::RolledBack { at } => (StepStatusView::RolledBack, None, Some(at)),
-                StepStatus::RollbackFailed { at, reason } => {
-                    (StepStatusView::Failed(format!("rollback failed: {reason}")), None, Some(at))
-                }
+                StepStatus::RollbackFailed { at, reason } => (
+                    StepStatusView::Failed(format!("rollback failed: {reason}")),
+                    None,
+                    Some(at),
+                ),
             };
-            let status_view = if starting == Some(i) { StepStatusView::Running } else { status_view };
+            let status_view = if starting == Some(i) {
+                StepStatusView::Running
+            } else {
+                status_view
+            };
             StepView {
                 id: step.id.to_string(),
                 title: step.title.clone(),
@@ -197,12 +236,19 @@ fn view(plan: &Plan, state: &EngineState, evaluated: &Evaluated, pause_bound: Du
                 commands: step
                     .commands
                     .iter()
-                    .map(|c| CommandView { target: c.target.clone(), text: c.text.clone() })
+                    .map(|c| CommandView {
+                        target: c.target.clone(),
+                        text: c.text.clone(),
+                    })
                     .collect(),
                 preconditions: evaluated.preconditions.get(&i).cloned().unwrap_or_else(|| {
                     step.preconditions
                         .iter()
-                        .map(|p| PreconditionView { description: p.description.clone(), holds: None, detail: String::new() })
+                        .map(|p| PreconditionView {
+                            description: p.description.clone(),
+                            holds: None,
+                            detail: String::new(),
+                        })
                         .collect()
                 }),
                 destructive: step.flags.destructive,
@@ -214,7 +260,9 @@ fn view(plan: &Plan, state: &EngineState, evaluated: &Evaluated, pause_bound: Du
                 needs_traffic_stopped: step.flags.needs_traffic_stopped,
                 undo: match &step.undo {
                     Undo::Reversible { description, .. } => Some(description.clone()),
-                    Undo::PointOfNoReturn { reason } => Some(format!("POINT OF NO RETURN: {reason}")),
+                    Undo::PointOfNoReturn { reason } => {
+                        Some(format!("POINT OF NO RETURN: {reason}"))
+                    }
                     Undo::NothingToUndo => None,
                 },
             }
@@ -233,5 +281,11 @@ fn view(plan: &Plan, state: &EngineState, evaluated: &Evaluated, pause_bound: Du
 
 /// The initial view, before the bridge task has evaluated anything.
 pub fn initial_view<A: Actions>(runner: &Runner<A>, pause_bound: Duration) -> RunbookView {
-    view(&runner.plan, &runner.state, &Evaluated::default(), pause_bound, None)
+    view(
+        &runner.plan,
+        &runner.state,
+        &Evaluated::default(),
+        pause_bound,
+        None,
+    )
 }

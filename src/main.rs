@@ -251,20 +251,24 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = match (cli.command, cli.inventory) {
         (Some(command), _) => command,
-        (None, Some(inventory)) if std::io::IsTerminal::is_terminal(&std::io::stdout()) => Command::Tui {
-            inventory,
-            runbook: None,
-            params: RunbookParams::default(),
-            run: RunOptions::from_env(),
-            theme: None,
-            readonly: false,
-        },
+        (None, Some(inventory)) if std::io::IsTerminal::is_terminal(&std::io::stdout()) => {
+            Command::Tui {
+                inventory,
+                runbook: None,
+                params: RunbookParams::default(),
+                run: RunOptions::from_env(),
+                theme: None,
+                readonly: false,
+            }
+        }
         (None, Some(_)) => {
             eprintln!("cutover: the cockpit needs a terminal; use a subcommand (see --help)");
             return ExitCode::from(INVALID_INPUT);
         }
         (None, None) => {
-            eprintln!("cutover: give an inventory to open the cockpit, or a subcommand (see --help)");
+            eprintln!(
+                "cutover: give an inventory to open the cockpit, or a subcommand (see --help)"
+            );
             return ExitCode::from(INVALID_INPUT);
         }
     };
@@ -340,9 +344,14 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             reason,
         } => rollback_command(&inventory, &runbook, &params, &run, &to, &reason).await,
         Command::Journal { command } => journal_command(command),
-        Command::Tui { inventory, runbook, params, run, theme, readonly } => {
-            tui_command(&inventory, runbook, &params, &run, theme, readonly).await
-        }
+        Command::Tui {
+            inventory,
+            runbook,
+            params,
+            run,
+            theme,
+            readonly,
+        } => tui_command(&inventory, runbook, &params, &run, theme, readonly).await,
     }
 }
 
@@ -358,13 +367,15 @@ async fn tui_command(
         Ok(inv) => inv,
         Err(code) => return Ok(code),
     };
-    let theme = match cutover::ui::theme::resolve(theme.as_deref(), &cutover::ui::ThemeEnv::from_process()) {
-        Ok(theme) => theme,
-        Err(e) => {
-            eprintln!("cutover: {e}");
-            return Ok(ExitCode::from(INVALID_INPUT));
-        }
-    };
+    let theme =
+        match cutover::ui::theme::resolve(theme.as_deref(), &cutover::ui::ThemeEnv::from_process())
+        {
+            Ok(theme) => theme,
+            Err(e) => {
+                eprintln!("cutover: {e}");
+                return Ok(ExitCode::from(INVALID_INPUT));
+            }
+        };
     let (requests_tx, requests_rx) = tokio::sync::mpsc::channel(8);
     let (updates_tx, updates_rx) = tokio::sync::mpsc::channel(64);
     let mut initial = None;
@@ -375,7 +386,12 @@ async fn tui_command(
         };
         let bound = cutover::executor::Actions::pause_bound(runner.actions());
         initial = Some(cutover::cockpit::initial_view(&runner, bound));
-        tokio::spawn(cutover::cockpit::serve(runner, requests_rx, updates_tx, bound));
+        tokio::spawn(cutover::cockpit::serve(
+            runner,
+            requests_rx,
+            updates_tx,
+            bound,
+        ));
     }
     cutover::ui::run(cutover::ui::TuiOptions {
         inventory: std::sync::Arc::new(inv),

@@ -459,3 +459,73 @@ async fn rehearsal() {
     println!("{}", serde_json::to_string(&report).unwrap());
     assert!(report.error.is_none(), "{:?}", report.error);
 }
+
+/// `cutover lab up --with-target 18`: pg1new runs 18; the main lab's proxy database uses
+/// plproxy, which has no PostgreSQL 18 build here, and preflight says so before anything runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn main_lab_target_runs_18_and_preflight_refuses_an_extension_missing_there() {
+    use cutover::lab::{self, LabConfig, TargetConfig};
+    let dir = std::env::temp_dir().join(format!("cutover-test-{}", uuid::Uuid::new_v4().simple()));
+    let config = LabConfig::on_free_ports(&dir, 100).unwrap();
+    let target = TargetConfig {
+        version: 18,
+        port: cutover::lab::proc::free_port().unwrap(),
+    };
+    struct Down(std::path::PathBuf);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = cutover::lab::down(&self.0);
+        }
+    }
+    let _down = Down(dir.clone());
+    lab::up_with_target(&config, Some(target))
+        .await
+        .expect("lab up --with-target 18");
+    let inventory = cutover::inventory::load(&config.inventory_path()).unwrap();
+    let node = inventory.node("pg1new").expect("pg1new in the inventory");
+    assert_eq!((node.version, node.port), (18, target.port));
+    let version: String = connect(target.port, "postgres")
+        .await
+        .query_one("SHOW server_version_num", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(version.starts_with("18"), "{version}");
+    assert!(
+        has_database(config.pg1_port, APP_DB).await,
+        "the upgrade sample is on pg1"
+    );
+
+    let state = tempfile::tempdir().unwrap();
+    let mut runner = session::open_major_upgrade(&Invocation {
+        inventory_path: config.inventory_path(),
+        runbook: "major-upgrade".into(),
+        params: BTreeMap::from([
+            ("from".to_string(), "pg1".to_string()),
+            ("to".to_string(), "pg1new".to_string()),
+        ]),
+        state_dir: Some(state.path().to_path_buf()),
+        oversight: Oversight::Solo,
+        trust_on_first_use: false,
+        expect_fingerprint: None,
+    })
+    .unwrap();
+    let error = start_step(&mut runner, "preflight")
+        .await
+        .expect_err("refused");
+    match error {
+        RunError::Refused {
+            refusal:
+                Refusal::PreconditionFailed {
+                    precondition,
+                    detail,
+                    ..
+                },
+            ..
+        } => {
+            assert_eq!(precondition, "extensions");
+            assert!(detail.contains("plproxy"), "{detail}");
+        }
+        other => panic!("expected the extensions precondition to fail: {other}"),
+    }
+}

@@ -269,9 +269,20 @@ fn lag_reappearing_makes_a_confirmation_stale() {
     pg1.current_wal_lsn = Some("0/6000000".into());
     moved.replication[0].outcome = cutover::readings::types::Outcome::Ok(pg1.clone());
     update(&mut app.model, Action::Snapshot(Box::new(moved.clone())));
-    // WAL moving with no lag is fine; now lag reappears.
+    // WAL moving with no lag is fine, and so is the few kB a streaming standby trails by
+    // under live traffic; now the standby falls behind for real.
+    let mut trailing = moved.clone();
+    let mut pg1_trailing = pg1.clone();
+    pg1_trailing.senders[0].lag_bytes = Some(8192);
+    trailing.replication[0].outcome = cutover::readings::types::Outcome::Ok(pg1_trailing);
+    let step = app.model.step(11).expect("step 12").clone();
+    assert_eq!(
+        cutover::ui::model::default_seen(&step, &moved),
+        cutover::ui::model::default_seen(&step, &trailing),
+        "normal streaming lag does not make a confirmation stale"
+    );
     let mut lagging = moved;
-    pg1.senders[0].lag_bytes = Some(8192);
+    pg1.senders[0].lag_bytes = Some(64 * 1024 * 1024);
     lagging.replication[0].outcome = cutover::readings::types::Outcome::Ok(pg1);
     update(&mut app.model, Action::Snapshot(Box::new(lagging)));
     assert!(app.key(ch('y')).is_empty());

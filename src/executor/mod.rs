@@ -459,7 +459,10 @@ impl<A: Actions> Runner<A> {
 
     /// The pause outlived its bound: resume first when routing is untouched, then roll back
     /// to before the pause (the engine emits the undo effects).
-    async fn pause_bound_exceeded(&mut self, step: Option<&StepId>) -> Result<VecDeque<Effect>, RunError> {
+    async fn pause_bound_exceeded(
+        &mut self,
+        step: Option<&StepId>,
+    ) -> Result<VecDeque<Effect>, RunError> {
         let paused_for = self.pause_started.map(|s| s.elapsed()).unwrap_or_default();
         self.pause_bound_hit = true;
         if self.actions.resume_is_safe(&self.plan, &self.state) {
@@ -480,7 +483,10 @@ impl<A: Actions> Runner<A> {
             self.journal_report(step, report)?;
         }
         if let Err(reason) = resumed {
-            self.journal_report(step, Report::Output(format!("RESUME after the pause bound failed: {reason}")))?;
+            self.journal_report(
+                step,
+                Report::Output(format!("RESUME after the pause bound failed: {reason}")),
+            )?;
         }
         Ok(())
     }

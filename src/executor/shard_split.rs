@@ -814,16 +814,34 @@ impl ShardSplitActions {
     async fn undo_promote(&mut self, sink: &Sink) -> Result<String, String> {
         let s = self.split.clone();
         if self.target_in_recovery().await == Some(true) {
-            return Ok(format!("{} was never promoted; it is still a standby", s.target.name));
+            return Ok(format!(
+                "{} was never promoted; it is still a standby",
+                s.target.name
+            ));
         }
         if self.target_in_recovery().await.is_some() {
             self.forget_clients();
-            self.host_run(&s.target.host, &s.target.control.stop, HOST_COMMAND_TIMEOUT, sink).await?;
+            self.host_run(
+                &s.target.host,
+                &s.target.control.stop,
+                HOST_COMMAND_TIMEOUT,
+                sink,
+            )
+            .await?;
         }
-        self.host_run(&s.target.host, &s.discard_target_command(), HOST_COMMAND_TIMEOUT, sink).await?;
+        self.host_run(
+            &s.target.host,
+            &s.discard_target_command(),
+            HOST_COMMAND_TIMEOUT,
+            sink,
+        )
+        .await?;
         self.memory.cutover_xid.clear();
         self.remember()?;
-        sink.output(format!("{} served no traffic; rebuilding it as a standby of {}", s.target.name, s.source.name));
+        sink.output(format!(
+            "{} served no traffic; rebuilding it as a standby of {}",
+            s.target.name, s.source.name
+        ));
         self.base_backup(sink).await
     }
 

@@ -167,6 +167,10 @@ pub enum RunbookUpdate {
 /// A confirmation is only submitted if this is unchanged between opening and confirming.
 pub type SeenFn = fn(&StepView, &Snapshot) -> String;
 
+/// Replication lag that makes an open confirmation stale. Under live traffic a healthy standby
+/// is a few kB behind at any instant; only lag past this means the standby fell behind.
+pub const LAG_WORTH_RECONFIRMING_BYTES: i64 = 16 * 1024 * 1024;
+
 /// Default [`SeenFn`]: one line per fact, so a change can be shown line by line.
 ///
 /// Facts: the step id; every precondition with its result and detail; per node, whether it is
@@ -204,7 +208,9 @@ pub fn default_seen(step: &StepView, snapshot: &Snapshot) -> String {
             }
         }
         for s in &value.senders {
-            let lagging = s.lag_bytes.is_some_and(|b| b > 0);
+            let lagging = s
+                .lag_bytes
+                .is_some_and(|b| b > LAG_WORTH_RECONFIRMING_BYTES);
             let _ = write!(
                 out,
                 "{node} → {}: {}, {}",
