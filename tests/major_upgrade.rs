@@ -448,7 +448,7 @@ async fn rehearsal() {
         bench_rows: std::env::var("REHEARSE_ROWS")
             .ok()
             .and_then(|r| r.parse().ok())
-            .unwrap_or(150_000),
+            .unwrap_or(125_000),
         reference: std::env::var("REHEARSE_REFERENCE").map_or(true, |v| v != "no"),
         ..Default::default()
     };

@@ -16,7 +16,7 @@ use std::time::Instant;
 pub struct UpgradeRehearsalOptions {
     /// `dumpall`, `parallel`, `pg-upgrade` or `pg-upgrade-copy`.
     pub method: String,
-    /// Rows in each of the 8 bench tables (1.2M ≈ 360 MB in all, the guide's database size).
+    /// Rows in each of the 8 bench tables (8 × 125k ≈ the guide's 359 MB, 1M-row database).
     pub bench_rows: u64,
     /// Parallel jobs (`parallel`, `pg_upgrade -j`).
     pub jobs: u32,
@@ -28,7 +28,7 @@ impl Default for UpgradeRehearsalOptions {
     fn default() -> Self {
         UpgradeRehearsalOptions {
             method: "parallel".into(),
-            bench_rows: 150_000,
+            bench_rows: 125_000,
             jobs: 2,
             reference: true,
         }
@@ -50,7 +50,7 @@ pub struct SeedPipeline {
     pub total_ms: f64,
 }
 
-/// `pg_dumpall | gzip` with and without `tee | sha512sum` in the pipe (best of two each).
+/// `pg_dumpall | gzip` with and without `tee | sha512sum` in the pipe (best of three each).
 #[derive(Debug, Clone, Serialize)]
 pub struct ChecksumCost {
     pub dump_ms_without: f64,
@@ -275,7 +275,7 @@ fn reference(lab: &UpgradeLab) -> Result<(Option<SeedPipeline>, Option<ChecksumC
     // Same gzip level as the runbook's dump, with and without the in-stream checksum.
     let (mut without, mut with) = (f64::MAX, f64::MAX);
     let level = crate::runbook::major_upgrade::GZIP_LEVEL;
-    for _ in 0..2 {
+    for _ in 0..3 {
         without = without.min(shell_timed(&format!(
             "{old}/pg_dumpall {src} | gzip -{level} > {d}/plain.sql.gz"
         ))?);

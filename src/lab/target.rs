@@ -186,8 +186,8 @@ ALTER TABLE sales.orders OWNER TO app_owner;
 ";
 
 /// Create the sample database `app` on the node at `port` (idempotent) with `rows` orders;
-/// `bench_rows` > 0 adds 8 comparable tables `bench.t1..t8` of that many rows each (about
-/// 380 bytes a row), the shape the rehearsal measures. Returns whether it loaded anything.
+/// `bench_rows` > 0 adds 8 comparable tables `bench.t1..t8` of that many rows each, shaped like
+/// the lab's `forms` (the guide's 359 MB database is 1M such rows). Returns whether it loaded anything.
 pub async fn load_sample(port: u16, rows: u64, bench_rows: u64) -> Result<bool, LabError> {
     let admin = pg::connect(&endpoint(port, "postgres"), SETUP).await?;
     let target = format!("127.0.0.1:{port}");
@@ -232,10 +232,10 @@ pub async fn load_sample(port: u16, rows: u64, bench_rows: u64) -> Result<bool, 
                 &app,
                 &target,
                 &format!(
-                    "CREATE TABLE bench.t{t} (id bigserial PRIMARY KEY, account int NOT NULL, created_at timestamptz NOT NULL, note text NOT NULL, payload jsonb NOT NULL);
-                     INSERT INTO bench.t{t} (account, created_at, note, payload)
-                     SELECT i % 1000, now() - i * interval '1 second', md5(i::text) || md5((i + {t})::text) || md5((i * 7)::text),
-                            jsonb_build_object('seq', i, 'table', {t}, 'tag', md5((i * 3)::text), 'flags', jsonb_build_array(i % 2 = 0, i % 3 = 0))
+                    "CREATE TABLE bench.t{t} (form_id uuid PRIMARY KEY, domain text NOT NULL, received_on timestamptz NOT NULL, payload jsonb NOT NULL);
+                     INSERT INTO bench.t{t} (form_id, domain, received_on, payload)
+                     SELECT gen_random_uuid(), 'domain-' || (i % 20), now() - i * interval '1 second',
+                            jsonb_build_object('seq', i, 'note', md5(i::text), 'table', {t})
                      FROM generate_series(1, {bench_rows}) i;
                      ANALYZE bench.t{t};"
                 ),
