@@ -6,11 +6,11 @@
 //! covers them; the bridge confirms with the engine fingerprint it last published, and the
 //! engine refuses it as stale if a fresh reading differs.
 
-use crate::engine::{Confirmation, EngineState, StepStatus};
+use crate::engine::{Confirmation, StepStatus};
 use crate::executor::{Actions, Runner};
 use crate::runbook::{Plan, StepId, Undo};
 use crate::ui::model::{
-    CommandView, PreconditionView, RunbookUpdate, RunbookView, StepStatusView, StepView, UiRequest,
+    BaselineRow, CommandView, PreconditionView, RunbookUpdate, RunbookView, StepStatusView, StepView, UiRequest,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -61,7 +61,7 @@ pub async fn serve<A: Actions>(
                 if matches!(request, UiRequest::Quit) {
                     return;
                 }
-                let running = view(&runner.plan, &runner.state, &evaluated, pause_bound, request_step(&request));
+                let running = view(&runner, &evaluated, pause_bound, request_step(&request));
                 let _ = updates.send(RunbookUpdate::View(running)).await;
                 if let Err(message) = handle(&mut runner, &evaluated, request).await {
                     let _ = updates.send(RunbookUpdate::Refused(message)).await;
@@ -75,7 +75,7 @@ pub async fn serve<A: Actions>(
                 }
             }
         }
-        let current = view(&runner.plan, &runner.state, &evaluated, pause_bound, None);
+        let current = view(&runner, &evaluated, pause_bound, None);
         if updates.send(RunbookUpdate::View(current)).await.is_err() {
             return;
         }
@@ -186,13 +186,13 @@ async fn evaluate_next<A: Actions>(runner: &mut Runner<A>, evaluated: &mut Evalu
 }
 
 /// The engine state as the cockpit shows it.
-fn view(
-    plan: &Plan,
-    state: &EngineState,
+fn view<A: Actions>(
+    runner: &Runner<A>,
     evaluated: &Evaluated,
     pause_bound: Duration,
     starting: Option<usize>,
 ) -> RunbookView {
+    let (plan, state) = (&runner.plan, &runner.state);
     let steps = plan
         .steps
         .iter()
@@ -275,17 +275,16 @@ fn view(
         traffic_paused_since: state.traffic_pause.as_ref().map(|p| p.since),
         pause_bound,
         running: starting.or_else(|| state.running_step()),
-        baseline: vec![],
+        baseline: runner
+            .actions()
+            .baseline()
+            .into_iter()
+            .map(|b| BaselineRow { node: b.node, database: b.database, table: b.table, total: b.total })
+            .collect(),
     }
 }
 
 /// The initial view, before the bridge task has evaluated anything.
 pub fn initial_view<A: Actions>(runner: &Runner<A>, pause_bound: Duration) -> RunbookView {
-    view(
-        &runner.plan,
-        &runner.state,
-        &Evaluated::default(),
-        pause_bound,
-        None,
-    )
+    view(runner, &Evaluated::default(), pause_bound, None)
 }

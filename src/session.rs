@@ -145,6 +145,12 @@ impl Actions for RunbookActions {
             RunbookActions::MajorUpgrade(a) => a.pause_bound(),
         }
     }
+    fn baseline(&self) -> Vec<crate::executor::BaselineCount> {
+        match self {
+            RunbookActions::ShardSplit(a) => a.baseline(),
+            RunbookActions::MajorUpgrade(a) => a.baseline(),
+        }
+    }
     fn resume_is_safe(&self, plan: &Plan, state: &EngineState) -> bool {
         match self {
             RunbookActions::ShardSplit(a) => a.resume_is_safe(plan, state),

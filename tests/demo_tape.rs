@@ -128,7 +128,7 @@ impl Drop for Tmux {
 }
 
 fn replay_lsns(screen: &str) -> Vec<String> {
-    Regex::new(r"replay (\d+/[0-9A-F]+)")
+    Regex::new(r"replay(?:ed)? +(\d+/[0-9A-F]+)")
         .unwrap()
         .captures_iter(screen)
         .map(|c| c[1].to_string())

@@ -23,6 +23,15 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
+/// Rows of one table of one partition database when the run recorded its baseline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaselineCount {
+    pub node: String,
+    pub database: String,
+    pub table: String,
+    pub total: i64,
+}
+
 /// What an action reports while it runs; journaled as it arrives.
 #[derive(Debug, Clone)]
 pub enum Report {
@@ -79,6 +88,10 @@ pub trait Actions: Send {
     fn force_resume(&mut self, sink: Sink) -> impl Future<Output = Result<String, String>> + Send;
     /// The longest write pause this runbook allows.
     fn pause_bound(&self) -> Duration;
+    /// Baseline counts the run recorded, for the cockpit's Shards pane (none by default).
+    fn baseline(&self) -> Vec<BaselineCount> {
+        Vec::new()
+    }
     /// Whether traffic may resume before the rollback runs: true while nothing that changes
     /// where writes go has started. Otherwise the rollback restores routing first, then resumes.
     fn resume_is_safe(&self, plan: &Plan, state: &EngineState) -> bool;

@@ -1582,6 +1582,18 @@ impl Actions for ShardSplitActions {
         self.split.params.pause_bound
     }
 
+    fn baseline(&self) -> Vec<super::BaselineCount> {
+        if self.memory.baseline.is_empty() {
+            return Vec::new();
+        }
+        vec![super::BaselineCount {
+            node: self.split.source.name.clone(),
+            database: self.split.from.dbname.clone(),
+            table: self.split.inventory.sharded_tables[0].table.clone(),
+            total: self.memory.baseline.values().sum(),
+        }]
+    }
+
     fn resume_is_safe(&self, plan: &Plan, state: &EngineState) -> bool {
         // Until the re-route starts, the routing is the original one: resuming first is safe.
         plan.index_of(&"reroute".into())
