@@ -185,7 +185,7 @@ fn demo_tape_replays_against_the_real_binary() {
             TapeCommand::Wait { pattern, timeout } => {
                 let re = Regex::new(pattern).unwrap();
                 let screen = tmux.wait_for(&re, *timeout);
-                if pattern == "streaming" && !lsn_checked {
+                if pattern == "pg2 standby" && !lsn_checked {
                     // With the load running, the standby's replay LSN moves on the screen.
                     let first = replay_lsns(&screen);
                     assert!(
@@ -203,7 +203,7 @@ fn demo_tape_replays_against_the_real_binary() {
             }
         }
     }
-    assert!(lsn_checked, "the tape waits for the standby to stream");
+    assert!(lsn_checked, "the tape waits for the standby to appear");
 
     let journal = Journal::open(&state_dir).unwrap();
     let run = journal.runs().unwrap().into_iter().next().expect("a run");

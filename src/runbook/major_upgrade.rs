@@ -906,7 +906,7 @@ impl Upgrade {
                             .command(RenderedCommand::shell(&self.target.host, self.scratch_init_command("<source locale>", "<source encoding>")))
                             .command(RenderedCommand::internal("scratch cluster", "the same restore as the next step, then the same validation"))
                             .command(RenderedCommand::shell(&self.target.host, self.scratch_stop_command()))
-                            .verification("the scratch restore raised only allowed errors and validates against the baseline")
+                            .verification("the scratch restore raised only allowed errors (the real target is untouched)")
                             .flags(needs_stopped),
                     );
                 }
