@@ -10,7 +10,8 @@ use crate::engine::{Confirmation, StepStatus};
 use crate::executor::{Actions, Runner};
 use crate::runbook::{Plan, StepId, Undo};
 use crate::ui::model::{
-    BaselineRow, CommandView, PreconditionView, RunbookUpdate, RunbookView, StepStatusView, StepView, UiRequest,
+    BaselineRow, CommandView, PreconditionView, RunbookUpdate, RunbookView, StepStatusView,
+    StepView, UiRequest,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -279,7 +280,12 @@ fn view<A: Actions>(
             .actions()
             .baseline()
             .into_iter()
-            .map(|b| BaselineRow { node: b.node, database: b.database, table: b.table, total: b.total })
+            .map(|b| BaselineRow {
+                node: b.node,
+                database: b.database,
+                table: b.table,
+                total: b.total,
+            })
             .collect(),
     }
 }

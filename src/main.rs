@@ -126,6 +126,12 @@ struct RunbookParams {
     /// Longest write pause before traffic resumes by itself and the run rolls back.
     #[arg(long)]
     pause_bound_ms: Option<u64>,
+    /// major-upgrade: dumpall, parallel, pg-upgrade (--link) or pg-upgrade-copy.
+    #[arg(long)]
+    method: Option<String>,
+    /// major-upgrade: parallel jobs for pg_dump/pg_restore/pg_upgrade.
+    #[arg(long)]
+    jobs: Option<u32>,
 }
 
 impl RunbookParams {
@@ -213,6 +219,11 @@ enum LabCommand {
         pgbouncer_port: u16,
         #[arg(long, default_value_t = 2222)]
         ssh_port: u16,
+        /// Also start a target node `pg1new` of this major version (18) for major-upgrade.
+        #[arg(long)]
+        with_target: Option<u32>,
+        #[arg(long, default_value_t = 54323)]
+        target_port: u16,
     },
     /// Benchmark: a full headless runbook on fresh labs under load, measured.
     Rehearse {
@@ -223,6 +234,9 @@ enum LabCommand {
         runs: u32,
         #[arg(long, default_value_t = 200_000)]
         docs: u64,
+        /// major-upgrade: dumpall, parallel, pg-upgrade or pg-upgrade-copy.
+        #[arg(long, default_value = "dumpall")]
+        method: String,
         #[arg(long)]
         json: bool,
     },
@@ -646,6 +660,8 @@ async fn lab_command(command: LabCommand) -> Result<ExitCode> {
             pg2_port,
             pgbouncer_port,
             ssh_port,
+            with_target,
+            target_port,
         } => {
             let config = lab::LabConfig {
                 dir,
@@ -655,7 +671,11 @@ async fn lab_command(command: LabCommand) -> Result<ExitCode> {
                 pgbouncer_port,
                 ssh_port,
             };
-            let report = lab::up(&config).await?;
+            let target = with_target.map(|version| lab::TargetConfig {
+                version,
+                port: target_port,
+            });
+            let report = lab::up_with_target(&config, target).await?;
             for started in &report.started {
                 eprintln!("started: {started}");
             }
@@ -670,10 +690,28 @@ async fn lab_command(command: LabCommand) -> Result<ExitCode> {
             rate,
             runs,
             docs,
+            method,
             json,
         } => {
+            if runbook == runbook::major_upgrade::RUNBOOK {
+                let options = lab::rehearse_upgrade::UpgradeRehearsalOptions {
+                    method,
+                    ..Default::default()
+                };
+                let report = lab::rehearse_upgrade::major_upgrade(&options).await?;
+                if json {
+                    emit!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    emit!("{}", report.human());
+                }
+                return Ok(if report.error.is_none() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
             if runbook != runbook::shard_split::RUNBOOK {
-                eprintln!("cutover: lab rehearse knows: shard-split");
+                eprintln!("cutover: lab rehearse knows: shard-split, major-upgrade");
                 return Ok(ExitCode::from(INVALID_INPUT));
             }
             let summary =

@@ -6,24 +6,40 @@ use std::process::Command;
 const LAB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/inventories/lab.yaml");
 
 fn cutover(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_cutover")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn split(extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = ["--from", "p1", "--to", "p2", "--node", "pg2", "--shards", "512-1023"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> = [
+        "--from", "p1", "--to", "p2", "--node", "pg2", "--shards", "512-1023",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
 
 fn plan_fingerprint(extra: &[&str]) -> String {
-    let mut args = vec!["plan".to_string(), LAB.to_string(), "shard-split".to_string()];
+    let mut args = vec![
+        "plan".to_string(),
+        LAB.to_string(),
+        "shard-split".to_string(),
+    ];
     args.extend(split(extra));
     args.extend(["--format".to_string(), "json".to_string()]);
-    let out = Command::new(env!("CARGO_BIN_EXE_cutover")).args(&args).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(plan["steps"].as_array().unwrap().len(), 14);
     plan["fingerprint"].as_str().unwrap().to_string()
@@ -38,38 +54,83 @@ fn the_markdown_plan_shows_the_exact_sql_and_the_fingerprint() {
     assert!(out.status.success());
     let md = String::from_utf8_lossy(&out.stdout);
     let fingerprint = plan_fingerprint(&[]);
-    assert!(md.contains(&fingerprint), "the review document carries the fingerprint");
+    assert!(
+        md.contains(&fingerprint),
+        "the review document carries the fingerprint"
+    );
     assert!(md.contains(r#"ALTER DATABASE "commcarehq_p1" RENAME TO "commcarehq_p2""#));
     assert!(md.contains("SET p0512 'dbname=commcarehq_p2 host=127.0.0.1 port=6432'"));
-    assert!(md.contains("POINT OF NO RETURN"), "the point of no return is stated");
+    assert!(
+        md.contains("POINT OF NO RETURN"),
+        "the point of no return is stated"
+    );
 }
 
 #[test]
 fn the_fingerprint_changes_with_the_parameters() {
     assert_eq!(plan_fingerprint(&[]), plan_fingerprint(&[]), "stable");
-    assert_ne!(plan_fingerprint(&[]), plan_fingerprint(&["--pause-bound-ms", "5000"]));
+    assert_ne!(
+        plan_fingerprint(&[]),
+        plan_fingerprint(&["--pause-bound-ms", "5000"])
+    );
 }
 
 #[test]
 fn a_run_refuses_a_plan_that_changed_since_review() {
     let state = tempfile::tempdir().unwrap();
     let mut args = vec!["run", LAB, "shard-split"];
-    let params = split(&["--yes", "--expect-fingerprint", "0000", "--state-dir", state.path().to_str().unwrap()]);
+    let params = split(&[
+        "--yes",
+        "--expect-fingerprint",
+        "0000",
+        "--state-dir",
+        state.path().to_str().unwrap(),
+    ]);
     args.extend(params.iter().map(String::as_str));
     let out = cutover(&args);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("changed since it was reviewed"), "{stderr}");
-    assert!(stderr.contains(&plan_fingerprint(&[])), "it names the current fingerprint: {stderr}");
+    assert!(
+        stderr.contains(&plan_fingerprint(&[])),
+        "it names the current fingerprint: {stderr}"
+    );
 }
 
 #[test]
 fn bad_parameters_are_refused_with_the_reason() {
-    let out = cutover(&["plan", LAB, "shard-split", "--from", "p1", "--to", "p2", "--node", "pg2", "--shards", "100-1023"]);
+    let out = cutover(&[
+        "plan",
+        LAB,
+        "shard-split",
+        "--from",
+        "p1",
+        "--to",
+        "p2",
+        "--node",
+        "pg2",
+        "--shards",
+        "0-511",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("upper part of p1's range") && stderr.contains("512-1023"), "{stderr}");
-    let out = cutover(&["plan", LAB, "shard-split", "--from", "p9", "--to", "p2", "--node", "pg2", "--shards", "512-1023"]);
+    assert!(
+        stderr.contains("upper part of p1's range") && stderr.contains("512-1023"),
+        "{stderr}"
+    );
+    let out = cutover(&[
+        "plan",
+        LAB,
+        "shard-split",
+        "--from",
+        "p9",
+        "--to",
+        "p2",
+        "--node",
+        "pg2",
+        "--shards",
+        "512-1023",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("partition `p9` is not in the inventory"));
     let out = cutover(&["plan", LAB, "no-such-runbook"]);
