@@ -433,22 +433,22 @@ fn plan_command(
         Ok(inv) => inv,
         Err(code) => return Ok(code),
     };
-    let planned = match session::plan(&inv, runbook, &params.to_map()) {
-        Ok(planned) => planned,
+    let plan = match session::plan(&inv, runbook, &params.to_map()) {
+        Ok(plan) => plan,
         Err(e) => {
             eprintln!("cutover: {e}");
             return Ok(ExitCode::from(INVALID_INPUT));
         }
     };
     match format {
-        PlanFormat::Md => emit!("{}", planned.plan.to_markdown()),
+        PlanFormat::Md => emit!("{}", plan.to_markdown()),
         PlanFormat::Json => {
-            let mut value: serde_json::Value = serde_json::from_str(&planned.plan.to_json()?)?;
-            value["fingerprint"] = serde_json::Value::String(planned.plan.fingerprint());
+            let mut value: serde_json::Value = serde_json::from_str(&plan.to_json()?)?;
+            value["fingerprint"] = serde_json::Value::String(plan.fingerprint());
             emit!("{}", serde_json::to_string_pretty(&value)?)
         }
     }
-    eprintln!("fingerprint: {}", planned.plan.fingerprint());
+    eprintln!("fingerprint: {}", plan.fingerprint());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -54,46 +54,70 @@ pub struct Invocation {
     pub expect_fingerprint: Option<String>,
 }
 
-/// A generated plan with what produced it.
-pub struct Planned {
-    pub plan: Plan,
-    /// The resolved split, for `shard-split` plans.
-    pub split: Option<Split>,
-    /// The resolved upgrade, for `major-upgrade` plans.
-    pub upgrade: Option<Upgrade>,
-}
-
-/// Generate the plan of `runbook` on `inventory`.
+/// Generate the plan of `runbook` on `inventory`, for review (`cutover plan`).
 pub fn plan(
     inventory: &Inventory,
     runbook: &str,
     params: &BTreeMap<String, String>,
-) -> Result<Planned, SessionError> {
+) -> Result<Plan, SessionError> {
     match runbook {
-        crate::runbook::shard_split::RUNBOOK => {
-            let split = Split::resolve(
-                inventory,
-                SplitParams::from_map(params).map_err(SplitError::Param)?,
-            )?;
-            Ok(Planned {
-                plan: split.plan()?,
-                split: Some(split),
-                upgrade: None,
-            })
-        }
-        crate::runbook::major_upgrade::RUNBOOK => {
-            let upgrade = Upgrade::resolve(
-                inventory,
-                UpgradeParams::from_map(params).map_err(UpgradeError::Param)?,
-            )?;
-            Ok(Planned {
-                plan: upgrade.plan()?,
-                split: None,
-                upgrade: Some(upgrade),
-            })
-        }
+        crate::runbook::shard_split::RUNBOOK => Ok(shard_split_run(inventory, params)?.0),
+        crate::runbook::major_upgrade::RUNBOOK => Ok(major_upgrade_run(inventory, params)?.0),
         other => Err(SessionError::UnknownRunbook(other.to_string())),
     }
+}
+
+/// A runbook's plan and how to build its actions once the run (and its directory) exists.
+type Built<A> = (Plan, Box<dyn FnOnce(RunSetup) -> Result<A, String>>);
+
+fn shard_split_run(
+    inventory: &Inventory,
+    params: &BTreeMap<String, String>,
+) -> Result<Built<ShardSplitActions>, SessionError> {
+    let split = Split::resolve(
+        inventory,
+        SplitParams::from_map(params).map_err(SplitError::Param)?,
+    )?;
+    let plan = split.plan()?;
+    Ok((
+        plan,
+        Box::new(move |setup: RunSetup| {
+            ShardSplitActions::new(
+                split,
+                setup.inventory_path,
+                setup.run_dir,
+                setup.trust_on_first_use,
+            )
+        }),
+    ))
+}
+
+fn major_upgrade_run(
+    inventory: &Inventory,
+    params: &BTreeMap<String, String>,
+) -> Result<Built<MajorUpgradeActions>, SessionError> {
+    let upgrade = Upgrade::resolve(
+        inventory,
+        UpgradeParams::from_map(params).map_err(UpgradeError::Param)?,
+    )?;
+    let plan = upgrade.plan()?;
+    Ok((
+        plan,
+        Box::new(move |setup: RunSetup| {
+            MajorUpgradeActions::new(
+                upgrade,
+                setup.inventory_path,
+                setup.run_dir,
+                setup.trust_on_first_use,
+            )
+        }),
+    ))
+}
+
+/// Wrap a runbook's concrete actions into [`RunbookActions`].
+fn erased<A: 'static>(built: Built<A>, wrap: fn(A) -> RunbookActions) -> Built<RunbookActions> {
+    let (plan, make) = built;
+    (plan, Box::new(move |setup| make(setup).map(wrap)))
 }
 
 fn run_dir(state_dir: &Path, run_id: &RunId) -> PathBuf {
@@ -163,81 +187,31 @@ impl Actions for RunbookActions {
 pub fn open(invocation: &Invocation) -> Result<Runner<RunbookActions>, SessionError> {
     match invocation.runbook.as_str() {
         crate::runbook::shard_split::RUNBOOK => open_run(invocation, |inventory, params| {
-            let split = Split::resolve(
-                inventory,
-                SplitParams::from_map(params).map_err(SplitError::Param)?,
-            )?;
-            let plan = split.plan()?;
-            Ok((plan, move |setup: RunSetup| {
-                ShardSplitActions::new(
-                    split,
-                    setup.inventory_path,
-                    setup.run_dir,
-                    setup.trust_on_first_use,
-                )
-                .map(|actions| RunbookActions::ShardSplit(Box::new(actions)))
+            Ok(erased(shard_split_run(inventory, params)?, |a| {
+                RunbookActions::ShardSplit(Box::new(a))
             }))
         }),
         crate::runbook::major_upgrade::RUNBOOK => open_run(invocation, |inventory, params| {
-            let upgrade = Upgrade::resolve(
-                inventory,
-                UpgradeParams::from_map(params).map_err(UpgradeError::Param)?,
-            )?;
-            let plan = upgrade.plan()?;
-            Ok((plan, move |setup: RunSetup| {
-                MajorUpgradeActions::new(
-                    upgrade,
-                    setup.inventory_path,
-                    setup.run_dir,
-                    setup.trust_on_first_use,
-                )
-                .map(|actions| RunbookActions::MajorUpgrade(Box::new(actions)))
+            Ok(erased(major_upgrade_run(inventory, params)?, |a| {
+                RunbookActions::MajorUpgrade(Box::new(a))
             }))
         }),
         other => Err(SessionError::UnknownRunbook(other.to_string())),
     }
 }
 
-/// Open a major-upgrade run with its concrete actions (rehearsals and tests inspect them).
-pub fn open_major_upgrade(
-    invocation: &Invocation,
-) -> Result<Runner<MajorUpgradeActions>, SessionError> {
-    open_run(invocation, |inventory, params| {
-        let upgrade = Upgrade::resolve(
-            inventory,
-            UpgradeParams::from_map(params).map_err(UpgradeError::Param)?,
-        )?;
-        let plan = upgrade.plan()?;
-        Ok((plan, move |setup: RunSetup| {
-            MajorUpgradeActions::new(
-                upgrade,
-                setup.inventory_path,
-                setup.run_dir,
-                setup.trust_on_first_use,
-            )
-        }))
-    })
-}
-
 /// Open a shard-split run with its concrete actions (rehearsals and tests inspect them).
 pub fn open_shard_split(
     invocation: &Invocation,
 ) -> Result<Runner<ShardSplitActions>, SessionError> {
-    open_run(invocation, |inventory, params| {
-        let split = Split::resolve(
-            inventory,
-            SplitParams::from_map(params).map_err(SplitError::Param)?,
-        )?;
-        let plan = split.plan()?;
-        Ok((plan, move |setup: RunSetup| {
-            ShardSplitActions::new(
-                split,
-                setup.inventory_path,
-                setup.run_dir,
-                setup.trust_on_first_use,
-            )
-        }))
-    })
+    open_run(invocation, shard_split_run)
+}
+
+/// Open a major-upgrade run with its concrete actions (rehearsals and tests inspect them).
+pub fn open_major_upgrade(
+    invocation: &Invocation,
+) -> Result<Runner<MajorUpgradeActions>, SessionError> {
+    open_run(invocation, major_upgrade_run)
 }
 
 /// What a runbook's actions get when its run opens.
@@ -251,11 +225,10 @@ pub struct RunSetup {
 /// Resume the unfinished run of this environment and runbook (planned from the inventory it
 /// started with, since a run may rewrite the file), or start a new one from the current
 /// inventory. `build` turns an inventory and parameters into the plan and its actions.
-pub fn open_run<A, F, M>(invocation: &Invocation, build: F) -> Result<Runner<A>, SessionError>
+fn open_run<A, F>(invocation: &Invocation, build: F) -> Result<Runner<A>, SessionError>
 where
     A: Actions,
-    F: FnOnce(&Inventory, &BTreeMap<String, String>) -> Result<(Plan, M), SessionError>,
-    M: FnOnce(RunSetup) -> Result<A, String>,
+    F: FnOnce(&Inventory, &BTreeMap<String, String>) -> Result<Built<A>, SessionError>,
 {
     let state_dir = journal::resolve_state_dir(invocation.state_dir.as_deref())?;
     let journal = Journal::open(&state_dir)?;

@@ -2,29 +2,30 @@
 //! the pgbouncer admin console and host commands. Every action checks before it acts, so a
 //! re-run after a crash converges; commands come from `runbook::major_upgrade`, the reviewed text.
 
+use super::context::{fail, verdict, write_durably, ExecContext};
 use super::{Actions, Sink};
 use crate::engine::{EngineState, Observation, PreconditionResult, StepStatus};
-use crate::inventory::{self, Host, Node};
+use crate::inventory::{self, Node};
 use crate::pg::{self, Endpoint, SessionSettings};
 use crate::pgbouncer_ini;
 use crate::readings::queries;
-use crate::remote::{shell_quote, Hosts, OutputLine};
+use crate::remote::shell_quote;
 use crate::runbook::major_upgrade::{self as plan, Method, Upgrade, BENIGN_RESTORE_ERRORS};
 use crate::runbook::shard_split::{pause_sql, resume_sql, unified_diff};
 use crate::runbook::{Plan, Step};
 use crate::sql::quote_ident;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
-/// Reserved host name for commands that run on the jump host itself (traffic hooks).
-const LOCAL_HOST: &str = "@local";
 const HOST_COMMAND_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 const QUICK_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// The run-dir file that holds [`UpgradeMemory`].
+const MEMORY_FILE: &str = "upgrade.json";
 /// Chunk size when an artifact moves between hosts through the jump host.
 const TRANSFER_CHUNK: u64 = 8 * 1024 * 1024;
 
@@ -132,34 +133,15 @@ pub struct UpgradeMemory {
 
 pub struct MajorUpgradeActions {
     upgrade: Upgrade,
-    hosts: Hosts,
+    /// Hosts, cached connections, and the run dir where backups and [`UpgradeMemory`] live.
+    ctx: ExecContext,
+    /// The inventory file the repoint rewrites (the previous one is kept in the run dir).
     inventory_path: PathBuf,
-    run_dir: PathBuf,
     memory: UpgradeMemory,
-    clients: std::sync::Mutex<HashMap<String, Arc<Client>>>,
-}
-
-fn fail(e: impl std::fmt::Display) -> String {
-    e.to_string()
 }
 
 fn db_err(e: tokio_postgres::Error) -> String {
     pg::error_chain(&e)
-}
-
-fn verdict(id: &str, result: Result<String, String>) -> PreconditionResult {
-    match result {
-        Ok(detail) => PreconditionResult {
-            id: id.into(),
-            holds: true,
-            detail,
-        },
-        Err(detail) => PreconditionResult {
-            id: id.into(),
-            holds: false,
-            detail,
-        },
-    }
 }
 
 impl MajorUpgradeActions {
@@ -169,30 +151,13 @@ impl MajorUpgradeActions {
         run_dir: PathBuf,
         trust_on_first_use: bool,
     ) -> Result<Self, String> {
-        std::fs::create_dir_all(&run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
-        let mut hosts = upgrade.inventory.hosts.clone();
-        hosts.push(Host {
-            name: LOCAL_HOST.into(),
-            local: true,
-            ssh: None,
-        });
-        let memory = std::fs::read_to_string(run_dir.join("upgrade.json"))
-            .ok()
-            .and_then(|text| serde_json::from_str(&text).ok())
-            .unwrap_or_default();
+        let ctx = ExecContext::new(&upgrade.inventory, run_dir, trust_on_first_use)?;
+        let memory = ctx.load_memory(MEMORY_FILE);
         Ok(MajorUpgradeActions {
-            hosts: Hosts::new(
-                hosts,
-                crate::remote::HostOptions {
-                    trust_on_first_use,
-                    ..Default::default()
-                },
-            ),
             upgrade,
+            ctx,
             inventory_path,
-            run_dir,
             memory,
-            clients: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -205,53 +170,11 @@ impl MajorUpgradeActions {
     }
 
     fn remember(&self) -> Result<(), String> {
-        let path = self.run_dir.join("upgrade.json");
-        let text = serde_json::to_string_pretty(&self.memory).map_err(fail)?;
-        write_durably(&path, text.as_bytes())
-    }
-
-    async fn cached(
-        &self,
-        endpoint: Endpoint,
-        settings: SessionSettings,
-    ) -> Result<Arc<Client>, String> {
-        let key = endpoint.label();
-        let reusable = self
-            .clients
-            .lock()
-            .ok()
-            .and_then(|cache| cache.get(&key).filter(|c| !c.is_closed()).cloned());
-        if let Some(client) = reusable {
-            return Ok(client);
-        }
-        let client = Arc::new(pg::connect(&endpoint, settings).await.map_err(fail)?);
-        if let Ok(mut cache) = self.clients.lock() {
-            cache.insert(key, client.clone());
-        }
-        Ok(client)
-    }
-
-    /// Drop cached connections: a node is about to stop or start.
-    fn forget_clients(&self) {
-        if let Ok(mut cache) = self.clients.lock() {
-            cache.clear();
-        }
+        self.ctx.save_memory(MEMORY_FILE, &self.memory)
     }
 
     async fn admin(&self, node: &Node) -> Result<Arc<Client>, String> {
-        self.cached(
-            Endpoint::node(node, &node.maintenance_db),
-            SessionSettings::EXECUTOR,
-        )
-        .await
-    }
-
-    async fn bouncer_admin(&self, bouncer: &inventory::Pgbouncer) -> Result<Arc<Client>, String> {
-        self.cached(
-            Endpoint::pgbouncer_admin(bouncer),
-            SessionSettings::PGBOUNCER,
-        )
-        .await
+        self.ctx.node_client(node, &node.maintenance_db).await
     }
 
     /// Whether `node` answers a query right now (a fresh connection, never a cached one).
@@ -266,49 +189,20 @@ impl MajorUpgradeActions {
         }
     }
 
-    async fn host_run(
-        &self,
-        host: &str,
-        command: &str,
-        timeout: Duration,
-        sink: &Sink,
-    ) -> Result<String, String> {
-        let mut on_line = |line: OutputLine| match line {
-            OutputLine::Stdout(text) | OutputLine::Stderr(text) => {
-                if !text.trim().is_empty() {
-                    sink.output(format!("[{host}] {text}"));
-                }
-            }
-        };
-        self.hosts
-            .run_checked(host, command, timeout, &mut on_line)
-            .await
-            .map(|out| out.stdout)
-            .map_err(fail)
-    }
-
     /// Run quietly and return stdout; the output is not journaled line by line.
     async fn host_read(&self, host: &str, command: &str) -> Result<String, String> {
-        self.hosts
+        self.ctx
+.hosts()
             .run_checked(host, command, QUICK_COMMAND_TIMEOUT, &mut |_| {})
             .await
             .map(|out| out.stdout)
             .map_err(fail)
     }
 
-    fn hook_host(&self) -> String {
-        self.upgrade
-            .inventory
-            .traffic
-            .as_ref()
-            .and_then(|t| t.host.clone())
-            .unwrap_or_else(|| LOCAL_HOST.into())
-    }
-
     async fn paused_aliases(&self) -> Result<BTreeSet<(String, String)>, String> {
         let mut paused = BTreeSet::new();
         for route in &self.upgrade.routes {
-            let admin = self.bouncer_admin(&route.bouncer).await?;
+            let admin = self.ctx.bouncer_admin(&route.bouncer).await?;
             let reading = queries::pgbouncer(&admin, &route.bouncer.name)
                 .await
                 .map_err(fail)?;
@@ -679,7 +573,7 @@ impl MajorUpgradeActions {
             self.remember()?;
         }
         if let Some(hooks) = &self.upgrade.inventory.traffic {
-            self.host_run(&self.hook_host(), &hooks.stop, HOST_COMMAND_TIMEOUT, sink)
+            self.ctx.host_run(self.ctx.hook_host(), &hooks.stop, HOST_COMMAND_TIMEOUT, sink)
                 .await?;
         }
         let wanted = self.upgrade.paused_aliases();
@@ -689,7 +583,7 @@ impl MajorUpgradeActions {
                 sink.output(format!("{alias} is already paused"));
                 continue;
             }
-            let admin = self.bouncer_admin(self.bouncer(bouncer)?).await?;
+            let admin = self.ctx.bouncer_admin(self.bouncer(bouncer)?).await?;
             let started = Instant::now();
             pg::simple_execute(&admin, bouncer, &pause_sql(alias))
                 .await
@@ -727,7 +621,7 @@ impl MajorUpgradeActions {
         let paused = self.paused_aliases().await?;
         for (bouncer, alias) in wanted.iter().rev() {
             if paused.contains(&(bouncer.clone(), alias.clone())) {
-                let admin = self.bouncer_admin(self.bouncer(bouncer)?).await?;
+                let admin = self.ctx.bouncer_admin(self.bouncer(bouncer)?).await?;
                 pg::simple_execute(&admin, bouncer, &resume_sql(alias))
                     .await
                     .map_err(fail)?;
@@ -735,7 +629,7 @@ impl MajorUpgradeActions {
             }
         }
         if let Some(hooks) = &self.upgrade.inventory.traffic {
-            self.host_run(&self.hook_host(), &hooks.start, HOST_COMMAND_TIMEOUT, sink)
+            self.ctx.host_run(self.ctx.hook_host(), &hooks.start, HOST_COMMAND_TIMEOUT, sink)
                 .await?;
         }
         if let Some(stopped) = self.memory.traffic_stopped_at.take() {
@@ -840,7 +734,7 @@ impl MajorUpgradeActions {
         let started = Instant::now();
         let artifact = match u.method() {
             Method::Dumpall => {
-                self.host_run(
+                self.ctx.host_run(
                     &u.source.host,
                     &u.dumpall_command(),
                     HOST_COMMAND_TIMEOUT,
@@ -851,7 +745,7 @@ impl MajorUpgradeActions {
             }
             Method::Parallel => {
                 let databases = self.source_databases().await?;
-                self.host_run(
+                self.ctx.host_run(
                     &u.source.host,
                     &u.globals_dump_command(),
                     HOST_COMMAND_TIMEOUT,
@@ -860,7 +754,7 @@ impl MajorUpgradeActions {
                 .await?;
                 for db in &databases {
                     let one = Instant::now();
-                    self.host_run(
+                    self.ctx.host_run(
                         &u.source.host,
                         &u.database_dump_command(db),
                         HOST_COMMAND_TIMEOUT,
@@ -989,7 +883,8 @@ impl MajorUpgradeActions {
         let chunks = size.div_ceil(TRANSFER_CHUNK).max(1);
         for i in 0..chunks {
             let hex_text = self
-                .hosts
+                .ctx
+                .hosts()
                 .run_checked(
                     &u.source.host,
                     &format!(
@@ -1004,7 +899,8 @@ impl MajorUpgradeActions {
                 .map_err(fail)?
                 .stdout;
             let bytes = hex::decode(hex_text.trim()).map_err(fail)?;
-            self.hosts
+            self.ctx
+.hosts()
                 .upload(
                     &u.target.host,
                     &format!("{path}.part.{i:06}"),
@@ -1052,7 +948,7 @@ impl MajorUpgradeActions {
         scratch.target = u.scratch_node();
         let started = Instant::now();
         let result = async {
-            self.host_run(
+            self.ctx.host_run(
                 &u.target.host,
                 &u.scratch_init_command(&locale, &encoding),
                 HOST_COMMAND_TIMEOUT,
@@ -1063,7 +959,7 @@ impl MajorUpgradeActions {
         }
         .await;
         let stopped = self
-            .host_run(
+            .ctx.host_run(
                 &u.target.host,
                 &u.scratch_stop_command(),
                 QUICK_COMMAND_TIMEOUT,
@@ -1146,7 +1042,7 @@ impl MajorUpgradeActions {
                     .await?;
                 let allowed = self.restore_globals(into, &globals, sink).await?;
                 let started = Instant::now();
-                self.host_run(
+                self.ctx.host_run(
                     host,
                     &into.dumpall_databases_restore_command(&split.to_string()),
                     HOST_COMMAND_TIMEOUT,
@@ -1167,7 +1063,7 @@ impl MajorUpgradeActions {
                 let allowed = self.restore_globals(into, &globals, sink).await?;
                 for db in &self.memory.dumped_databases {
                     let started = Instant::now();
-                    self.host_run(
+                    self.ctx.host_run(
                         host,
                         &into.database_restore_command(db),
                         HOST_COMMAND_TIMEOUT,
@@ -1215,12 +1111,14 @@ impl MajorUpgradeActions {
             script.push('\n');
             script.push_str(&lines[next..].join("\n"));
             script.push('\n');
-            self.hosts
+            self.ctx
+.hosts()
                 .upload(host, &script_path, script.as_bytes(), QUICK_COMMAND_TIMEOUT)
                 .await
                 .map_err(fail)?;
             let output = self
-                .hosts
+                .ctx
+                .hosts()
                 .run(
                     host,
                     &into.globals_restore_command(&script_path),
@@ -1332,7 +1230,7 @@ impl MajorUpgradeActions {
                 .map_err(db_err)?;
             sink.output(format!("dropped roles {} on {}", roles.join(", "), t.name));
         }
-        self.forget_clients();
+        self.ctx.forget_clients();
         Ok(format!(
             "{} is back to its state before the restore",
             t.name
@@ -1342,9 +1240,9 @@ impl MajorUpgradeActions {
     // ---- pg_upgrade -----------------------------------------------------------------------
 
     async fn stop_node(&self, node: &Node, sink: &Sink) -> Result<String, String> {
-        self.forget_clients();
+        self.ctx.forget_clients();
         if Self::answers(node).await {
-            self.host_run(
+            self.ctx.host_run(
                 &node.host,
                 &node.control.stop,
                 QUICK_COMMAND_TIMEOUT * 5,
@@ -1359,9 +1257,9 @@ impl MajorUpgradeActions {
     }
 
     async fn start_node(&self, node: &Node, sink: &Sink) -> Result<String, String> {
-        self.forget_clients();
+        self.ctx.forget_clients();
         if !Self::answers(node).await {
-            self.host_run(
+            self.ctx.host_run(
                 &node.host,
                 &node.control.start,
                 QUICK_COMMAND_TIMEOUT * 5,
@@ -1382,7 +1280,7 @@ impl MajorUpgradeActions {
     async fn stop_target(&self, sink: &Sink) -> Result<String, String> {
         let u = &self.upgrade;
         let stopped = self.stop_node(&u.target, sink).await?;
-        self.host_run(
+        self.ctx.host_run(
             &u.target.host,
             &format!(
                 "mkdir -p {} && {}",
@@ -1405,7 +1303,7 @@ impl MajorUpgradeActions {
         let u = &self.upgrade;
         if recheck && !check_only {
             sink.output("pg_upgrade may have half-run: restoring the pristine target first");
-            self.host_run(
+            self.ctx.host_run(
                 &u.target.host,
                 &u.undo_pg_upgrade_command(),
                 HOST_COMMAND_TIMEOUT,
@@ -1414,7 +1312,7 @@ impl MajorUpgradeActions {
             .await?;
         }
         let started = Instant::now();
-        self.host_run(
+        self.ctx.host_run(
             &u.target.host,
             &u.pg_upgrade_command(check_only),
             HOST_COMMAND_TIMEOUT,
@@ -1436,7 +1334,7 @@ impl MajorUpgradeActions {
                 u.target.name
             ));
         }
-        self.host_run(
+        self.ctx.host_run(
             &u.target.host,
             &u.undo_pg_upgrade_command(),
             HOST_COMMAND_TIMEOUT,
@@ -1511,13 +1409,9 @@ impl MajorUpgradeActions {
         }
     }
 
-    fn backup_path(&self, name: &str) -> PathBuf {
-        self.run_dir.join(name)
-    }
-
     async fn repoint(&self, sink: &Sink) -> Result<String, String> {
         let u = &self.upgrade;
-        let inventory_backup = self.backup_path("inventory.before.yaml");
+        let inventory_backup = self.ctx.path("inventory.before.yaml");
         if !inventory_backup.exists() {
             let current = std::fs::read(&self.inventory_path)
                 .map_err(|e| format!("{}: {e}", self.inventory_path.display()))?;
@@ -1529,7 +1423,7 @@ impl MajorUpgradeActions {
                 .host_read(&b.host, &format!("cat {}", shell_quote(&b.config)))
                 .await?;
             let backup =
-                self.backup_path(&format!("pgbouncer-{}.ini.before", hex::encode(&b.name)));
+                self.ctx.path(&format!("pgbouncer-{}.ini.before", hex::encode(&b.name)));
             if !backup.exists() {
                 write_durably(&backup, ini.as_bytes())?;
             }
@@ -1538,7 +1432,8 @@ impl MajorUpgradeActions {
             });
             if new_ini != ini {
                 sink.output(format!("{}:\n{}", b.config, unified_diff(&ini, &new_ini)));
-                self.hosts
+                self.ctx
+.hosts()
                     .upload(
                         &b.host,
                         &b.config,
@@ -1548,7 +1443,7 @@ impl MajorUpgradeActions {
                     .await
                     .map_err(fail)?;
             }
-            let admin = self.bouncer_admin(b).await?;
+            let admin = self.ctx.bouncer_admin(b).await?;
             pg::simple_execute(&admin, &b.name, "RELOAD")
                 .await
                 .map_err(fail)?;
@@ -1571,20 +1466,21 @@ impl MajorUpgradeActions {
         for route in &u.routes {
             let b = &route.bouncer;
             let backup =
-                self.backup_path(&format!("pgbouncer-{}.ini.before", hex::encode(&b.name)));
+                self.ctx.path(&format!("pgbouncer-{}.ini.before", hex::encode(&b.name)));
             if let Ok(ini) = std::fs::read(&backup) {
-                self.hosts
+                self.ctx
+.hosts()
                     .upload(&b.host, &b.config, &ini, QUICK_COMMAND_TIMEOUT)
                     .await
                     .map_err(fail)?;
-                let admin = self.bouncer_admin(b).await?;
+                let admin = self.ctx.bouncer_admin(b).await?;
                 pg::simple_execute(&admin, &b.name, "RELOAD")
                     .await
                     .map_err(fail)?;
                 sink.output(format!("{} restored and reloaded", b.config));
             }
         }
-        if let Ok(inventory) = std::fs::read(self.backup_path("inventory.before.yaml")) {
+        if let Ok(inventory) = std::fs::read(self.ctx.path("inventory.before.yaml")) {
             write_durably(&self.inventory_path, &inventory)?;
             sink.output(format!("{} restored", self.inventory_path.display()));
         }
@@ -1596,7 +1492,7 @@ impl MajorUpgradeActions {
         let mut wrong = Vec::new();
         let mut count = 0;
         for route in &self.upgrade.routes {
-            let admin = self.bouncer_admin(&route.bouncer).await?;
+            let admin = self.ctx.bouncer_admin(&route.bouncer).await?;
             let reading = queries::pgbouncer(&admin, &route.bouncer.name)
                 .await
                 .map_err(fail)?;
@@ -1628,7 +1524,7 @@ impl MajorUpgradeActions {
         if Self::answers(s).await {
             return Err(format!("{} is running; stop it before retiring it", s.name));
         }
-        self.host_run(
+        self.ctx.host_run(
             &s.host,
             &self.upgrade.retire_command(),
             HOST_COMMAND_TIMEOUT,
@@ -1646,19 +1542,6 @@ pub fn first_psql_error(stderr: &str) -> Option<(u64, String)> {
         let (_, number) = location.rsplit_once(':')?;
         Some((number.trim().parse().ok()?, message.trim().to_string()))
     })
-}
-
-/// Write a file and fsync it, so a crash right after never leaves it half-written.
-fn write_durably(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp-cutover");
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| format!("{}: {e}", path.display()))
 }
 
 impl Actions for MajorUpgradeActions {

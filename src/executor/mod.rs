@@ -8,6 +8,7 @@
 //! - while traffic is paused, an action that overruns the pause bound is cancelled, the run
 //!   rolls back to before the pause, and traffic is resumed even if that rollback stalls.
 
+pub mod context;
 pub mod major_upgrade;
 pub mod shard_split;
 

@@ -2,27 +2,27 @@
 //! the pgbouncer admin console and host commands. Every action checks before it acts, so a
 //! re-run after a crash converges; SQL comes from `runbook::shard_split`, the reviewed text.
 
+use super::context::{fail, verdict, write_durably, ExecContext};
 use super::{Actions, Sink};
 use crate::engine::{EngineState, Observation, PreconditionResult, StepStatus};
-use crate::inventory::{self, Host, Inventory};
-use crate::pg::{self, Endpoint, SessionSettings};
+use crate::inventory::{self, Inventory};
+use crate::pg;
 use crate::pgbouncer_ini;
 use crate::readings::queries;
-use crate::remote::{Hosts, OutputLine};
 use crate::runbook::shard_split::{self as plan, Split, DELETE_BATCH, MAX_LAG_BYTES};
 use crate::runbook::{Plan, Step};
 use crate::sql::{quote_ident, quote_literal, quote_qualified};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
-/// Reserved host name for commands that run on the jump host itself (traffic hooks).
-const LOCAL_HOST: &str = "@local";
 const HOST_COMMAND_TIMEOUT: Duration = Duration::from_secs(3600);
 const QUICK_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// The run-dir file that holds [`SplitMemory`].
+const MEMORY_FILE: &str = "split.json";
 
 /// Values a later step needs, kept in the state dir so a resumed run has them.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -47,19 +47,13 @@ pub struct SplitMemory {
 
 pub struct ShardSplitActions {
     split: Split,
-    hosts: Hosts,
+    /// Hosts, cached connections, and the run dir where backups and [`SplitMemory`] live.
+    ctx: ExecContext,
     /// The inventory file the re-route rewrites (the previous one is kept beside it).
     inventory_path: PathBuf,
-    /// Where backups and [`SplitMemory`] live for this run.
-    run_dir: PathBuf,
     memory: SplitMemory,
-    clients: std::sync::Mutex<HashMap<String, Arc<Client>>>,
     /// How long the LSN gate waits for the standby to replay before refusing.
     pub gate_timeout: Duration,
-}
-
-fn fail(e: impl std::fmt::Display) -> String {
-    e.to_string()
 }
 
 impl ShardSplitActions {
@@ -69,30 +63,13 @@ impl ShardSplitActions {
         run_dir: PathBuf,
         trust_on_first_use: bool,
     ) -> Result<Self, String> {
-        std::fs::create_dir_all(&run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
-        let mut hosts = split.inventory.hosts.clone();
-        hosts.push(Host {
-            name: LOCAL_HOST.into(),
-            local: true,
-            ssh: None,
-        });
-        let memory = std::fs::read_to_string(run_dir.join("split.json"))
-            .ok()
-            .and_then(|text| serde_json::from_str(&text).ok())
-            .unwrap_or_default();
+        let ctx = ExecContext::new(&split.inventory, run_dir, trust_on_first_use)?;
+        let memory = ctx.load_memory(MEMORY_FILE);
         Ok(ShardSplitActions {
-            hosts: Hosts::new(
-                hosts,
-                crate::remote::HostOptions {
-                    trust_on_first_use,
-                    ..Default::default()
-                },
-            ),
             split,
+            ctx,
             inventory_path,
-            run_dir,
             memory,
-            clients: std::sync::Mutex::new(HashMap::new()),
             gate_timeout: Duration::from_secs(5),
         })
     }
@@ -102,9 +79,7 @@ impl ShardSplitActions {
     }
 
     fn remember(&self) -> Result<(), String> {
-        let path = self.run_dir.join("split.json");
-        let text = serde_json::to_string_pretty(&self.memory).map_err(fail)?;
-        write_durably(&path, text.as_bytes())
+        self.ctx.save_memory(MEMORY_FILE, &self.memory)
     }
 
     /// A connection to `dbname` on `node`, reused while it stays open: inside the write
@@ -115,36 +90,7 @@ impl ShardSplitActions {
             .inventory
             .node(node_name)
             .ok_or_else(|| format!("node {node_name} is not in the inventory"))?;
-        self.cached(Endpoint::node(node, dbname), SessionSettings::EXECUTOR)
-            .await
-    }
-
-    async fn cached(
-        &self,
-        endpoint: Endpoint,
-        settings: SessionSettings,
-    ) -> Result<Arc<Client>, String> {
-        let key = endpoint.label();
-        let reusable = self
-            .clients
-            .lock()
-            .ok()
-            .and_then(|cache| cache.get(&key).filter(|c| !c.is_closed()).cloned());
-        if let Some(client) = reusable {
-            return Ok(client);
-        }
-        let client = Arc::new(pg::connect(&endpoint, settings).await.map_err(fail)?);
-        if let Ok(mut cache) = self.clients.lock() {
-            cache.insert(key, client.clone());
-        }
-        Ok(client)
-    }
-
-    /// Drop cached connections to a node that is about to stop or restart.
-    fn forget_clients(&self) {
-        if let Ok(mut cache) = self.clients.lock() {
-            cache.clear();
-        }
+        self.ctx.node_client(node, dbname).await
     }
 
     async fn source_admin(&self) -> Result<Arc<Client>, String> {
@@ -158,41 +104,7 @@ impl ShardSplitActions {
     }
 
     async fn bouncer_admin(&self) -> Result<Arc<Client>, String> {
-        self.cached(
-            Endpoint::pgbouncer_admin(&self.split.bouncer),
-            SessionSettings::PGBOUNCER,
-        )
-        .await
-    }
-
-    async fn host_run(
-        &self,
-        host: &str,
-        command: &str,
-        timeout: Duration,
-        sink: &Sink,
-    ) -> Result<String, String> {
-        let mut on_line = |line: OutputLine| match line {
-            OutputLine::Stdout(text) | OutputLine::Stderr(text) => {
-                if !text.trim().is_empty() {
-                    sink.output(format!("[{host}] {text}"));
-                }
-            }
-        };
-        self.hosts
-            .run_checked(host, command, timeout, &mut on_line)
-            .await
-            .map(|out| out.stdout)
-            .map_err(fail)
-    }
-
-    fn hook_host(&self) -> String {
-        self.split
-            .inventory
-            .traffic
-            .as_ref()
-            .and_then(|t| t.host.clone())
-            .unwrap_or_else(|| LOCAL_HOST.into())
+        self.ctx.bouncer_admin(&self.split.bouncer).await
     }
 
     /// Is the target PostgreSQL up, and in recovery? `None` when it does not answer.
@@ -221,18 +133,6 @@ impl ShardSplitActions {
     // ---- preflight ------------------------------------------------------------------------
 
     async fn preflight(&self) -> Vec<PreconditionResult> {
-        let verdict = |id: &str, result: Result<String, String>| match result {
-            Ok(detail) => PreconditionResult {
-                id: id.into(),
-                holds: true,
-                detail,
-            },
-            Err(detail) => PreconditionResult {
-                id: id.into(),
-                holds: false,
-                detail,
-            },
-        };
         let source_size = self.source_size().await;
         vec![
             verdict(
@@ -297,6 +197,7 @@ impl ShardSplitActions {
         }
         let dir = crate::remote::shell_quote(&self.split.target.data_dir);
         let listing = self
+            .ctx
             .host_run(
                 &self.split.target.host,
                 &format!("test -d {dir} && ls -A {dir} | head -n 5"),
@@ -322,6 +223,7 @@ impl ShardSplitActions {
     async fn check_target_disk(&self, source_size: Result<i64, String>) -> Result<String, String> {
         let needed = source_size?;
         let avail: i64 = self
+            .ctx
             .host_run(
                 &self.split.target.host,
                 &self.split.target_disk_command(),
@@ -346,13 +248,14 @@ impl ShardSplitActions {
     }
 
     async fn check_ssh_and_pgbouncer(&self) -> Result<String, String> {
-        self.host_run(
-            &self.split.target.host,
-            "true",
-            QUICK_COMMAND_TIMEOUT,
-            &Sink::discard(),
-        )
-        .await?;
+        self.ctx
+            .host_run(
+                &self.split.target.host,
+                "true",
+                QUICK_COMMAND_TIMEOUT,
+                &Sink::discard(),
+            )
+            .await?;
         let admin = self.bouncer_admin().await?;
         let version = pg::simple_rows(&admin, &self.split.bouncer.name, "SHOW VERSION")
             .await
@@ -470,6 +373,7 @@ impl ShardSplitActions {
             None => {
                 let dir = crate::remote::shell_quote(&s.target.data_dir);
                 let state = self
+                    .ctx
                     .host_run(&s.target.host, &format!("if [ -f {dir}/standby.signal ]; then echo standby; elif [ -n \"$(ls -A {dir})\" ]; then echo other; else echo empty; fi"), QUICK_COMMAND_TIMEOUT, sink)
                     .await?;
                 match state.trim() {
@@ -483,13 +387,14 @@ impl ShardSplitActions {
                             .simple_query(&plan::drop_slot_sql(&s.slot))
                             .await
                             .map_err(|e| pg::error_chain(&e))?;
-                        self.host_run(
-                            &s.target.host,
-                            &s.basebackup_command(),
-                            HOST_COMMAND_TIMEOUT,
-                            sink,
-                        )
-                        .await?;
+                        self.ctx
+                            .host_run(
+                                &s.target.host,
+                                &s.basebackup_command(),
+                                HOST_COMMAND_TIMEOUT,
+                                sink,
+                            )
+                            .await?;
                     }
                     other => {
                         return Err(format!(
@@ -498,13 +403,14 @@ impl ShardSplitActions {
                         ))
                     }
                 }
-                self.host_run(
-                    &s.target.host,
-                    &s.target.control.start,
-                    HOST_COMMAND_TIMEOUT,
-                    sink,
-                )
-                .await?;
+                self.ctx
+                    .host_run(
+                        &s.target.host,
+                        &s.target.control.start,
+                        HOST_COMMAND_TIMEOUT,
+                        sink,
+                    )
+                    .await?;
             }
         }
         let caught_up = self.wait_caught_up(Duration::from_secs(600), sink).await?;
@@ -560,22 +466,24 @@ impl ShardSplitActions {
     async fn undo_base_backup(&mut self, sink: &Sink) -> Result<String, String> {
         let s = &self.split;
         if self.target_in_recovery().await.is_some() {
-            self.forget_clients();
-            self.host_run(
+            self.ctx.forget_clients();
+            self.ctx
+                .host_run(
+                    &s.target.host,
+                    &s.target.control.stop,
+                    HOST_COMMAND_TIMEOUT,
+                    sink,
+                )
+                .await?;
+        }
+        self.ctx
+            .host_run(
                 &s.target.host,
-                &s.target.control.stop,
+                &s.discard_target_command(),
                 HOST_COMMAND_TIMEOUT,
                 sink,
             )
             .await?;
-        }
-        self.host_run(
-            &s.target.host,
-            &s.discard_target_command(),
-            HOST_COMMAND_TIMEOUT,
-            sink,
-        )
-        .await?;
         let source = self.source_admin().await?;
         drop_slot_when_inactive(&source, &s.slot).await?;
         Ok(format!(
@@ -624,7 +532,13 @@ impl ShardSplitActions {
 
     async fn stop_traffic(&mut self, sink: &Sink) -> Result<String, String> {
         if let Some(hooks) = &self.split.inventory.traffic {
-            self.host_run(&self.hook_host(), &hooks.stop, HOST_COMMAND_TIMEOUT, sink)
+            self.ctx
+                .host_run(
+                    self.ctx.hook_host(),
+                    &hooks.stop,
+                    HOST_COMMAND_TIMEOUT,
+                    sink,
+                )
                 .await?;
         }
         let admin = self.bouncer_admin().await?;
@@ -680,7 +594,13 @@ impl ShardSplitActions {
             self.remember()?;
         }
         if let Some(hooks) = &self.split.inventory.traffic {
-            self.host_run(&self.hook_host(), &hooks.start, HOST_COMMAND_TIMEOUT, sink)
+            self.ctx
+                .host_run(
+                    self.ctx.hook_host(),
+                    &hooks.start,
+                    HOST_COMMAND_TIMEOUT,
+                    sink,
+                )
                 .await?;
         }
         let still: Vec<String> = self
@@ -820,22 +740,24 @@ impl ShardSplitActions {
             ));
         }
         if self.target_in_recovery().await.is_some() {
-            self.forget_clients();
-            self.host_run(
+            self.ctx.forget_clients();
+            self.ctx
+                .host_run(
+                    &s.target.host,
+                    &s.target.control.stop,
+                    HOST_COMMAND_TIMEOUT,
+                    sink,
+                )
+                .await?;
+        }
+        self.ctx
+            .host_run(
                 &s.target.host,
-                &s.target.control.stop,
+                &s.discard_target_command(),
                 HOST_COMMAND_TIMEOUT,
                 sink,
             )
             .await?;
-        }
-        self.host_run(
-            &s.target.host,
-            &s.discard_target_command(),
-            HOST_COMMAND_TIMEOUT,
-            sink,
-        )
-        .await?;
         self.memory.cutover_xid.clear();
         self.remember()?;
         sink.output(format!(
@@ -882,16 +804,13 @@ impl ShardSplitActions {
 
     // ---- re-route ---------------------------------------------------------------------------
 
-    fn backup_path(&self, name: &str) -> PathBuf {
-        self.run_dir.join(name)
-    }
-
     async fn reroute(&self, sink: &Sink) -> Result<String, String> {
         let s = &self.split;
         let b = &s.bouncer;
         // Keep the first copy of what we change: a re-run must not back up its own edit.
-        let ini_backup = self.backup_path("pgbouncer.ini.before");
+        let ini_backup = self.ctx.path("pgbouncer.ini.before");
         let ini = self
+            .ctx
             .host_run(
                 &b.host,
                 &format!("cat {}", crate::remote::shell_quote(&b.config)),
@@ -902,7 +821,7 @@ impl ShardSplitActions {
         if !ini_backup.exists() {
             write_durably(&ini_backup, ini.as_bytes())?;
         }
-        let inventory_backup = self.backup_path("inventory.before.yaml");
+        let inventory_backup = self.ctx.path("inventory.before.yaml");
         if !inventory_backup.exists() {
             let current = std::fs::read(&self.inventory_path)
                 .map_err(|e| format!("{}: {e}", self.inventory_path.display()))?;
@@ -915,7 +834,8 @@ impl ShardSplitActions {
                 "pgbouncer.ini:\n{}",
                 plan::unified_diff(&ini, &new_ini)
             ));
-            self.hosts
+            self.ctx
+                .hosts()
                 .upload(
                     &b.host,
                     &b.config,
@@ -985,9 +905,10 @@ impl ShardSplitActions {
                 ));
             }
         }
-        let ini_backup = self.backup_path("pgbouncer.ini.before");
+        let ini_backup = self.ctx.path("pgbouncer.ini.before");
         if let Ok(ini) = std::fs::read(&ini_backup) {
-            self.hosts
+            self.ctx
+                .hosts()
                 .upload(&b.host, &b.config, &ini, QUICK_COMMAND_TIMEOUT)
                 .await
                 .map_err(fail)?;
@@ -997,7 +918,7 @@ impl ShardSplitActions {
                 .map_err(fail)?;
             sink.output(format!("{} restored and reloaded", b.config));
         }
-        if let Ok(inventory) = std::fs::read(self.backup_path("inventory.before.yaml")) {
+        if let Ok(inventory) = std::fs::read(self.ctx.path("inventory.before.yaml")) {
             write_durably(&self.inventory_path, &inventory)?;
             sink.output(format!("{} restored", self.inventory_path.display()));
         }
@@ -1471,19 +1392,6 @@ async fn drop_slot_when_inactive(client: &Client, slot: &str) -> Result<(), Stri
         }
     }
     Err(format!("slot {slot} stayed active"))
-}
-
-/// Write a file and fsync it, so a crash right after never leaves it half-written.
-fn write_durably(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp-cutover");
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| format!("{}: {e}", path.display()))
 }
 
 impl Actions for ShardSplitActions {
