@@ -3,10 +3,12 @@
 //! per-run directory holding backups and the memory a resumed run needs.
 
 use super::Sink;
-use crate::engine::PreconditionResult;
-use crate::inventory::{Host, Inventory, Node, Pgbouncer};
+use crate::engine::{EngineState, PreconditionResult, StepStatus};
+use crate::inventory::{self, Host, Inventory, Node, Pgbouncer, TrafficHooks};
 use crate::pg::{self, Endpoint, SessionSettings};
 use crate::remote::{HostOptions, Hosts, OutputLine};
+use crate::runbook::shard_split::{unified_diff, LONG_TRANSACTIONS_SQL};
+use crate::runbook::{Plan, Step};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -17,6 +19,10 @@ use tokio_postgres::Client;
 
 /// Reserved host name for commands that run on the jump host itself (traffic hooks).
 pub const LOCAL_HOST: &str = "@local";
+/// The run-dir file that keeps the inventory as it was before the run rewrote it.
+const INVENTORY_BACKUP: &str = "inventory.before.yaml";
+/// How long writing a small file (a pgbouncer config) to a host may take.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What every runbook's actions share for one run.
 pub struct ExecContext {
@@ -25,8 +31,15 @@ pub struct ExecContext {
     clients: Mutex<HashMap<String, Arc<Client>>>,
     /// Where backups and the run's memory files live.
     run_dir: PathBuf,
-    /// Where traffic hooks run: the inventory's traffic host, else [`LOCAL_HOST`].
-    hook_host: String,
+    /// The inventory's traffic hooks, if it has any.
+    traffic: Option<TrafficHooks>,
+}
+
+/// Which of the inventory's traffic hooks to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrafficHook {
+    Stop,
+    Start,
 }
 
 impl ExecContext {
@@ -43,11 +56,6 @@ impl ExecContext {
             local: true,
             ssh: None,
         });
-        let hook_host = inventory
-            .traffic
-            .as_ref()
-            .and_then(|t| t.host.clone())
-            .unwrap_or_else(|| LOCAL_HOST.into());
         Ok(ExecContext {
             hosts: Hosts::new(
                 hosts,
@@ -58,7 +66,7 @@ impl ExecContext {
             ),
             clients: Mutex::new(HashMap::new()),
             run_dir,
-            hook_host,
+            traffic: inventory.traffic.clone(),
         })
     }
 
@@ -66,9 +74,23 @@ impl ExecContext {
         &self.hosts
     }
 
-    /// The host traffic stop/start hooks run on.
-    pub fn hook_host(&self) -> &str {
-        &self.hook_host
+    /// Run the inventory's `hook` command, on its traffic host or else [`LOCAL_HOST`], with
+    /// its output sent to `sink`. Without traffic hooks in the inventory this does nothing.
+    pub async fn run_traffic_hook(
+        &self,
+        hook: TrafficHook,
+        timeout: Duration,
+        sink: &Sink,
+    ) -> Result<(), String> {
+        let Some(hooks) = &self.traffic else {
+            return Ok(());
+        };
+        let command = match hook {
+            TrafficHook::Stop => &hooks.stop,
+            TrafficHook::Start => &hooks.start,
+        };
+        let host = hooks.host.as_deref().unwrap_or(LOCAL_HOST);
+        self.host_run(host, command, timeout, sink).await.map(drop)
     }
 
     /// A connection to `endpoint`, reused while it stays open: inside a write pause every
@@ -157,6 +179,105 @@ impl ExecContext {
     pub fn path(&self, name: &str) -> PathBuf {
         self.run_dir.join(name)
     }
+
+    /// Keep `bytes` as `name` in the run dir unless a copy is there already: a re-run must
+    /// not back up its own edit.
+    pub fn keep_first_copy(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
+        let backup = self.path(name);
+        if backup.exists() {
+            return Ok(());
+        }
+        write_durably(&backup, bytes)
+    }
+
+    /// Keep the inventory file as it was before the first rewrite of this run.
+    pub fn back_up_inventory(&self, inventory_path: &Path) -> Result<(), String> {
+        if self.path(INVENTORY_BACKUP).exists() {
+            return Ok(());
+        }
+        let current = std::fs::read(inventory_path)
+            .map_err(|e| format!("{}: {e}", inventory_path.display()))?;
+        self.keep_first_copy(INVENTORY_BACKUP, &current)
+    }
+
+    /// Write `after` to the inventory file when it differs, showing the diff.
+    pub fn rewrite_inventory(
+        &self,
+        inventory_path: &Path,
+        after: &Inventory,
+        sink: &Sink,
+    ) -> Result<(), String> {
+        let after = inventory::to_yaml(after).map_err(fail)?;
+        let before = std::fs::read_to_string(inventory_path).unwrap_or_default();
+        if before != after {
+            sink.output(format!(
+                "inventory {}:\n{}",
+                inventory_path.display(),
+                unified_diff(&before, &after)
+            ));
+            write_durably(inventory_path, after.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Put back the inventory kept by [`ExecContext::back_up_inventory`], if there is one.
+    pub fn restore_inventory(&self, inventory_path: &Path, sink: &Sink) -> Result<(), String> {
+        if let Ok(inventory) = std::fs::read(self.path(INVENTORY_BACKUP)) {
+            write_durably(inventory_path, &inventory)?;
+            sink.output(format!("{} restored", inventory_path.display()));
+        }
+        Ok(())
+    }
+
+    /// Install `new_ini` as `bouncer`'s config when it differs from `ini` (the diff shown
+    /// under `label`), then RELOAD either way.
+    pub async fn install_pgbouncer_ini(
+        &self,
+        bouncer: &Pgbouncer,
+        label: &str,
+        ini: &str,
+        new_ini: &str,
+        sink: &Sink,
+    ) -> Result<(), String> {
+        if new_ini != ini {
+            sink.output(format!("{label}:\n{}", unified_diff(ini, new_ini)));
+            self.hosts
+                .upload(
+                    &bouncer.host,
+                    &bouncer.config,
+                    new_ini.as_bytes(),
+                    UPLOAD_TIMEOUT,
+                )
+                .await
+                .map_err(fail)?;
+        }
+        self.reload_pgbouncer(bouncer).await
+    }
+
+    /// Put back `bouncer`'s config kept as `backup` in the run dir, if there is one, and RELOAD.
+    pub async fn restore_pgbouncer_ini(
+        &self,
+        bouncer: &Pgbouncer,
+        backup: &str,
+        sink: &Sink,
+    ) -> Result<(), String> {
+        if let Ok(ini) = std::fs::read(self.path(backup)) {
+            self.hosts
+                .upload(&bouncer.host, &bouncer.config, &ini, UPLOAD_TIMEOUT)
+                .await
+                .map_err(fail)?;
+            self.reload_pgbouncer(bouncer).await?;
+            sink.output(format!("{} restored and reloaded", bouncer.config));
+        }
+        Ok(())
+    }
+
+    async fn reload_pgbouncer(&self, bouncer: &Pgbouncer) -> Result<(), String> {
+        let admin = self.bouncer_admin(bouncer).await?;
+        pg::simple_execute(&admin, &bouncer.name, "RELOAD")
+            .await
+            .map_err(fail)
+    }
 }
 
 /// An error as the text an action reports.
@@ -178,6 +299,39 @@ pub fn verdict(id: &str, result: Result<String, String>) -> PreconditionResult {
             detail,
         },
     }
+}
+
+/// The `no-long-transactions` check on `client`'s server: none open longer than 60 s.
+pub async fn check_long_transactions(client: &Client) -> Result<String, String> {
+    let row = client
+        .query_one(LONG_TRANSACTIONS_SQL, &[])
+        .await
+        .map_err(|e| pg::error_chain(&e))?;
+    let (count, longest): (i64, f64) = (row.get(0), row.get(1));
+    if count == 0 {
+        Ok("no transaction open longer than 60 s".into())
+    } else {
+        Err(format!(
+            "{count} transactions open longer than 60 s (longest {longest:.0} s)"
+        ))
+    }
+}
+
+/// Say in the journal that `step` is re-checked first when it may have half-run.
+pub fn announce_recheck(step: &Step, recheck: bool, sink: &Sink) {
+    if recheck {
+        sink.output(format!(
+            "re-checking {} before acting: it may have half-run",
+            step.id
+        ));
+    }
+}
+
+/// Whether `step` has not begun in this run (pending or rolled back), or is not in the plan.
+pub fn not_begun(plan: &Plan, state: &EngineState, step: &str) -> bool {
+    plan.index_of(&step.into())
+        .and_then(|i| state.steps.get(i))
+        .is_none_or(|status| matches!(status, StepStatus::Pending | StepStatus::RolledBack { .. }))
 }
 
 /// Write a file and fsync it, so a crash right after never leaves it half-written.

@@ -2,16 +2,18 @@
 //! the pgbouncer admin console and host commands. Every action checks before it acts, so a
 //! re-run after a crash converges; commands come from `runbook::major_upgrade`, the reviewed text.
 
-use super::context::{fail, verdict, write_durably, ExecContext};
+use super::context::{
+    announce_recheck, check_long_transactions, fail, not_begun, verdict, ExecContext, TrafficHook,
+};
 use super::{Actions, Sink};
-use crate::engine::{EngineState, Observation, PreconditionResult, StepStatus};
+use crate::engine::{EngineState, Observation, PreconditionResult};
 use crate::inventory::{self, Node};
 use crate::pg::{self, Endpoint, SessionSettings};
 use crate::pgbouncer_ini;
 use crate::readings::queries;
 use crate::remote::shell_quote;
 use crate::runbook::major_upgrade::{self as plan, Method, Upgrade, BENIGN_RESTORE_ERRORS};
-use crate::runbook::shard_split::{pause_sql, resume_sql, unified_diff};
+use crate::runbook::shard_split::{pause_sql, resume_sql};
 use crate::runbook::{Plan, Step};
 use crate::sql::quote_ident;
 use chrono::{DateTime, Utc};
@@ -192,7 +194,7 @@ impl MajorUpgradeActions {
     /// Run quietly and return stdout; the output is not journaled line by line.
     async fn host_read(&self, host: &str, command: &str) -> Result<String, String> {
         self.ctx
-.hosts()
+            .hosts()
             .run_checked(host, command, QUICK_COMMAND_TIMEOUT, &mut |_| {})
             .await
             .map(|out| out.stdout)
@@ -537,20 +539,7 @@ impl MajorUpgradeActions {
     }
 
     async fn check_long_transactions(&self) -> Result<String, String> {
-        let row = self
-            .admin(&self.upgrade.source)
-            .await?
-            .query_one(plan::LONG_TRANSACTIONS_SQL, &[])
-            .await
-            .map_err(db_err)?;
-        let (count, longest): (i64, f64) = (row.get(0), row.get(1));
-        if count == 0 {
-            Ok("no transaction open longer than 60 s".into())
-        } else {
-            Err(format!(
-                "{count} transactions open longer than 60 s (longest {longest:.0} s)"
-            ))
-        }
+        check_long_transactions(&*self.admin(&self.upgrade.source).await?).await
     }
 
     async fn check_tools(&self) -> Result<String, String> {
@@ -572,10 +561,9 @@ impl MajorUpgradeActions {
             self.memory.traffic_stopped_at = Some(Utc::now());
             self.remember()?;
         }
-        if let Some(hooks) = &self.upgrade.inventory.traffic {
-            self.ctx.host_run(self.ctx.hook_host(), &hooks.stop, HOST_COMMAND_TIMEOUT, sink)
-                .await?;
-        }
+        self.ctx
+            .run_traffic_hook(TrafficHook::Stop, HOST_COMMAND_TIMEOUT, sink)
+            .await?;
         let wanted = self.upgrade.paused_aliases();
         let already = self.paused_aliases().await?;
         for (bouncer, alias) in &wanted {
@@ -628,10 +616,9 @@ impl MajorUpgradeActions {
                 sink.output(format!("RESUME {alias}"));
             }
         }
-        if let Some(hooks) = &self.upgrade.inventory.traffic {
-            self.ctx.host_run(self.ctx.hook_host(), &hooks.start, HOST_COMMAND_TIMEOUT, sink)
-                .await?;
-        }
+        self.ctx
+            .run_traffic_hook(TrafficHook::Start, HOST_COMMAND_TIMEOUT, sink)
+            .await?;
         if let Some(stopped) = self.memory.traffic_stopped_at.take() {
             let downtime = (Utc::now() - stopped).num_microseconds().unwrap_or(0) as f64 / 1000.0;
             sink.output(format!(
@@ -734,33 +721,36 @@ impl MajorUpgradeActions {
         let started = Instant::now();
         let artifact = match u.method() {
             Method::Dumpall => {
-                self.ctx.host_run(
-                    &u.source.host,
-                    &u.dumpall_command(),
-                    HOST_COMMAND_TIMEOUT,
-                    sink,
-                )
-                .await?;
-                u.dumpall_file()
-            }
-            Method::Parallel => {
-                let databases = self.source_databases().await?;
-                self.ctx.host_run(
-                    &u.source.host,
-                    &u.globals_dump_command(),
-                    HOST_COMMAND_TIMEOUT,
-                    sink,
-                )
-                .await?;
-                for db in &databases {
-                    let one = Instant::now();
-                    self.ctx.host_run(
+                self.ctx
+                    .host_run(
                         &u.source.host,
-                        &u.database_dump_command(db),
+                        &u.dumpall_command(),
                         HOST_COMMAND_TIMEOUT,
                         sink,
                     )
                     .await?;
+                u.dumpall_file()
+            }
+            Method::Parallel => {
+                let databases = self.source_databases().await?;
+                self.ctx
+                    .host_run(
+                        &u.source.host,
+                        &u.globals_dump_command(),
+                        HOST_COMMAND_TIMEOUT,
+                        sink,
+                    )
+                    .await?;
+                for db in &databases {
+                    let one = Instant::now();
+                    self.ctx
+                        .host_run(
+                            &u.source.host,
+                            &u.database_dump_command(db),
+                            HOST_COMMAND_TIMEOUT,
+                            sink,
+                        )
+                        .await?;
                     sink.output(format!(
                         "pg_dump {db}: {:.0} ms",
                         one.elapsed().as_secs_f64() * 1000.0
@@ -900,7 +890,7 @@ impl MajorUpgradeActions {
                 .stdout;
             let bytes = hex::decode(hex_text.trim()).map_err(fail)?;
             self.ctx
-.hosts()
+                .hosts()
                 .upload(
                     &u.target.host,
                     &format!("{path}.part.{i:06}"),
@@ -948,18 +938,20 @@ impl MajorUpgradeActions {
         scratch.target = u.scratch_node();
         let started = Instant::now();
         let result = async {
-            self.ctx.host_run(
-                &u.target.host,
-                &u.scratch_init_command(&locale, &encoding),
-                HOST_COMMAND_TIMEOUT,
-                sink,
-            )
-            .await?;
+            self.ctx
+                .host_run(
+                    &u.target.host,
+                    &u.scratch_init_command(&locale, &encoding),
+                    HOST_COMMAND_TIMEOUT,
+                    sink,
+                )
+                .await?;
             self.restore_into(&scratch, sink).await
         }
         .await;
         let stopped = self
-            .ctx.host_run(
+            .ctx
+            .host_run(
                 &u.target.host,
                 &u.scratch_stop_command(),
                 QUICK_COMMAND_TIMEOUT,
@@ -1042,14 +1034,15 @@ impl MajorUpgradeActions {
                     .await?;
                 let allowed = self.restore_globals(into, &globals, sink).await?;
                 let started = Instant::now();
-                self.ctx.host_run(
-                    host,
-                    &into.dumpall_databases_restore_command(&split.to_string()),
-                    HOST_COMMAND_TIMEOUT,
-                    sink,
-                )
-                .await
-                .map_err(|e| format!("restore failed (ON_ERROR_STOP): {e}"))?;
+                self.ctx
+                    .host_run(
+                        host,
+                        &into.dumpall_databases_restore_command(&split.to_string()),
+                        HOST_COMMAND_TIMEOUT,
+                        sink,
+                    )
+                    .await
+                    .map_err(|e| format!("restore failed (ON_ERROR_STOP): {e}"))?;
                 sink.output(format!(
                     "databases restored in {:.0} ms",
                     started.elapsed().as_secs_f64() * 1000.0
@@ -1063,14 +1056,15 @@ impl MajorUpgradeActions {
                 let allowed = self.restore_globals(into, &globals, sink).await?;
                 for db in &self.memory.dumped_databases {
                     let started = Instant::now();
-                    self.ctx.host_run(
-                        host,
-                        &into.database_restore_command(db),
-                        HOST_COMMAND_TIMEOUT,
-                        sink,
-                    )
-                    .await
-                    .map_err(|e| format!("restore of {db} failed (--exit-on-error): {e}"))?;
+                    self.ctx
+                        .host_run(
+                            host,
+                            &into.database_restore_command(db),
+                            HOST_COMMAND_TIMEOUT,
+                            sink,
+                        )
+                        .await
+                        .map_err(|e| format!("restore of {db} failed (--exit-on-error): {e}"))?;
                     sink.output(format!(
                         "pg_restore {db}: {:.0} ms",
                         started.elapsed().as_secs_f64() * 1000.0
@@ -1112,7 +1106,7 @@ impl MajorUpgradeActions {
             script.push_str(&lines[next..].join("\n"));
             script.push('\n');
             self.ctx
-.hosts()
+                .hosts()
                 .upload(host, &script_path, script.as_bytes(), QUICK_COMMAND_TIMEOUT)
                 .await
                 .map_err(fail)?;
@@ -1242,13 +1236,14 @@ impl MajorUpgradeActions {
     async fn stop_node(&self, node: &Node, sink: &Sink) -> Result<String, String> {
         self.ctx.forget_clients();
         if Self::answers(node).await {
-            self.ctx.host_run(
-                &node.host,
-                &node.control.stop,
-                QUICK_COMMAND_TIMEOUT * 5,
-                sink,
-            )
-            .await?;
+            self.ctx
+                .host_run(
+                    &node.host,
+                    &node.control.stop,
+                    QUICK_COMMAND_TIMEOUT * 5,
+                    sink,
+                )
+                .await?;
         }
         if Self::answers(node).await {
             return Err(format!("{} still answers after stop", node.name));
@@ -1259,13 +1254,14 @@ impl MajorUpgradeActions {
     async fn start_node(&self, node: &Node, sink: &Sink) -> Result<String, String> {
         self.ctx.forget_clients();
         if !Self::answers(node).await {
-            self.ctx.host_run(
-                &node.host,
-                &node.control.start,
-                QUICK_COMMAND_TIMEOUT * 5,
-                sink,
-            )
-            .await?;
+            self.ctx
+                .host_run(
+                    &node.host,
+                    &node.control.start,
+                    QUICK_COMMAND_TIMEOUT * 5,
+                    sink,
+                )
+                .await?;
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         while !Self::answers(node).await {
@@ -1280,17 +1276,18 @@ impl MajorUpgradeActions {
     async fn stop_target(&self, sink: &Sink) -> Result<String, String> {
         let u = &self.upgrade;
         let stopped = self.stop_node(&u.target, sink).await?;
-        self.ctx.host_run(
-            &u.target.host,
-            &format!(
-                "mkdir -p {} && {}",
-                shell_quote(&u.dump_dir),
-                u.save_pristine_command()
-            ),
-            HOST_COMMAND_TIMEOUT,
-            sink,
-        )
-        .await?;
+        self.ctx
+            .host_run(
+                &u.target.host,
+                &format!(
+                    "mkdir -p {} && {}",
+                    shell_quote(&u.dump_dir),
+                    u.save_pristine_command()
+                ),
+                HOST_COMMAND_TIMEOUT,
+                sink,
+            )
+            .await?;
         Ok(format!("{stopped}; pristine copy in {}", u.pristine_dir()))
     }
 
@@ -1303,22 +1300,24 @@ impl MajorUpgradeActions {
         let u = &self.upgrade;
         if recheck && !check_only {
             sink.output("pg_upgrade may have half-run: restoring the pristine target first");
-            self.ctx.host_run(
+            self.ctx
+                .host_run(
+                    &u.target.host,
+                    &u.undo_pg_upgrade_command(),
+                    HOST_COMMAND_TIMEOUT,
+                    sink,
+                )
+                .await?;
+        }
+        let started = Instant::now();
+        self.ctx
+            .host_run(
                 &u.target.host,
-                &u.undo_pg_upgrade_command(),
+                &u.pg_upgrade_command(check_only),
                 HOST_COMMAND_TIMEOUT,
                 sink,
             )
             .await?;
-        }
-        let started = Instant::now();
-        self.ctx.host_run(
-            &u.target.host,
-            &u.pg_upgrade_command(check_only),
-            HOST_COMMAND_TIMEOUT,
-            sink,
-        )
-        .await?;
         Ok(format!(
             "pg_upgrade {} finished in {:.0} ms",
             if check_only { "--check" } else { "" },
@@ -1334,13 +1333,14 @@ impl MajorUpgradeActions {
                 u.target.name
             ));
         }
-        self.ctx.host_run(
-            &u.target.host,
-            &u.undo_pg_upgrade_command(),
-            HOST_COMMAND_TIMEOUT,
-            sink,
-        )
-        .await?;
+        self.ctx
+            .host_run(
+                &u.target.host,
+                &u.undo_pg_upgrade_command(),
+                HOST_COMMAND_TIMEOUT,
+                sink,
+            )
+            .await?;
         Ok(format!(
             "{} re-enabled; {} restored from its pristine copy",
             u.source.data_dir, u.target.data_dir
@@ -1411,79 +1411,33 @@ impl MajorUpgradeActions {
 
     async fn repoint(&self, sink: &Sink) -> Result<String, String> {
         let u = &self.upgrade;
-        let inventory_backup = self.ctx.path("inventory.before.yaml");
-        if !inventory_backup.exists() {
-            let current = std::fs::read(&self.inventory_path)
-                .map_err(|e| format!("{}: {e}", self.inventory_path.display()))?;
-            write_durably(&inventory_backup, &current)?;
-        }
+        self.ctx.back_up_inventory(&self.inventory_path)?;
         for route in &u.routes {
             let b = &route.bouncer;
             let ini = self
                 .host_read(&b.host, &format!("cat {}", shell_quote(&b.config)))
                 .await?;
-            let backup =
-                self.ctx.path(&format!("pgbouncer-{}.ini.before", hex::encode(&b.name)));
-            if !backup.exists() {
-                write_durably(&backup, ini.as_bytes())?;
-            }
+            self.ctx.keep_first_copy(&ini_backup(b), ini.as_bytes())?;
             let new_ini = route.aliases.iter().fold(ini.clone(), |text, alias| {
                 pgbouncer_ini::set_alias(&text, &alias.name, &u.new_alias_target(alias))
             });
-            if new_ini != ini {
-                sink.output(format!("{}:\n{}", b.config, unified_diff(&ini, &new_ini)));
-                self.ctx
-.hosts()
-                    .upload(
-                        &b.host,
-                        &b.config,
-                        new_ini.as_bytes(),
-                        QUICK_COMMAND_TIMEOUT,
-                    )
-                    .await
-                    .map_err(fail)?;
-            }
-            let admin = self.ctx.bouncer_admin(b).await?;
-            pg::simple_execute(&admin, &b.name, "RELOAD")
-                .await
-                .map_err(fail)?;
+            self.ctx
+                .install_pgbouncer_ini(b, &b.config, &ini, &new_ini, sink)
+                .await?;
         }
-        let after = inventory::to_yaml(&u.inventory_after).map_err(fail)?;
-        let before = std::fs::read_to_string(&self.inventory_path).unwrap_or_default();
-        if before != after {
-            sink.output(format!(
-                "inventory {}:\n{}",
-                self.inventory_path.display(),
-                unified_diff(&before, &after)
-            ));
-            write_durably(&self.inventory_path, after.as_bytes())?;
-        }
+        self.ctx
+            .rewrite_inventory(&self.inventory_path, &u.inventory_after, sink)?;
         self.check_routes(&u.target).await
     }
 
     async fn undo_repoint(&self, sink: &Sink) -> Result<String, String> {
         let u = &self.upgrade;
         for route in &u.routes {
-            let b = &route.bouncer;
-            let backup =
-                self.ctx.path(&format!("pgbouncer-{}.ini.before", hex::encode(&b.name)));
-            if let Ok(ini) = std::fs::read(&backup) {
-                self.ctx
-.hosts()
-                    .upload(&b.host, &b.config, &ini, QUICK_COMMAND_TIMEOUT)
-                    .await
-                    .map_err(fail)?;
-                let admin = self.ctx.bouncer_admin(b).await?;
-                pg::simple_execute(&admin, &b.name, "RELOAD")
-                    .await
-                    .map_err(fail)?;
-                sink.output(format!("{} restored and reloaded", b.config));
-            }
+            self.ctx
+                .restore_pgbouncer_ini(&route.bouncer, &ini_backup(&route.bouncer), sink)
+                .await?;
         }
-        if let Ok(inventory) = std::fs::read(self.ctx.path("inventory.before.yaml")) {
-            write_durably(&self.inventory_path, &inventory)?;
-            sink.output(format!("{} restored", self.inventory_path.display()));
-        }
+        self.ctx.restore_inventory(&self.inventory_path, sink)?;
         self.check_routes(&u.source).await
     }
 
@@ -1524,15 +1478,21 @@ impl MajorUpgradeActions {
         if Self::answers(s).await {
             return Err(format!("{} is running; stop it before retiring it", s.name));
         }
-        self.ctx.host_run(
-            &s.host,
-            &self.upgrade.retire_command(),
-            HOST_COMMAND_TIMEOUT,
-            sink,
-        )
-        .await?;
+        self.ctx
+            .host_run(
+                &s.host,
+                &self.upgrade.retire_command(),
+                HOST_COMMAND_TIMEOUT,
+                sink,
+            )
+            .await?;
         Ok(format!("{} deleted; {} is retired", s.data_dir, s.name))
     }
+}
+
+/// The run-dir file that keeps `bouncer`'s config as it was before the repoint.
+fn ini_backup(bouncer: &inventory::Pgbouncer) -> String {
+    format!("pgbouncer-{}.ini.before", hex::encode(&bouncer.name))
 }
 
 /// The first `psql:FILE:LINE: ERROR:  message` in psql's stderr.
@@ -1574,12 +1534,7 @@ impl Actions for MajorUpgradeActions {
     }
 
     async fn action(&mut self, step: &Step, recheck: bool, sink: Sink) -> Result<String, String> {
-        if recheck {
-            sink.output(format!(
-                "re-checking {} before acting: it may have half-run",
-                step.id
-            ));
-        }
+        announce_recheck(step, recheck, &sink);
         let started = Instant::now();
         let result = match step.id.as_str() {
             "preflight" => Ok("every precondition held".into()),
@@ -1641,11 +1596,7 @@ impl Actions for MajorUpgradeActions {
 
     fn resume_is_safe(&self, plan: &Plan, state: &EngineState) -> bool {
         // Until the repoint starts, every alias still routes to the untouched source.
-        plan.index_of(&"repoint".into())
-            .and_then(|i| state.steps.get(i))
-            .is_none_or(|status| {
-                matches!(status, StepStatus::Pending | StepStatus::RolledBack { .. })
-            })
+        not_begun(plan, state, "repoint")
     }
 }
 

@@ -2,10 +2,12 @@
 //! the pgbouncer admin console and host commands. Every action checks before it acts, so a
 //! re-run after a crash converges; SQL comes from `runbook::shard_split`, the reviewed text.
 
-use super::context::{fail, verdict, write_durably, ExecContext};
+use super::context::{
+    announce_recheck, check_long_transactions, fail, not_begun, verdict, ExecContext, TrafficHook,
+};
 use super::{Actions, Sink};
-use crate::engine::{EngineState, Observation, PreconditionResult, StepStatus};
-use crate::inventory::{self, Inventory};
+use crate::engine::{EngineState, Observation, PreconditionResult};
+use crate::inventory::Inventory;
 use crate::pg;
 use crate::pgbouncer_ini;
 use crate::readings::queries;
@@ -23,6 +25,8 @@ const HOST_COMMAND_TIMEOUT: Duration = Duration::from_secs(3600);
 const QUICK_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// The run-dir file that holds [`SplitMemory`].
 const MEMORY_FILE: &str = "split.json";
+/// The run-dir file that keeps pgbouncer.ini as it was before the re-route.
+const INI_BACKUP: &str = "pgbouncer.ini.before";
 
 /// Values a later step needs, kept in the state dir so a resumed run has them.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -315,19 +319,7 @@ impl ShardSplitActions {
     }
 
     async fn check_long_transactions(&self) -> Result<String, String> {
-        let client = self.source_admin().await?;
-        let row = client
-            .query_one(plan::LONG_TRANSACTIONS_SQL, &[])
-            .await
-            .map_err(|e| pg::error_chain(&e))?;
-        let (count, longest): (i64, f64) = (row.get(0), row.get(1));
-        if count == 0 {
-            Ok("no transaction open longer than 60 s".into())
-        } else {
-            Err(format!(
-                "{count} transactions open longer than 60 s (longest {longest:.0} s)"
-            ))
-        }
+        check_long_transactions(&*self.source_admin().await?).await
     }
 
     /// Shard → dbname from the plproxy cluster's options.
@@ -463,7 +455,8 @@ impl ShardSplitActions {
         }
     }
 
-    async fn undo_base_backup(&mut self, sink: &Sink) -> Result<String, String> {
+    /// Stop the target if it runs, then discard its data directory.
+    async fn stop_and_discard_target(&self, sink: &Sink) -> Result<(), String> {
         let s = &self.split;
         if self.target_in_recovery().await.is_some() {
             self.ctx.forget_clients();
@@ -484,6 +477,12 @@ impl ShardSplitActions {
                 sink,
             )
             .await?;
+        Ok(())
+    }
+
+    async fn undo_base_backup(&mut self, sink: &Sink) -> Result<String, String> {
+        let s = &self.split;
+        self.stop_and_discard_target(sink).await?;
         let source = self.source_admin().await?;
         drop_slot_when_inactive(&source, &s.slot).await?;
         Ok(format!(
@@ -531,16 +530,9 @@ impl ShardSplitActions {
     // ---- traffic ----------------------------------------------------------------------------
 
     async fn stop_traffic(&mut self, sink: &Sink) -> Result<String, String> {
-        if let Some(hooks) = &self.split.inventory.traffic {
-            self.ctx
-                .host_run(
-                    self.ctx.hook_host(),
-                    &hooks.stop,
-                    HOST_COMMAND_TIMEOUT,
-                    sink,
-                )
-                .await?;
-        }
+        self.ctx
+            .run_traffic_hook(TrafficHook::Stop, HOST_COMMAND_TIMEOUT, sink)
+            .await?;
         let admin = self.bouncer_admin().await?;
         let already = self.paused_aliases().await?;
         for alias in &self.split.paused_aliases {
@@ -593,16 +585,9 @@ impl ShardSplitActions {
             self.memory.pause_window_ms = Some(window);
             self.remember()?;
         }
-        if let Some(hooks) = &self.split.inventory.traffic {
-            self.ctx
-                .host_run(
-                    self.ctx.hook_host(),
-                    &hooks.start,
-                    HOST_COMMAND_TIMEOUT,
-                    sink,
-                )
-                .await?;
-        }
+        self.ctx
+            .run_traffic_hook(TrafficHook::Start, HOST_COMMAND_TIMEOUT, sink)
+            .await?;
         let still: Vec<String> = self
             .paused_aliases()
             .await?
@@ -739,25 +724,7 @@ impl ShardSplitActions {
                 s.target.name
             ));
         }
-        if self.target_in_recovery().await.is_some() {
-            self.ctx.forget_clients();
-            self.ctx
-                .host_run(
-                    &s.target.host,
-                    &s.target.control.stop,
-                    HOST_COMMAND_TIMEOUT,
-                    sink,
-                )
-                .await?;
-        }
-        self.ctx
-            .host_run(
-                &s.target.host,
-                &s.discard_target_command(),
-                HOST_COMMAND_TIMEOUT,
-                sink,
-            )
-            .await?;
+        self.stop_and_discard_target(sink).await?;
         self.memory.cutover_xid.clear();
         self.remember()?;
         sink.output(format!(
@@ -807,8 +774,6 @@ impl ShardSplitActions {
     async fn reroute(&self, sink: &Sink) -> Result<String, String> {
         let s = &self.split;
         let b = &s.bouncer;
-        // Keep the first copy of what we change: a re-run must not back up its own edit.
-        let ini_backup = self.ctx.path("pgbouncer.ini.before");
         let ini = self
             .ctx
             .host_run(
@@ -818,37 +783,13 @@ impl ShardSplitActions {
                 &Sink::discard(),
             )
             .await?;
-        if !ini_backup.exists() {
-            write_durably(&ini_backup, ini.as_bytes())?;
-        }
-        let inventory_backup = self.ctx.path("inventory.before.yaml");
-        if !inventory_backup.exists() {
-            let current = std::fs::read(&self.inventory_path)
-                .map_err(|e| format!("{}: {e}", self.inventory_path.display()))?;
-            write_durably(&inventory_backup, &current)?;
-        }
+        self.ctx.keep_first_copy(INI_BACKUP, ini.as_bytes())?;
+        self.ctx.back_up_inventory(&self.inventory_path)?;
 
         let new_ini = pgbouncer_ini::set_alias(&ini, &s.to.dbname, &s.new_alias_target());
-        if new_ini != ini {
-            sink.output(format!(
-                "pgbouncer.ini:\n{}",
-                plan::unified_diff(&ini, &new_ini)
-            ));
-            self.ctx
-                .hosts()
-                .upload(
-                    &b.host,
-                    &b.config,
-                    new_ini.as_bytes(),
-                    QUICK_COMMAND_TIMEOUT,
-                )
-                .await
-                .map_err(fail)?;
-        }
-        let admin = self.bouncer_admin().await?;
-        pg::simple_execute(&admin, &b.name, "RELOAD")
-            .await
-            .map_err(fail)?;
+        self.ctx
+            .install_pgbouncer_ini(b, "pgbouncer.ini", &ini, &new_ini, sink)
+            .await?;
 
         if let (Some(proxy), Some(sql)) = (&s.inventory.proxy, s.reroute_sql(&s.to.dbname)) {
             let routes = self.plproxy_routes().await?;
@@ -873,16 +814,8 @@ impl ShardSplitActions {
             }
         }
 
-        let after = inventory::to_yaml(&s.inventory_after).map_err(fail)?;
-        let before = std::fs::read_to_string(&self.inventory_path).unwrap_or_default();
-        if before != after {
-            sink.output(format!(
-                "inventory {}:\n{}",
-                self.inventory_path.display(),
-                plan::unified_diff(&before, &after)
-            ));
-            write_durably(&self.inventory_path, after.as_bytes())?;
-        }
+        self.ctx
+            .rewrite_inventory(&self.inventory_path, &s.inventory_after, sink)?;
         self.check_routing(&s.inventory_after).await
     }
 
@@ -905,23 +838,8 @@ impl ShardSplitActions {
                 ));
             }
         }
-        let ini_backup = self.ctx.path("pgbouncer.ini.before");
-        if let Ok(ini) = std::fs::read(&ini_backup) {
-            self.ctx
-                .hosts()
-                .upload(&b.host, &b.config, &ini, QUICK_COMMAND_TIMEOUT)
-                .await
-                .map_err(fail)?;
-            let admin = self.bouncer_admin().await?;
-            pg::simple_execute(&admin, &b.name, "RELOAD")
-                .await
-                .map_err(fail)?;
-            sink.output(format!("{} restored and reloaded", b.config));
-        }
-        if let Ok(inventory) = std::fs::read(self.ctx.path("inventory.before.yaml")) {
-            write_durably(&self.inventory_path, &inventory)?;
-            sink.output(format!("{} restored", self.inventory_path.display()));
-        }
+        self.ctx.restore_pgbouncer_ini(b, INI_BACKUP, sink).await?;
+        self.ctx.restore_inventory(&self.inventory_path, sink)?;
         self.check_routing(&s.inventory).await
     }
 
@@ -1434,12 +1352,7 @@ impl Actions for ShardSplitActions {
     }
 
     async fn action(&mut self, step: &Step, recheck: bool, sink: Sink) -> Result<String, String> {
-        if recheck {
-            sink.output(format!(
-                "re-checking {} before acting: it may have half-run",
-                step.id
-            ));
-        }
+        announce_recheck(step, recheck, &sink);
         match step.id.as_str() {
             "preflight" => Ok("every precondition held".into()),
             "base-backup" => self.base_backup(&sink).await,
@@ -1504,10 +1417,6 @@ impl Actions for ShardSplitActions {
 
     fn resume_is_safe(&self, plan: &Plan, state: &EngineState) -> bool {
         // Until the re-route starts, the routing is the original one: resuming first is safe.
-        plan.index_of(&"reroute".into())
-            .and_then(|i| state.steps.get(i))
-            .is_none_or(|status| {
-                matches!(status, StepStatus::Pending | StepStatus::RolledBack { .. })
-            })
+        not_begun(plan, state, "reroute")
     }
 }
