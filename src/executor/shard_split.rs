@@ -1051,15 +1051,18 @@ impl ShardSplitActions {
                         .or_default()
                         .push((row.get(0), row.get(2)));
                 }
+                let group_keys: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+                let present: BTreeSet<String> = o
+                    .query(&format!("SELECT {key}::text FROM {qualified} WHERE {key} = ANY($1::text[]::{key_type}[])"), &[&group_keys])
+                    .await
+                    .map_err(|e| pg::error_chain(&e))?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                // Classify per shard: rows the owner lacks that predate the cutover refuse the
+                // shard; rows written after it are strays and move to the owner.
+                let mut candidates: BTreeMap<i64, Vec<String>> = BTreeMap::new();
                 for (shard, keys) in by_shard {
-                    let all: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
-                    let present: BTreeSet<String> = o
-                        .query(&format!("SELECT {key}::text FROM {qualified} WHERE {key} = ANY($1::text[]::{key_type}[])"), &[&all])
-                        .await
-                        .map_err(|e| pg::error_chain(&e))?
-                        .iter()
-                        .map(|r| r.get(0))
-                        .collect();
                     let lost: Vec<&String> = keys
                         .iter()
                         .filter(|(k, after)| !after && !present.contains(k))
@@ -1092,30 +1095,57 @@ impl ShardSplitActions {
                             strays.len(), non_owner.node, owner.node, strays.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
                         ));
                     }
-                    // Proof: the owner holds exactly these keys (count + md5 over sorted keys).
-                    let digest_sql = format!(
-                        "SELECT count(*), md5(string_agg({key}::text, ',' ORDER BY {key}::text)) FROM {qualified} WHERE {key} = ANY($1::text[]::{key_type}[])"
-                    );
-                    let mine = o_digest(&n, &digest_sql, &all).await?;
-                    let theirs = o_digest(&o, &digest_sql, &all).await?;
-                    if mine != theirs {
-                        let message = format!("shard {shard}: owner digest {theirs:?} ≠ {mine:?}");
+                    candidates.insert(shard, keys.into_iter().map(|(k, _)| k).collect());
+                }
+                // Proof, per shard: the owner holds exactly these keys (count + md5 over the
+                // sorted keys), computed on both sides in one query each.
+                let keys: Vec<String> = candidates.values().flatten().cloned().collect();
+                let digest_sql = format!(
+                    "SELECT {shard_expr}, count(*), md5(string_agg({key}::text, ',' ORDER BY {key}::text)) \
+                     FROM {qualified} WHERE {key} = ANY($1::text[]::{key_type}[]) GROUP BY 1"
+                );
+                let mine = shard_digests(&n, &digest_sql, &keys).await?;
+                let theirs = shard_digests(&o, &digest_sql, &keys).await?;
+                let mut proven: Vec<i64> = Vec::new();
+                let mut proven_keys: Vec<String> = Vec::new();
+                for (shard, shard_keys) in candidates {
+                    if mine.get(&shard) == theirs.get(&shard) && mine.contains_key(&shard) {
+                        proven.push(shard);
+                        proven_keys.extend(shard_keys);
+                    } else {
+                        let message = format!(
+                            "shard {shard}: owner digest {:?} ≠ {:?}",
+                            theirs.get(&shard),
+                            mine.get(&shard)
+                        );
                         sink.gate(format!("delete gate refused: {message}"), false);
                         report
                             .refused
                             .push(format!("{}/{}: {message}", non_owner.node, table.table));
                         refused_shards.insert(shard as u32);
-                        continue;
                     }
-                    for batch in all.chunks(DELETE_BATCH) {
-                        wait_for_lag(&n, sink).await?;
-                        let batch: Vec<String> = batch.to_vec();
-                        let deleted = n
-                            .execute(&delete_sql, &[&batch, &shard])
-                            .await
-                            .map_err(|e| pg::error_chain(&e))?;
-                        report.deleted += deleted;
-                    }
+                }
+                if !proven.is_empty() {
+                    sink.gate(
+                        format!(
+                            "{} shards {}–{} proven on {} ({} rows: count + md5 equal)",
+                            proven.len(),
+                            proven[0],
+                            proven[proven.len() - 1],
+                            owner.node,
+                            proven_keys.len()
+                        ),
+                        true,
+                    );
+                }
+                for batch in proven_keys.chunks(DELETE_BATCH) {
+                    wait_for_lag(&n, sink).await?;
+                    let batch: Vec<String> = batch.to_vec();
+                    let deleted = n
+                        .execute(&delete_sql, &[&batch, &proven])
+                        .await
+                        .map_err(|e| pg::error_chain(&e))?;
+                    report.deleted += deleted;
                 }
             }
             if remaining == 0 {
@@ -1227,16 +1257,19 @@ struct CleanReport {
     refused: Vec<String>,
 }
 
-async fn o_digest(
+/// Shard → (rows, md5 of the sorted keys) for the given keys.
+async fn shard_digests(
     client: &Client,
     sql: &str,
     keys: &[String],
-) -> Result<(i64, Option<String>), String> {
-    let row = client
-        .query_one(sql, &[&keys])
+) -> Result<BTreeMap<i64, (i64, Option<String>)>, String> {
+    Ok(client
+        .query(sql, &[&keys])
         .await
-        .map_err(|e| pg::error_chain(&e))?;
-    Ok((row.get(0), row.get(1)))
+        .map_err(|e| pg::error_chain(&e))?
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect())
 }
 
 async fn key_type(client: &Client, table: &str, column: &str) -> Result<String, String> {

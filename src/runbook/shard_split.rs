@@ -564,7 +564,7 @@ impl Split {
                      2. on the owner: which of those keys exist\n\
                      3. keys missing on the owner and written after the cutover are stray writes: copy them to the owner\n\
                      4. keys missing on the owner and older than the cutover: REFUSE the shard (the owner lacks rows)\n\
-                     5. prove count + md5 of the keys equal on both sides\n\
+                     5. prove count + md5 of the keys equal on both sides, per shard\n\
                      6. delete in batches of {DELETE_BATCH} keys, pausing while replication lag > {} MB",
                     MAX_LAG_BYTES / 1_000_000
                 ),
@@ -647,11 +647,11 @@ impl Split {
     }
 
     /// One batch of the verified delete: `$1` holds keys proven present on the owner, `$2`
-    /// the shard, which guards against a wrong key list. `key_type` is the key column's type
+    /// the proven shards, which guards against a wrong key list. `key_type` is the key column's type
     /// (looked up at run time; the plan shows a placeholder).
     pub fn delete_batch_sql(&self, table: &ShardedTable, key_type: &str) -> String {
         format!(
-            "DELETE FROM {} WHERE {} = ANY($1::text[]::{key_type}[]) AND (({}) & {})::int8 = $2",
+            "DELETE FROM {} WHERE {} = ANY($1::text[]::{key_type}[]) AND (({}) & {})::int8 = ANY($2::int8[])",
             quote_qualified(&table.table),
             quote_ident(&table.key[0]),
             table.hash,
