@@ -6,8 +6,9 @@
 //! covers them; the bridge confirms with the engine fingerprint it last published, and the
 //! engine refuses it as stale if a fresh reading differs.
 
-use crate::engine::{Confirmation, StepStatus};
+use crate::engine::{Confirmation, EngineSettings, EngineState, StepStatus};
 use crate::executor::{Actions, Runner};
+use crate::journal::Journal;
 use crate::runbook::{Plan, StepId, Undo};
 use crate::ui::model::{
     BaselineRow, CommandView, PreconditionView, RunbookUpdate, RunbookView, StepStatusView,
@@ -193,7 +194,35 @@ fn view<A: Actions>(
     pause_bound: Duration,
     starting: Option<usize>,
 ) -> RunbookView {
-    let (plan, state) = (&runner.plan, &runner.state);
+    let baseline = runner
+        .actions()
+        .baseline()
+        .into_iter()
+        .map(|b| BaselineRow {
+            node: b.node,
+            database: b.database,
+            table: b.table,
+            total: b.total,
+        })
+        .collect();
+    state_view(
+        &runner.plan,
+        &runner.state,
+        evaluated,
+        pause_bound,
+        starting,
+        baseline,
+    )
+}
+
+fn state_view(
+    plan: &Plan,
+    state: &EngineState,
+    evaluated: &Evaluated,
+    pause_bound: Duration,
+    starting: Option<usize>,
+    baseline: Vec<BaselineRow>,
+) -> RunbookView {
     let steps = plan
         .steps
         .iter()
@@ -276,21 +305,48 @@ fn view<A: Actions>(
         traffic_paused_since: state.traffic_pause.as_ref().map(|p| p.since),
         pause_bound,
         running: starting.or_else(|| state.running_step()),
-        baseline: runner
-            .actions()
-            .baseline()
-            .into_iter()
-            .map(|b| BaselineRow {
-                node: b.node,
-                database: b.database,
-                table: b.table,
-                total: b.total,
-            })
-            .collect(),
+        baseline,
     }
 }
 
 /// The initial view, before the bridge task has evaluated anything.
 pub fn initial_view<A: Actions>(runner: &Runner<A>, pause_bound: Duration) -> RunbookView {
     view(runner, &Evaluated::default(), pause_bound, None)
+}
+
+/// Read-only cockpit (`--readonly`): follow the journal of this plan's run — someone else's,
+/// in another terminal — without opening, creating or driving a run.
+pub async fn follow(
+    journal: Journal,
+    plan: Plan,
+    pause_bound: Duration,
+    updates: mpsc::Sender<RunbookUpdate>,
+) {
+    let fingerprint = plan.fingerprint();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let run = journal
+            .runs()
+            .ok()
+            .and_then(|runs| runs.into_iter().find(|r| r.fingerprint == fingerprint));
+        let state = run
+            .and_then(|r| journal.entries(&r.run_id).ok())
+            .and_then(|entries| {
+                EngineState::replay(&plan, EngineSettings::default(), entries.iter()).ok()
+            })
+            .unwrap_or_else(|| EngineState::new(&plan, EngineSettings::default()));
+        let view = state_view(
+            &plan,
+            &state,
+            &Evaluated::default(),
+            pause_bound,
+            None,
+            vec![],
+        );
+        if updates.send(RunbookUpdate::View(view)).await.is_err() {
+            return;
+        }
+    }
 }

@@ -394,18 +394,43 @@ async fn tui_command(
     let (updates_tx, updates_rx) = tokio::sync::mpsc::channel(64);
     let mut initial = None;
     if let Some(runbook) = runbook {
-        let runner = match session::open(&invocation(file, &runbook, params, run, None)) {
-            Ok(runner) => runner,
-            Err(e) => return Ok(report_session_error(e)),
-        };
-        let bound = cutover::executor::Actions::pause_bound(runner.actions());
-        initial = Some(cutover::cockpit::initial_view(&runner, bound));
-        tokio::spawn(cutover::cockpit::serve(
-            runner,
-            requests_rx,
-            updates_tx,
-            bound,
-        ));
+        if readonly {
+            // Watch, never drive: no run is opened or created; the journal is followed. The
+            // plan of a run in progress comes from the journal (its re-route may have rewritten
+            // the inventory since); otherwise it is generated from the inventory.
+            let journal =
+                journal::Journal::open(&journal::resolve_state_dir(run.state_dir.as_deref())?)?;
+            let in_progress = journal
+                .latest_unfinished_run(&inv.environment, &runbook)?
+                .and_then(|meta| runbook::Plan::from_json(&meta.plan_json).ok());
+            let plan = match in_progress {
+                Some(plan) => plan,
+                None => match session::plan(&inv, &runbook, &params.to_map()) {
+                    Ok(plan) => plan,
+                    Err(e) => return Ok(report_session_error(e)),
+                },
+            };
+            let bound = Duration::from_millis(
+                plan.params
+                    .get("pause-bound-ms")
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(10_000),
+            );
+            tokio::spawn(cutover::cockpit::follow(journal, plan, bound, updates_tx));
+        } else {
+            let runner = match session::open(&invocation(file, &runbook, params, run, None)) {
+                Ok(runner) => runner,
+                Err(e) => return Ok(report_session_error(e)),
+            };
+            let bound = cutover::executor::Actions::pause_bound(runner.actions());
+            initial = Some(cutover::cockpit::initial_view(&runner, bound));
+            tokio::spawn(cutover::cockpit::serve(
+                runner,
+                requests_rx,
+                updates_tx,
+                bound,
+            ));
+        }
     }
     cutover::ui::run(cutover::ui::TuiOptions {
         inventory: std::sync::Arc::new(inv),
