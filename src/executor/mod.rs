@@ -210,13 +210,7 @@ impl<A: Actions> Runner<A> {
         let step = command_step(&command);
         let (state, effects) = engine::apply(&self.state, &self.plan, Utc::now(), command)
             .map_err(|refusal| RunError::Refused { step, refusal })?;
-        let was_paused = self.state.traffic_paused();
-        self.state = state;
-        match (was_paused, self.state.traffic_paused()) {
-            (false, true) => self.pause_started = Some(Instant::now()),
-            (true, false) => self.pause_started = None,
-            _ => {}
-        }
+        // Durable first: the in-memory state never runs ahead of the journal.
         let mut rest = VecDeque::new();
         for effect in effects {
             match effect {
@@ -225,6 +219,13 @@ impl<A: Actions> Runner<A> {
                 }
                 other => rest.push_back(other),
             }
+        }
+        let was_paused = self.state.traffic_paused();
+        self.state = state;
+        match (was_paused, self.state.traffic_paused()) {
+            (false, true) => self.pause_started = Some(Instant::now()),
+            (true, false) => self.pause_started = None,
+            _ => {}
         }
         Ok(rest)
     }
