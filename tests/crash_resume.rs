@@ -123,17 +123,9 @@ async fn killed_runs_resume_to_the_same_end_state() {
         entries.iter().any(|e| e.detail.contains("re-checking")),
         "a half-run step was re-checked"
     );
-    let admin = cutover::pg::connect(
-        &cutover::pg::Endpoint::pgbouncer_admin(&lab.inventory.pgbouncers[0]),
-        cutover::pg::SessionSettings::PGBOUNCER,
-    )
-    .await
-    .unwrap();
-    let pools = cutover::readings::queries::pgbouncer(&admin, "pgbouncer")
-        .await
-        .unwrap();
-    assert!(
-        pools.databases.iter().all(|d| !d.paused),
+    assert_eq!(
+        paused_aliases(&lab).await,
+        Vec::<String>::new(),
         "traffic flows at the end"
     );
 }

@@ -324,17 +324,9 @@ async fn a_hanging_step_resumes_traffic_within_the_bound_and_fails_the_run() {
         resumed_after < Duration::from_millis(2_500),
         "traffic resumed after {resumed_after:?}"
     );
-    let admin = cutover::pg::connect(
-        &cutover::pg::Endpoint::pgbouncer_admin(&lab.inventory.pgbouncers[0]),
-        cutover::pg::SessionSettings::PGBOUNCER,
-    )
-    .await
-    .unwrap();
-    let pools = cutover::readings::queries::pgbouncer(&admin, "pgbouncer")
-        .await
-        .unwrap();
-    assert!(
-        pools.databases.iter().all(|d| !d.paused),
+    assert_eq!(
+        paused_aliases(&lab).await,
+        Vec::<String>::new(),
         "nothing is paused"
     );
     let record = runner.journal().export_markdown(&runner.run_id).unwrap();

@@ -6,7 +6,7 @@
 //! here are the single source of what the executor runs, so what a reviewer reads is what runs.
 
 use super::shard_split::{pause_sql, resume_sql, unified_diff};
-use super::{Plan, PlanError, RenderedCommand, Step, StepFlags, Undo};
+use super::{ParamError, Plan, PlanError, RenderedCommand, Step, StepFlags, Undo};
 use crate::inventory::{Inventory, Node, Pgbouncer, PgbouncerAlias};
 use crate::pgbouncer_ini::AliasTarget;
 use crate::remote::shell_quote;
@@ -24,18 +24,6 @@ pub const BENIGN_RESTORE_ERRORS: &[&str] = &[
 
 /// gzip level of the `dumpall` artifact: fast, because it runs inside the downtime window.
 pub const GZIP_LEVEL: u32 = 1;
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ParamError {
-    #[error("missing parameter --{0}")]
-    Missing(&'static str),
-    #[error("--{name} {value}: {reason}")]
-    Invalid {
-        name: &'static str,
-        value: String,
-        reason: String,
-    },
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {

@@ -227,6 +227,19 @@ impl Step {
     }
 }
 
+/// A runbook parameter that is missing or malformed (`--shards`, `--method`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    #[error("missing parameter --{0}")]
+    Missing(&'static str),
+    #[error("--{name} {value}: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     #[error("cannot render the inventory as canonical YAML: {0}")]

@@ -4,7 +4,7 @@
 //! Pure: turns inventory + parameters into the reviewed [`Plan`]. The SQL builders here are the
 //! single source of the statements the executor sends, so what a reviewer reads is what runs.
 
-use super::{Plan, PlanError, RenderedCommand, Step, StepFlags, Undo};
+use super::{ParamError, Plan, PlanError, RenderedCommand, Step, StepFlags, Undo};
 use crate::inventory::{
     Inventory, Node, Partition, Pgbouncer, PgbouncerAlias, ShardedTable, Standby,
 };
@@ -15,20 +15,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub const RUNBOOK: &str = "shard-split";
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ParamError {
-    #[error("missing parameter --{0}")]
-    Missing(&'static str),
-    #[error("--shards {0}: expected FIRST-LAST, e.g. 512-1023")]
-    ShardRange(String),
-    #[error("--{name} {value}: {reason}")]
-    Invalid {
-        name: &'static str,
-        value: String,
-        reason: String,
-    },
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SplitError {
@@ -59,7 +45,11 @@ impl SplitParams {
     pub fn from_map(params: &BTreeMap<String, String>) -> Result<SplitParams, ParamError> {
         let get = |name: &'static str| params.get(name).cloned().ok_or(ParamError::Missing(name));
         let range = get("shards")?;
-        let shards = parse_range(&range).ok_or_else(|| ParamError::ShardRange(range.clone()))?;
+        let shards = parse_range(&range).ok_or_else(|| ParamError::Invalid {
+            name: "shards",
+            value: range.clone(),
+            reason: "expected FIRST-LAST, e.g. 512-1023".into(),
+        })?;
         let pause_bound = match params.get("pause-bound-ms") {
             None => Duration::from_secs(10),
             Some(ms) => Duration::from_millis(ms.parse().map_err(|_| ParamError::Invalid {

@@ -256,3 +256,21 @@ pub async fn assert_lab_at_start(lab: &TestLab, original_ini: &str, original_inv
 pub async fn pg1_forms(lab: &TestLab) -> Client {
     connect(lab.config.pg1_port, "commcarehq_p1").await
 }
+
+/// Aliases pgbouncer reports paused right now.
+pub async fn paused_aliases(lab: &TestLab) -> Vec<String> {
+    let admin = cutover::pg::connect(
+        &cutover::pg::Endpoint::pgbouncer_admin(&lab.inventory.pgbouncers[0]),
+        cutover::pg::SessionSettings::PGBOUNCER,
+    )
+    .await
+    .unwrap();
+    cutover::readings::queries::pgbouncer(&admin, "pgbouncer")
+        .await
+        .unwrap()
+        .databases
+        .into_iter()
+        .filter(|d| d.paused)
+        .map(|d| d.name)
+        .collect()
+}
