@@ -337,7 +337,7 @@ pub async fn follow(
                 EngineState::replay(&plan, EngineSettings::default(), entries.iter()).ok()
             })
             .unwrap_or_else(|| EngineState::new(&plan, EngineSettings::default()));
-        let view = state_view(
+        let mut view = state_view(
             &plan,
             &state,
             &Evaluated::default(),
@@ -345,6 +345,14 @@ pub async fn follow(
             None,
             vec![],
         );
+        // Replay reads a started step without its end as half-run (nothing runs after a
+        // restart); seen from a follower, the driver is running it now.
+        for (i, step) in view.steps.iter_mut().enumerate() {
+            if step.status == StepStatusView::NeedsRecheck {
+                step.status = StepStatusView::Running;
+                view.running = Some(i);
+            }
+        }
         if updates.send(RunbookUpdate::View(view)).await.is_err() {
             return;
         }
