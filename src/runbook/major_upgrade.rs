@@ -285,8 +285,8 @@ impl Upgrade {
             format!(
                 "{}/cutover-upgrade-{}-{}",
                 parent.trim_end_matches('/'),
-                sanitize(&source.name),
-                sanitize(&target.name)
+                super::sanitize(&source.name),
+                super::sanitize(&target.name)
             )
         });
         let inventory_after = inventory_after(inventory, &source, &target);
@@ -1123,18 +1123,6 @@ impl Upgrade {
         );
         steps
     }
-}
-
-fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// Everything that lived on `source` (aliases, partitions, the proxy) now lives on `target`.

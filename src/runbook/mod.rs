@@ -342,6 +342,19 @@ impl Plan {
     }
 }
 
+/// A name made safe for slot names and settings: lowercase ASCII alphanumerics, `_` otherwise.
+pub(crate) fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// The inventory as the plan records it: serde_yaml of the validated model, so formatting
 /// and comments in the source file do not change the fingerprint, but any value does.
 pub fn canonical_inventory_yaml(inventory: &Inventory) -> Result<String, PlanError> {

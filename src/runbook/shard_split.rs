@@ -211,7 +211,7 @@ impl Split {
         };
         let mut from_after = from.clone();
         from_after.shards = [from.shards[0], first - 1];
-        let slot = format!("cutover_{}", sanitize(&params.to));
+        let slot = format!("cutover_{}", super::sanitize(&params.to));
         let inventory_after = inventory_after(inventory, &from_after, &to, &bouncer, &target);
         Ok(Split {
             params,
@@ -280,7 +280,7 @@ impl Split {
             user = shell_quote(&self.source.user),
             slot = shell_quote(&self.slot),
             tport = self.target.port,
-            tname = sanitize(&self.target.name),
+            tname = super::sanitize(&self.target.name),
         )
     }
 
@@ -667,18 +667,6 @@ pub fn unified_diff(before: &str, after: &str) -> String {
         .context_radius(2)
         .header("before", "after")
         .to_string()
-}
-
-fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// `commcarehq_p1` → `commcarehq_p2` when the database is named after its partition, else `to`.
