@@ -1,7 +1,7 @@
 //! PostgreSQL connections for pollers and the executor: tokio-postgres with a statement timeout,
 //! passwords from `PGPASSWORD`/`~/.pgpass`, and the pgbouncer admin console (simple protocol only).
 
-use crate::inventory::{Inventory, Node, Pgbouncer};
+use crate::inventory::{Node, Pgbouncer};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
@@ -253,12 +253,6 @@ fn split_pgpass_line(line: &str) -> Vec<String> {
         }
     }
     fields
-}
-
-/// Node that serves `dbname` on `bouncer`'s alias table, resolved through the inventory.
-pub fn alias_node<'a>(inv: &'a Inventory, bouncer: &Pgbouncer, alias: &str) -> Option<&'a Node> {
-    let entry = bouncer.aliases.iter().find(|a| a.name == alias)?;
-    inv.node(&entry.node)
 }
 
 #[cfg(test)]

@@ -101,7 +101,7 @@ pub struct UpgradeParams {
 
 impl UpgradeParams {
     pub fn from_map(params: &BTreeMap<String, String>) -> Result<UpgradeParams, ParamError> {
-        let get = |name: &'static str| params.get(name).cloned().ok_or(ParamError::Missing(name));
+        let get = |name: &'static str| super::required_param(params, name);
         let invalid = |name: &'static str, value: &str, reason: &str| ParamError::Invalid {
             name,
             value: value.to_string(),
@@ -125,13 +125,7 @@ impl UpgradeParams {
                 .filter(|n| (1..=64).contains(n))
                 .ok_or_else(|| invalid("jobs", j, "expected 1–64"))?,
         };
-        let pause_bound = match params.get("pause-bound-ms") {
-            None => Duration::from_secs(600),
-            Some(ms) => Duration::from_millis(
-                ms.parse()
-                    .map_err(|_| invalid("pause-bound-ms", ms, "expected milliseconds"))?,
-            ),
-        };
+        let pause_bound = super::pause_bound_param(params, Duration::from_secs(600))?;
         let test_restore = match params.get("test-restore").map(String::as_str) {
             None | Some("no" | "false") => false,
             Some("yes" | "true") => true,

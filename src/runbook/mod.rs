@@ -240,6 +240,32 @@ pub enum ParamError {
     },
 }
 
+/// A parameter every invocation of the runbook must give.
+pub(crate) fn required_param(
+    params: &BTreeMap<String, String>,
+    name: &'static str,
+) -> Result<String, ParamError> {
+    params.get(name).cloned().ok_or(ParamError::Missing(name))
+}
+
+/// `pause-bound-ms`: the longest write pause, or the runbook's `default`.
+pub(crate) fn pause_bound_param(
+    params: &BTreeMap<String, String>,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, ParamError> {
+    match params.get("pause-bound-ms") {
+        None => Ok(default),
+        Some(ms) => ms
+            .parse()
+            .map(std::time::Duration::from_millis)
+            .map_err(|_| ParamError::Invalid {
+                name: "pause-bound-ms",
+                value: ms.clone(),
+                reason: "expected milliseconds".into(),
+            }),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     #[error("cannot render the inventory as canonical YAML: {0}")]

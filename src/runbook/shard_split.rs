@@ -43,21 +43,14 @@ pub struct SplitParams {
 
 impl SplitParams {
     pub fn from_map(params: &BTreeMap<String, String>) -> Result<SplitParams, ParamError> {
-        let get = |name: &'static str| params.get(name).cloned().ok_or(ParamError::Missing(name));
+        let get = |name: &'static str| super::required_param(params, name);
         let range = get("shards")?;
         let shards = parse_range(&range).ok_or_else(|| ParamError::Invalid {
             name: "shards",
             value: range.clone(),
             reason: "expected FIRST-LAST, e.g. 512-1023".into(),
         })?;
-        let pause_bound = match params.get("pause-bound-ms") {
-            None => Duration::from_secs(10),
-            Some(ms) => Duration::from_millis(ms.parse().map_err(|_| ParamError::Invalid {
-                name: "pause-bound-ms",
-                value: ms.clone(),
-                reason: "expected milliseconds".into(),
-            })?),
-        };
+        let pause_bound = super::pause_bound_param(params, Duration::from_secs(10))?;
         Ok(SplitParams {
             from: get("from")?,
             to: get("to")?,
