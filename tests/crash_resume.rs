@@ -104,6 +104,9 @@ async fn killed_runs_resume_to_the_same_end_state() {
     let runs = journal.runs().unwrap();
     assert_eq!(runs.len(), 1, "one run, resumed, never restarted");
     let entries = journal.entries(&runs[0].run_id).unwrap();
+    for e in &entries {
+        eprintln!("{:?} {:?} {}", e.kind, e.step, e.detail);
+    }
     let outputs = |needle: &str| {
         entries
             .iter()

@@ -146,6 +146,57 @@ async fn promotion_is_refused_while_the_standby_lags() {
     );
 }
 
+/// WAL the primary writes outside pgbouncer's pause (autovacuum, checkpoints) must not fail the
+/// promotion: the re-check waits for the standby to replay it, and only then promotes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promotion_waits_for_wal_written_after_the_gate() {
+    let lab = lab(2_000).await;
+    let state = tempfile::tempdir().unwrap();
+    let mut runner = open_split(&lab, state.path());
+    run_until(&mut runner, "promote").await;
+    connect(lab.config.pg2_port, "postgres")
+        .await
+        .simple_query("SELECT pg_wal_replay_pause()")
+        .await
+        .unwrap();
+    pg1_forms(&lab)
+        .await
+        .simple_query(
+            "INSERT INTO forms (form_id, domain) VALUES ('00000000-0000-0000-0000-00000000beef', 'after-gate')",
+        )
+        .await
+        .unwrap();
+    let pg2_port = lab.config.pg2_port;
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let pg2 = connect(pg2_port, "postgres").await;
+        let in_recovery: bool = pg2
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        pg2.simple_query("SELECT pg_wal_replay_resume()").await.unwrap();
+        in_recovery
+    });
+    start_step(&mut runner, "promote")
+        .await
+        .expect("promotion succeeds once the standby has replayed the late WAL");
+    assert!(
+        release.await.unwrap(),
+        "pg2 was not promoted while it lagged"
+    );
+    let late: i64 = connect(lab.config.pg2_port, "commcarehq_p1")
+        .await
+        .query_one(
+            "SELECT count(*) FROM forms WHERE form_id = '00000000-0000-0000-0000-00000000beef'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(late, 1, "the row written after the gate reached the promoted node");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_is_refused_for_a_shard_whose_owner_lacks_rows() {
     let lab = lab(5_000).await;

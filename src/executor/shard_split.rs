@@ -60,6 +60,13 @@ pub struct ShardSplitActions {
     pub gate_timeout: Duration,
 }
 
+/// One gate reading: both LSNs and whether the standby had replayed the primary's.
+struct CatchUp {
+    primary: String,
+    replayed: String,
+    caught_up: bool,
+}
+
 impl ShardSplitActions {
     pub fn new(
         split: Split,
@@ -622,34 +629,46 @@ impl ShardSplitActions {
         Ok((primary, row.get(0), row.get(1)))
     }
 
-    /// The gate: poll every 5 ms until the standby's replay LSN reaches the primary's current
-    /// LSN, or refuse after `gate_timeout`. Records both values.
-    async fn lsn_gate(&mut self, sink: &Sink) -> Result<String, String> {
+    /// Poll every 5 ms until the standby's replay LSN reaches the primary's current LSN, or
+    /// give up after `gate_timeout`. Background WAL on the primary (autovacuum, checkpoints)
+    /// keeps moving its LSN while traffic is paused, so a single reading is not a proof.
+    async fn await_catch_up(&self) -> Result<CatchUp, String> {
         let deadline = Instant::now() + self.gate_timeout;
         loop {
             let (primary, replayed, caught_up) = self.lsn_positions().await?;
             let replayed = replayed.unwrap_or_else(|| "none".into());
-            if caught_up {
-                let detail = format!(
-                    "{} replay LSN {replayed} ≥ {} current LSN {primary}",
-                    self.split.target.name, self.split.source.name
-                );
-                sink.gate(detail.clone(), true);
-                self.memory.gate_primary_lsn = Some(primary);
-                self.memory.gate_standby_lsn = Some(replayed);
-                self.remember()?;
-                return Ok(detail);
-            }
-            if Instant::now() > deadline {
-                let detail = format!(
-                    "{} replay LSN {replayed} is behind {} current LSN {primary} after {:?}; promotion refused",
-                    self.split.target.name, self.split.source.name, self.gate_timeout
-                );
-                sink.gate(detail.clone(), false);
-                return Err(detail);
+            if caught_up || Instant::now() > deadline {
+                return Ok(CatchUp {
+                    primary,
+                    replayed,
+                    caught_up,
+                });
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// The gate: the standby has replayed everything the primary wrote. Records both values.
+    async fn lsn_gate(&mut self, sink: &Sink) -> Result<String, String> {
+        let reading = self.await_catch_up().await?;
+        let (target, source) = (&self.split.target.name, &self.split.source.name);
+        if !reading.caught_up {
+            let detail = format!(
+                "{target} replay LSN {} is behind {source} current LSN {} after {:?}; promotion refused",
+                reading.replayed, reading.primary, self.gate_timeout
+            );
+            sink.gate(detail.clone(), false);
+            return Err(detail);
+        }
+        let detail = format!(
+            "{target} replay LSN {} ≥ {source} current LSN {}",
+            reading.replayed, reading.primary
+        );
+        sink.gate(detail.clone(), true);
+        self.memory.gate_primary_lsn = Some(reading.primary);
+        self.memory.gate_standby_lsn = Some(reading.replayed);
+        self.remember()?;
+        Ok(detail)
     }
 
     async fn promote(&mut self, sink: &Sink) -> Result<String, String> {
@@ -659,23 +678,31 @@ impl ShardSplitActions {
             Some(false) => sink.output(format!("{} is already promoted", s.target.name)),
             Some(true) => {
                 // Re-prove the gate from live data right before the irreversible call.
-                let (primary, replayed, caught_up) = self.lsn_positions().await?;
+                let reading = self.await_catch_up().await?;
                 let detail = format!(
-                    "re-check: replay {} vs primary {primary}",
-                    replayed.unwrap_or_default()
+                    "re-check: replay {} vs primary {}",
+                    reading.replayed, reading.primary
                 );
-                sink.gate(detail.clone(), caught_up);
-                if !caught_up {
+                sink.gate(detail.clone(), reading.caught_up);
+                if !reading.caught_up {
                     return Err(format!(
                         "{detail}: the standby fell behind; promotion refused"
                     ));
                 }
                 let target = self.target_admin().await?;
                 let started = Instant::now();
-                target
-                    .simple_query(plan::PROMOTE_SQL)
-                    .await
-                    .map_err(|e| pg::error_chain(&e))?;
+                if let Err(e) = target.simple_query(plan::PROMOTE_SQL).await {
+                    // A promotion begun by an interrupted run may finish between the
+                    // recovery check and this call; then PostgreSQL refuses a second one.
+                    if self.target_in_recovery().await != Some(false) {
+                        return Err(pg::error_chain(&e));
+                    }
+                    sink.output(format!(
+                        "{} finished a promotion begun earlier ({})",
+                        s.target.name,
+                        pg::error_chain(&e)
+                    ));
+                }
                 loop {
                     let row = target
                         .query_one("SELECT pg_is_in_recovery()", &[])

@@ -50,7 +50,8 @@ pub struct SeedPipeline {
     pub total_ms: f64,
 }
 
-/// `pg_dumpall | gzip` with and without `tee | sha512sum` in the pipe (best of three each).
+/// `pg_dumpall | gzip` with and without the runbook's `tee | openssl dgst -sha512` in the pipe
+/// (median of [`CHECKSUM_RUNS`] alternating runs each: single runs vary by ±15% here).
 #[derive(Debug, Clone, Serialize)]
 pub struct ChecksumCost {
     pub dump_ms_without: f64,
@@ -232,6 +233,14 @@ pub async fn major_upgrade(
     })
 }
 
+/// Alternating dumps with and without the checksum, per side.
+const CHECKSUM_RUNS: usize = 7;
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// The seed pipeline into a scratch 18 cluster, and the checksum's cost on the dump.
 fn reference(lab: &UpgradeLab) -> Result<(Option<SeedPipeline>, Option<ChecksumCost>), LabError> {
     let dir = lab.dir.join("reference");
@@ -272,17 +281,19 @@ fn reference(lab: &UpgradeLab) -> Result<(Option<SeedPipeline>, Option<ChecksumC
         restore_ms,
         total_ms: dump_gzip_ms + sha512_ms + restore_ms,
     };
-    // Same gzip level as the runbook's dump, with and without the in-stream checksum.
-    let (mut without, mut with) = (f64::MAX, f64::MAX);
+    // Same gzip level and hasher as the runbook's dump, with and without the checksum.
+    let (mut without, mut with) = (Vec::new(), Vec::new());
     let level = crate::runbook::major_upgrade::GZIP_LEVEL;
-    for _ in 0..3 {
-        without = without.min(shell_timed(&format!(
+    let hasher = crate::runbook::major_upgrade::SHA512_FILTER;
+    for _ in 0..CHECKSUM_RUNS {
+        without.push(shell_timed(&format!(
             "{old}/pg_dumpall {src} | gzip -{level} > {d}/plain.sql.gz"
         ))?);
-        with = with.min(shell_timed(&format!(
-            "{old}/pg_dumpall {src} | gzip -{level} | tee {d}/summed.sql.gz | sha512sum > {d}/summed.sha512"
+        with.push(shell_timed(&format!(
+            "{old}/pg_dumpall {src} | gzip -{level} | tee {d}/summed.sql.gz | {hasher} > {d}/summed.sha512"
         ))?);
     }
+    let (without, with) = (median(without), median(with));
     let _ = std::fs::remove_dir_all(&dir);
     Ok((
         Some(seed),
