@@ -53,6 +53,7 @@ pub async fn serve<A: Actions>(
     pause_bound: Duration,
 ) {
     let mut evaluated = Evaluated::default();
+    let mut stop = runner.stop_requests();
     let mut refresh = tokio::time::interval(REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -61,6 +62,7 @@ pub async fn serve<A: Actions>(
             request = requests.recv() => {
                 let Some(request) = request else { return };
                 if matches!(request, UiRequest::Quit) {
+                    end_pause_before_exit(&mut runner, "the operator quit the cockpit").await;
                     return;
                 }
                 let running = view(&runner, &evaluated, pause_bound, request_step(&request));
@@ -71,6 +73,10 @@ pub async fn serve<A: Actions>(
                 evaluate_next(&mut runner, &mut evaluated).await;
             }
             _ = refresh.tick() => evaluate_next(&mut runner, &mut evaluated).await,
+            reason = stop_reason(&mut stop) => {
+                end_pause_before_exit(&mut runner, &reason).await;
+                return;
+            }
             _ = sleep_until(deadline) => {
                 if let Err(e) = runner.enforce_pause_bound().await {
                     let _ = updates.send(RunbookUpdate::Refused(e.to_string())).await;
@@ -81,6 +87,31 @@ pub async fn serve<A: Actions>(
         if updates.send(RunbookUpdate::View(current)).await.is_err() {
             return;
         }
+    }
+}
+
+/// Waits for a stop request and returns its reason (the watch guard is not held after).
+async fn stop_reason(stop: &mut tokio::sync::watch::Receiver<Option<String>>) -> String {
+    let reason = stop
+        .wait_for(Option::is_some)
+        .await
+        .map(|reason| reason.clone().unwrap_or_default());
+    match reason {
+        Ok(reason) => reason,
+        // The runner owns the sender and outlives this loop; a closed channel never stops it.
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// The UI may already be gone: what happens is said on stderr and in the journal.
+async fn end_pause_before_exit<A: Actions>(runner: &mut Runner<A>, reason: &str) {
+    if !runner.state.traffic_paused() {
+        return;
+    }
+    eprintln!("cutover: {reason} while traffic is paused: ending the pause before exit");
+    match runner.end_pause_before_exit(reason).await {
+        Ok(()) => eprintln!("cutover: the pause ended; `cutover run` resumes from before it"),
+        Err(e) => eprintln!("cutover: ENDING THE PAUSE FAILED: {e}"),
     }
 }
 
@@ -346,8 +377,10 @@ pub async fn follow(
             vec![],
         );
         // Replay reads a started step without its end as half-run (nothing runs after a
-        // restart); seen from a follower, the driver is running it now.
-        for (i, step) in view.steps.iter_mut().enumerate() {
+        // restart). Seen from a follower, a live driver is running it now; without one, the
+        // driver stopped mid-step and the step waits for a re-check.
+        let driven = journal.driver(&plan.environment, &plan.runbook).is_some();
+        for (i, step) in view.steps.iter_mut().enumerate().filter(|_| driven) {
             if step.status == StepStatusView::NeedsRecheck {
                 step.status = StepStatusView::Running;
                 view.running = Some(i);

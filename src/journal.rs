@@ -62,6 +62,35 @@ pub enum JournalError {
     Corrupt(String),
     #[error("plan JSON: {0}")]
     Plan(#[from] crate::runbook::PlanError),
+    #[error("{runbook} in {environment} is being driven by another cutover process ({holder}); follow it with `cutover tui --readonly`, or wait until it stops")]
+    DriverBusy {
+        environment: String,
+        runbook: String,
+        holder: String,
+    },
+    #[error("driver lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn read_holder(file: &mut std::fs::File) -> String {
+    use std::io::Read;
+    let mut holder = String::new();
+    let _ = file.read_to_string(&mut holder);
+    match holder.trim() {
+        "" => "holder unknown".to_string(),
+        text => text.to_string(),
+    }
+}
+
+/// Proof that this process alone drives runs of one runbook in one environment: an exclusive
+/// lock on a file in the state dir, released by the kernel when the process ends, however it
+/// ends. Readers (`journal show`, `tui --readonly`) never take it.
+#[derive(Debug)]
+pub struct DriverLock {
+    _file: std::fs::File,
 }
 
 /// Identifies a run: `YYYYMMDDTHHMMSSZ-xxxxxxxx` (creation time plus 8 random hex digits), so
@@ -198,6 +227,76 @@ impl Journal {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Take the driver lock of `runbook` in `environment`, or say who holds it.
+    pub fn lock_driver(
+        &self,
+        environment: &str,
+        runbook: &str,
+    ) -> Result<DriverLock, JournalError> {
+        use std::io::{Seek, Write};
+        let path = self.driver_lock_path(environment, runbook);
+        let io = |source| JournalError::Lock {
+            path: path.clone(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        // A follower probing the lock holds it for microseconds: retry briefly before refusing.
+        let mut attempts = 0;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if attempts < 10 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(JournalError::DriverBusy {
+                        environment: environment.to_string(),
+                        runbook: runbook.to_string(),
+                        holder: read_holder(&mut file),
+                    });
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+            }
+        }
+        let holder = format!(
+            "pid {}, user {}, since {}",
+            std::process::id(),
+            std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+            format_time(Utc::now())
+        );
+        file.set_len(0).map_err(io)?;
+        file.rewind().map_err(io)?;
+        file.write_all(holder.as_bytes()).map_err(io)?;
+        Ok(DriverLock { _file: file })
+    }
+
+    /// Who drives `runbook` in `environment` now, if anyone. Never creates or writes the
+    /// lock file.
+    pub fn driver(&self, environment: &str, runbook: &str) -> Option<String> {
+        let mut file = std::fs::File::open(self.driver_lock_path(environment, runbook)).ok()?;
+        match file.try_lock_shared() {
+            Ok(()) => None,
+            Err(std::fs::TryLockError::WouldBlock) => Some(read_holder(&mut file)),
+            Err(std::fs::TryLockError::Error(_)) => None,
+        }
+    }
+
+    fn driver_lock_path(&self, environment: &str, runbook: &str) -> PathBuf {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        dir.join(format!(
+            "{}.{}.lock",
+            crate::runbook::sanitize(environment),
+            crate::runbook::sanitize(runbook)
+        ))
     }
 
     fn sql<T>(&self, result: rusqlite::Result<T>) -> Result<T, JournalError> {

@@ -393,6 +393,7 @@ async fn tui_command(
     let (requests_tx, requests_rx) = tokio::sync::mpsc::channel(8);
     let (updates_tx, updates_rx) = tokio::sync::mpsc::channel(64);
     let mut initial = None;
+    let mut driving = None;
     if let Some(runbook) = runbook {
         if readonly {
             // Watch, never drive: no run is opened or created; the journal is followed. The
@@ -424,15 +425,18 @@ async fn tui_command(
             };
             let bound = cutover::executor::Actions::pause_bound(runner.actions());
             initial = Some(cutover::cockpit::initial_view(&runner, bound));
-            tokio::spawn(cutover::cockpit::serve(
+            let stop = runner.stop_handle();
+            stop_on_signals(stop.clone());
+            let bridge = tokio::spawn(cutover::cockpit::serve(
                 runner,
                 requests_rx,
                 updates_tx,
                 bound,
             ));
+            driving = Some((stop, bridge));
         }
     }
-    cutover::ui::run(cutover::ui::TuiOptions {
+    let ui = cutover::ui::run(cutover::ui::TuiOptions {
         inventory: std::sync::Arc::new(inv),
         theme,
         operator: run.operator.clone(),
@@ -444,7 +448,13 @@ async fn tui_command(
         intervals: readings::poller::PollIntervals::default(),
         seen: cutover::cockpit::seen,
     })
-    .await?;
+    .await;
+    if let Some((stop, bridge)) = driving {
+        // The bridge ends a write pause and stops a running step before the process exits.
+        stop.stop("the cockpit closed");
+        let _ = bridge.await;
+    }
+    ui?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -537,6 +547,7 @@ async fn run_command(
         eprintln!("cutover: interactive runs use the cockpit: cutover tui {} {runbook} ...; pass --yes for a headless run", file.display());
         return Ok(ExitCode::from(INVALID_INPUT));
     }
+    stop_on_signals(runner.stop_handle());
     match runner.run_headless(&run.operator).await {
         Ok(_) => {
             emit!("run {} completed", runner.run_id);
@@ -545,6 +556,31 @@ async fn run_command(
         Err(e) => {
             eprintln!("cutover: run {}: {e}", runner.run_id);
             Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// SIGTERM, SIGHUP (the operator's terminal went away) and SIGINT ask the runner to stop:
+/// it ends a write pause before the process exits instead of leaving applications waiting.
+fn stop_on_signals(stop: cutover::executor::StopHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let kinds = [
+        (SignalKind::terminate(), "SIGTERM"),
+        (SignalKind::hangup(), "SIGHUP"),
+        (SignalKind::interrupt(), "SIGINT"),
+    ];
+    for (kind, name) in kinds {
+        let stop = stop.clone();
+        match signal(kind) {
+            Ok(mut stream) => {
+                tokio::spawn(async move {
+                    while stream.recv().await.is_some() {
+                        eprintln!("cutover: {name}: stopping; a write pause is ended before exit (SIGKILL abandons it)");
+                        stop.stop(format!("{name} received"));
+                    }
+                });
+            }
+            Err(e) => eprintln!("cutover: cannot handle {name}: {e}"),
         }
     }
 }

@@ -12,7 +12,16 @@ use std::time::{Duration, Instant};
 const DOCS: u64 = 5_000;
 
 fn run_split(lab: &cutover::lab::TestLab, state: &std::path::Path) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_cutover"))
+    split_command(lab, state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn split_command(lab: &cutover::lab::TestLab, state: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cutover"));
+    command
         .args([
             "run",
             lab.config.inventory_path().to_str().unwrap(),
@@ -22,11 +31,8 @@ fn run_split(lab: &cutover::lab::TestLab, state: &std::path::Path) -> std::proce
             "--from", "p1", "--to", "p2", "--node", "pg2", "--shards", "512-1023", "--yes",
         ])
         .arg("--state-dir")
-        .arg(state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+        .arg(state);
+    command
 }
 
 /// Wait until the journal holds `kind` for `step`, then SIGKILL the run. Returns whether the
@@ -60,6 +66,36 @@ fn kill_at(
     panic!("{step} {kind:?} never appeared");
 }
 
+/// While one `cutover run` drives the split, a second one is refused, names the holder, and
+/// writes nothing to the journal.
+fn second_driver_is_refused(lab: &cutover::lab::TestLab, state: &std::path::Path, holder: u32) {
+    let journal_entries = || {
+        let journal = Journal::open(state).unwrap();
+        journal
+            .runs()
+            .unwrap()
+            .iter()
+            .map(|run| journal.entries(&run.run_id).unwrap().len())
+            .sum::<usize>()
+    };
+    // Wait for the first run to hold the lock: its first journal entry comes after it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while journal_entries() == 0 {
+        assert!(Instant::now() < deadline, "the first run never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let output = split_command(lab, state).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a second driver is refused");
+    assert!(
+        stderr.contains("being driven by another cutover process")
+            && stderr.contains(&format!("pid {holder}")),
+        "the refusal names the holder: {stderr}"
+    );
+    let runs = Journal::open(state).unwrap().runs().unwrap();
+    assert_eq!(runs.len(), 1, "the refused driver created no run");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_runs_resume_to_the_same_end_state() {
     let lab = lab(DOCS).await;
@@ -73,8 +109,11 @@ async fn killed_runs_resume_to_the_same_end_state() {
         ("delete-invalid", EntryKind::Started), // mid-step
     ];
     let mut kills = 0;
-    for (step, kind) in points {
+    for (i, (step, kind)) in points.into_iter().enumerate() {
         let mut child = run_split(&lab, state.path());
+        if i == 0 {
+            second_driver_is_refused(&lab, state.path(), child.id());
+        }
         if kill_at(&mut child, state.path(), step, kind) {
             kills += 1;
         }
@@ -104,6 +143,7 @@ async fn killed_runs_resume_to_the_same_end_state() {
     let runs = journal.runs().unwrap();
     assert_eq!(runs.len(), 1, "one run, resumed, never restarted");
     let entries = journal.entries(&runs[0].run_id).unwrap();
+    // Shown only when an assertion below fails: the run's record, to see what happened.
     for e in &entries {
         eprintln!("{:?} {:?} {}", e.kind, e.step, e.detail);
     }
@@ -131,4 +171,53 @@ async fn killed_runs_resume_to_the_same_end_state() {
         Vec::<String>::new(),
         "traffic flows at the end"
     );
+}
+
+/// SIGTERM (or SIGHUP from a dropped terminal) while traffic is paused: the process ends the
+/// pause before it exits, says so in the journal, and a later run completes the split.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_while_paused_ends_the_pause_before_exit() {
+    let lab = lab(DOCS).await;
+    let state = tempfile::tempdir().unwrap();
+    let mut child = run_split(&lab, state.path());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "traffic was never paused");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before the pause"
+        );
+        if !paused_aliases(&lab).await.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "a stopped run does not report success");
+    assert_eq!(
+        paused_aliases(&lab).await,
+        Vec::<String>::new(),
+        "no alias is left paused"
+    );
+    let journal = Journal::open(state.path()).unwrap();
+    let run = journal.runs().unwrap().remove(0);
+    let record = journal.export_markdown(&run.run_id).unwrap();
+    assert!(
+        record.contains("SIGTERM received while traffic was paused"),
+        "the journal says why the pause ended:\n{record}"
+    );
+
+    assert!(
+        run_split(&lab, state.path()).wait().unwrap().success(),
+        "the next run completes the split"
+    );
+    let c = &lab.config;
+    let total = form_count(c.pg1_port, "commcarehq_p1").await
+        + form_count(c.pg2_port, "commcarehq_p2").await;
+    assert_eq!(total as u64, DOCS, "nothing lost, nothing duplicated");
 }

@@ -59,6 +59,9 @@ async fn readonly_follows_the_journal_and_never_creates_a_run() {
     );
 
     // Another operator's run progresses; the follower shows it.
+    let lock = driver
+        .lock_driver(&plan.environment, &plan.runbook)
+        .unwrap();
     let run = driver.create_run(&plan).unwrap();
     let preflight = Some(StepId::new("preflight"));
     for (kind, detail) in [
@@ -104,6 +107,24 @@ async fn readonly_follows_the_journal_and_never_creates_a_run() {
         }
     };
     assert_eq!(followed.steps[1].status, StepStatusView::Running);
+    assert!(
+        Journal::open(state.path())
+            .unwrap()
+            .lock_driver(&plan.environment, &plan.runbook)
+            .is_err(),
+        "nobody else can drive while the driver holds the run"
+    );
+
+    // The driver dies mid-step: the follower no longer calls the step running.
+    drop(lock);
+    let stopped = loop {
+        let view = next_view(&mut updates).await;
+        if view.steps[1].status != StepStatusView::Running {
+            break view;
+        }
+    };
+    assert_eq!(stopped.steps[1].status, StepStatusView::NeedsRecheck);
+    assert_eq!(stopped.running, None);
     assert_eq!(
         driver.runs().unwrap().len(),
         1,

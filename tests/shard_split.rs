@@ -175,7 +175,9 @@ async fn promotion_waits_for_wal_written_after_the_gate() {
             .await
             .unwrap()
             .get(0);
-        pg2.simple_query("SELECT pg_wal_replay_resume()").await.unwrap();
+        pg2.simple_query("SELECT pg_wal_replay_resume()")
+            .await
+            .unwrap();
         in_recovery
     });
     start_step(&mut runner, "promote")
@@ -194,7 +196,10 @@ async fn promotion_waits_for_wal_written_after_the_gate() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(late, 1, "the row written after the gate reached the promoted node");
+    assert_eq!(
+        late, 1,
+        "the row written after the gate reached the promoted node"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,9 @@
 //! Invariants:
 //! - a `Journal` effect is written before any later effect is performed;
 //! - while traffic is paused, an action that overruns the pause bound is cancelled, the run
-//!   rolls back to before the pause, and traffic is resumed even if that rollback stalls.
+//!   rolls back to before the pause, and traffic is resumed even if that rollback stalls;
+//! - a stop request (a signal, or the operator quitting) while traffic is paused is handled as
+//!   the bound running out now: no orderly exit leaves the applications waiting.
 
 pub mod context;
 pub mod major_upgrade;
@@ -16,13 +18,13 @@ use crate::engine::{
     self, Command, Confirmation, Effect, EngineSettings, EngineState, Observation,
     PreconditionResult, Refusal,
 };
-use crate::journal::{Journal, JournalError, RunId, RunStatus};
+use crate::journal::{DriverLock, Journal, JournalError, RunId, RunStatus};
 use crate::runbook::{Plan, Step, StepId};
 use chrono::Utc;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Rows of one table of one partition database when the run recorded its baseline.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +120,28 @@ pub enum RunError {
     Setup(String),
     #[error("the write pause exceeded its bound of {bound_ms} ms; traffic was resumed and the run rolled back to before the pause")]
     PauseBoundExceeded { bound_ms: u128 },
+    #[error("stopped ({reason}); traffic is not left paused, and `cutover run` resumes the run")]
+    Stopped { reason: String },
+}
+
+/// Asks a [`Runner`] to stop: the process is about to exit. Cloneable, so that a signal task
+/// and the cockpit can both hold one.
+#[derive(Clone)]
+pub struct StopHandle(std::sync::Arc<watch::Sender<Option<String>>>);
+
+impl StopHandle {
+    /// Request the stop; the first reason given is the one journaled.
+    pub fn stop(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.0.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
 }
 
 /// How a run ended up after a call.
@@ -134,12 +158,16 @@ pub struct Runner<A: Actions> {
     pub run_id: RunId,
     pub resumed: bool,
     journal: Journal,
+    /// Held for the runner's life: no second process drives this runbook meanwhile.
+    _driver: DriverLock,
     actions: A,
     /// When the current write pause began, by our monotonic clock.
     pause_started: Option<Instant>,
     pause_bound_hit: bool,
     /// Set once traffic was resumed because of the bound, so it is not resumed again.
     resumed_after_bound: bool,
+    stop: StopHandle,
+    stop_requested: watch::Receiver<Option<String>>,
 }
 
 impl<A: Actions> Runner<A> {
@@ -152,6 +180,7 @@ impl<A: Actions> Runner<A> {
         settings: EngineSettings,
         make_actions: impl FnOnce(&RunId) -> Result<A, String>,
     ) -> Result<Self, RunError> {
+        let driver = journal.lock_driver(&plan.environment, &plan.runbook)?;
         let fingerprint = plan.fingerprint();
         let (run_id, state, resumed) = match journal
             .latest_unfinished_run(&plan.environment, &plan.runbook)?
@@ -178,6 +207,7 @@ impl<A: Actions> Runner<A> {
             }
         };
         let actions = make_actions(&run_id).map_err(RunError::Setup)?;
+        let (stop_tx, stop_requested) = watch::channel(None);
         // A pause that survived a crash counts from now: we cannot know how long it has been.
         let pause_started = state.traffic_paused().then(Instant::now);
         Ok(Runner {
@@ -186,11 +216,54 @@ impl<A: Actions> Runner<A> {
             run_id,
             resumed,
             journal,
+            _driver: driver,
             actions,
             pause_started,
             pause_bound_hit: false,
             resumed_after_bound: false,
+            stop: StopHandle(std::sync::Arc::new(stop_tx)),
+            stop_requested,
         })
+    }
+
+    /// A handle that asks this runner to stop (see [`RunError::Stopped`]).
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Follows stop requests: becomes `Some(reason)` once a stop was asked for.
+    pub fn stop_requests(&self) -> watch::Receiver<Option<String>> {
+        self.stop_requested.clone()
+    }
+
+    fn stop_reason(&self) -> Option<String> {
+        self.stop_requested.borrow().clone()
+    }
+
+    /// The process is about to exit: when traffic is paused, end the pause now exactly as the
+    /// bound would (resume when routing is untouched, roll back to before the pause).
+    pub async fn end_pause_before_exit(&mut self, reason: &str) -> Result<(), RunError> {
+        if !self.state.traffic_paused() {
+            return Ok(());
+        }
+        self.note_stop_while_paused(reason)?;
+        let effects = self.pause_bound_exceeded(None).await?;
+        match Box::pin(self.perform(effects)).await {
+            // perform reports the ended pause as an error for the step it interrupted.
+            Ok(()) | Err(RunError::Stopped { .. } | RunError::PauseBoundExceeded { .. }) => Ok(()),
+            Err(other) => Err(other),
+        }
+    }
+
+    fn note_stop_while_paused(&mut self, reason: &str) -> Result<(), RunError> {
+        self.commit(Command::Note {
+            step: None,
+            text: format!(
+                "{reason} while traffic was paused: the pause ends now, as if its bound had run out"
+            ),
+            by: vec!["cutover:stop".into()],
+        })?;
+        Ok(())
     }
 
     pub fn journal(&self) -> &Journal {
@@ -366,8 +439,11 @@ impl<A: Actions> Runner<A> {
             self.pause_bound_hit = false;
             self.resumed_after_bound = false;
             self.ensure_resumed().await?;
-            return Err(RunError::PauseBoundExceeded {
-                bound_ms: self.actions.pause_bound().as_millis(),
+            return Err(match self.stop_reason() {
+                Some(reason) => RunError::Stopped { reason },
+                None => RunError::PauseBoundExceeded {
+                    bound_ms: self.actions.pause_bound().as_millis(),
+                },
             });
         }
         match first_error {
@@ -426,6 +502,7 @@ impl<A: Actions> Runner<A> {
     ) -> Result<(VecDeque<Effect>, Option<RunError>), RunError> {
         let spec = self.step_spec(step)?;
         let deadline = self.pause_deadline();
+        let mut stop = self.stop_requested.clone();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let outcome = {
             // Boxed: runbook actions are large futures; on the stack they overflow it.
@@ -433,9 +510,10 @@ impl<A: Actions> Runner<A> {
             let mut reports = Vec::new();
             let outcome = loop {
                 tokio::select! {
-                    result = &mut action => break Some(result),
+                    result = &mut action => break ActionOutcome::Done(result),
                     Some(report) = rx.recv() => reports.push(report),
-                    _ = sleep_until(deadline) => break None,
+                    _ = sleep_until(deadline) => break ActionOutcome::PauseBound,
+                    _ = stop.wait_for(Option::is_some) => break ActionOutcome::Stop,
                 }
             };
             (outcome, reports)
@@ -448,14 +526,14 @@ impl<A: Actions> Runner<A> {
             self.journal_report(Some(step), report)?;
         }
         match outcome {
-            Some(Ok(detail)) => Ok((
+            ActionOutcome::Done(Ok(detail)) => Ok((
                 self.commit(Command::ActionSucceeded {
                     step: step.clone(),
                     verification_detail: detail,
                 })?,
                 None,
             )),
-            Some(Err(reason)) => {
+            ActionOutcome::Done(Err(reason)) => {
                 let effects = self.commit(Command::ActionFailed {
                     step: step.clone(),
                     reason: reason.clone(),
@@ -468,7 +546,22 @@ impl<A: Actions> Runner<A> {
                     }),
                 ))
             }
-            None => Ok((self.pause_bound_exceeded(Some(step)).await?, None)),
+            ActionOutcome::PauseBound => Ok((self.pause_bound_exceeded(Some(step)).await?, None)),
+            ActionOutcome::Stop => {
+                let reason = self.stop_reason().unwrap_or_default();
+                if self.state.traffic_paused() {
+                    self.note_stop_while_paused(&reason)?;
+                    return Ok((self.pause_bound_exceeded(Some(step)).await?, None));
+                }
+                // Outside the pause, stopping mid-step is what a crash does: the step stays
+                // started, and a resumed run re-checks it before acting.
+                self.commit(Command::Note {
+                    step: Some(step.clone()),
+                    text: format!("{reason} during this step: it stopped half-run; a resumed run re-checks it before acting"),
+                    by: vec!["cutover:stop".into()],
+                })?;
+                Err(RunError::Stopped { reason })
+            }
         }
     }
 
@@ -558,6 +651,10 @@ impl<A: Actions> Runner<A> {
     /// precondition and gate. A failure while traffic is paused rolls back to before the pause.
     pub async fn run_headless(&mut self, user: &str) -> Result<Progress, RunError> {
         loop {
+            if let Some(reason) = self.stop_reason() {
+                self.end_pause_before_exit(&reason).await?;
+                return Err(RunError::Stopped { reason });
+            }
             let Some(step) = self.state.next_step(&self.plan).map(|s| s.id.clone()) else {
                 return Ok(Progress::Completed);
             };
@@ -580,6 +677,15 @@ impl<A: Actions> Runner<A> {
             }
         }
     }
+}
+
+/// How a running action ended.
+enum ActionOutcome {
+    Done(Result<String, String>),
+    /// The pause bound ran out first; the action's future was dropped.
+    PauseBound,
+    /// A stop was requested first; the action's future was dropped.
+    Stop,
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

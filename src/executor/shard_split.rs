@@ -357,7 +357,7 @@ impl ShardSplitActions {
     // ---- base backup ----------------------------------------------------------------------
 
     async fn base_backup(&mut self, sink: &Sink) -> Result<String, String> {
-        let s = &self.split;
+        let s = self.split.clone();
         match self.target_in_recovery().await {
             Some(true) => sink.output(format!(
                 "{} already runs as a standby; waiting for it to catch up",
@@ -379,21 +379,23 @@ impl ShardSplitActions {
                     "standby" => sink.output(
                         "found a standby data directory from an earlier attempt; starting it",
                     ),
-                    "empty" => {
-                        // A crash after pg_basebackup created the slot leaves it behind: ours, by name.
-                        let source = self.source_admin().await?;
-                        source
-                            .simple_query(&plan::drop_slot_sql(&s.slot))
-                            .await
-                            .map_err(|e| pg::error_chain(&e))?;
+                    "empty" => self.copy_from_source(sink).await?,
+                    "other" if self.memory.base_backup_started => {
+                        // No standby.signal yet: the copy an interrupted run of ours began.
+                        self.stop_interrupted_basebackup(sink).await?;
+                        sink.output(format!(
+                            "{} holds an interrupted copy of ours; discarding it and copying again",
+                            s.target.data_dir
+                        ));
                         self.ctx
                             .host_run(
                                 &s.target.host,
-                                &s.basebackup_command(),
+                                &s.discard_target_command(),
                                 HOST_COMMAND_TIMEOUT,
                                 sink,
                             )
                             .await?;
+                        self.copy_from_source(sink).await?;
                     }
                     other => {
                         return Err(format!(
@@ -402,6 +404,14 @@ impl ShardSplitActions {
                         ))
                     }
                 }
+                self.ctx
+                    .host_run(
+                        &s.target.host,
+                        &s.standby_settings_command(),
+                        QUICK_COMMAND_TIMEOUT,
+                        sink,
+                    )
+                    .await?;
                 self.ctx
                     .host_run(
                         &s.target.host,
@@ -462,6 +472,80 @@ impl ShardSplitActions {
         }
     }
 
+    /// pg_basebackup into the empty target directory, creating the slot. Marked in the run's
+    /// memory first, so a re-check knows a half-filled directory is its own.
+    async fn copy_from_source(&mut self, sink: &Sink) -> Result<(), String> {
+        self.memory.base_backup_started = true;
+        self.remember()?;
+        let s = &self.split;
+        // A crash after pg_basebackup created the slot leaves it behind: ours, by name.
+        let source = self.source_admin().await?;
+        source
+            .simple_query(&plan::drop_slot_sql(&s.slot))
+            .await
+            .map_err(|e| pg::error_chain(&e))?;
+        self.ctx
+            .host_run(
+                &s.target.host,
+                &s.basebackup_command(),
+                HOST_COMMAND_TIMEOUT,
+                sink,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The pg_basebackup of an interrupted run may outlive it (its WAL streamer waits on the
+    /// source). It is ours, copying into the directory about to be discarded: stop it by PID.
+    async fn stop_interrupted_basebackup(&self, sink: &Sink) -> Result<(), String> {
+        let s = &self.split;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut signal = "TERM";
+        loop {
+            let listed = self
+                .ctx
+                .host_run(
+                    &s.target.host,
+                    plan::Split::PROCESSES_COMMAND,
+                    QUICK_COMMAND_TIMEOUT,
+                    &Sink::discard(),
+                )
+                .await?;
+            let pids: Vec<&str> = listed
+                .lines()
+                .filter_map(|line| s.copies_into_target(line))
+                .collect();
+            if pids.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "an interrupted pg_basebackup into {} is still running (pid {}); stop it, then run again",
+                    s.target.data_dir,
+                    pids.join(", ")
+                ));
+            }
+            if Instant::now() + Duration::from_secs(10) > deadline {
+                signal = "KILL";
+            }
+            sink.output(format!(
+                "stopping the interrupted pg_basebackup of an earlier run: kill -{signal} {}",
+                pids.join(" ")
+            ));
+            // Exit status ignored: a process may end between the listing and the signal.
+            let _ = self
+                .ctx
+                .host_run(
+                    &s.target.host,
+                    &format!("kill -{signal} {}", pids.join(" ")),
+                    QUICK_COMMAND_TIMEOUT,
+                    &Sink::discard(),
+                )
+                .await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// Stop the target if it runs, then discard its data directory.
     async fn stop_and_discard_target(&self, sink: &Sink) -> Result<(), String> {
         let s = &self.split;
@@ -488,8 +572,10 @@ impl ShardSplitActions {
     }
 
     async fn undo_base_backup(&mut self, sink: &Sink) -> Result<String, String> {
-        let s = &self.split;
         self.stop_and_discard_target(sink).await?;
+        self.memory.base_backup_started = false;
+        self.remember()?;
+        let s = &self.split;
         let source = self.source_admin().await?;
         drop_slot_when_inactive(&source, &s.slot).await?;
         Ok(format!(

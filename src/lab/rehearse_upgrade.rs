@@ -234,7 +234,7 @@ pub async fn major_upgrade(
 }
 
 /// Alternating dumps with and without the checksum, per side.
-const CHECKSUM_RUNS: usize = 7;
+const CHECKSUM_RUNS: usize = 9;
 
 fn median(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);

@@ -242,6 +242,11 @@ pub async fn load_sample(port: u16, rows: u64, bench_rows: u64) -> Result<bool, 
             )
             .await?;
         }
+        // Settle the fresh tables now, so that autovacuum does not compete with what the
+        // rehearsal measures next.
+        // One statement per call: VACUUM refuses an (implicit) transaction block.
+        pg::simple_execute(&app, &target, "VACUUM (ANALYZE)").await?;
+        pg::simple_execute(&app, &target, "CHECKPOINT").await?;
     }
     Ok(true)
 }

@@ -264,17 +264,46 @@ impl Split {
 
     pub fn basebackup_command(&self) -> String {
         let bin = &self.target.bin_dir;
-        let data = shell_quote(&self.target.data_dir);
         format!(
-            "{bin}/pg_basebackup -h {host} -p {port} -U {user} -D {data} -R -C -S {slot} -X stream -c fast -P && \
-             printf '%s\\n' \"port = {tport}\" \"cluster_name = '{tname}'\" >> {data}/postgresql.auto.conf",
+            "{bin}/pg_basebackup -h {host} -p {port} -U {user} -D {data} -R -C -S {slot} -X stream -c fast -P",
             host = shell_quote(&self.source.address),
             port = self.source.port,
             user = shell_quote(&self.source.user),
+            data = shell_quote(&self.target.data_dir),
             slot = shell_quote(&self.slot),
-            tport = self.target.port,
-            tname = super::sanitize(&self.target.name),
         )
+    }
+
+    /// The target's own port and name in its copied configuration. Idempotent, so a re-check
+    /// after a crash between the copy and this command converges.
+    pub fn standby_settings_command(&self) -> String {
+        let conf = shell_quote(&format!("{}/postgresql.auto.conf", self.target.data_dir));
+        let port = format!("port = {}", self.target.port);
+        let name = format!("cluster_name = '{}'", super::sanitize(&self.target.name));
+        format!(
+            "grep -qxF {port_q} {conf} && grep -qxF {name_q} {conf} || printf '%s\\n' {port_q} {name_q} >> {conf}",
+            port_q = shell_quote(&port),
+            name_q = shell_quote(&name),
+        )
+    }
+
+    /// Lists the target host's processes as `PID STAT COMMAND LINE`;
+    /// [`Self::copies_into_target`] picks the `pg_basebackup`s copying into the target.
+    pub const PROCESSES_COMMAND: &'static str = "ps -eo pid=,stat=,args=";
+
+    /// The PID on a [`Self::PROCESSES_COMMAND`] line whose live (not zombie) process is a
+    /// `pg_basebackup` copying into the target's data directory.
+    pub fn copies_into_target<'a>(&self, line: &'a str) -> Option<&'a str> {
+        let mut fields = line.trim_start().splitn(3, char::is_whitespace);
+        let (pid, stat, command) = (fields.next()?, fields.next()?, fields.next()?.trim());
+        let target = format!(" -D {}", self.target.data_dir);
+        let is_basebackup = command
+            .split_whitespace()
+            .next()
+            .is_some_and(|program| program.ends_with("pg_basebackup"));
+        let into_target = command.contains(&format!("{target} ")) || command.ends_with(&target);
+        let pid_is_number = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
+        (pid_is_number && is_basebackup && into_target && !stat.starts_with('Z')).then_some(pid)
     }
 
     /// Removes the target's data directory contents (never the directory itself).
@@ -338,6 +367,10 @@ impl Split {
         .command(RenderedCommand::shell(
             &self.target.host,
             self.basebackup_command(),
+        ))
+        .command(RenderedCommand::shell(
+            &self.target.host,
+            self.standby_settings_command(),
         ))
         .command(RenderedCommand::shell(
             &self.target.host,

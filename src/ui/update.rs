@@ -195,10 +195,14 @@ fn request_quit(model: &mut Model) -> Vec<UiRequest> {
         .and_then(|r| {
             if let Some(i) = r.running {
                 let title = r.steps.get(i).map_or("?", |s| s.title.as_str());
-                Some(format!("Step {} “{title}” is running.", i + 1))
+                Some(format!(
+                    "Step {} “{title}” is running: quitting stops it half-run.",
+                    i + 1
+                ))
             } else {
                 r.traffic_paused_since.map(|_| {
-                    "Traffic is PAUSED: quitting now leaves the applications waiting.".to_string()
+                    "Traffic is PAUSED: quitting ends the pause first, as its bound would."
+                        .to_string()
                 })
             }
         });
@@ -213,7 +217,7 @@ fn request_quit(model: &mut Model) -> Vec<UiRequest> {
                 "Quit while live?",
                 vec![
                     why,
-                    "The engine keeps its journal; `cutover run` resumes.".into(),
+                    "The journal keeps every step; `cutover run` re-checks and resumes.".into(),
                 ],
                 Severity::Dangerous,
                 model.instant,
