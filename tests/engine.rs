@@ -1181,3 +1181,40 @@ fn a_plan_built_from_an_inventory_pins_its_values_not_its_formatting() {
     let duplicate = Plan::new(&inventory, "shard-split", BTreeMap::new(), steps).unwrap_err();
     assert!(duplicate.to_string().contains("preflight"), "{duplicate}");
 }
+
+/// After a crash mid-copy, the re-check stops only the live `pg_basebackup`s copying into the
+/// target's own data directory: not another directory's, not a zombie, not a look-alike.
+#[test]
+fn an_interrupted_copy_is_recognised_by_its_target_directory() {
+    use cutover::runbook::shard_split::{Split, SplitParams};
+    let inventory = cutover::inventory::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/inventories/lab.yaml"
+    )))
+    .unwrap();
+    let params: BTreeMap<String, String> = [
+        ("from", "p1"),
+        ("to", "p2"),
+        ("node", "pg2"),
+        ("shards", "512-1023"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let split = Split::resolve(&inventory, SplitParams::from_map(&params).unwrap()).unwrap();
+    let dir = &split.target.data_dir;
+    let bin = &split.target.bin_dir;
+    let ours = format!("  4242 S    {bin}/pg_basebackup -h 127.0.0.1 -p 5432 -U postgres -D {dir} -R -C -S cutover_p2 -X stream -c fast -P");
+    assert_eq!(split.copies_into_target(&ours), Some("4242"));
+    let at_end = format!("4243 S pg_basebackup -X stream -D {dir}");
+    assert_eq!(split.copies_into_target(&at_end), Some("4243"));
+    for other in [
+        format!("4244 Z {bin}/pg_basebackup -D {dir} -R"),
+        format!("4245 S {bin}/pg_basebackup -D {dir}-old -R"),
+        format!("4246 S {bin}/pg_dump -D {dir} -R"),
+        format!("4247 S sh -c echo pg_basebackup -D {dir}"),
+        format!("12;x S {bin}/pg_basebackup -D {dir} -R"),
+    ] {
+        assert_eq!(split.copies_into_target(&other), None, "{other}");
+    }
+}

@@ -51,11 +51,13 @@ pub struct SeedPipeline {
 }
 
 /// `pg_dumpall | gzip` with and without the runbook's `tee | openssl dgst -sha512` in the pipe
-/// (median of [`CHECKSUM_RUNS`] alternating runs each: single runs vary by ±15% here).
+/// ([`CHECKSUM_PAIRS`] back-to-back pairs, alternating which goes first; single dumps vary by
+/// ±15% here, so the cost is the median of the per-pair differences).
 #[derive(Debug, Clone, Serialize)]
 pub struct ChecksumCost {
     pub dump_ms_without: f64,
     pub dump_ms_with: f64,
+    /// Median over the pairs of (with − without) / without.
     pub added_percent: f64,
 }
 
@@ -106,7 +108,7 @@ impl UpgradeRehearsal {
         }
         if let Some(c) = &self.checksum {
             out.push_str(&format!(
-                "in-stream sha512: dump {:.0} ms without, {:.0} ms with: +{:.1}%\n",
+                "in-stream sha512: dump {:.0} ms without, {:.0} ms with (medians); added {:+.1}% (median of {CHECKSUM_PAIRS} back-to-back pairs)\n",
                 c.dump_ms_without, c.dump_ms_with, c.added_percent
             ));
         }
@@ -233,8 +235,8 @@ pub async fn major_upgrade(
     })
 }
 
-/// Alternating dumps with and without the checksum, per side.
-const CHECKSUM_RUNS: usize = 9;
+/// Pairs of dumps, one with and one without the checksum.
+const CHECKSUM_PAIRS: usize = 11;
 
 fn median(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
@@ -282,25 +284,31 @@ fn reference(lab: &UpgradeLab) -> Result<(Option<SeedPipeline>, Option<ChecksumC
         total_ms: dump_gzip_ms + sha512_ms + restore_ms,
     };
     // Same gzip level and hasher as the runbook's dump, with and without the checksum.
-    let (mut without, mut with) = (Vec::new(), Vec::new());
+    let (mut without, mut with, mut added) = (Vec::new(), Vec::new(), Vec::new());
     let level = crate::runbook::major_upgrade::GZIP_LEVEL;
     let hasher = crate::runbook::major_upgrade::SHA512_FILTER;
-    for _ in 0..CHECKSUM_RUNS {
-        without.push(shell_timed(&format!(
-            "{old}/pg_dumpall {src} | gzip -{level} > {d}/plain.sql.gz"
-        ))?);
-        with.push(shell_timed(&format!(
-            "{old}/pg_dumpall {src} | gzip -{level} | tee {d}/summed.sql.gz | {hasher} > {d}/summed.sha512"
-        ))?);
+    let plain = format!("{old}/pg_dumpall {src} | gzip -{level} > {d}/plain.sql.gz");
+    let summed = format!(
+        "{old}/pg_dumpall {src} | gzip -{level} | tee {d}/summed.sql.gz | {hasher} > {d}/summed.sha512"
+    );
+    for pair in 0..CHECKSUM_PAIRS {
+        let (w, c) = if pair % 2 == 0 {
+            (shell_timed(&plain)?, shell_timed(&summed)?)
+        } else {
+            let c = shell_timed(&summed)?;
+            (shell_timed(&plain)?, c)
+        };
+        without.push(w);
+        with.push(c);
+        added.push((c - w) / w * 100.0);
     }
-    let (without, with) = (median(without), median(with));
     let _ = std::fs::remove_dir_all(&dir);
     Ok((
         Some(seed),
         Some(ChecksumCost {
-            dump_ms_without: without,
-            dump_ms_with: with,
-            added_percent: (with - without) / without * 100.0,
+            dump_ms_without: median(without),
+            dump_ms_with: median(with),
+            added_percent: median(added),
         }),
     ))
 }
