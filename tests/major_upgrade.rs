@@ -405,6 +405,63 @@ async fn rollback_after_the_restore_returns_traffic_to_the_source_with_nothing_l
     );
 }
 
+/// `pg_upgrade --link` shares the old cluster's files; until the new cluster starts, the way
+/// back exists: the rollback re-enables the old pg_control, starts the source, and traffic
+/// returns to it with nothing lost. Once the new cluster would start, rollback is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_upgrade_link_rolls_back_until_the_new_cluster_starts() {
+    let lab = upgrade_lab().await;
+    let state = tempfile::tempdir().unwrap();
+    let original_ini = std::fs::read_to_string(lab.pgbouncer_ini()).unwrap();
+    let before = fingerprint(lab.source_port).await;
+    let mut runner = open(&lab, state.path(), "pg-upgrade");
+    run_until(&mut runner, "start-target").await;
+    assert!(
+        !cutover::lab::proc::port_open(lab.source_port),
+        "the source is stopped while pg_upgrade has linked its files"
+    );
+    assert!(
+        lab.dir.join("pg1/global/pg_control.old").exists(),
+        "--link renamed the old pg_control"
+    );
+
+    runner
+        .rollback_to(&"stop-traffic".into(), "test", "upgrade window ran out")
+        .await
+        .expect("rollback before the new cluster starts");
+    assert!(lab.dir.join("pg1/global/pg_control").exists());
+    assert_eq!(
+        fingerprint(lab.source_port).await,
+        before,
+        "the source runs again with everything it had"
+    );
+    assert_eq!(
+        alias_port(&lab).await,
+        (i64::from(lab.source_port), false),
+        "traffic flows to the source"
+    );
+    assert_eq!(
+        std::fs::read_to_string(lab.pgbouncer_ini()).unwrap(),
+        original_ini
+    );
+    let marker = write_through_pgbouncer(&lab).await;
+    assert!(has_marker(lab.source_port, &marker).await);
+
+    // Forward again to the new cluster's start: past it, rollback is refused with the reason.
+    run_until(&mut runner, "start-target").await;
+    start_step(&mut runner, "start-target")
+        .await
+        .expect("start-target");
+    let refused = runner
+        .rollback_to(&"stop-traffic".into(), "test", "too late")
+        .await
+        .expect_err("refused past --link's point of no return");
+    assert!(
+        refused.to_string().contains("point of no return"),
+        "{refused}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locale_mismatch_is_caught_in_preflight() {
     let lab = UpgradeLab::start(UpgradeLabOptions {
