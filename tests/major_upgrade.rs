@@ -462,6 +462,55 @@ async fn pg_upgrade_link_rolls_back_until_the_new_cluster_starts() {
     );
 }
 
+/// `--traffic hooks`: a plain downtime window. The inventory's stop hook runs, pgbouncer is
+/// never paused (only repointed), and the start hook runs on resume and on rollback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_alone_bracket_the_downtime_window_without_pausing_pgbouncer() {
+    let lab = upgrade_lab().await;
+    let state = tempfile::tempdir().unwrap();
+    let flag = lab.dir.join("downtime");
+    let log = lab.dir.join("hooks.log");
+    let hooks = format!(
+        "traffic:\n  stop: touch {flag} && echo stop >> {log}\n  start: rm -f {flag} && echo start >> {log}\n",
+        flag = flag.display(),
+        log = log.display()
+    );
+    let mut inventory = std::fs::read_to_string(lab.inventory_path()).unwrap();
+    inventory.push_str(&hooks);
+    std::fs::write(lab.inventory_path(), inventory).unwrap();
+    let hook_log = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    let mut inv = invocation(&lab, state.path(), "dumpall");
+    inv.params.insert("traffic".into(), "hooks".into());
+    let mut runner = session::open_major_upgrade(&inv).expect("open");
+    run_until(&mut runner, "dump").await;
+    assert!(flag.exists(), "the stop hook ran");
+    assert_eq!(
+        alias_port(&lab).await,
+        (i64::from(lab.source_port), false),
+        "pgbouncer is not paused in a hooks-only window"
+    );
+
+    // The way back runs the start hook.
+    runner
+        .rollback_to(&"stop-traffic".into(), "test", "window cancelled")
+        .await
+        .expect("rollback");
+    assert!(!flag.exists(), "the start hook ran on rollback");
+    assert_eq!(hook_log(), "stop\nstart\n");
+
+    run_until(&mut runner, "stop-old-cluster").await;
+    assert!(!flag.exists(), "the start hook ran on resume");
+    assert_eq!(hook_log(), "stop\nstart\nstop\nstart\n");
+    assert_eq!(
+        alias_port(&lab).await,
+        (i64::from(lab.target_port), false),
+        "traffic flows to the target"
+    );
+    let marker = write_through_pgbouncer(&lab).await;
+    assert!(has_marker(lab.target_port, &marker).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locale_mismatch_is_caught_in_preflight() {
     let lab = UpgradeLab::start(UpgradeLabOptions {

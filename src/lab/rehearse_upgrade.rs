@@ -50,7 +50,7 @@ pub struct SeedPipeline {
     pub total_ms: f64,
 }
 
-/// `pg_dumpall | gzip` with and without the runbook's `tee | openssl dgst -sha512` in the pipe
+/// `pg_dumpall | gzip` with and without the runbook's in-stream SHA-512 stage
 /// ([`CHECKSUM_PAIRS`] back-to-back pairs, alternating which goes first; single dumps vary by
 /// ±15% here, so the cost is the median of the per-pair differences).
 #[derive(Debug, Clone, Serialize)]
@@ -286,10 +286,10 @@ fn reference(lab: &UpgradeLab) -> Result<(Option<SeedPipeline>, Option<ChecksumC
     // Same gzip level and hasher as the runbook's dump, with and without the checksum.
     let (mut without, mut with, mut added) = (Vec::new(), Vec::new(), Vec::new());
     let level = crate::runbook::major_upgrade::GZIP_LEVEL;
-    let hasher = crate::runbook::major_upgrade::SHA512_FILTER;
     let plain = format!("{old}/pg_dumpall {src} | gzip -{level} > {d}/plain.sql.gz");
     let summed = format!(
-        "{old}/pg_dumpall {src} | gzip -{level} | tee {d}/summed.sql.gz | {hasher} > {d}/summed.sha512"
+        "{old}/pg_dumpall {src} | gzip -{level} | {} > {d}/summed.sha512",
+        crate::runbook::major_upgrade::tee_sha512(&format!("{d}/summed.sql.gz"))
     );
     for pair in 0..CHECKSUM_PAIRS {
         let (w, c) = if pair % 2 == 0 {
