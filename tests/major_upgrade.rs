@@ -511,6 +511,41 @@ async fn hooks_alone_bracket_the_downtime_window_without_pausing_pgbouncer() {
     assert!(has_marker(lab.target_port, &marker).await);
 }
 
+/// A target on another host: every artifact file crosses over SSH through the jump host and
+/// its checksum is verified on arrival, before the restore. (`lab2` is the same sshd under a
+/// second name, so the copy lands on the very path it was read from: the restore can only
+/// succeed from the reassembled, verified bytes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_cross_to_a_target_host_and_are_verified_on_arrival() {
+    let lab = upgrade_lab().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut inventory = cutover::inventory::load(&lab.inventory_path()).unwrap();
+    let mut second = inventory.hosts[0].clone();
+    second.name = "lab2".into();
+    inventory.hosts.push(second);
+    inventory
+        .nodes
+        .iter_mut()
+        .filter(|n| n.name == "pg1new")
+        .for_each(|n| n.host = "lab2".into());
+    std::fs::write(
+        lab.inventory_path(),
+        cutover::inventory::to_yaml(&inventory).unwrap(),
+    )
+    .unwrap();
+    let before = fingerprint(lab.source_port).await;
+
+    let mut runner = open(&lab, state.path(), "parallel");
+    run_until(&mut runner, "stop-old-cluster").await;
+    assert_eq!(fingerprint(lab.target_port).await, before);
+    let record = runner.journal().export_markdown(&runner.run_id).unwrap();
+    assert!(record.contains("moved lab → lab2"), "{record}");
+    assert!(
+        record.contains("sha512 verified on lab2"),
+        "the checksum is verified on the target host: {record}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locale_mismatch_is_caught_in_preflight() {
     let lab = UpgradeLab::start(UpgradeLabOptions {

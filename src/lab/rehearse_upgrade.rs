@@ -291,12 +291,19 @@ fn reference(lab: &UpgradeLab) -> Result<(Option<SeedPipeline>, Option<ChecksumC
         "{old}/pg_dumpall {src} | gzip -{level} | {} > {d}/summed.sha512",
         crate::runbook::major_upgrade::tee_sha512(&format!("{d}/summed.sql.gz"))
     );
+    // Each dump starts with nothing dirty in the page cache: the scratch restore above and the
+    // previous dump leave hundreds of MB for the kernel to write back, which would otherwise
+    // land on whichever dump runs next.
+    let timed_clean = |script: &str| {
+        shell_timed("sync")?;
+        shell_timed(script)
+    };
     for pair in 0..CHECKSUM_PAIRS {
         let (w, c) = if pair % 2 == 0 {
-            (shell_timed(&plain)?, shell_timed(&summed)?)
+            (timed_clean(&plain)?, timed_clean(&summed)?)
         } else {
-            let c = shell_timed(&summed)?;
-            (shell_timed(&plain)?, c)
+            let c = timed_clean(&summed)?;
+            (timed_clean(&plain)?, c)
         };
         without.push(w);
         with.push(c);
