@@ -12,12 +12,16 @@ struct Stream {
 }
 
 impl Stream {
+    /// Linear in the output size: only the new chunk is searched for line ends (a long line
+    /// arriving in many chunks, such as a base64 file chunk, is not rescanned per chunk).
     fn push(&mut self, chunk: &[u8], emit: &mut dyn FnMut(String)) {
+        let mut search_from = self.bytes.len();
         self.bytes.extend_from_slice(chunk);
-        while let Some(offset) = self.bytes[self.pending..].iter().position(|&b| b == b'\n') {
-            let end = self.pending + offset;
+        while let Some(offset) = self.bytes[search_from..].iter().position(|&b| b == b'\n') {
+            let end = search_from + offset;
             emit(line_text(&self.bytes[self.pending..end]));
             self.pending = end + 1;
+            search_from = self.pending;
         }
     }
 
