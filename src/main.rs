@@ -426,6 +426,7 @@ async fn tui_command(
             let bound = cutover::executor::Actions::pause_bound(runner.actions());
             initial = Some(cutover::cockpit::initial_view(&runner, bound));
             let stop = runner.stop_handle();
+            let stop_requests = runner.stop_requests();
             stop_on_signals(stop.clone());
             let bridge = tokio::spawn(cutover::cockpit::serve(
                 runner,
@@ -433,10 +434,10 @@ async fn tui_command(
                 updates_tx,
                 bound,
             ));
-            driving = Some((stop, bridge));
+            driving = Some((stop, bridge, stop_requests));
         }
     }
-    let ui = cutover::ui::run(cutover::ui::TuiOptions {
+    let cockpit = cutover::ui::run(cutover::ui::TuiOptions {
         inventory: std::sync::Arc::new(inv),
         theme,
         operator: run.operator.clone(),
@@ -447,9 +448,19 @@ async fn tui_command(
         initial,
         intervals: readings::poller::PollIntervals::default(),
         seen: cutover::cockpit::seen,
-    })
-    .await;
-    if let Some((stop, bridge)) = driving {
+    });
+    let ui = match &driving {
+        // A signal closes the cockpit too (dropping it restores the terminal).
+        Some((_, _, stop_requests)) => {
+            let mut stop_requests = stop_requests.clone();
+            tokio::select! {
+                ui = cockpit => ui,
+                _ = stop_requests.wait_for(Option::is_some) => Ok(()),
+            }
+        }
+        None => cockpit.await,
+    };
+    if let Some((stop, bridge, _)) = driving {
         // The bridge ends a write pause and stops a running step before the process exits.
         stop.stop("the cockpit closed");
         let _ = bridge.await;

@@ -48,6 +48,18 @@ async fn start_step(runner: &mut Runner<MajorUpgradeActions>, step: &str) -> Res
         .await
 }
 
+/// A rollback to before the traffic stop is refused, naming the point of no return.
+async fn assert_way_back_refused(runner: &mut Runner<MajorUpgradeActions>) {
+    let refused = runner
+        .rollback_to(&"stop-traffic".into(), "test", "too late")
+        .await
+        .expect_err("rollback refused past the point of no return");
+    assert!(
+        refused.to_string().contains("point of no return"),
+        "{refused}"
+    );
+}
+
 /// Run steps headless until `step` is next (it is not started).
 async fn run_until(runner: &mut Runner<MajorUpgradeActions>, step: &str) {
     while let Some(next) = runner
@@ -395,14 +407,7 @@ async fn rollback_after_the_restore_returns_traffic_to_the_source_with_nothing_l
 
     // Past the resume, the way back is refused, with the reason.
     run_until(&mut runner, "stop-old-cluster").await;
-    let refused = runner
-        .rollback_to(&"stop-traffic".into(), "test", "too late")
-        .await
-        .expect_err("refused");
-    assert!(
-        refused.to_string().contains("point of no return"),
-        "{refused}"
-    );
+    assert_way_back_refused(&mut runner).await;
 }
 
 /// `pg_upgrade --link` shares the old cluster's files; until the new cluster starts, the way
@@ -452,14 +457,7 @@ async fn pg_upgrade_link_rolls_back_until_the_new_cluster_starts() {
     start_step(&mut runner, "start-target")
         .await
         .expect("start-target");
-    let refused = runner
-        .rollback_to(&"stop-traffic".into(), "test", "too late")
-        .await
-        .expect_err("refused past --link's point of no return");
-    assert!(
-        refused.to_string().contains("point of no return"),
-        "{refused}"
-    );
+    assert_way_back_refused(&mut runner).await;
 }
 
 /// `--traffic hooks`: a plain downtime window. The inventory's stop hook runs, pgbouncer is

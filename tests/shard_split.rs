@@ -110,23 +110,31 @@ async fn full_split_under_load_loses_nothing_and_every_shard_has_one_owner() {
     );
 }
 
+/// Hold pg2's replay, then write one row on pg1 directly (pgbouncer is paused): the standby
+/// now lags the primary by that row.
+async fn hold_standby_and_write(lab: &cutover::lab::TestLab, form_id: &str) {
+    connect(lab.config.pg2_port, "postgres")
+        .await
+        .simple_query("SELECT pg_wal_replay_pause()")
+        .await
+        .unwrap();
+    pg1_forms(lab)
+        .await
+        .execute(
+            "INSERT INTO forms (form_id, domain) VALUES ($1::text::uuid, 'late')",
+            &[&form_id],
+        )
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promotion_is_refused_while_the_standby_lags() {
     let lab = lab(2_000).await;
     let state = tempfile::tempdir().unwrap();
     let mut runner = open_split(&lab, state.path());
     run_until(&mut runner, "lsn-gate").await;
-    // Hold the standby back, then write on the primary directly (pgbouncer is paused).
-    connect(lab.config.pg2_port, "postgres")
-        .await
-        .simple_query("SELECT pg_wal_replay_pause()")
-        .await
-        .unwrap();
-    pg1_forms(&lab)
-        .await
-        .simple_query("INSERT INTO forms (form_id, domain) VALUES (gen_random_uuid(), 'late')")
-        .await
-        .unwrap();
+    hold_standby_and_write(&lab, "00000000-0000-0000-0000-0000000001a7").await;
     runner.actions_mut().gate_timeout = Duration::from_millis(500);
     let error = start_step(&mut runner, "lsn-gate")
         .await
@@ -154,18 +162,7 @@ async fn promotion_waits_for_wal_written_after_the_gate() {
     let state = tempfile::tempdir().unwrap();
     let mut runner = open_split(&lab, state.path());
     run_until(&mut runner, "promote").await;
-    connect(lab.config.pg2_port, "postgres")
-        .await
-        .simple_query("SELECT pg_wal_replay_pause()")
-        .await
-        .unwrap();
-    pg1_forms(&lab)
-        .await
-        .simple_query(
-            "INSERT INTO forms (form_id, domain) VALUES ('00000000-0000-0000-0000-00000000beef', 'after-gate')",
-        )
-        .await
-        .unwrap();
+    hold_standby_and_write(&lab, "00000000-0000-0000-0000-00000000beef").await;
     let pg2_port = lab.config.pg2_port;
     let release = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -395,5 +392,52 @@ async fn a_hanging_step_resumes_traffic_within_the_bound_and_fails_the_run() {
         runner.state.next_step(&runner.plan).unwrap().id.as_str(),
         "stop-traffic",
         "rolled back to before the pause"
+    );
+}
+
+/// Quitting the cockpit while traffic is paused ends the pause first, as the bound would:
+/// traffic flows again, the journal says why, and the run can be resumed later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quitting_the_cockpit_while_paused_resumes_traffic() {
+    let lab = lab(2_000).await;
+    let state = tempfile::tempdir().unwrap();
+    let mut runner = open_split(&lab, state.path());
+    run_until(&mut runner, "lsn-gate").await;
+    assert!(!paused_aliases(&lab).await.is_empty(), "traffic is paused");
+
+    let (requests_tx, requests_rx) = tokio::sync::mpsc::channel(8);
+    let (updates_tx, mut updates_rx) = tokio::sync::mpsc::channel(64);
+    let bridge = tokio::spawn(cutover::cockpit::serve(
+        runner,
+        requests_rx,
+        updates_tx,
+        Duration::from_secs(10),
+    ));
+    tokio::spawn(async move { while updates_rx.recv().await.is_some() {} });
+    requests_tx
+        .send(cutover::ui::model::UiRequest::Quit)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), bridge)
+        .await
+        .expect("the bridge ends")
+        .unwrap();
+
+    assert_eq!(paused_aliases(&lab).await, Vec::<String>::new());
+    let journal = cutover::journal::Journal::open(state.path()).unwrap();
+    let run = journal.runs().unwrap().remove(0);
+    let record = journal.export_markdown(&run.run_id).unwrap();
+    assert!(
+        record.contains("the operator quit the cockpit while traffic was paused"),
+        "{record}"
+    );
+    let resumed = open_split(&lab, state.path());
+    assert_eq!(
+        resumed
+            .state
+            .next_step(&resumed.plan)
+            .map(|s| s.id.to_string()),
+        Some("stop-traffic".to_string()),
+        "the run resumes from before the pause"
     );
 }
