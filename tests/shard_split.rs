@@ -199,6 +199,48 @@ async fn promotion_waits_for_wal_written_after_the_gate() {
     );
 }
 
+/// A run that died after requesting the promotion: a promoting standby replays no further,
+/// so the current-LSN re-check could never pass again. The resumed run proves instead that
+/// the standby replayed the primary's LSN recorded at the gate, and completes the promotion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_interrupted_after_the_gate_completes_on_resume() {
+    let lab = lab(2_000).await;
+    let state = tempfile::tempdir().unwrap();
+    let mut runner = open_split(&lab, state.path());
+    run_until(&mut runner, "promote").await;
+    let memory_file = state
+        .path()
+        .join("runs")
+        .join(&runner.run_id.0)
+        .join("split.json");
+    drop(runner);
+    // The crash: the request was recorded, then the primary wrote WAL the (now promoting)
+    // standby will never replay.
+    let mut memory: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&memory_file).unwrap()).unwrap();
+    memory["promote_requested"] = serde_json::Value::Bool(true);
+    std::fs::write(&memory_file, memory.to_string()).unwrap();
+    hold_standby_and_write(&lab, "00000000-0000-0000-0000-00000000c0de").await;
+
+    let mut resumed = open_split(&lab, state.path());
+    resumed.actions_mut().gate_timeout = Duration::from_millis(300);
+    start_step(&mut resumed, "promote")
+        .await
+        .expect("the interrupted promotion completes");
+    let record = resumed.journal().export_markdown(&resumed.run_id).unwrap();
+    assert!(
+        record.contains("re-check after an interrupted promotion"),
+        "{record}"
+    );
+    let in_recovery: bool = connect(lab.config.pg2_port, "postgres")
+        .await
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!in_recovery, "pg2 is promoted");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_is_refused_for_a_shard_whose_owner_lacks_rows() {
     let lab = lab(5_000).await;

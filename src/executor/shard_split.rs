@@ -41,6 +41,10 @@ pub struct SplitMemory {
     /// Set before pg_basebackup starts: a data directory without `standby.signal` found on
     /// re-check is then our own interrupted copy, safe to discard.
     pub base_backup_started: bool,
+    /// Set after the gate held and before `pg_promote` is sent: a standby still in recovery
+    /// on re-check is then finishing a promotion that was already proven safe.
+    #[serde(default)]
+    pub promote_requested: bool,
     /// From the first PAUSE issued to the last RESUME returned, in milliseconds.
     pub pause_window_ms: Option<f64>,
     /// Rows written to a node after it stopped owning their shard, moved to their owner.
@@ -574,6 +578,7 @@ impl ShardSplitActions {
     async fn undo_base_backup(&mut self, sink: &Sink) -> Result<String, String> {
         self.stop_and_discard_target(sink).await?;
         self.memory.base_backup_started = false;
+        self.memory.promote_requested = false;
         self.remember()?;
         let s = &self.split;
         let source = self.source_admin().await?;
@@ -759,11 +764,16 @@ impl ShardSplitActions {
 
     async fn promote(&mut self, sink: &Sink) -> Result<String, String> {
         let s = self.split.clone();
-        match self.target_in_recovery().await {
+        let needs_promotion = match self.target_in_recovery().await {
             None => return Err(format!("{} does not answer", s.target.name)),
-            Some(false) => sink.output(format!("{} is already promoted", s.target.name)),
+            Some(false) => {
+                sink.output(format!("{} is already promoted", s.target.name));
+                false
+            }
+            Some(true) if self.replayed_past_the_gate(sink).await? => true,
             Some(true) => {
-                // Re-prove the gate from live data right before the irreversible call.
+                // Re-prove the gate from live data right before the irreversible call. Once
+                // promotion starts, replay stops: a re-check after a crash could never pass.
                 let reading = self.await_catch_up().await?;
                 let detail = format!(
                     "re-check: replay {} vs primary {}",
@@ -775,38 +785,46 @@ impl ShardSplitActions {
                         "{detail}: the standby fell behind; promotion refused"
                     ));
                 }
-                let target = self.target_admin().await?;
-                let started = Instant::now();
-                if let Err(e) = target.simple_query(plan::PROMOTE_SQL).await {
-                    // A promotion begun by an interrupted run may finish between the
-                    // recovery check and this call; then PostgreSQL refuses a second one.
-                    if self.target_in_recovery().await != Some(false) {
-                        return Err(pg::error_chain(&e));
-                    }
-                    sink.output(format!(
-                        "{} finished a promotion begun earlier ({})",
-                        s.target.name,
-                        pg::error_chain(&e)
-                    ));
-                }
-                loop {
-                    let row = target
-                        .query_one("SELECT pg_is_in_recovery()", &[])
-                        .await
-                        .map_err(|e| pg::error_chain(&e))?;
-                    if !row.get::<_, bool>(0) {
-                        break;
-                    }
-                    if started.elapsed() > Duration::from_secs(60) {
-                        return Err("still in recovery 60 s after pg_promote".into());
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                self.memory.promote_requested = true;
+                self.remember()?;
+                true
+            }
+        };
+        if needs_promotion {
+            let target = self.target_admin().await?;
+            let started = Instant::now();
+            if let Err(e) = target.simple_query(plan::PROMOTE_SQL).await {
+                // A promotion begun by an interrupted run may finish between the
+                // recovery check and this call; then PostgreSQL refuses a second one.
+                if self.target_in_recovery().await != Some(false) {
+                    // Not promoting: the next attempt must prove the gate again.
+                    self.memory.promote_requested = false;
+                    self.remember()?;
+                    return Err(pg::error_chain(&e));
                 }
                 sink.output(format!(
-                    "promoted in {:.1} ms",
-                    started.elapsed().as_secs_f64() * 1000.0
+                    "{} finished a promotion begun earlier ({})",
+                    s.target.name,
+                    pg::error_chain(&e)
                 ));
             }
+            loop {
+                let row = target
+                    .query_one("SELECT pg_is_in_recovery()", &[])
+                    .await
+                    .map_err(|e| pg::error_chain(&e))?;
+                if !row.get::<_, bool>(0) {
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(60) {
+                    return Err("still in recovery 60 s after pg_promote".into());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            sink.output(format!(
+                "promoted in {:.1} ms",
+                started.elapsed().as_secs_f64() * 1000.0
+            ));
         }
         // Traffic is still paused: nothing has been written under the new map yet.
         for node in [&s.source, &s.target] {
@@ -827,10 +845,49 @@ impl ShardSplitActions {
         ))
     }
 
+    /// After a crash that may have interrupted a promotion: the promotion was requested once
+    /// the gate held, and a promoting standby replays no further, so the current-LSN gate can
+    /// no longer pass. What the gate proved still can: the standby has replayed the primary's
+    /// LSN recorded at the gate, taken while traffic was already paused.
+    async fn replayed_past_the_gate(&self, sink: &Sink) -> Result<bool, String> {
+        let Some(gate_lsn) = self
+            .memory
+            .gate_primary_lsn
+            .clone()
+            .filter(|_| self.memory.promote_requested)
+        else {
+            return Ok(false);
+        };
+        let row = self
+            .target_admin()
+            .await?
+            .query_one(
+                "SELECT pg_last_wal_replay_lsn()::text, COALESCE(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)",
+                &[&gate_lsn],
+            )
+            .await
+            .map_err(|e| pg::error_chain(&e))?;
+        let (replayed, past): (Option<String>, bool) = (row.get(0), row.get(1));
+        if past {
+            sink.gate(
+                format!(
+                    "re-check after an interrupted promotion: {} replayed {} ≥ {gate_lsn}, the primary's LSN at the gate",
+                    self.split.target.name,
+                    replayed.unwrap_or_default()
+                ),
+                true,
+            );
+        }
+        Ok(past)
+    }
+
     /// A promoted node cannot follow its old primary again: undoing the promotion discards it
     /// and rebuilds the standby, so the state is again what base-backup left.
     async fn undo_promote(&mut self, sink: &Sink) -> Result<String, String> {
         let s = self.split.clone();
+        // Whatever happens below, a later promotion proves the gate again.
+        self.memory.promote_requested = false;
+        self.remember()?;
         if self.target_in_recovery().await == Some(true) {
             return Ok(format!(
                 "{} was never promoted; it is still a standby",
