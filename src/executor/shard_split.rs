@@ -374,6 +374,11 @@ impl ShardSplitActions {
                 ))
             }
             None => {
+                if self.memory.base_backup_started {
+                    // An interrupted run's copy may still be starting or running: stop it
+                    // before looking at the directory it writes to.
+                    self.stop_interrupted_basebackup(sink).await?;
+                }
                 let dir = crate::remote::shell_quote(&s.target.data_dir);
                 let state = self
                     .ctx
@@ -386,7 +391,6 @@ impl ShardSplitActions {
                     "empty" => self.copy_from_source(sink).await?,
                     "other" if self.memory.base_backup_started => {
                         // No standby.signal yet: the copy an interrupted run of ours began.
-                        self.stop_interrupted_basebackup(sink).await?;
                         sink.output(format!(
                             "{} holds an interrupted copy of ours; discarding it and copying again",
                             s.target.data_dir
@@ -482,12 +486,10 @@ impl ShardSplitActions {
         self.memory.base_backup_started = true;
         self.remember()?;
         let s = &self.split;
-        // A crash after pg_basebackup created the slot leaves it behind: ours, by name.
+        // A crash after pg_basebackup created the slot leaves it behind: ours, by name. Its
+        // walsender may hold it for a moment after the copy was stopped.
         let source = self.source_admin().await?;
-        source
-            .simple_query(&plan::drop_slot_sql(&s.slot))
-            .await
-            .map_err(|e| pg::error_chain(&e))?;
+        drop_slot_when_inactive(&source, &s.slot).await?;
         self.ctx
             .host_run(
                 &s.target.host,
