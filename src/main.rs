@@ -132,6 +132,16 @@ struct RunbookParams {
     /// major-upgrade: parallel jobs for pg_dump/pg_restore/pg_upgrade.
     #[arg(long)]
     jobs: Option<u32>,
+    /// major-upgrade: `pause` (traffic hooks plus pgbouncer PAUSE, bounded; the default) or
+    /// `hooks` (the hooks alone: a plain downtime window).
+    #[arg(long)]
+    traffic: Option<String>,
+    /// major-upgrade: restore into a scratch cluster of the target version first.
+    #[arg(long)]
+    test_restore: bool,
+    /// major-upgrade: absolute directory for the dump on the hosts (default: next to the data).
+    #[arg(long)]
+    dump_dir: Option<String>,
 }
 
 impl RunbookParams {
@@ -145,6 +155,11 @@ impl RunbookParams {
                 "pause-bound-ms",
                 self.pause_bound_ms.map(|ms| ms.to_string()),
             ),
+            ("method", self.method.clone()),
+            ("jobs", self.jobs.map(|jobs| jobs.to_string())),
+            ("traffic", self.traffic.clone()),
+            ("test-restore", self.test_restore.then(|| "yes".to_string())),
+            ("dump-dir", self.dump_dir.clone()),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))

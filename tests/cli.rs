@@ -136,3 +136,69 @@ fn bad_parameters_are_refused_with_the_reason() {
     let out = cutover(&["plan", LAB, "no-such-runbook"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Every major-upgrade option given on the command line reaches the plan (and so its
+/// fingerprint): a dropped option would silently run another method than the one reviewed.
+#[test]
+fn major_upgrade_options_reach_the_plan() {
+    let mut inventory = cutover::inventory::load(std::path::Path::new(LAB)).unwrap();
+    let mut target = inventory
+        .nodes
+        .iter()
+        .find(|n| n.name == "pg2")
+        .unwrap()
+        .clone();
+    target.name = "pg1new".into();
+    target.version = 18;
+    target.port += 100;
+    target.data_dir.push_str("-18");
+    inventory.nodes.push(target);
+    inventory.traffic = Some(cutover::inventory::TrafficHooks {
+        host: None,
+        stop: "true".into(),
+        start: "true".into(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("upgrade.yaml");
+    std::fs::write(&path, cutover::inventory::to_yaml(&inventory).unwrap()).unwrap();
+
+    let out = cutover(&[
+        "plan",
+        path.to_str().unwrap(),
+        "major-upgrade",
+        "--from",
+        "pg1",
+        "--to",
+        "pg1new",
+        "--method",
+        "parallel",
+        "--jobs",
+        "3",
+        "--traffic",
+        "hooks",
+        "--test-restore",
+        "--dump-dir",
+        "/var/tmp/cutover-dump",
+        "--format",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let params = &plan["params"];
+    assert_eq!(params["method"], "parallel", "{params}");
+    assert_eq!(params["jobs"], "3");
+    assert_eq!(params["traffic"], "hooks");
+    assert_eq!(params["test-restore"], "yes");
+    assert_eq!(params["dump-dir"], "/var/tmp/cutover-dump");
+    let steps: Vec<&str> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert!(steps.contains(&"test-restore"), "{steps:?}");
+}
