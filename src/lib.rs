@@ -7,6 +7,7 @@
 pub mod cockpit;
 pub mod engine;
 pub mod executor;
+pub mod guard;
 pub mod inventory;
 pub mod journal;
 pub mod lab;

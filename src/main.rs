@@ -107,6 +107,25 @@ enum Command {
         #[command(subcommand)]
         command: LabCommand,
     },
+    /// Started by a driving `cutover` when traffic pauses: ends the pause if the driver dies.
+    #[command(hide = true)]
+    PauseGuard {
+        inventory: PathBuf,
+        runbook: String,
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        parent: u32,
+        #[arg(long)]
+        run_id: String,
+        #[arg(long)]
+        bound_ms: u64,
+        /// Runbook parameters as NAME=VALUE.
+        #[arg(long = "param")]
+        params: Vec<String>,
+        #[arg(long)]
+        trust_on_first_use: bool,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -347,6 +366,31 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
+        Command::PauseGuard {
+            inventory,
+            runbook,
+            state_dir,
+            parent,
+            run_id,
+            bound_ms,
+            params,
+            trust_on_first_use,
+        } => {
+            let invocation = session::Invocation {
+                inventory_path: inventory,
+                runbook,
+                params: params
+                    .iter()
+                    .filter_map(|p| p.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                state_dir: Some(state_dir.clone()),
+                oversight: engine::Oversight::Solo,
+                trust_on_first_use,
+                expect_fingerprint: None,
+            };
+            pause_guard(&invocation, &state_dir, parent, run_id, bound_ms).await
+        }
         Command::Check { file } => Ok(check(&file)),
         Command::Status { inventory, json } => status(&inventory, json).await,
         Command::Lab { command } => lab_command(command).await,
@@ -434,10 +478,11 @@ async fn tui_command(
             );
             tokio::spawn(cutover::cockpit::follow(journal, plan, bound, updates_tx));
         } else {
-            let runner = match session::open(&invocation(file, &runbook, params, run, None)) {
+            let mut runner = match session::open(&invocation(file, &runbook, params, run, None)) {
                 Ok(runner) => runner,
                 Err(e) => return Ok(report_session_error(e)),
             };
+            guard_pauses(&mut runner, invocation(file, &runbook, params, run, None));
             let bound = cutover::executor::Actions::pause_bound(runner.actions());
             initial = Some(cutover::cockpit::initial_view(&runner, bound));
             let stop = runner.stop_handle();
@@ -574,6 +619,7 @@ async fn run_command(
         return Ok(ExitCode::from(INVALID_INPUT));
     }
     stop_on_signals(runner.stop_handle());
+    guard_pauses(&mut runner, invocation(file, runbook, params, run, None));
     match runner.run_headless(&run.operator).await {
         Ok(_) => {
             emit!("run {} completed", runner.run_id);
@@ -584,6 +630,80 @@ async fn run_command(
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// The guard outlives its driver: the terminal's hangup and Ctrl-C are not for it.
+async fn pause_guard(
+    invocation: &session::Invocation,
+    state_dir: &std::path::Path,
+    parent: u32,
+    run_id: String,
+    bound_ms: u64,
+) -> Result<ExitCode> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Handled and never read: the default action (exit) no longer applies.
+    let _hangup = signal(SignalKind::hangup())?;
+    let _interrupt = signal(SignalKind::interrupt())?;
+    let outcome = cutover::guard::watch(
+        invocation,
+        state_dir,
+        parent,
+        &journal::RunId(run_id),
+        Duration::from_millis(bound_ms),
+    )
+    .await;
+    match outcome {
+        Ok(outcome) => {
+            tracing::info!("pause guard: {outcome:?}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            tracing::error!("pause guard: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Start a pause guard (`cutover pause-guard`) whenever the runner pauses traffic: a detached
+/// process in its own process group, with no terminal, that ends the pause if this one dies.
+fn guard_pauses(
+    runner: &mut cutover::executor::Runner<session::RunbookActions>,
+    invocation: session::Invocation,
+) {
+    let Ok(exe) = std::env::current_exe() else {
+        eprintln!("cutover: cannot find my own executable; no pause guard will run");
+        return;
+    };
+    let state_dir = match journal::resolve_state_dir(invocation.state_dir.as_deref()) {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("cutover: no pause guard: {e}");
+            return;
+        }
+    };
+    runner.on_pause(Box::new(move |run_id, bound| {
+        use std::os::unix::process::CommandExt;
+        let args = cutover::guard::command_args(
+            &invocation,
+            &state_dir,
+            std::process::id(),
+            run_id,
+            bound,
+        );
+        let spawned = std::process::Command::new(&exe)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn();
+        match spawned {
+            Ok(child) => {
+                tracing::info!(target: "cutover::cmd", pid = child.id(), "pause guard started")
+            }
+            Err(e) => tracing::warn!(target: "cutover::cmd", "pause guard not started: {e}"),
+        }
+    }));
 }
 
 /// SIGTERM, SIGHUP (the operator's terminal went away) and SIGINT ask the runner to stop:

@@ -221,3 +221,68 @@ async fn a_signal_while_paused_ends_the_pause_before_exit() {
         + form_count(c.pg2_port, "commcarehq_p2").await;
     assert_eq!(total as u64, DOCS, "nothing lost, nothing duplicated");
 }
+
+/// SIGKILL while traffic is paused: no handler runs, but the pause guard the run started
+/// notices its driver is gone and, once the bound has passed, ends the pause as the bound
+/// would. Until then the pause holds: an operator who re-runs promptly takes over instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_drivers_pause_is_ended_by_its_guard_after_the_bound() {
+    let lab = lab(DOCS).await;
+    let state = tempfile::tempdir().unwrap();
+    let mut child = split_command(&lab, state.path())
+        .args(["--pause-bound-ms", "3000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while paused_aliases(&lab).await.is_empty() {
+        assert!(Instant::now() < deadline, "traffic was never paused");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before the pause"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let paused_at = Instant::now();
+    child.kill().unwrap(); // SIGKILL: no handler runs
+    child.wait().unwrap();
+
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !paused_aliases(&lab).await.is_empty(),
+        "within the bound the pause holds"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !paused_aliases(&lab).await.is_empty() {
+        assert!(Instant::now() < deadline, "the guard never ended the pause");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(paused_at.elapsed() >= Duration::from_millis(3000));
+    let journal = Journal::open(state.path()).unwrap();
+    let run = journal.runs().unwrap().remove(0);
+    let record = journal.export_markdown(&run.run_id).unwrap();
+    assert!(
+        record.contains("is gone while traffic was paused"),
+        "the journal says who ended the pause and why:\n{record}"
+    );
+
+    // The guard holds the run while it rolls back; then the operator's next run completes it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let output = split_command(&lab, state.path())
+            .args(["--pause-bound-ms", "3000"])
+            .output()
+            .unwrap();
+        let busy = String::from_utf8_lossy(&output.stderr).contains("being driven");
+        if !busy || Instant::now() > deadline {
+            break output.status;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status.success(), "the next run completes the split");
+    let c = &lab.config;
+    let total = form_count(c.pg1_port, "commcarehq_p1").await
+        + form_count(c.pg2_port, "commcarehq_p2").await;
+    assert_eq!(total as u64, DOCS, "nothing lost, nothing duplicated");
+}

@@ -168,7 +168,12 @@ pub struct Runner<A: Actions> {
     resumed_after_bound: bool,
     stop: StopHandle,
     stop_requested: watch::Receiver<Option<String>>,
+    /// Called whenever a write pause begins (or is found on resume), with the pause bound.
+    on_pause: Option<PauseHook>,
 }
+
+/// See [`Runner::on_pause`].
+pub type PauseHook = Box<dyn FnMut(&RunId, Duration) + Send>;
 
 impl<A: Actions> Runner<A> {
     /// Resume the unfinished run of this plan, or create a new one. An unfinished run of the
@@ -223,7 +228,17 @@ impl<A: Actions> Runner<A> {
             resumed_after_bound: false,
             stop: StopHandle(std::sync::Arc::new(stop_tx)),
             stop_requested,
+            on_pause: None,
         })
+    }
+
+    /// Call `hook` whenever traffic pauses, and now if it already is (a resumed run). The CLI
+    /// uses it to start a pause guard that outlives this process (`crate::guard`).
+    pub fn on_pause(&mut self, mut hook: PauseHook) {
+        if self.state.traffic_paused() {
+            hook(&self.run_id, self.actions.pause_bound());
+        }
+        self.on_pause = Some(hook);
     }
 
     /// A handle that asks this runner to stop (see [`RunError::Stopped`]).
@@ -296,7 +311,13 @@ impl<A: Actions> Runner<A> {
         let was_paused = self.state.traffic_paused();
         self.state = state;
         match (was_paused, self.state.traffic_paused()) {
-            (false, true) => self.pause_started = Some(Instant::now()),
+            (false, true) => {
+                self.pause_started = Some(Instant::now());
+                let bound = self.actions.pause_bound();
+                if let Some(hook) = self.on_pause.as_mut() {
+                    hook(&self.run_id, bound);
+                }
+            }
             (true, false) => self.pause_started = None,
             _ => {}
         }
