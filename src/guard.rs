@@ -72,9 +72,10 @@ pub async fn watch(
     bound: Duration,
 ) -> Result<GuardOutcome, String> {
     let started = Instant::now();
+    let mut journal = None;
     loop {
         tokio::time::sleep(POLL).await;
-        match paused(state_dir, run_id) {
+        match paused(&mut journal, state_dir, run_id) {
             None => return Ok(GuardOutcome::RunGone),
             Some(false) => return Ok(GuardOutcome::PauseEnded),
             Some(true) => {}
@@ -111,13 +112,16 @@ pub async fn watch(
     }
 }
 
-/// Whether the run is unfinished with traffic paused, from its journal alone; `None` when
-/// the journal or the run is gone. Never creates the journal.
-fn paused(state_dir: &Path, run_id: &RunId) -> Option<bool> {
+/// Whether the run is unfinished with traffic paused, from its journal alone (opened once,
+/// into `journal`); `None` when the journal or the run is gone. Never creates the journal.
+fn paused(journal: &mut Option<Journal>, state_dir: &Path, run_id: &RunId) -> Option<bool> {
     if !state_dir.join(JOURNAL_FILE).exists() {
         return None;
     }
-    let journal = Journal::open(state_dir).ok()?;
+    if journal.is_none() {
+        *journal = Journal::open(state_dir).ok();
+    }
+    let journal = journal.as_ref()?;
     let meta = journal.run(run_id).ok()?;
     if meta.status != RunStatus::Running {
         return None;
