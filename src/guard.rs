@@ -60,6 +60,9 @@ pub fn command_args(
     if invocation.trust_on_first_use {
         args.push("--trust-on-first-use".to_string());
     }
+    if invocation.oversight == crate::engine::Oversight::Pair {
+        args.push("--pair".to_string());
+    }
     args
 }
 

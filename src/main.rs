@@ -125,6 +125,8 @@ enum Command {
         params: Vec<String>,
         #[arg(long)]
         trust_on_first_use: bool,
+        #[arg(long)]
+        pair: bool,
     },
 }
 
@@ -375,6 +377,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             bound_ms,
             params,
             trust_on_first_use,
+            pair,
         } => {
             let invocation = session::Invocation {
                 inventory_path: inventory,
@@ -385,7 +388,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
                 state_dir: Some(state_dir.clone()),
-                oversight: engine::Oversight::Solo,
+                oversight: oversight(pair),
                 trust_on_first_use,
                 expect_fingerprint: None,
             };
@@ -570,13 +573,17 @@ fn invocation(
         runbook: runbook.to_string(),
         params: params.to_map(),
         state_dir: run.state_dir.clone(),
-        oversight: if run.pair {
-            engine::Oversight::Pair
-        } else {
-            engine::Oversight::Solo
-        },
+        oversight: oversight(run.pair),
         trust_on_first_use: run.trust_on_first_use,
         expect_fingerprint: expect,
+    }
+}
+
+fn oversight(pair: bool) -> engine::Oversight {
+    if pair {
+        engine::Oversight::Pair
+    } else {
+        engine::Oversight::Solo
     }
 }
 
