@@ -395,14 +395,7 @@ impl ShardSplitActions {
                             "{} holds an interrupted copy of ours; discarding it and copying again",
                             s.target.data_dir
                         ));
-                        self.ctx
-                            .host_run(
-                                &s.target.host,
-                                &s.discard_target_command(),
-                                HOST_COMMAND_TIMEOUT,
-                                sink,
-                            )
-                            .await?;
+                        self.stop_and_discard_target(sink).await?;
                         self.copy_from_source(sink).await?;
                     }
                     other => {
