@@ -69,38 +69,40 @@ impl ClusterSnapshot {
     /// differ across major versions; names must not.
     pub fn differences(&self, after: &ClusterSnapshot) -> Vec<String> {
         let mut problems = Vec::new();
-        for (name, attrs) in &self.roles {
-            match after.roles.get(name) {
-                None => problems.push(format!("role {name} is missing")),
-                Some(a) if a != attrs => {
-                    problems.push(format!("role {name}: {attrs} before, {a} after"))
-                }
-                Some(_) => {}
-            }
-        }
+        compare(
+            &self.roles,
+            &after.roles,
+            &mut problems,
+            |name, change| match change {
+                None => format!("role {name} is missing"),
+                Some((before, now)) => format!("role {name}: {before} before, {now} after"),
+            },
+        );
         for (db, before) in &self.databases {
             let Some(now) = after.databases.get(db) else {
                 problems.push(format!("database {db} is missing"));
                 continue;
             };
-            for (table, count) in &before.tables {
-                match now.tables.get(table) {
-                    None => problems.push(format!("{db}: table {table} is missing")),
-                    Some(n) if n != count => {
-                        problems.push(format!("{db}: {table} has {n} rows, expected {count}"))
+            compare(
+                &before.tables,
+                &now.tables,
+                &mut problems,
+                |table, change| match change {
+                    None => format!("{db}: table {table} is missing"),
+                    Some((count, n)) => format!("{db}: {table} has {n} rows, expected {count}"),
+                },
+            );
+            compare(
+                &before.sequences,
+                &now.sequences,
+                &mut problems,
+                |seq, change| match change {
+                    None => format!("{db}: sequence {seq} is missing"),
+                    Some((value, v)) => {
+                        format!("{db}: sequence {seq} is at {v:?}, expected {value:?}")
                     }
-                    Some(_) => {}
-                }
-            }
-            for (seq, value) in &before.sequences {
-                match now.sequences.get(seq) {
-                    None => problems.push(format!("{db}: sequence {seq} is missing")),
-                    Some(v) if v != value => problems.push(format!(
-                        "{db}: sequence {seq} is at {v:?}, expected {value:?}"
-                    )),
-                    Some(_) => {}
-                }
-            }
+                },
+            );
             for ext in before.extensions.difference(&now.extensions) {
                 problems.push(format!("{db}: extension {ext} is missing"));
             }
@@ -111,6 +113,23 @@ impl ClusterSnapshot {
             }
         }
         problems
+    }
+}
+
+/// Every key of `before` that is missing from `after` (`None`) or differs (`Some((before,
+/// now))`) becomes one problem, worded by `describe`.
+fn compare<V: PartialEq>(
+    before: &BTreeMap<String, V>,
+    after: &BTreeMap<String, V>,
+    problems: &mut Vec<String>,
+    describe: impl Fn(&str, Option<(&V, &V)>) -> String,
+) {
+    for (key, was) in before {
+        match after.get(key) {
+            None => problems.push(describe(key, None)),
+            Some(now) if now != was => problems.push(describe(key, Some((was, now)))),
+            Some(_) => {}
+        }
     }
 }
 

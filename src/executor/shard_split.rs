@@ -704,15 +704,22 @@ impl ShardSplitActions {
             .await
             .map_err(|e| pg::error_chain(&e))?
             .get(0);
-        let target = self.target_admin().await?;
-        let row = target
+        let (replayed, caught_up) = self.replayed_to(&primary).await?;
+        Ok((primary, replayed, caught_up))
+    }
+
+    /// The standby's replay LSN, and whether it is at or past `lsn`.
+    async fn replayed_to(&self, lsn: &str) -> Result<(Option<String>, bool), String> {
+        let row = self
+            .target_admin()
+            .await?
             .query_one(
                 "SELECT pg_last_wal_replay_lsn()::text, COALESCE(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)",
-                &[&primary],
+                &[&lsn],
             )
             .await
             .map_err(|e| pg::error_chain(&e))?;
-        Ok((primary, row.get(0), row.get(1)))
+        Ok((row.get(0), row.get(1)))
     }
 
     /// Poll every 5 ms until the standby's replay LSN reaches the primary's current LSN, or
@@ -853,16 +860,7 @@ impl ShardSplitActions {
         else {
             return Ok(false);
         };
-        let row = self
-            .target_admin()
-            .await?
-            .query_one(
-                "SELECT pg_last_wal_replay_lsn()::text, COALESCE(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)",
-                &[&gate_lsn],
-            )
-            .await
-            .map_err(|e| pg::error_chain(&e))?;
-        let (replayed, past): (Option<String>, bool) = (row.get(0), row.get(1));
+        let (replayed, past) = self.replayed_to(&gate_lsn).await?;
         if past {
             sink.gate(
                 format!(
