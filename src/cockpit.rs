@@ -9,7 +9,7 @@
 use crate::engine::{Confirmation, EngineSettings, EngineState, StepStatus};
 use crate::executor::{Actions, Runner};
 use crate::journal::Journal;
-use crate::runbook::{Plan, StepId, Undo};
+use crate::plan::{Plan, StepId, Undo};
 use crate::ui::model::{
     BaselineRow, CommandView, PreconditionView, RunbookUpdate, RunbookView, StepStatusView,
     StepView, UiRequest,

@@ -8,7 +8,7 @@
 use crate::engine::{EngineSettings, EngineState};
 use crate::executor::RunError;
 use crate::journal::{Journal, JournalError, RunId, RunStatus, JOURNAL_FILE};
-use crate::runbook::Plan;
+use crate::plan::Plan;
 use crate::session::{self, Invocation, SessionError};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -140,4 +140,44 @@ fn process_alive(pid: u32) -> bool {
         return false;
     };
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// Start a pause guard (`cutover pause-guard`, this executable) whenever `runner` pauses
+/// traffic: a detached process in its own process group, with no terminal, that ends the
+/// pause if the driver dies unseen.
+pub fn spawn_on_pause<A: crate::executor::Actions>(
+    runner: &mut crate::executor::Runner<A>,
+    invocation: Invocation,
+) {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            tracing::warn!(target: "cutover::cmd", "no pause guard: cannot find this executable: {e}");
+            return;
+        }
+    };
+    let state_dir = match crate::journal::resolve_state_dir(invocation.state_dir.as_deref()) {
+        Ok(dir) => dir,
+        Err(e) => {
+            tracing::warn!(target: "cutover::cmd", "no pause guard: {e}");
+            return;
+        }
+    };
+    runner.on_pause(Box::new(move |run_id, bound| {
+        use std::os::unix::process::CommandExt;
+        let args = command_args(&invocation, &state_dir, std::process::id(), run_id, bound);
+        let spawned = std::process::Command::new(&exe)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn();
+        match spawned {
+            Ok(child) => {
+                tracing::info!(target: "cutover::cmd", pid = child.id(), "pause guard started")
+            }
+            Err(e) => tracing::warn!(target: "cutover::cmd", "pause guard not started: {e}"),
+        }
+    }));
 }

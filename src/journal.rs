@@ -5,7 +5,7 @@
 //! Invariant: every entry's detail passes through [`redact`] before it is stored.
 
 use crate::engine::{EngineSettings, EngineState, EntryKind, JournalEntry};
-use crate::runbook::{Plan, StepId};
+use crate::plan::{Plan, StepId};
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::BTreeMap;
@@ -61,7 +61,7 @@ pub enum JournalError {
     #[error("journal data is corrupt: {0}")]
     Corrupt(String),
     #[error("plan JSON: {0}")]
-    Plan(#[from] crate::runbook::PlanError),
+    Plan(#[from] crate::plan::PlanError),
     #[error("{runbook} in {environment} is being driven by another cutover process ({holder}); follow it with `cutover tui --readonly`, or wait until it stops")]
     DriverBusy {
         environment: String,
@@ -294,8 +294,8 @@ impl Journal {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         dir.join(format!(
             "{}.{}.lock",
-            crate::runbook::sanitize(environment),
-            crate::runbook::sanitize(runbook)
+            crate::plan::sanitize(environment),
+            crate::plan::sanitize(runbook)
         ))
     }
 
@@ -589,6 +589,24 @@ impl Journal {
     }
 
     /// Plain-text listing for `cutover journal show`.
+    /// The run's record as JSON: every entry with its time, step, kind, detail and actors.
+    pub fn export_json(&self, run_id: &RunId) -> Result<serde_json::Value, JournalError> {
+        let rows: Vec<serde_json::Value> = self
+            .entries(run_id)?
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "at": e.at,
+                    "step": e.step.as_ref().map(|s| s.to_string()),
+                    "kind": e.kind.as_str(),
+                    "detail": e.detail,
+                    "actors": e.actors,
+                })
+            })
+            .collect();
+        Ok(serde_json::json!({"run": run_id.0, "entries": rows}))
+    }
+
     pub fn show_text(&self, run_id: &RunId) -> Result<String, JournalError> {
         let meta = self.run(run_id)?;
         let entries = self.numbered_entries(run_id)?;

@@ -2,9 +2,8 @@
 //! become exit codes (0 ok, 1 failure, 2 invalid input).
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
-use cutover::{engine, inventory, journal, lab, readings, runbook, session};
-use std::path::PathBuf;
+use clap::Parser;
+use cutover::{engine, inventory, journal, lab, plan, readings, runbooks, session};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -20,282 +19,9 @@ macro_rules! emit {
     }};
 }
 
-#[derive(Parser)]
-#[command(
-    name = "cutover",
-    version,
-    about = "A terminal cockpit for PostgreSQL cutovers",
-    args_conflicts_with_subcommands = true
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-    /// With no subcommand: open the cockpit on this inventory (needs a terminal).
-    inventory: Option<PathBuf>,
-}
+mod cli;
 
-#[derive(Subcommand)]
-enum Command {
-    /// Validate an inventory; lists every problem as FILE:LINE:COL: message (exit 2).
-    Check { file: PathBuf },
-    /// Print one snapshot of all live readings.
-    Status {
-        inventory: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Print a runbook's plan and its fingerprint, for review before a run.
-    Plan {
-        inventory: PathBuf,
-        runbook: String,
-        #[command(flatten)]
-        params: RunbookParams,
-        #[arg(long, value_enum, default_value = "md")]
-        format: PlanFormat,
-    },
-    /// Run (or resume) a runbook.
-    Run {
-        inventory: PathBuf,
-        runbook: String,
-        #[command(flatten)]
-        params: RunbookParams,
-        #[command(flatten)]
-        run: RunOptions,
-        /// Refuse to start unless the plan still has this fingerprint (from `cutover plan`).
-        #[arg(long)]
-        expect_fingerprint: Option<String>,
-        /// Run every step without prompts (rehearsals, CI); preconditions and gates still hold.
-        #[arg(long)]
-        yes: bool,
-    },
-    /// Undo completed steps of the unfinished run, in reverse order, back to a step.
-    Rollback {
-        inventory: PathBuf,
-        runbook: String,
-        #[command(flatten)]
-        params: RunbookParams,
-        #[command(flatten)]
-        run: RunOptions,
-        /// The step to roll back to (it is undone too).
-        #[arg(long)]
-        to: String,
-        #[arg(long, default_value = "operator rollback")]
-        reason: String,
-    },
-    /// The cockpit: live panes and the runbook, step by step with confirmations.
-    Tui {
-        inventory: PathBuf,
-        runbook: Option<String>,
-        #[command(flatten)]
-        params: RunbookParams,
-        #[command(flatten)]
-        run: RunOptions,
-        /// dark (default), light, high-contrast, or a theme file; also `theme:` in $XDG_CONFIG_HOME/cutover/config.yaml.
-        #[arg(long)]
-        theme: Option<String>,
-        /// Show everything, run nothing.
-        #[arg(long)]
-        readonly: bool,
-    },
-    /// Show or export the record of a run.
-    Journal {
-        #[command(subcommand)]
-        command: JournalCommand,
-    },
-    /// The local lab of real servers.
-    Lab {
-        #[command(subcommand)]
-        command: LabCommand,
-    },
-    /// Started by a driving `cutover` when traffic pauses: ends the pause if the driver dies.
-    #[command(hide = true)]
-    PauseGuard {
-        inventory: PathBuf,
-        runbook: String,
-        #[arg(long)]
-        state_dir: PathBuf,
-        #[arg(long)]
-        parent: u32,
-        #[arg(long)]
-        run_id: String,
-        #[arg(long)]
-        bound_ms: u64,
-        /// Runbook parameters as NAME=VALUE.
-        #[arg(long = "param")]
-        params: Vec<String>,
-        #[arg(long)]
-        trust_on_first_use: bool,
-        #[arg(long)]
-        pair: bool,
-    },
-}
-
-#[derive(clap::Args, Debug, Clone, Default)]
-struct RunbookParams {
-    /// shard-split: partition that gives up shards.
-    #[arg(long)]
-    from: Option<String>,
-    /// shard-split: the new partition.
-    #[arg(long)]
-    to: Option<String>,
-    /// shard-split: the spare node that becomes the new partition's primary.
-    #[arg(long)]
-    node: Option<String>,
-    /// shard-split: inclusive range moved, FIRST-LAST.
-    #[arg(long)]
-    shards: Option<String>,
-    /// Longest write pause before traffic resumes by itself and the run rolls back.
-    #[arg(long)]
-    pause_bound_ms: Option<u64>,
-    /// major-upgrade: dumpall, parallel, pg-upgrade (--link) or pg-upgrade-copy.
-    #[arg(long)]
-    method: Option<String>,
-    /// major-upgrade: parallel jobs for pg_dump/pg_restore/pg_upgrade.
-    #[arg(long)]
-    jobs: Option<u32>,
-    /// major-upgrade: `pause` (traffic hooks plus pgbouncer PAUSE, bounded; the default) or
-    /// `hooks` (the hooks alone: a plain downtime window).
-    #[arg(long)]
-    traffic: Option<String>,
-    /// major-upgrade: restore into a scratch cluster of the target version first.
-    #[arg(long)]
-    test_restore: bool,
-    /// major-upgrade: absolute directory for the dump on the hosts (default: next to the data).
-    #[arg(long)]
-    dump_dir: Option<String>,
-}
-
-impl RunbookParams {
-    fn to_map(&self) -> std::collections::BTreeMap<String, String> {
-        [
-            ("from", self.from.clone()),
-            ("to", self.to.clone()),
-            ("node", self.node.clone()),
-            ("shards", self.shards.clone()),
-            (
-                "pause-bound-ms",
-                self.pause_bound_ms.map(|ms| ms.to_string()),
-            ),
-            ("method", self.method.clone()),
-            ("jobs", self.jobs.map(|jobs| jobs.to_string())),
-            ("traffic", self.traffic.clone()),
-            ("test-restore", self.test_restore.then(|| "yes".to_string())),
-            ("dump-dir", self.dump_dir.clone()),
-        ]
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
-        .collect()
-    }
-}
-
-#[derive(clap::Args, Debug, Clone)]
-struct RunOptions {
-    /// Where the journal lives (default: $CUTOVER_STATE_DIR, $XDG_STATE_HOME/cutover, ~/.local/state/cutover).
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
-    /// Operator name recorded in the journal.
-    #[arg(long, env = "USER", default_value = "operator")]
-    operator: String,
-    /// Destructive and point-of-no-return steps need a second, different operator.
-    #[arg(long)]
-    pair: bool,
-    /// Accept and record an SSH host key never seen before (logged). Changed keys are always refused.
-    #[arg(long)]
-    trust_on_first_use: bool,
-}
-
-impl RunOptions {
-    fn from_env() -> Self {
-        RunOptions {
-            state_dir: None,
-            operator: std::env::var("USER").unwrap_or_else(|_| "operator".into()),
-            pair: false,
-            trust_on_first_use: false,
-        }
-    }
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum PlanFormat {
-    Md,
-    Json,
-}
-
-#[derive(Subcommand)]
-enum JournalCommand {
-    /// List runs, or show one run's entries.
-    Show {
-        run: Option<String>,
-        #[arg(long)]
-        state_dir: Option<PathBuf>,
-    },
-    /// Export a run's record (newest run by default) for the change ticket.
-    Export {
-        run: Option<String>,
-        #[arg(long, value_enum, default_value = "md")]
-        format: PlanFormat,
-        #[arg(long)]
-        state_dir: Option<PathBuf>,
-    },
-}
-
-#[derive(Subcommand)]
-enum LabCommand {
-    /// Start pg1 (proxy + p1), a spare pg2, pgbouncer and sshd; print the inventory path.
-    Up {
-        #[arg(long, default_value = lab::DEFAULT_DIR)]
-        dir: PathBuf,
-        #[arg(long, default_value_t = 200_000)]
-        docs: u64,
-        #[arg(long, default_value_t = 54321)]
-        pg1_port: u16,
-        #[arg(long, default_value_t = 54322)]
-        pg2_port: u16,
-        #[arg(long, default_value_t = 6432)]
-        pgbouncer_port: u16,
-        #[arg(long, default_value_t = 2222)]
-        ssh_port: u16,
-        /// Also start a target node `pg1new` of this major version (18) for major-upgrade.
-        #[arg(long)]
-        with_target: Option<u32>,
-        #[arg(long, default_value_t = 54323)]
-        target_port: u16,
-    },
-    /// Benchmark: a full headless runbook on fresh labs under load, measured.
-    Rehearse {
-        runbook: String,
-        #[arg(long, default_value_t = 300)]
-        rate: u32,
-        #[arg(long, default_value_t = 5)]
-        runs: u32,
-        #[arg(long, default_value_t = 200_000)]
-        docs: u64,
-        /// major-upgrade: dumpall, parallel, pg-upgrade or pg-upgrade-copy.
-        #[arg(long, default_value = "dumpall")]
-        method: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Stop everything the lab started (by PID) and remove its directory.
-    Down {
-        #[arg(long, default_value = lab::DEFAULT_DIR)]
-        dir: PathBuf,
-    },
-    /// Application traffic: insert_form calls through the pgbouncer proxy alias.
-    Load {
-        #[arg(long, default_value = lab::DEFAULT_DIR)]
-        dir: PathBuf,
-        #[arg(long, default_value_t = 300)]
-        rate: u32,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        #[arg(long, default_value_t = 4)]
-        workers: u32,
-        /// Write every committed form_id here, one per line.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
-}
+use cli::{Cli, Command, Format, JournalCommand, LabCommand, RunOptions, RunbookChoice};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -305,7 +31,6 @@ fn main() -> ExitCode {
             Command::Tui {
                 inventory,
                 runbook: None,
-                params: RunbookParams::default(),
                 run: RunOptions::from_env(),
                 theme: None,
                 readonly: false,
@@ -400,41 +125,42 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Plan {
             inventory,
             runbook,
-            params,
             format,
-        } => plan_command(&inventory, &runbook, &params, format),
+        } => plan_command(&inventory, &runbook, format),
         Command::Run {
             inventory,
             runbook,
-            params,
             run,
             expect_fingerprint,
             yes,
-        } => run_command(&inventory, &runbook, &params, &run, expect_fingerprint, yes).await,
+        } => run_command(&inventory, &runbook, &run, expect_fingerprint, yes).await,
         Command::Rollback {
             inventory,
             runbook,
-            params,
             run,
-            to,
+            back_to,
             reason,
-        } => rollback_command(&inventory, &runbook, &params, &run, &to, &reason).await,
+        } => match back_to {
+            Some(step) => rollback_command(&inventory, &runbook, &run, &step, &reason).await,
+            None => {
+                eprintln!("cutover: rollback needs --back-to STEP");
+                Ok(ExitCode::from(INVALID_INPUT))
+            }
+        },
         Command::Journal { command } => journal_command(command),
         Command::Tui {
             inventory,
             runbook,
-            params,
             run,
             theme,
             readonly,
-        } => tui_command(&inventory, runbook, &params, &run, theme, readonly).await,
+        } => tui_command(&inventory, runbook, &run, theme, readonly).await,
     }
 }
 
 async fn tui_command(
     file: &std::path::Path,
-    runbook: Option<String>,
-    params: &RunbookParams,
+    runbook: Option<RunbookChoice>,
     run: &RunOptions,
     theme: Option<String>,
     readonly: bool,
@@ -464,33 +190,32 @@ async fn tui_command(
             let journal =
                 journal::Journal::open(&journal::resolve_state_dir(run.state_dir.as_deref())?)?;
             let in_progress = journal
-                .latest_unfinished_run(&inv.environment, &runbook)?
-                .and_then(|meta| runbook::Plan::from_json(&meta.plan_json).ok());
+                .latest_unfinished_run(&inv.environment, &runbook.name)?
+                .and_then(|meta| plan::Plan::from_json(&meta.plan_json).ok());
             let plan = match in_progress {
                 Some(plan) => plan,
-                None => match session::plan(&inv, &runbook, &params.to_map()) {
+                None => match session::plan(&inv, &runbook.name, &runbook.params) {
                     Ok(plan) => plan,
                     Err(e) => return Ok(report_session_error(e)),
                 },
             };
-            let bound = Duration::from_millis(
-                plan.params
-                    .get("pause-bound-ms")
-                    .and_then(|ms| ms.parse().ok())
-                    .unwrap_or(10_000),
-            );
+            let bound = match runbooks::find(&plan.runbook) {
+                Ok(registered) => registered.pause_bound(&plan),
+                Err(e) => return Ok(report_session_error(e.into())),
+            };
             tokio::spawn(cutover::cockpit::follow(journal, plan, bound, updates_tx));
         } else {
-            let mut runner = match session::open(&invocation(file, &runbook, params, run, None)) {
+            let invocation = invocation(file, &runbook, run, None);
+            let mut runner = match session::open(&invocation) {
                 Ok(runner) => runner,
                 Err(e) => return Ok(report_session_error(e)),
             };
-            guard_pauses(&mut runner, invocation(file, &runbook, params, run, None));
+            cutover::guard::spawn_on_pause(&mut runner, invocation);
             let bound = cutover::executor::Actions::pause_bound(runner.actions());
             initial = Some(cutover::cockpit::initial_view(&runner, bound));
             let stop = runner.stop_handle();
             let stop_requests = runner.stop_requests();
-            stop_on_signals(stop.clone());
+            cutover::executor::signals::stop_on_signals(stop.clone());
             let bridge = tokio::spawn(cutover::cockpit::serve(
                 runner,
                 requests_rx,
@@ -534,24 +259,20 @@ async fn tui_command(
 
 fn plan_command(
     file: &std::path::Path,
-    runbook: &str,
-    params: &RunbookParams,
-    format: PlanFormat,
+    runbook: &RunbookChoice,
+    format: Format,
 ) -> Result<ExitCode> {
     let inv = match load_inventory(file)? {
         Ok(inv) => inv,
         Err(code) => return Ok(code),
     };
-    let plan = match session::plan(&inv, runbook, &params.to_map()) {
+    let plan = match session::plan(&inv, &runbook.name, &runbook.params) {
         Ok(plan) => plan,
-        Err(e) => {
-            eprintln!("cutover: {e}");
-            return Ok(ExitCode::from(INVALID_INPUT));
-        }
+        Err(e) => return Ok(report_session_error(e)),
     };
     match format {
-        PlanFormat::Md => emit!("{}", plan.to_markdown()),
-        PlanFormat::Json => {
+        Format::Md => emit!("{}", plan.to_markdown()),
+        Format::Json => {
             let mut value: serde_json::Value = serde_json::from_str(&plan.to_json()?)?;
             value["fingerprint"] = serde_json::Value::String(plan.fingerprint());
             emit!("{}", serde_json::to_string_pretty(&value)?)
@@ -563,15 +284,14 @@ fn plan_command(
 
 fn invocation(
     file: &std::path::Path,
-    runbook: &str,
-    params: &RunbookParams,
+    runbook: &RunbookChoice,
     run: &RunOptions,
     expect: Option<String>,
 ) -> session::Invocation {
     session::Invocation {
         inventory_path: file.to_path_buf(),
-        runbook: runbook.to_string(),
-        params: params.to_map(),
+        runbook: runbook.name.clone(),
+        params: runbook.params.clone(),
         state_dir: run.state_dir.clone(),
         oversight: oversight(run.pair),
         trust_on_first_use: run.trust_on_first_use,
@@ -589,24 +309,21 @@ fn oversight(pair: bool) -> engine::Oversight {
 
 fn report_session_error(e: session::SessionError) -> ExitCode {
     eprintln!("cutover: {e}");
-    match e {
-        session::SessionError::Inventory(_)
-        | session::SessionError::Split(_)
-        | session::SessionError::UnknownRunbook(_)
-        | session::SessionError::FingerprintMismatch { .. } => ExitCode::from(INVALID_INPUT),
-        _ => ExitCode::FAILURE,
+    if e.is_invalid_input() {
+        ExitCode::from(INVALID_INPUT)
+    } else {
+        ExitCode::FAILURE
     }
 }
 
 async fn run_command(
     file: &std::path::Path,
-    runbook: &str,
-    params: &RunbookParams,
+    runbook: &RunbookChoice,
     run: &RunOptions,
     expect: Option<String>,
     yes: bool,
 ) -> Result<ExitCode> {
-    let mut runner = match session::open(&invocation(file, runbook, params, run, expect)) {
+    let mut runner = match session::open(&invocation(file, runbook, run, expect)) {
         Ok(runner) => runner,
         Err(e) => return Ok(report_session_error(e)),
     };
@@ -622,11 +339,15 @@ async fn run_command(
         runner.plan.fingerprint()
     );
     if !yes {
-        eprintln!("cutover: interactive runs use the cockpit: cutover tui {} {runbook} ...; pass --yes for a headless run", file.display());
+        eprintln!(
+            "cutover: interactive runs use the cockpit: cutover tui {} {} ...; pass --yes for a headless run",
+            file.display(),
+            runbook.name
+        );
         return Ok(ExitCode::from(INVALID_INPUT));
     }
-    stop_on_signals(runner.stop_handle());
-    guard_pauses(&mut runner, invocation(file, runbook, params, run, None));
+    cutover::executor::signals::stop_on_signals(runner.stop_handle());
+    cutover::guard::spawn_on_pause(&mut runner, invocation(file, runbook, run, None));
     match runner.run_headless(&run.operator).await {
         Ok(_) => {
             emit!("run {} completed", runner.run_id);
@@ -671,87 +392,19 @@ async fn pause_guard(
     }
 }
 
-/// Start a pause guard (`cutover pause-guard`) whenever the runner pauses traffic: a detached
-/// process in its own process group, with no terminal, that ends the pause if this one dies.
-fn guard_pauses(
-    runner: &mut cutover::executor::Runner<session::RunbookActions>,
-    invocation: session::Invocation,
-) {
-    let Ok(exe) = std::env::current_exe() else {
-        eprintln!("cutover: cannot find my own executable; no pause guard will run");
-        return;
-    };
-    let state_dir = match journal::resolve_state_dir(invocation.state_dir.as_deref()) {
-        Ok(dir) => dir,
-        Err(e) => {
-            eprintln!("cutover: no pause guard: {e}");
-            return;
-        }
-    };
-    runner.on_pause(Box::new(move |run_id, bound| {
-        use std::os::unix::process::CommandExt;
-        let args = cutover::guard::command_args(
-            &invocation,
-            &state_dir,
-            std::process::id(),
-            run_id,
-            bound,
-        );
-        let spawned = std::process::Command::new(&exe)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .process_group(0)
-            .spawn();
-        match spawned {
-            Ok(child) => {
-                tracing::info!(target: "cutover::cmd", pid = child.id(), "pause guard started")
-            }
-            Err(e) => tracing::warn!(target: "cutover::cmd", "pause guard not started: {e}"),
-        }
-    }));
-}
-
-/// SIGTERM, SIGHUP (the operator's terminal went away) and SIGINT ask the runner to stop:
-/// it ends a write pause before the process exits instead of leaving applications waiting.
-fn stop_on_signals(stop: cutover::executor::StopHandle) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let kinds = [
-        (SignalKind::terminate(), "SIGTERM"),
-        (SignalKind::hangup(), "SIGHUP"),
-        (SignalKind::interrupt(), "SIGINT"),
-    ];
-    for (kind, name) in kinds {
-        let stop = stop.clone();
-        match signal(kind) {
-            Ok(mut stream) => {
-                tokio::spawn(async move {
-                    while stream.recv().await.is_some() {
-                        eprintln!("cutover: {name}: stopping; a write pause is ended before exit (SIGKILL abandons it)");
-                        stop.stop(format!("{name} received"));
-                    }
-                });
-            }
-            Err(e) => eprintln!("cutover: cannot handle {name}: {e}"),
-        }
-    }
-}
-
 async fn rollback_command(
     file: &std::path::Path,
-    runbook: &str,
-    params: &RunbookParams,
+    runbook: &RunbookChoice,
     run: &RunOptions,
     to: &str,
     reason: &str,
 ) -> Result<ExitCode> {
-    let mut runner = match session::open(&invocation(file, runbook, params, run, None)) {
+    let mut runner = match session::open(&invocation(file, runbook, run, None)) {
         Ok(runner) => runner,
         Err(e) => return Ok(report_session_error(e)),
     };
     match runner
-        .rollback_to(&runbook::StepId::new(to), &run.operator, reason)
+        .rollback_to(&plan::StepId::new(to), &run.operator, reason)
         .await
     {
         Ok(()) => {
@@ -800,20 +453,11 @@ fn journal_command(command: JournalCommand) -> Result<ExitCode> {
     };
     match format {
         None => emit!("{}", journal.show_text(&run_id)?),
-        Some(PlanFormat::Md) => emit!("{}", journal.export_markdown(&run_id)?),
-        Some(PlanFormat::Json) => {
-            let entries = journal.entries(&run_id)?;
-            let rows: Vec<serde_json::Value> = entries
-                .iter()
-                .map(|e| serde_json::json!({"at": e.at, "step": e.step.as_ref().map(|s| s.to_string()), "kind": e.kind.as_str(), "detail": e.detail, "actors": e.actors}))
-                .collect();
-            emit!(
-                "{}",
-                serde_json::to_string_pretty(
-                    &serde_json::json!({"run": run_id.0, "entries": rows})
-                )?
-            )
-        }
+        Some(Format::Md) => emit!("{}", journal.export_markdown(&run_id)?),
+        Some(Format::Json) => emit!(
+            "{}",
+            serde_json::to_string_pretty(&journal.export_json(&run_id)?)?
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -899,55 +543,24 @@ async fn lab_command(command: LabCommand) -> Result<ExitCode> {
             emit!("{}", report.inventory.display());
             Ok(ExitCode::SUCCESS)
         }
-        LabCommand::Rehearse {
-            runbook,
-            rate,
-            runs,
-            docs,
-            method,
-            json,
-        } => {
-            if runbook == runbook::major_upgrade::RUNBOOK {
-                let options = lab::rehearse_upgrade::UpgradeRehearsalOptions {
-                    method,
-                    ..Default::default()
-                };
-                let report = lab::rehearse_upgrade::major_upgrade(&options).await?;
-                if json {
-                    emit!("{}", serde_json::to_string_pretty(&report)?);
-                } else {
-                    emit!("{}", report.human());
+        LabCommand::Rehearse { runbook, json } => {
+            let registered = match runbooks::find(&runbook.name) {
+                Ok(registered) => registered,
+                Err(e) => {
+                    eprintln!("cutover: {e}");
+                    return Ok(ExitCode::from(INVALID_INPUT));
                 }
-                return Ok(if report.error.is_none() {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                });
-            }
-            if runbook != runbook::shard_split::RUNBOOK {
-                eprintln!("cutover: lab rehearse knows: shard-split, major-upgrade");
-                return Ok(ExitCode::from(INVALID_INPUT));
-            }
-            let summary =
-                lab::rehearse::shard_split(&lab::rehearse::RehearsalOptions { rate, runs, docs })
-                    .await?;
+            };
+            let rehearsal = registered
+                .rehearse(&runbook.matches)?
+                .await
+                .map_err(anyhow::Error::msg)?;
             if json {
-                emit!("{}", serde_json::to_string_pretty(&summary)?);
+                emit!("{}", serde_json::to_string_pretty(&rehearsal.json)?);
             } else {
-                emit!(
-                    "pause window: median {:.1} ms, worst {:.1} ms; failed {}, missing {}, stray {} over {} runs at {rate}/s",
-                    summary.pause_window_ms.median,
-                    summary.pause_window_ms.worst,
-                    summary.failed,
-                    summary.missing,
-                    summary.stray,
-                    summary.runs.len()
-                );
+                emit!("{}", rehearsal.human);
             }
-            let clean = summary.failed == 0
-                && summary.missing == 0
-                && summary.runs.iter().all(|r| r.error.is_none());
-            Ok(if clean {
+            Ok(if rehearsal.clean {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -1,20 +1,16 @@
 //! Runbook sessions: the glue between a CLI or cockpit invocation (inventory file, runbook
 //! name, parameters) and a plan plus a resumable [`Runner`]. Shared by `plan`, `run`,
-//! `rollback`, the cockpit and the lab rehearsal, so all of them resume the same way.
+//! `rollback`, the cockpit, the pause guard and the lab rehearsals, so all of them resume the
+//! same way, whichever runbook of the registry they name.
 
 use crate::engine::{EngineSettings, Oversight};
-use crate::engine::{EngineState, Observation, PreconditionResult};
-use crate::executor::major_upgrade::MajorUpgradeActions;
-use crate::executor::shard_split::ShardSplitActions;
-use crate::executor::{Actions, RunError, Runner, Sink};
+use crate::executor::{Actions, RunError, Runner};
 use crate::inventory::{self, Inventory, InventoryError};
 use crate::journal::{self, Journal, JournalError, RunId};
-use crate::runbook::major_upgrade::{Upgrade, UpgradeError, UpgradeParams};
-use crate::runbook::shard_split::{Split, SplitError, SplitParams};
-use crate::runbook::{Plan, Step};
+use crate::plan::Plan;
+use crate::runbooks::{self, Built, DynActions, RunSetup, Runbook, RunbookError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 impl From<RunError> for SessionError {
     fn from(e: RunError) -> Self {
@@ -27,19 +23,24 @@ pub enum SessionError {
     #[error(transparent)]
     Inventory(#[from] InventoryError),
     #[error(transparent)]
-    Split(#[from] SplitError),
-    #[error(transparent)]
-    Upgrade(#[from] UpgradeError),
+    Runbook(#[from] RunbookError),
     #[error(transparent)]
     Journal(#[from] JournalError),
     #[error(transparent)]
     Run(Box<RunError>),
-    #[error("unknown runbook `{0}`; known: shard-split, major-upgrade")]
-    UnknownRunbook(String),
     #[error("the plan changed since it was reviewed: expected fingerprint {expected}, the plan now has {actual}; review it again with `cutover plan`")]
     FingerprintMismatch { expected: String, actual: String },
-    #[error("{0}")]
-    Io(String),
+}
+
+impl SessionError {
+    /// The operator's input is wrong (exit code 2), as opposed to a failure of the run.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            SessionError::Inventory(_) | SessionError::FingerprintMismatch { .. } => true,
+            SessionError::Runbook(e) => e.is_invalid_input(),
+            SessionError::Journal(_) | SessionError::Run(_) => false,
+        }
+    }
 }
 
 /// What the operator asked for.
@@ -60,64 +61,7 @@ pub fn plan(
     runbook: &str,
     params: &BTreeMap<String, String>,
 ) -> Result<Plan, SessionError> {
-    match runbook {
-        crate::runbook::shard_split::RUNBOOK => Ok(shard_split_run(inventory, params)?.0),
-        crate::runbook::major_upgrade::RUNBOOK => Ok(major_upgrade_run(inventory, params)?.0),
-        other => Err(SessionError::UnknownRunbook(other.to_string())),
-    }
-}
-
-/// A runbook's plan and how to build its actions once the run (and its directory) exists.
-type Built<A> = (Plan, Box<dyn FnOnce(RunSetup) -> Result<A, String>>);
-
-fn shard_split_run(
-    inventory: &Inventory,
-    params: &BTreeMap<String, String>,
-) -> Result<Built<ShardSplitActions>, SessionError> {
-    let split = Split::resolve(
-        inventory,
-        SplitParams::from_map(params).map_err(SplitError::Param)?,
-    )?;
-    let plan = split.plan()?;
-    Ok((
-        plan,
-        Box::new(move |setup: RunSetup| {
-            ShardSplitActions::new(
-                split,
-                setup.inventory_path,
-                setup.run_dir,
-                setup.trust_on_first_use,
-            )
-        }),
-    ))
-}
-
-fn major_upgrade_run(
-    inventory: &Inventory,
-    params: &BTreeMap<String, String>,
-) -> Result<Built<MajorUpgradeActions>, SessionError> {
-    let upgrade = Upgrade::resolve(
-        inventory,
-        UpgradeParams::from_map(params).map_err(UpgradeError::Param)?,
-    )?;
-    let plan = upgrade.plan()?;
-    Ok((
-        plan,
-        Box::new(move |setup: RunSetup| {
-            MajorUpgradeActions::new(
-                upgrade,
-                setup.inventory_path,
-                setup.run_dir,
-                setup.trust_on_first_use,
-            )
-        }),
-    ))
-}
-
-/// Wrap a runbook's concrete actions into [`RunbookActions`].
-fn erased<A: 'static>(built: Built<A>, wrap: fn(A) -> RunbookActions) -> Built<RunbookActions> {
-    let (plan, make) = built;
-    (plan, Box::new(move |setup| make(setup).map(wrap)))
+    Ok(runbooks::find(runbook)?.build(inventory, params)?.plan)
 }
 
 fn run_dir(state_dir: &Path, run_id: &RunId) -> PathBuf {
@@ -126,109 +70,29 @@ fn run_dir(state_dir: &Path, run_id: &RunId) -> PathBuf {
 
 const PLAN_INVENTORY: &str = "inventory.plan.yaml";
 
-/// The actions of whichever runbook an invocation names; the CLI and the cockpit drive this.
-pub enum RunbookActions {
-    ShardSplit(Box<ShardSplitActions>),
-    MajorUpgrade(Box<MajorUpgradeActions>),
-}
-
-impl Actions for RunbookActions {
-    async fn preconditions(&mut self, step: &Step) -> Vec<PreconditionResult> {
-        match self {
-            RunbookActions::ShardSplit(a) => a.preconditions(step).await,
-            RunbookActions::MajorUpgrade(a) => Box::pin(a.preconditions(step)).await,
-        }
-    }
-    async fn observations(&mut self, step: &Step) -> Vec<Observation> {
-        match self {
-            RunbookActions::ShardSplit(a) => a.observations(step).await,
-            RunbookActions::MajorUpgrade(a) => Box::pin(a.observations(step)).await,
-        }
-    }
-    async fn action(&mut self, step: &Step, recheck: bool, sink: Sink) -> Result<String, String> {
-        match self {
-            RunbookActions::ShardSplit(a) => a.action(step, recheck, sink).await,
-            RunbookActions::MajorUpgrade(a) => Box::pin(a.action(step, recheck, sink)).await,
-        }
-    }
-    async fn undo(&mut self, step: &Step, recheck: bool, sink: Sink) -> Result<String, String> {
-        match self {
-            RunbookActions::ShardSplit(a) => a.undo(step, recheck, sink).await,
-            RunbookActions::MajorUpgrade(a) => Box::pin(a.undo(step, recheck, sink)).await,
-        }
-    }
-    async fn force_resume(&mut self, sink: Sink) -> Result<String, String> {
-        match self {
-            RunbookActions::ShardSplit(a) => a.force_resume(sink).await,
-            RunbookActions::MajorUpgrade(a) => Box::pin(a.force_resume(sink)).await,
-        }
-    }
-    fn pause_bound(&self) -> Duration {
-        match self {
-            RunbookActions::ShardSplit(a) => a.pause_bound(),
-            RunbookActions::MajorUpgrade(a) => a.pause_bound(),
-        }
-    }
-    fn baseline(&self) -> Vec<crate::executor::BaselineCount> {
-        match self {
-            RunbookActions::ShardSplit(a) => a.baseline(),
-            RunbookActions::MajorUpgrade(a) => a.baseline(),
-        }
-    }
-    fn resume_is_safe(&self, plan: &Plan, state: &EngineState) -> bool {
-        match self {
-            RunbookActions::ShardSplit(a) => a.resume_is_safe(plan, state),
-            RunbookActions::MajorUpgrade(a) => a.resume_is_safe(plan, state),
-        }
-    }
-}
+/// The runner of whichever runbook an invocation names; the CLI and the cockpit drive this.
+pub type AnyRunner = Runner<Box<dyn DynActions>>;
 
 /// Open the run of whichever runbook `invocation` names.
-pub fn open(invocation: &Invocation) -> Result<Runner<RunbookActions>, SessionError> {
-    match invocation.runbook.as_str() {
-        crate::runbook::shard_split::RUNBOOK => open_run(invocation, |inventory, params| {
-            Ok(erased(shard_split_run(inventory, params)?, |a| {
-                RunbookActions::ShardSplit(Box::new(a))
-            }))
-        }),
-        crate::runbook::major_upgrade::RUNBOOK => open_run(invocation, |inventory, params| {
-            Ok(erased(major_upgrade_run(inventory, params)?, |a| {
-                RunbookActions::MajorUpgrade(Box::new(a))
-            }))
-        }),
-        other => Err(SessionError::UnknownRunbook(other.to_string())),
-    }
+pub fn open(invocation: &Invocation) -> Result<AnyRunner, SessionError> {
+    let runbook = runbooks::find(&invocation.runbook)?;
+    open_run(invocation, |inventory, params| {
+        runbook.build(inventory, params)
+    })
 }
 
-/// Open a shard-split run with its concrete actions (rehearsals and tests inspect them).
-pub fn open_shard_split(
-    invocation: &Invocation,
-) -> Result<Runner<ShardSplitActions>, SessionError> {
-    open_run(invocation, shard_split_run)
-}
-
-/// Open a major-upgrade run with its concrete actions (rehearsals and tests inspect them).
-pub fn open_major_upgrade(
-    invocation: &Invocation,
-) -> Result<Runner<MajorUpgradeActions>, SessionError> {
-    open_run(invocation, major_upgrade_run)
-}
-
-/// What a runbook's actions get when its run opens.
-pub struct RunSetup {
-    pub inventory_path: PathBuf,
-    /// Per-run directory in the state dir for backups and values later steps need.
-    pub run_dir: PathBuf,
-    pub trust_on_first_use: bool,
+/// Open a run of `R` with its concrete effects (rehearsals and tests inspect them).
+pub fn open_as<R: Runbook>(invocation: &Invocation) -> Result<Runner<R::Effects>, SessionError> {
+    open_run(invocation, runbooks::build::<R>)
 }
 
 /// Resume the unfinished run of this environment and runbook (planned from the inventory it
 /// started with, since a run may rewrite the file), or start a new one from the current
-/// inventory. `build` turns an inventory and parameters into the plan and its actions.
+/// inventory. `build` turns an inventory and parameters into the plan and its effects.
 fn open_run<A, F>(invocation: &Invocation, build: F) -> Result<Runner<A>, SessionError>
 where
     A: Actions,
-    F: FnOnce(&Inventory, &BTreeMap<String, String>) -> Result<Built<A>, SessionError>,
+    F: FnOnce(&Inventory, &BTreeMap<String, String>) -> Result<Built<A>, RunbookError>,
 {
     let state_dir = journal::resolve_state_dir(invocation.state_dir.as_deref())?;
     let journal = Journal::open(&state_dir)?;
@@ -243,7 +107,10 @@ where
             },
             None => current.clone(),
         };
-    let (plan, make_actions) = build(&planned_from, &invocation.params)?;
+    let Built {
+        plan,
+        effects: make_effects,
+    } = build(&planned_from, &invocation.params)?;
     if let Some(expected) = &invocation.expect_fingerprint {
         let actual = plan.fingerprint();
         if &actual != expected {
@@ -264,7 +131,7 @@ where
             let text = inventory::to_yaml(&planned_from).map_err(|e| e.to_string())?;
             std::fs::write(&saved, text).map_err(|e| format!("{}: {e}", saved.display()))?;
         }
-        make_actions(RunSetup {
+        make_effects(RunSetup {
             inventory_path: invocation.inventory_path.clone(),
             run_dir: dir,
             trust_on_first_use: invocation.trust_on_first_use,

@@ -7,7 +7,7 @@ use cutover::engine::{
     EntryKind, JournalEntry, Observation, Oversight, PreconditionResult, Refusal, Severity,
     StepStatus,
 };
-use cutover::runbook::{Plan, RenderedCommand, Step, StepFlags, StepId, Undo};
+use cutover::plan::{Plan, RenderedCommand, Step, StepFlags, StepId, Undo};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -1165,7 +1165,7 @@ fn a_plan_built_from_an_inventory_pins_its_values_not_its_formatting() {
     };
     let original = build(&text);
     assert_eq!(original.environment, "lab");
-    assert_eq!(original.tool_version, cutover::runbook::TOOL_VERSION);
+    assert_eq!(original.tool_version, cutover::plan::TOOL_VERSION);
 
     let reformatted = format!(
         "# reviewed by alice\n{}\n\n",
@@ -1186,7 +1186,7 @@ fn a_plan_built_from_an_inventory_pins_its_values_not_its_formatting() {
 /// target's own data directory: not another directory's, not a zombie, not a look-alike.
 #[test]
 fn an_interrupted_copy_is_recognised_by_its_target_directory() {
-    use cutover::runbook::shard_split::{Split, SplitParams};
+    use cutover::runbooks::shard_split::plan::{Split, SplitParams};
     let inventory = cutover::inventory::load(std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/inventories/lab.yaml"

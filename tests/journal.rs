@@ -7,7 +7,7 @@ use cutover::engine::{
     EntryKind, JournalEntry, Oversight, PreconditionResult, StepStatus,
 };
 use cutover::journal::{redact, state_dir_from, Journal, JournalError, RunId, RunStatus};
-use cutover::runbook::{Plan, RenderedCommand, Step, StepFlags, StepId, Undo};
+use cutover::plan::{Plan, RenderedCommand, Step, StepFlags, StepId, Undo};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

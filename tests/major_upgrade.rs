@@ -3,11 +3,11 @@
 //! locale mismatch caught in preflight.
 
 use cutover::engine::{Confirmation, Oversight, Refusal};
-use cutover::executor::major_upgrade::MajorUpgradeActions;
 use cutover::executor::{RunError, Runner};
 use cutover::lab::target::{UpgradeLab, UpgradeLabOptions, APP_DB};
 use cutover::pg::{self, Endpoint, SessionSettings};
-use cutover::runbook::{StepId, Undo};
+use cutover::plan::{StepId, Undo};
+use cutover::runbooks::major_upgrade::effects::MajorUpgradeActions;
 use cutover::session::{self, Invocation};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -37,7 +37,10 @@ fn invocation(lab: &UpgradeLab, state: &Path, method: &str) -> Invocation {
 }
 
 fn open(lab: &UpgradeLab, state: &Path, method: &str) -> Runner<MajorUpgradeActions> {
-    session::open_major_upgrade(&invocation(lab, state, method)).expect("open major-upgrade run")
+    session::open_as::<cutover::runbooks::major_upgrade::MajorUpgrade>(&invocation(
+        lab, state, method,
+    ))
+    .expect("open major-upgrade run")
 }
 
 async fn start_step(runner: &mut Runner<MajorUpgradeActions>, step: &str) -> Result<(), RunError> {
@@ -206,7 +209,8 @@ async fn full_upgrade(method: &str, extra: &[(&str, &str)]) {
     for (k, v) in extra {
         inv.params.insert(k.to_string(), v.to_string());
     }
-    let mut runner = session::open_major_upgrade(&inv).expect("open");
+    let mut runner =
+        session::open_as::<cutover::runbooks::major_upgrade::MajorUpgrade>(&inv).expect("open");
     if method == "pg-upgrade" {
         let start = runner.plan.step(&"start-target".into()).unwrap();
         match &start.undo {
@@ -480,7 +484,8 @@ async fn hooks_alone_bracket_the_downtime_window_without_pausing_pgbouncer() {
 
     let mut inv = invocation(&lab, state.path(), "dumpall");
     inv.params.insert("traffic".into(), "hooks".into());
-    let mut runner = session::open_major_upgrade(&inv).expect("open");
+    let mut runner =
+        session::open_as::<cutover::runbooks::major_upgrade::MajorUpgrade>(&inv).expect("open");
     run_until(&mut runner, "dump").await;
     assert!(flag.exists(), "the stop hook ran");
     assert_eq!(
@@ -582,7 +587,7 @@ async fn a_locale_mismatch_is_caught_in_preflight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn rehearsal() {
-    let options = cutover::lab::rehearse_upgrade::UpgradeRehearsalOptions {
+    let options = cutover::runbooks::major_upgrade::rehearse::UpgradeRehearsalOptions {
         method: std::env::var("REHEARSE_METHOD").unwrap_or_else(|_| "parallel".into()),
         bench_rows: std::env::var("REHEARSE_ROWS")
             .ok()
@@ -591,7 +596,7 @@ async fn rehearsal() {
         reference: std::env::var("REHEARSE_REFERENCE").map_or(true, |v| v != "no"),
         ..Default::default()
     };
-    let report = cutover::lab::rehearse_upgrade::major_upgrade(&options)
+    let report = cutover::runbooks::major_upgrade::rehearse::major_upgrade(&options)
         .await
         .expect("rehearsal");
     println!("{}", report.human());
@@ -636,19 +641,20 @@ async fn main_lab_target_runs_18_and_preflight_refuses_an_extension_missing_ther
     );
 
     let state = tempfile::tempdir().unwrap();
-    let mut runner = session::open_major_upgrade(&Invocation {
-        inventory_path: config.inventory_path(),
-        runbook: "major-upgrade".into(),
-        params: BTreeMap::from([
-            ("from".to_string(), "pg1".to_string()),
-            ("to".to_string(), "pg1new".to_string()),
-        ]),
-        state_dir: Some(state.path().to_path_buf()),
-        oversight: Oversight::Solo,
-        trust_on_first_use: false,
-        expect_fingerprint: None,
-    })
-    .unwrap();
+    let mut runner =
+        session::open_as::<cutover::runbooks::major_upgrade::MajorUpgrade>(&Invocation {
+            inventory_path: config.inventory_path(),
+            runbook: "major-upgrade".into(),
+            params: BTreeMap::from([
+                ("from".to_string(), "pg1".to_string()),
+                ("to".to_string(), "pg1new".to_string()),
+            ]),
+            state_dir: Some(state.path().to_path_buf()),
+            oversight: Oversight::Solo,
+            trust_on_first_use: false,
+            expect_fingerprint: None,
+        })
+        .unwrap();
     let error = start_step(&mut runner, "preflight")
         .await
         .expect_err("refused");

@@ -4,12 +4,12 @@
 use chrono::Utc;
 use cutover::engine::{EntryKind, JournalEntry};
 use cutover::journal::Journal;
-use cutover::runbook::StepId;
+use cutover::plan::StepId;
 use cutover::ui::model::{RunbookUpdate, StepStatusView};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-fn lab_plan() -> cutover::runbook::Plan {
+fn lab_plan() -> cutover::plan::Plan {
     let inventory = cutover::inventory::load(std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/inventories/lab.yaml"

@@ -391,7 +391,9 @@ async fn a_hanging_step_resumes_traffic_within_the_bound_and_fails_the_run() {
     invocation
         .params
         .insert("pause-bound-ms".into(), "1000".into());
-    let mut runner = cutover::session::open_shard_split(&invocation).unwrap();
+    let mut runner =
+        cutover::session::open_as::<cutover::runbooks::shard_split::ShardSplit>(&invocation)
+            .unwrap();
     run_until(&mut runner, "stop-traffic").await;
     // The gate will wait (up to 30 s) for a standby that does not replay: a hang.
     connect(lab.config.pg2_port, "postgres")

@@ -7,7 +7,7 @@ use super::{
     Command, Confirmation, ConfirmationRequirement, Effect, Observation, PreconditionResult,
     Refusal, Severity,
 };
-use crate::runbook::{CanonicalEncoder, Plan, StepId, Undo};
+use crate::plan::{CanonicalEncoder, Plan, StepId, Undo};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 

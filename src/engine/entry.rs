@@ -2,7 +2,7 @@
 //! `Effect::Journal`, the journal (`crate::journal`) stores them, and `EngineState::replay`
 //! folds them back into state, so the live state and the resumed state share one definition.
 
-use crate::runbook::StepId;
+use crate::plan::StepId;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -27,7 +27,7 @@ pub use state::{
     EngineSettings, EngineState, Oversight, ReplayError, RollbackProgress, StepStatus, TrafficPause,
 };
 
-use crate::runbook::StepId;
+use crate::plan::StepId;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 

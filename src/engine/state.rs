@@ -2,7 +2,7 @@
 //! each entry means: `apply` folds the entries it emits, `replay` folds the stored journal.
 
 use super::entry::{EntryKind, JournalEntry};
-use crate::runbook::{Plan, StepId, Undo};
+use crate::plan::{Plan, StepId, Undo};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -326,7 +326,7 @@ impl EngineState {
     }
 
     /// The step the cursor points at: the one `Start` accepts next.
-    pub fn next_step<'p>(&self, plan: &'p Plan) -> Option<&'p crate::runbook::Step> {
+    pub fn next_step<'p>(&self, plan: &'p Plan) -> Option<&'p crate::plan::Step> {
         plan.steps.get(self.cursor)
     }
 

@@ -11,15 +11,14 @@
 //!   the bound running out now: no orderly exit leaves the applications waiting.
 
 pub mod context;
-pub mod major_upgrade;
-pub mod shard_split;
+pub mod signals;
 
 use crate::engine::{
     self, Command, Confirmation, Effect, EngineSettings, EngineState, Observation,
     PreconditionResult, Refusal,
 };
 use crate::journal::{DriverLock, Journal, JournalError, RunId, RunStatus};
-use crate::runbook::{Plan, Step, StepId};
+use crate::plan::{Plan, Step, StepId};
 use chrono::Utc;
 use std::collections::VecDeque;
 use std::future::Future;

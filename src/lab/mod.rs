@@ -6,8 +6,6 @@
 pub mod load;
 pub mod postgres;
 pub mod proc;
-pub mod rehearse;
-pub mod rehearse_upgrade;
 pub mod sshd;
 pub mod target;
 

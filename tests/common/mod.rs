@@ -92,9 +92,9 @@ where
 }
 
 use cutover::engine::{Confirmation, Oversight};
-use cutover::executor::shard_split::ShardSplitActions;
 use cutover::executor::Runner;
-use cutover::runbook::StepId;
+use cutover::plan::StepId;
+use cutover::runbooks::shard_split::effects::ShardSplitActions;
 use cutover::session::{self, Invocation};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -121,7 +121,10 @@ pub fn split_invocation(lab: &TestLab, state_dir: &Path) -> Invocation {
 }
 
 pub fn open_split(lab: &TestLab, state_dir: &Path) -> Runner<ShardSplitActions> {
-    session::open_shard_split(&split_invocation(lab, state_dir)).expect("open shard-split run")
+    session::open_as::<cutover::runbooks::shard_split::ShardSplit>(&split_invocation(
+        lab, state_dir,
+    ))
+    .expect("open shard-split run")
 }
 
 /// Start `step` with a headless confirmation built from current readings.

@@ -5,15 +5,20 @@
 //! Pure: turns inventory + parameters into the reviewed [`Plan`]. The command and SQL builders
 //! here are the single source of what the executor runs, so what a reviewer reads is what runs.
 
-use super::shard_split::{pause_sql, resume_sql, unified_diff};
-use super::{ParamError, Plan, PlanError, RenderedCommand, Step, StepFlags, Undo};
+use super::UpgradeStep;
 use crate::inventory::{Inventory, Node, Pgbouncer, PgbouncerAlias};
 use crate::pgbouncer_ini::AliasTarget;
+use crate::plan::{ParamError, Plan, RenderedCommand, Step, StepFlags, Undo};
 use crate::remote::shell_quote;
+use crate::runbooks::shard_split::plan::{pause_sql, resume_sql, unified_diff};
+use crate::runbooks::RunbookError;
+use crate::runbooks::StepKind;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub const RUNBOOK: &str = "major-upgrade";
+/// The write pause (the downtime window) an upgrade allows unless `--pause-bound-ms` says otherwise.
+pub const DEFAULT_PAUSE_BOUND: Duration = Duration::from_secs(600);
 
 /// Errors a restore may raise that are known to be harmless. Anything else fails the step.
 /// Matched against the text after `ERROR:` in psql's or pg_restore's message.
@@ -61,16 +66,6 @@ pub fn tee_sha512(file: &str) -> String {
         shell_quote(TEE_SHA512_PY),
         shell_quote(file)
     )
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum UpgradeError {
-    #[error(transparent)]
-    Param(#[from] ParamError),
-    #[error(transparent)]
-    Plan(#[from] PlanError),
-    #[error("major-upgrade cannot run on this inventory: {0}")]
-    Inventory(String),
 }
 
 /// How the data reaches the new version.
@@ -139,7 +134,7 @@ pub struct UpgradeParams {
 
 impl UpgradeParams {
     pub fn from_map(params: &BTreeMap<String, String>) -> Result<UpgradeParams, ParamError> {
-        let get = |name: &'static str| super::required_param(params, name);
+        let get = |name: &'static str| crate::plan::required_param(params, name);
         let invalid = |name: &'static str, value: &str, reason: &str| ParamError::Invalid {
             name,
             value: value.to_string(),
@@ -163,7 +158,7 @@ impl UpgradeParams {
                 .filter(|n| (1..=64).contains(n))
                 .ok_or_else(|| invalid("jobs", j, "expected 1–64"))?,
         };
-        let pause_bound = super::pause_bound_param(params, Duration::from_secs(600))?;
+        let pause_bound = crate::plan::pause_bound_param(params, DEFAULT_PAUSE_BOUND)?;
         let test_restore = match params.get("test-restore").map(String::as_str) {
             None | Some("no" | "false") => false,
             Some("yes" | "true") => true,
@@ -245,8 +240,11 @@ pub struct Upgrade {
 }
 
 impl Upgrade {
-    pub fn resolve(inventory: &Inventory, params: UpgradeParams) -> Result<Upgrade, UpgradeError> {
-        let bad = |m: String| UpgradeError::Inventory(m);
+    pub fn resolve(inventory: &Inventory, params: UpgradeParams) -> Result<Upgrade, RunbookError> {
+        let bad = |reason: String| RunbookError::Inventory {
+            runbook: RUNBOOK,
+            reason,
+        };
         let node = |name: &str| {
             inventory
                 .node(name)
@@ -317,8 +315,8 @@ impl Upgrade {
             format!(
                 "{}/cutover-upgrade-{}-{}",
                 parent.trim_end_matches('/'),
-                super::sanitize(&source.name),
-                super::sanitize(&target.name)
+                crate::plan::sanitize(&source.name),
+                crate::plan::sanitize(&target.name)
             )
         });
         let inventory_after = inventory_after(inventory, &source, &target);
@@ -360,7 +358,7 @@ impl Upgrade {
         }
     }
 
-    pub fn plan(&self) -> Result<Plan, UpgradeError> {
+    pub fn plan(&self) -> Result<Plan, RunbookError> {
         Ok(Plan::new(
             &self.inventory,
             RUNBOOK,
@@ -691,46 +689,44 @@ impl Upgrade {
         let maint = &self.source.maintenance_db;
         let mut steps = Vec::new();
 
-        let mut preflight = Step::new(
-            "preflight",
-            format!(
+        let mut preflight = UpgradeStep::Preflight
+            .step(format!(
                 "Preflight: {s} (PostgreSQL {}) can move to {t} (PostgreSQL {}) by {}",
                 self.source.version,
                 self.target.version,
                 method.name()
-            ),
-        )
-        .command(RenderedCommand::sql(s, maint, VERSION_SQL))
-        .command(RenderedCommand::sql(
-            t,
-            &self.target.maintenance_db,
-            VERSION_SQL,
-        ))
-        .command(RenderedCommand::sql(s, maint, DATABASE_LOCALES_SQL))
-        .command(RenderedCommand::sql(
-            t,
-            &self.target.maintenance_db,
-            DATABASE_LOCALES_SQL,
-        ))
-        .command(RenderedCommand::internal(
-            "each database of the source",
-            EXTENSIONS_SQL,
-        ))
-        .command(RenderedCommand::sql(
-            t,
-            &self.target.maintenance_db,
-            AVAILABLE_EXTENSIONS_SQL,
-        ))
-        .command(RenderedCommand::sql(
-            t,
-            &self.target.maintenance_db,
-            TARGET_CONTENTS_SQL,
-        ))
-        .command(RenderedCommand::sql(s, maint, LONG_TRANSACTIONS_SQL))
-        .command(RenderedCommand::shell(
-            &self.source.host,
-            Self::disk_free_command(&self.dump_dir),
-        ));
+            ))
+            .command(RenderedCommand::sql(s, maint, VERSION_SQL))
+            .command(RenderedCommand::sql(
+                t,
+                &self.target.maintenance_db,
+                VERSION_SQL,
+            ))
+            .command(RenderedCommand::sql(s, maint, DATABASE_LOCALES_SQL))
+            .command(RenderedCommand::sql(
+                t,
+                &self.target.maintenance_db,
+                DATABASE_LOCALES_SQL,
+            ))
+            .command(RenderedCommand::internal(
+                "each database of the source",
+                EXTENSIONS_SQL,
+            ))
+            .command(RenderedCommand::sql(
+                t,
+                &self.target.maintenance_db,
+                AVAILABLE_EXTENSIONS_SQL,
+            ))
+            .command(RenderedCommand::sql(
+                t,
+                &self.target.maintenance_db,
+                TARGET_CONTENTS_SQL,
+            ))
+            .command(RenderedCommand::sql(s, maint, LONG_TRANSACTIONS_SQL))
+            .command(RenderedCommand::shell(
+                &self.source.host,
+                Self::disk_free_command(&self.dump_dir),
+            ));
         for (host, check) in self.tools_check_command() {
             preflight = preflight.command(RenderedCommand::shell(&host, check));
         }
@@ -751,62 +747,57 @@ impl Upgrade {
 
         if let Method::PgUpgrade { .. } = method {
             steps.push(
-                Step::new(
-                    "stop-target",
-                    format!("Stop {t}, the empty new cluster, and keep a pristine copy"),
-                )
-                .command(RenderedCommand::shell(
-                    &self.target.host,
-                    self.target.control.stop.clone(),
-                ))
-                .command(RenderedCommand::shell(
-                    &self.target.host,
-                    format!(
-                        "mkdir -p {} && {}",
-                        shell_quote(&self.dump_dir),
-                        self.save_pristine_command()
-                    ),
-                ))
-                .verification(format!(
-                    "{t} does not answer; {} holds its pristine copy",
-                    self.pristine_dir()
-                ))
-                .undo(Undo::Reversible {
-                    description: format!("start {t} again"),
-                    commands: vec![RenderedCommand::shell(
+                UpgradeStep::StopTarget
+                    .step(format!(
+                        "Stop {t}, the empty new cluster, and keep a pristine copy"
+                    ))
+                    .command(RenderedCommand::shell(
                         &self.target.host,
-                        self.target.control.start.clone(),
-                    )],
-                }),
+                        self.target.control.stop.clone(),
+                    ))
+                    .command(RenderedCommand::shell(
+                        &self.target.host,
+                        format!(
+                            "mkdir -p {} && {}",
+                            shell_quote(&self.dump_dir),
+                            self.save_pristine_command()
+                        ),
+                    ))
+                    .verification(format!(
+                        "{t} does not answer; {} holds its pristine copy",
+                        self.pristine_dir()
+                    ))
+                    .undo(Undo::Reversible {
+                        description: format!("start {t} again"),
+                        commands: vec![RenderedCommand::shell(
+                            &self.target.host,
+                            self.target.control.start.clone(),
+                        )],
+                    }),
             );
             steps.push(
-                Step::new(
-                    "upgrade-check",
-                    format!("pg_upgrade --check against the live {s}"),
-                )
-                .command(RenderedCommand::shell(
-                    &self.target.host,
-                    self.pg_upgrade_command(true),
-                ))
-                .verification("pg_upgrade reports the clusters compatible"),
+                UpgradeStep::UpgradeCheck
+                    .step(format!("pg_upgrade --check against the live {s}"))
+                    .command(RenderedCommand::shell(
+                        &self.target.host,
+                        self.pg_upgrade_command(true),
+                    ))
+                    .verification("pg_upgrade reports the clusters compatible"),
             );
         }
 
-        let mut stop_traffic = Step::new(
-            "stop-traffic",
-            if paused.is_empty() {
-                "Stop traffic: traffic hooks (downtime window)".to_string()
-            } else {
-                format!(
-                    "Stop traffic: PAUSE {}",
-                    paused
-                        .iter()
-                        .map(|(_, a)| a.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            },
-        );
+        let mut stop_traffic = UpgradeStep::StopTraffic.step(if paused.is_empty() {
+            "Stop traffic: traffic hooks (downtime window)".to_string()
+        } else {
+            format!(
+                "Stop traffic: PAUSE {}",
+                paused
+                    .iter()
+                    .map(|(_, a)| a.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        });
         if let Some(hooks) = &traffic {
             stop_traffic =
                 stop_traffic.command(RenderedCommand::shell(&hook_host, hooks.stop.clone()));
@@ -845,7 +836,7 @@ impl Upgrade {
             ..StepFlags::default()
         };
         steps.push(
-            Step::new("baseline", format!("Baseline: per database and table row counts, sequences, roles and extensions of {s}"))
+            UpgradeStep::Baseline.step(format!("Baseline: per database and table row counts, sequences, roles and extensions of {s}"))
                 .command(RenderedCommand::sql(s, maint, ROLES_SQL))
                 .command(RenderedCommand::internal("each database of the source", format!("{TABLES_SQL}\nSELECT count(*) FROM <each table>;\n{SEQUENCES_SQL}\n{EXTENSIONS_SQL}")))
                 .verification("the snapshot is recorded in the journal and the run directory")
@@ -876,14 +867,14 @@ impl Upgrade {
                         "globals.sql.sha512 and db-<hex>.dir.sha512".to_string(),
                     )
                 };
-                let mut dump_step = Step::new(
-                    "dump",
-                    if method == Method::Dumpall {
-                        format!("Dump {s}: pg_dumpall | gzip, sha512 in the same pass")
-                    } else {
-                        format!("Dump {s}: pg_dump -Fd -j {} per database, globals, a checksum per file", self.params.jobs)
-                    },
-                );
+                let mut dump_step = UpgradeStep::Dump.step(if method == Method::Dumpall {
+                    format!("Dump {s}: pg_dumpall | gzip, sha512 in the same pass")
+                } else {
+                    format!(
+                        "Dump {s}: pg_dump -Fd -j {} per database, globals, a checksum per file",
+                        self.params.jobs
+                    )
+                });
                 for c in dump {
                     dump_step = dump_step.command(c);
                 }
@@ -896,9 +887,8 @@ impl Upgrade {
                         .flags(needs_stopped),
                 );
 
-                let mut transfer = Step::new(
-                    "transfer",
-                    if self.source.host == self.target.host {
+                let mut transfer =
+                    UpgradeStep::Transfer.step(if self.source.host == self.target.host {
                         format!(
                             "Verify the artifact on {} (same host, nothing to move)",
                             self.target.host
@@ -908,8 +898,7 @@ impl Upgrade {
                             "Transfer the artifact {} → {} over SSH",
                             self.source.host, self.target.host
                         )
-                    },
-                );
+                    });
                 if self.source.host != self.target.host {
                     transfer = transfer.command(RenderedCommand::internal(
                         format!("host {} → host {}", self.source.host, self.target.host),
@@ -928,7 +917,7 @@ impl Upgrade {
 
                 if self.params.test_restore {
                     steps.push(
-                        Step::new("test-restore", format!("Test restore into a scratch PostgreSQL {} cluster", self.target.version))
+                        UpgradeStep::TestRestore.step(format!("Test restore into a scratch PostgreSQL {} cluster", self.target.version))
                             .command(RenderedCommand::shell(&self.target.host, self.scratch_init_command("<source locale>", "<source encoding>")))
                             .command(RenderedCommand::internal("scratch cluster", "the same restore as the next step, then the same validation"))
                             .command(RenderedCommand::shell(&self.target.host, self.scratch_stop_command()))
@@ -937,13 +926,12 @@ impl Upgrade {
                     );
                 }
 
-                let mut restore =
-                    Step::new("restore", format!("Restore into {t} with ON_ERROR_STOP")).command(
-                        RenderedCommand::shell(
-                            &self.target.host,
-                            Self::verify_checksum_command(&verify_dir, &verify_files),
-                        ),
-                    );
+                let mut restore = UpgradeStep::Restore
+                    .step(format!("Restore into {t} with ON_ERROR_STOP"))
+                    .command(RenderedCommand::shell(
+                        &self.target.host,
+                        Self::verify_checksum_command(&verify_dir, &verify_files),
+                    ));
                 if method == Method::Dumpall {
                     restore = restore
                         .command(RenderedCommand::shell(
@@ -992,7 +980,8 @@ impl Upgrade {
             }
             Method::PgUpgrade { link } => {
                 steps.push(
-                    Step::new("stop-source", format!("Stop {s}"))
+                    UpgradeStep::StopSource
+                        .step(format!("Stop {s}"))
                         .command(RenderedCommand::shell(
                             &self.source.host,
                             self.source.control.stop.clone(),
@@ -1008,7 +997,7 @@ impl Upgrade {
                         .flags(needs_stopped),
                 );
                 steps.push(
-                    Step::new("pg-upgrade", format!("pg_upgrade {} {s} → {t}", if link { "--link" } else { "--copy" }))
+                    UpgradeStep::PgUpgrade.step(format!("pg_upgrade {} {s} → {t}", if link { "--link" } else { "--copy" }))
                         .command(RenderedCommand::shell(&self.target.host, self.pg_upgrade_command(false)))
                         .verification(format!("pg_upgrade exits 0; {} holds the upgraded cluster", self.target.data_dir))
                         .undo(Undo::Reversible {
@@ -1033,7 +1022,8 @@ impl Upgrade {
                     }
                 };
                 steps.push(
-                    Step::new("start-target", format!("Start {t} on the upgraded data"))
+                    UpgradeStep::StartTarget
+                        .step(format!("Start {t} on the upgraded data"))
                         .command(RenderedCommand::shell(
                             &self.target.host,
                             self.target.control.start.clone(),
@@ -1049,7 +1039,7 @@ impl Upgrade {
         }
 
         steps.push(
-            Step::new("validate", format!("Validate {t} against the baseline"))
+            UpgradeStep::Validate.step(format!("Validate {t} against the baseline"))
                 .command(RenderedCommand::internal(
                     format!("{t} · each database"),
                     format!("{TABLES_SQL}\nSELECT count(*) FROM <each table>;\n{SEQUENCES_SQL}\n{EXTENSIONS_SQL}\n{ROLES_SQL}"),
@@ -1058,7 +1048,8 @@ impl Upgrade {
                 .flags(needs_stopped),
         );
 
-        let mut repoint = Step::new("repoint", format!("Repoint pgbouncer from {s} to {t}"))
+        let mut repoint = UpgradeStep::Repoint
+            .step(format!("Repoint pgbouncer from {s} to {t}"))
             .command(RenderedCommand::file(
                 "<inventory>",
                 unified_diff(
@@ -1104,7 +1095,7 @@ impl Upgrade {
                 .flags(needs_stopped),
         );
 
-        let mut resume = Step::new("resume-traffic", format!("Resume traffic on {t}"));
+        let mut resume = UpgradeStep::ResumeTraffic.step(format!("Resume traffic on {t}"));
         for (b, a) in paused.iter().rev() {
             resume = resume.command(RenderedCommand::pgbouncer_admin(b, resume_sql(a)));
         }
@@ -1127,37 +1118,33 @@ impl Upgrade {
         );
 
         steps.push(
-            Step::new(
-                "stop-old-cluster",
-                format!("Stop {s} and keep it intact as the way back"),
-            )
-            .command(RenderedCommand::shell(
-                &self.source.host,
-                format!("{} || true", self.source.control.stop),
-            ))
-            .verification(format!(
-                "{s} does not answer; {} is untouched",
-                self.source.data_dir
-            )),
+            UpgradeStep::StopOldCluster
+                .step(format!("Stop {s} and keep it intact as the way back"))
+                .command(RenderedCommand::shell(
+                    &self.source.host,
+                    format!("{} || true", self.source.control.stop),
+                ))
+                .verification(format!(
+                    "{s} does not answer; {} is untouched",
+                    self.source.data_dir
+                )),
         );
 
         steps.push(
-            Step::new(
-                "retire-old-cluster",
-                format!("Retire {s}: delete its data directory"),
-            )
-            .command(RenderedCommand::shell(
-                &self.source.host,
-                self.retire_command(),
-            ))
-            .verification(format!("{} is empty", self.source.data_dir))
-            .undo(Undo::PointOfNoReturn {
-                reason: format!("{s}'s data directory, the last way back, is deleted"),
-            })
-            .flags(StepFlags {
-                destructive: true,
-                ..StepFlags::default()
-            }),
+            UpgradeStep::RetireOldCluster
+                .step(format!("Retire {s}: delete its data directory"))
+                .command(RenderedCommand::shell(
+                    &self.source.host,
+                    self.retire_command(),
+                ))
+                .verification(format!("{} is empty", self.source.data_dir))
+                .undo(Undo::PointOfNoReturn {
+                    reason: format!("{s}'s data directory, the last way back, is deleted"),
+                })
+                .flags(StepFlags {
+                    destructive: true,
+                    ..StepFlags::default()
+                }),
         );
         steps
     }
@@ -1199,7 +1186,7 @@ pub const AVAILABLE_EXTENSIONS_SQL: &str =
 /// User databases and roles other than the bootstrap superuser (oid 10).
 pub const TARGET_CONTENTS_SQL: &str = "SELECT 'database ' || datname FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1') \
 UNION ALL SELECT 'role ' || rolname FROM pg_roles WHERE rolname !~ '^pg_' AND oid <> 10";
-pub const LONG_TRANSACTIONS_SQL: &str = super::shard_split::LONG_TRANSACTIONS_SQL;
+pub const LONG_TRANSACTIONS_SQL: &str = crate::runbooks::shard_split::plan::LONG_TRANSACTIONS_SQL;
 pub const DATABASE_SIZE_SQL: &str =
     "SELECT coalesce(sum(pg_database_size(datname)), 0)::int8 FROM pg_database";
 pub const ROLES_SQL: &str = "SELECT rolname::text, concat_ws(',', CASE WHEN rolsuper THEN 'superuser' END, CASE WHEN rolcanlogin THEN 'login' END, \

@@ -4,27 +4,22 @@
 //! Pure: turns inventory + parameters into the reviewed [`Plan`]. The SQL builders here are the
 //! single source of the statements the executor sends, so what a reviewer reads is what runs.
 
-use super::{ParamError, Plan, PlanError, RenderedCommand, Step, StepFlags, Undo};
+use super::SplitStep;
 use crate::inventory::{
     Inventory, Node, Partition, Pgbouncer, PgbouncerAlias, ShardedTable, Standby,
 };
 use crate::pgbouncer_ini::AliasTarget;
+use crate::plan::{ParamError, Plan, RenderedCommand, Step, StepFlags, Undo};
 use crate::remote::shell_quote;
+use crate::runbooks::RunbookError;
+use crate::runbooks::StepKind;
 use crate::sql::{quote_ident, quote_literal, quote_qualified};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub const RUNBOOK: &str = "shard-split";
-
-#[derive(Debug, thiserror::Error)]
-pub enum SplitError {
-    #[error(transparent)]
-    Param(#[from] ParamError),
-    #[error(transparent)]
-    Plan(#[from] PlanError),
-    #[error("shard-split cannot run on this inventory: {0}")]
-    Inventory(String),
-}
+/// The write pause a split allows unless `--pause-bound-ms` says otherwise.
+pub const DEFAULT_PAUSE_BOUND: Duration = Duration::from_secs(10);
 
 /// Operator-given parameters of a split.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,14 +38,14 @@ pub struct SplitParams {
 
 impl SplitParams {
     pub fn from_map(params: &BTreeMap<String, String>) -> Result<SplitParams, ParamError> {
-        let get = |name: &'static str| super::required_param(params, name);
+        let get = |name: &'static str| crate::plan::required_param(params, name);
         let range = get("shards")?;
         let shards = parse_range(&range).ok_or_else(|| ParamError::Invalid {
             name: "shards",
             value: range.clone(),
             reason: "expected FIRST-LAST, e.g. 512-1023".into(),
         })?;
-        let pause_bound = super::pause_bound_param(params, Duration::from_secs(10))?;
+        let pause_bound = crate::plan::pause_bound_param(params, DEFAULT_PAUSE_BOUND)?;
         Ok(SplitParams {
             from: get("from")?,
             to: get("to")?,
@@ -105,8 +100,11 @@ pub struct Split {
 }
 
 impl Split {
-    pub fn resolve(inventory: &Inventory, params: SplitParams) -> Result<Split, SplitError> {
-        let bad = |m: String| SplitError::Inventory(m);
+    pub fn resolve(inventory: &Inventory, params: SplitParams) -> Result<Split, RunbookError> {
+        let bad = |reason: String| RunbookError::Inventory {
+            runbook: RUNBOOK,
+            reason,
+        };
         let from = inventory
             .partition(&params.from)
             .ok_or_else(|| {
@@ -157,7 +155,7 @@ impl Split {
         }
         let [first, last] = params.shards;
         if last != from.shards[1] || first <= from.shards[0] {
-            return Err(SplitError::Param(ParamError::Invalid {
+            return Err(RunbookError::Param(ParamError::Invalid {
                 name: "shards",
                 value: format!("{first}-{last}"),
                 reason: format!(
@@ -204,7 +202,7 @@ impl Split {
         };
         let mut from_after = from.clone();
         from_after.shards = [from.shards[0], first - 1];
-        let slot = format!("cutover_{}", super::sanitize(&params.to));
+        let slot = format!("cutover_{}", crate::plan::sanitize(&params.to));
         let inventory_after = inventory_after(inventory, &from_after, &to, &bouncer, &target);
         Ok(Split {
             params,
@@ -279,7 +277,10 @@ impl Split {
     pub fn standby_settings_command(&self) -> String {
         let conf = shell_quote(&format!("{}/postgresql.auto.conf", self.target.data_dir));
         let port = format!("port = {}", self.target.port);
-        let name = format!("cluster_name = '{}'", super::sanitize(&self.target.name));
+        let name = format!(
+            "cluster_name = '{}'",
+            crate::plan::sanitize(&self.target.name)
+        );
         format!(
             "grep -qxF {port_q} {conf} && grep -qxF {name_q} {conf} || printf '%s\\n' {port_q} {name_q} >> {conf}",
             port_q = shell_quote(&port),
@@ -314,7 +315,7 @@ impl Split {
         )
     }
 
-    pub fn plan(&self) -> Result<Plan, SplitError> {
+    pub fn plan(&self) -> Result<Plan, RunbookError> {
         Ok(Plan::new(
             &self.inventory,
             RUNBOOK,
@@ -347,7 +348,7 @@ impl Split {
             .and_then(|h| h.host.clone())
             .unwrap_or_else(|| "local".into());
 
-        let preflight = Step::new("preflight", format!("Preflight: {s} can feed a standby on {t}"))
+        let preflight = SplitStep::Preflight.step(format!("Preflight: {s} can feed a standby on {t}"))
             .command(RenderedCommand::sql(s, &self.source.maintenance_db, PREFLIGHT_SETTINGS_SQL))
             .command(RenderedCommand::sql(s, &self.source.maintenance_db, LONG_TRANSACTIONS_SQL))
             .command(RenderedCommand::shell(&self.target.host, self.target_disk_command()))
@@ -360,59 +361,59 @@ impl Split {
             .precondition("no-long-transactions", format!("{s}: no transaction open longer than 60 s"))
             .verification("every precondition holds");
 
-        let base_backup = Step::new(
-            "base-backup",
-            format!("Base backup: make {t} a streaming standby of {s}"),
-        )
-        .command(RenderedCommand::shell(
-            &self.target.host,
-            self.basebackup_command(),
-        ))
-        .command(RenderedCommand::shell(
-            &self.target.host,
-            self.standby_settings_command(),
-        ))
-        .command(RenderedCommand::shell(
-            &self.target.host,
-            self.target.control.start.clone(),
-        ))
-        .command(RenderedCommand::internal(
-            format!("{t} · poll"),
-            format!("wait until {t} replays up to {s}'s pg_current_wal_lsn()"),
-        ))
-        .verification(format!(
-            "{t} is in recovery, streaming from {s} through slot {}, lag 0 B",
-            self.slot
-        ))
-        .undo(Undo::Reversible {
-            description: format!(
-                "stop {t}, discard its data directory, drop slot {} on {s}",
+        let base_backup = SplitStep::BaseBackup
+            .step(format!("Base backup: make {t} a streaming standby of {s}"))
+            .command(RenderedCommand::shell(
+                &self.target.host,
+                self.basebackup_command(),
+            ))
+            .command(RenderedCommand::shell(
+                &self.target.host,
+                self.standby_settings_command(),
+            ))
+            .command(RenderedCommand::shell(
+                &self.target.host,
+                self.target.control.start.clone(),
+            ))
+            .command(RenderedCommand::internal(
+                format!("{t} · poll"),
+                format!("wait until {t} replays up to {s}'s pg_current_wal_lsn()"),
+            ))
+            .verification(format!(
+                "{t} is in recovery, streaming from {s} through slot {}, lag 0 B",
                 self.slot
-            ),
-            commands: vec![
-                RenderedCommand::shell(&self.target.host, self.target.control.stop.clone()),
-                RenderedCommand::shell(&self.target.host, self.discard_target_command()),
-                RenderedCommand::sql(s, &self.source.maintenance_db, drop_slot_sql(&self.slot)),
-            ],
-        });
+            ))
+            .undo(Undo::Reversible {
+                description: format!(
+                    "stop {t}, discard its data directory, drop slot {} on {s}",
+                    self.slot
+                ),
+                commands: vec![
+                    RenderedCommand::shell(&self.target.host, self.target.control.stop.clone()),
+                    RenderedCommand::shell(&self.target.host, self.discard_target_command()),
+                    RenderedCommand::sql(s, &self.source.maintenance_db, drop_slot_sql(&self.slot)),
+                ],
+            });
 
-        let baseline = Step::new("baseline", "Baseline: record the per-shard distribution")
+        let baseline = SplitStep::Baseline
+            .step("Baseline: record the per-shard distribution")
             .command(RenderedCommand::sql(s, from_db, self.per_shard_sql()))
             .verification("per-shard counts recorded in the journal");
 
-        let mut stop_traffic = Step::new(
-            "stop-traffic",
-            format!("Stop traffic: PAUSE {}", self.paused_aliases.join(", ")),
-        )
-        .verification("SHOW DATABASES reports every alias paused")
-        .undo(Undo::Reversible {
-            description: "RESUME the aliases and start traffic".into(),
-            commands: resume.clone(),
-        })
-        .flags(StepFlags {
-            pauses_traffic: true,
-            ..StepFlags::default()
-        });
+        let mut stop_traffic = SplitStep::StopTraffic
+            .step(format!(
+                "Stop traffic: PAUSE {}",
+                self.paused_aliases.join(", ")
+            ))
+            .verification("SHOW DATABASES reports every alias paused")
+            .undo(Undo::Reversible {
+                description: "RESUME the aliases and start traffic".into(),
+                commands: resume.clone(),
+            })
+            .flags(StepFlags {
+                pauses_traffic: true,
+                ..StepFlags::default()
+            });
         if let Some(hooks) = &traffic {
             stop_traffic =
                 stop_traffic.command(RenderedCommand::shell(&hook_host, hooks.stop.clone()));
@@ -425,29 +426,28 @@ impl Split {
             format!("if RESUME has not run {} ms after PAUSE, traffic resumes by itself and the run rolls back to before the pause", self.params.pause_bound.as_millis()),
         ));
 
-        let gate = Step::new(
-            "lsn-gate",
-            format!("Gate: {t} has replayed everything {s} wrote"),
-        )
-        .command(RenderedCommand::sql(
-            s,
-            &self.source.maintenance_db,
-            PRIMARY_LSN_SQL,
-        ))
-        .command(RenderedCommand::sql(
-            t,
-            &self.target.maintenance_db,
-            STANDBY_LSN_SQL,
-        ))
-        .verification(format!(
-            "{t}'s pg_last_wal_replay_lsn() ≥ {s}'s pg_current_wal_lsn(); both recorded"
-        ))
-        .flags(StepFlags {
-            needs_traffic_stopped: true,
-            ..StepFlags::default()
-        });
+        let gate = SplitStep::LsnGate
+            .step(format!("Gate: {t} has replayed everything {s} wrote"))
+            .command(RenderedCommand::sql(
+                s,
+                &self.source.maintenance_db,
+                PRIMARY_LSN_SQL,
+            ))
+            .command(RenderedCommand::sql(
+                t,
+                &self.target.maintenance_db,
+                STANDBY_LSN_SQL,
+            ))
+            .verification(format!(
+                "{t}'s pg_last_wal_replay_lsn() ≥ {s}'s pg_current_wal_lsn(); both recorded"
+            ))
+            .flags(StepFlags {
+                needs_traffic_stopped: true,
+                ..StepFlags::default()
+            });
 
-        let promote = Step::new("promote", format!("Promote {t}"))
+        let promote = SplitStep::Promote
+            .step(format!("Promote {t}"))
             .command(RenderedCommand::sql(
                 t,
                 &self.target.maintenance_db,
@@ -477,7 +477,8 @@ impl Split {
                 ..StepFlags::default()
             });
 
-        let rename = Step::new("rename", format!("Rename {from_db} to {to_db} on {t}"))
+        let rename = SplitStep::Rename
+            .step(format!("Rename {from_db} to {to_db} on {t}"))
             .command(RenderedCommand::sql(
                 t,
                 &self.target.maintenance_db,
@@ -505,20 +506,21 @@ impl Split {
                 ..StepFlags::default()
             });
 
-        let mut reroute = Step::new(
-            "reroute",
-            format!("Re-route shards {first}–{last} to {} on {t}", self.to.name),
-        )
-        .command(RenderedCommand::file("<inventory>", self.inventory_diff()))
-        .command(RenderedCommand::file(
-            &self.bouncer.config,
-            format!(
-                "[databases]\n+{} = {}",
-                to_db,
-                self.new_alias_target().render()
-            ),
-        ))
-        .command(RenderedCommand::pgbouncer_admin(b, "RELOAD"));
+        let mut reroute = SplitStep::Reroute
+            .step(format!(
+                "Re-route shards {first}–{last} to {} on {t}",
+                self.to.name
+            ))
+            .command(RenderedCommand::file("<inventory>", self.inventory_diff()))
+            .command(RenderedCommand::file(
+                &self.bouncer.config,
+                format!(
+                    "[databases]\n+{} = {}",
+                    to_db,
+                    self.new_alias_target().render()
+                ),
+            ))
+            .command(RenderedCommand::pgbouncer_admin(b, "RELOAD"));
         if let (Some(proxy), Some(sql)) = (self.inventory.proxy.as_ref(), self.reroute_sql(to_db)) {
             reroute = reroute.command(RenderedCommand::sql(&proxy.node, &proxy.dbname, sql));
         }
@@ -543,10 +545,10 @@ impl Split {
             })
             .flags(StepFlags { needs_traffic_stopped: true, ..StepFlags::default() });
 
-        let mut resume_traffic = Step::new(
-            "resume-traffic",
-            format!("Resume traffic: RESUME {}", self.paused_aliases.join(", ")),
-        );
+        let mut resume_traffic = SplitStep::ResumeTraffic.step(format!(
+            "Resume traffic: RESUME {}",
+            self.paused_aliases.join(", ")
+        ));
         for command in resume {
             resume_traffic = resume_traffic.command(command);
         }
@@ -561,7 +563,7 @@ impl Split {
             })
             .flags(StepFlags { resumes_traffic: true, needs_traffic_stopped: true, ..StepFlags::default() });
 
-        let verify = Step::new("verify", "Verify: one owner per shard; counts match the baseline plus new writes")
+        let verify = SplitStep::Verify.step("Verify: one owner per shard; counts match the baseline plus new writes")
             .command(RenderedCommand::sql(
                 self.inventory.proxy.as_ref().map(|p| p.node.as_str()).unwrap_or(s),
                 self.inventory.proxy.as_ref().map(|p| p.dbname.as_str()).unwrap_or("-"),
@@ -572,7 +574,7 @@ impl Split {
             .command(RenderedCommand::sql(t, to_db, self.per_shard_sql()))
             .verification("for every shard, plproxy, pgbouncer and the inventory name the same single node; per-shard counts on the owner ≥ baseline");
 
-        let delete = Step::new("delete-invalid", "Delete rows each node no longer owns, online, proven first")
+        let delete = SplitStep::DeleteInvalid.step("Delete rows each node no longer owns, online, proven first")
             .command(RenderedCommand::internal(
                 "per shard, both nodes",
                 format!(
@@ -591,7 +593,8 @@ impl Split {
             .undo(Undo::PointOfNoReturn { reason: "rows are deleted from the nodes that no longer own them".into() })
             .flags(StepFlags { destructive: true, ..StepFlags::default() });
 
-        let mut vacuum = Step::new("vacuum", "VACUUM ANALYZE so the estimates are right")
+        let mut vacuum = SplitStep::Vacuum
+            .step("VACUUM ANALYZE so the estimates are right")
             .verification("planner estimates match exact counts within 10%");
         for table in &self.inventory.sharded_tables {
             let sql = format!("VACUUM ANALYZE {}", quote_qualified(&table.table));
@@ -600,7 +603,8 @@ impl Split {
                 .command(RenderedCommand::sql(t, to_db, sql));
         }
 
-        let drop_slot = Step::new("drop-slot", format!("Drop slot {} on {s}", self.slot))
+        let drop_slot = SplitStep::DropSlot
+            .step(format!("Drop slot {} on {s}", self.slot))
             .command(RenderedCommand::sql(
                 s,
                 &self.source.maintenance_db,
@@ -608,23 +612,23 @@ impl Split {
             ))
             .verification(format!("{s} has no slot {}", self.slot));
 
-        let validate = Step::new(
-            "validate-connections",
-            format!("Validate connections: {s} serves only {from_db}, {t} only {to_db}"),
-        )
-        .command(RenderedCommand::sql(
-            s,
-            &self.source.maintenance_db,
-            CONNECTIONS_BY_DB_SQL,
-        ))
-        .command(RenderedCommand::sql(
-            t,
-            &self.target.maintenance_db,
-            CONNECTIONS_BY_DB_SQL,
-        ))
-        .verification(
-            "no client is connected to a partition database on a node that does not hold it",
-        );
+        let validate = SplitStep::ValidateConnections
+            .step(format!(
+                "Validate connections: {s} serves only {from_db}, {t} only {to_db}"
+            ))
+            .command(RenderedCommand::sql(
+                s,
+                &self.source.maintenance_db,
+                CONNECTIONS_BY_DB_SQL,
+            ))
+            .command(RenderedCommand::sql(
+                t,
+                &self.target.maintenance_db,
+                CONNECTIONS_BY_DB_SQL,
+            ))
+            .verification(
+                "no client is connected to a partition database on a node that does not hold it",
+            );
 
         vec![
             preflight,

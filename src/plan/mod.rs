@@ -6,9 +6,7 @@
 //! Nothing here does I/O. The rendered commands are for review and for the fingerprint; the
 //! executor runs typed actions of its own that must match what is rendered.
 
-pub mod major_upgrade;
 mod markdown;
-pub mod shard_split;
 
 use crate::inventory::Inventory;
 use serde::{Deserialize, Serialize};

@@ -2,25 +2,31 @@
 //! [`UpgradeLab`] with 8 comparable tables, the seed's hand pipeline as the reference, the
 //! checksum's cost, then the runbook headless with per-step times and the downtime.
 
-use super::proc::service_command;
-use super::target::{bin_dir, UpgradeLab, UpgradeLabOptions, APP_DB};
-use super::LabError;
 use crate::engine::{Confirmation, Oversight};
-use crate::runbook::StepId;
+use crate::lab::proc::service_command;
+use crate::lab::target::{bin_dir, UpgradeLab, UpgradeLabOptions, APP_DB};
+use crate::lab::LabError;
+use crate::plan::StepId;
 use crate::session::{self, Invocation};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-#[derive(Debug, Clone)]
+/// `cutover lab rehearse major-upgrade ...`
+#[derive(Debug, Clone, clap::Args)]
 pub struct UpgradeRehearsalOptions {
     /// `dumpall`, `parallel`, `pg-upgrade` or `pg-upgrade-copy`.
+    #[arg(long, default_value = "dumpall")]
     pub method: String,
     /// Rows in each of the 8 bench tables (8 × 125k ≈ the guide's 359 MB, 1M-row database).
+    #[arg(long, default_value_t = 125_000)]
     pub bench_rows: u64,
     /// Parallel jobs (`parallel`, `pg_upgrade -j`).
+    #[arg(long, default_value_t = 2)]
     pub jobs: u32,
-    /// Also time the seed's hand pipeline and the checksum's cost (adds about a minute).
+    /// Also time the seed's hand pipeline and the checksum's cost (about a minute); the
+    /// `--no-reference` flag skips them.
+    #[arg(long = "no-reference", action = clap::ArgAction::SetFalse)]
     pub reference: bool,
 }
 
@@ -121,7 +127,7 @@ impl UpgradeRehearsal {
 
 fn shell_timed(script: &str) -> Result<f64, LabError> {
     let started = Instant::now();
-    super::proc::run_checked(service_command("bash").args(["-o", "pipefail", "-c", script]))?;
+    crate::lab::proc::run_checked(service_command("bash").args(["-o", "pipefail", "-c", script]))?;
     Ok(started.elapsed().as_secs_f64() * 1000.0)
 }
 
@@ -167,22 +173,25 @@ pub async fn major_upgrade(
     let state = lab.dir.join("state");
     let mut params = BTreeMap::from([
         ("from".to_string(), "pg1".to_string()),
-        ("to".to_string(), super::target::TARGET_NODE.to_string()),
+        (
+            "to".to_string(),
+            crate::lab::target::TARGET_NODE.to_string(),
+        ),
         ("method".to_string(), options.method.clone()),
         ("jobs".to_string(), options.jobs.to_string()),
     ]);
     params.insert("pause-bound-ms".into(), "3600000".into());
     let invocation = Invocation {
         inventory_path: lab.inventory_path(),
-        runbook: crate::runbook::major_upgrade::RUNBOOK.into(),
+        runbook: crate::runbooks::major_upgrade::plan::RUNBOOK.into(),
         params,
         state_dir: Some(state),
         oversight: Oversight::Solo,
         trust_on_first_use: false,
         expect_fingerprint: None,
     };
-    let mut runner =
-        session::open_major_upgrade(&invocation).map_err(|e| LabError::Inventory(e.to_string()))?;
+    let mut runner = session::open_as::<super::MajorUpgrade>(&invocation)
+        .map_err(|e| LabError::Inventory(e.to_string()))?;
     let mut steps = Vec::new();
     let mut error = None;
     while let Some(next) = runner.state.next_step(&runner.plan).map(|s| s.id.clone()) {
@@ -250,9 +259,9 @@ fn reference(lab: &UpgradeLab) -> Result<(Option<SeedPipeline>, Option<ChecksumC
         path: dir.display().to_string(),
         source,
     })?;
-    super::proc::chown_to_service_user(&dir)?;
+    crate::lab::proc::chown_to_service_user(&dir)?;
     let d = dir.display();
-    let old = super::PG15_BIN;
+    let old = crate::lab::PG15_BIN;
     let new = bin_dir(18)?;
     let src = format!("-h 127.0.0.1 -p {} -U postgres", lab.source_port);
     let dump_gzip_ms = shell_timed(&format!(
@@ -261,7 +270,7 @@ fn reference(lab: &UpgradeLab) -> Result<(Option<SeedPipeline>, Option<ChecksumC
     let sha512_ms = shell_timed(&format!(
         "sha512sum {d}/backup.sql.gz > {d}/backup.sql.gz.sha512"
     ))?;
-    let port = super::proc::free_port().map_err(|source| LabError::Io {
+    let port = crate::lab::proc::free_port().map_err(|source| LabError::Io {
         path: "free port".into(),
         source,
     })?;
@@ -285,11 +294,11 @@ fn reference(lab: &UpgradeLab) -> Result<(Option<SeedPipeline>, Option<ChecksumC
     };
     // Same gzip level and hasher as the runbook's dump, with and without the checksum.
     let (mut without, mut with, mut added) = (Vec::new(), Vec::new(), Vec::new());
-    let level = crate::runbook::major_upgrade::GZIP_LEVEL;
+    let level = crate::runbooks::major_upgrade::plan::GZIP_LEVEL;
     let plain = format!("{old}/pg_dumpall {src} | gzip -{level} > {d}/plain.sql.gz");
     let summed = format!(
         "{old}/pg_dumpall {src} | gzip -{level} | {} > {d}/summed.sha512",
-        crate::runbook::major_upgrade::tee_sha512(&format!("{d}/summed.sql.gz"))
+        crate::runbooks::major_upgrade::plan::tee_sha512(&format!("{d}/summed.sql.gz"))
     );
     // Each dump starts with nothing dirty in the page cache: the scratch restore above and the
     // previous dump leave hundreds of MB for the kernel to write back, which would otherwise

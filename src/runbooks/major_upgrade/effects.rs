@@ -2,19 +2,21 @@
 //! the pgbouncer admin console and host commands. Every action checks before it acts, so a
 //! re-run after a crash converges; commands come from `runbook::major_upgrade`, the reviewed text.
 
-use super::context::{
+use super::UpgradeStep;
+use crate::engine::{EngineState, Observation, PreconditionResult};
+use crate::executor::context::{
     announce_recheck, check_long_transactions, fail, not_begun, verdict, ExecContext, TrafficHook,
 };
-use super::{Actions, Sink};
-use crate::engine::{EngineState, Observation, PreconditionResult};
+use crate::executor::{Actions, Sink};
 use crate::inventory::{self, Node};
 use crate::pg::{self, Endpoint, SessionSettings};
 use crate::pgbouncer_ini;
+use crate::plan::{Plan, Step};
 use crate::readings::queries;
 use crate::remote::shell_quote;
-use crate::runbook::major_upgrade::{self as plan, Method, Upgrade, BENIGN_RESTORE_ERRORS};
-use crate::runbook::shard_split::{pause_sql, resume_sql};
-use crate::runbook::{Plan, Step};
+use crate::runbooks::major_upgrade::plan::{self as plan, Method, Upgrade, BENIGN_RESTORE_ERRORS};
+use crate::runbooks::shard_split::plan::{pause_sql, resume_sql};
+use crate::runbooks::StepKind;
 use crate::sql::quote_ident;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
@@ -1534,15 +1536,18 @@ pub fn first_psql_error(stderr: &str) -> Option<(u64, String)> {
 
 impl Actions for MajorUpgradeActions {
     async fn preconditions(&mut self, step: &Step) -> Vec<PreconditionResult> {
-        match step.id.as_str() {
-            "preflight" => self.preflight().await,
+        match UpgradeStep::of(step) {
+            Ok(UpgradeStep::Preflight) => self.preflight().await,
             _ => Vec::new(),
         }
     }
 
     async fn observations(&mut self, step: &Step) -> Vec<Observation> {
-        match step.id.as_str() {
-            "repoint" | "resume-traffic" => vec![
+        let Ok(kind) = UpgradeStep::of(step) else {
+            return vec![Observation::new("step", step.id.to_string())];
+        };
+        match kind {
+            UpgradeStep::Repoint | UpgradeStep::ResumeTraffic => vec![
                 Observation::new("target", self.upgrade.target.name.clone()),
                 Observation::new(
                     "paused",
@@ -1550,7 +1555,7 @@ impl Actions for MajorUpgradeActions {
                 ),
                 Observation::new("validated", self.memory.validated.is_some().to_string()),
             ],
-            "start-target" | "retire-old-cluster" => vec![
+            UpgradeStep::StartTarget | UpgradeStep::RetireOldCluster => vec![
                 Observation::new("old.data_dir", self.upgrade.source.data_dir.clone()),
                 Observation::new(
                     "old.running",
@@ -1564,33 +1569,32 @@ impl Actions for MajorUpgradeActions {
     async fn action(&mut self, step: &Step, recheck: bool, sink: Sink) -> Result<String, String> {
         announce_recheck(step, recheck, &sink);
         let started = Instant::now();
-        let result = match step.id.as_str() {
-            "preflight" => Ok("every precondition held".into()),
-            "stop-target" => self.stop_target(&sink).await,
-            "upgrade-check" => self.pg_upgrade(true, recheck, &sink).await,
-            "stop-traffic" => self.stop_traffic(&sink).await,
-            "baseline" => self.baseline(&sink).await,
-            "dump" => self.dump(&sink).await,
-            "transfer" => self.transfer(&sink).await,
-            "test-restore" => self.test_restore(&sink).await,
-            "restore" => self.restore(recheck, &sink).await,
-            "stop-source" => {
+        let result = match UpgradeStep::of(step)? {
+            UpgradeStep::Preflight => Ok("every precondition held".into()),
+            UpgradeStep::StopTarget => self.stop_target(&sink).await,
+            UpgradeStep::UpgradeCheck => self.pg_upgrade(true, recheck, &sink).await,
+            UpgradeStep::StopTraffic => self.stop_traffic(&sink).await,
+            UpgradeStep::Baseline => self.baseline(&sink).await,
+            UpgradeStep::Dump => self.dump(&sink).await,
+            UpgradeStep::Transfer => self.transfer(&sink).await,
+            UpgradeStep::TestRestore => self.test_restore(&sink).await,
+            UpgradeStep::Restore => self.restore(recheck, &sink).await,
+            UpgradeStep::StopSource => {
                 let source = self.upgrade.source.clone();
                 self.stop_node(&source, &sink).await
             }
-            "pg-upgrade" => self.pg_upgrade(false, recheck, &sink).await,
-            "start-target" => self.start_target(&sink).await,
-            "validate" => self.validate(&sink).await,
-            "repoint" => self.repoint(&sink).await,
-            "resume-traffic" => self.resume_traffic(&sink).await,
-            "stop-old-cluster" => {
+            UpgradeStep::PgUpgrade => self.pg_upgrade(false, recheck, &sink).await,
+            UpgradeStep::StartTarget => self.start_target(&sink).await,
+            UpgradeStep::Validate => self.validate(&sink).await,
+            UpgradeStep::Repoint => self.repoint(&sink).await,
+            UpgradeStep::ResumeTraffic => self.resume_traffic(&sink).await,
+            UpgradeStep::StopOldCluster => {
                 let source = self.upgrade.source.clone();
                 self.stop_node(&source, &sink)
                     .await
                     .map(|s| format!("{s}; {} kept intact as the way back", source.data_dir))
             }
-            "retire-old-cluster" => self.retire(&sink).await,
-            other => Err(format!("major-upgrade has no step `{other}`")),
+            UpgradeStep::RetireOldCluster => self.retire(&sink).await,
         };
         sink.output(format!(
             "step {} took {:.0} ms",
@@ -1602,15 +1606,24 @@ impl Actions for MajorUpgradeActions {
 
     async fn undo(&mut self, step: &Step, _recheck: bool, sink: Sink) -> Result<String, String> {
         let u = self.upgrade.clone();
-        match step.id.as_str() {
-            "stop-target" => self.start_node(&u.target, &sink).await,
-            "stop-traffic" => self.resume_traffic(&sink).await,
-            "restore" => self.empty_target(&sink).await,
-            "stop-source" => self.start_node(&u.source, &sink).await,
-            "pg-upgrade" => self.undo_pg_upgrade(&sink).await,
-            "start-target" => self.stop_node(&u.target, &sink).await,
-            "repoint" => self.undo_repoint(&sink).await,
-            _ => Ok("nothing to undo".into()),
+        match UpgradeStep::of(step)? {
+            UpgradeStep::StopTarget => self.start_node(&u.target, &sink).await,
+            UpgradeStep::StopTraffic => self.resume_traffic(&sink).await,
+            UpgradeStep::Restore => self.empty_target(&sink).await,
+            UpgradeStep::StopSource => self.start_node(&u.source, &sink).await,
+            UpgradeStep::PgUpgrade => self.undo_pg_upgrade(&sink).await,
+            UpgradeStep::StartTarget => self.stop_node(&u.target, &sink).await,
+            UpgradeStep::Repoint => self.undo_repoint(&sink).await,
+            UpgradeStep::Preflight
+            | UpgradeStep::UpgradeCheck
+            | UpgradeStep::Baseline
+            | UpgradeStep::Dump
+            | UpgradeStep::Transfer
+            | UpgradeStep::TestRestore
+            | UpgradeStep::Validate
+            | UpgradeStep::ResumeTraffic
+            | UpgradeStep::StopOldCluster
+            | UpgradeStep::RetireOldCluster => Ok("nothing to undo".into()),
         }
     }
 
@@ -1624,7 +1637,7 @@ impl Actions for MajorUpgradeActions {
 
     fn resume_is_safe(&self, plan: &Plan, state: &EngineState) -> bool {
         // Until the repoint starts, every alias still routes to the untouched source.
-        not_begun(plan, state, "repoint")
+        not_begun(plan, state, UpgradeStep::Repoint.into())
     }
 }
 

@@ -1,18 +1,25 @@
 //! Rehearsals: a full headless runbook on a fresh lab under `lab load`, measured — the
 //! benchmark behind the README numbers (pause window, failed calls, lost ids, strays).
 
-use super::load::{self, LoadOptions};
-use super::{LabError, TestLab};
 use crate::engine::{EntryKind, Oversight};
+use crate::lab::load::{self, LoadOptions};
+use crate::lab::{LabError, TestLab};
 use crate::session::{self, Invocation};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-#[derive(Debug, Clone)]
+/// `cutover lab rehearse shard-split ...`
+#[derive(Debug, Clone, clap::Args)]
 pub struct RehearsalOptions {
+    /// Application calls per second during each run.
+    #[arg(long, default_value_t = 300)]
     pub rate: u32,
+    /// Runs, each on a fresh lab.
+    #[arg(long, default_value_t = 5)]
     pub runs: u32,
+    /// Documents loaded into p1 before each run.
+    #[arg(long, default_value_t = 200_000)]
     pub docs: u64,
 }
 
@@ -45,6 +52,25 @@ pub struct SplitSummary {
     pub failed: u64,
     pub missing: u64,
     pub stray: u64,
+}
+
+impl SplitSummary {
+    /// One line for the operator, as `lab rehearse` prints it without `--json`.
+    pub fn human(&self, rate: u32) -> String {
+        format!(
+            "pause window: median {:.1} ms, worst {:.1} ms; failed {}, missing {}, stray {} over {} runs at {rate}/s",
+            self.pause_window_ms.median,
+            self.pause_window_ms.worst,
+            self.failed,
+            self.missing,
+            self.stray,
+            self.runs.len()
+        )
+    }
+    /// No failed call, no lost id, no run that ended in an error.
+    pub fn clean(&self) -> bool {
+        self.failed == 0 && self.missing == 0 && self.runs.iter().all(|r| r.error.is_none())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +144,7 @@ async fn one_split(options: &RehearsalOptions) -> Result<SplitRehearsal, Rehears
     tokio::time::sleep(Duration::from_secs(1)).await;
     let invocation = Invocation {
         inventory_path: lab.config.inventory_path(),
-        runbook: crate::runbook::shard_split::RUNBOOK.into(),
+        runbook: crate::runbooks::shard_split::plan::RUNBOOK.into(),
         params: BTreeMap::from([
             ("from".into(), "p1".into()),
             ("to".into(), "p2".into()),
@@ -131,8 +157,8 @@ async fn one_split(options: &RehearsalOptions) -> Result<SplitRehearsal, Rehears
         expect_fingerprint: None,
     };
     let started = std::time::Instant::now();
-    let mut runner =
-        session::open_shard_split(&invocation).map_err(|e| RehearsalError::Other(e.to_string()))?;
+    let mut runner = session::open_as::<super::ShardSplit>(&invocation)
+        .map_err(|e| RehearsalError::Other(e.to_string()))?;
     let outcome = runner.run_headless("rehearsal").await;
     let total_ms = started.elapsed().as_millis();
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -2,17 +2,19 @@
 //! the pgbouncer admin console and host commands. Every action checks before it acts, so a
 //! re-run after a crash converges; SQL comes from `runbook::shard_split`, the reviewed text.
 
-use super::context::{
+use super::SplitStep;
+use crate::engine::{EngineState, Observation, PreconditionResult};
+use crate::executor::context::{
     announce_recheck, check_long_transactions, fail, not_begun, verdict, ExecContext, TrafficHook,
 };
-use super::{Actions, Sink};
-use crate::engine::{EngineState, Observation, PreconditionResult};
+use crate::executor::{Actions, Sink};
 use crate::inventory::Inventory;
 use crate::pg;
 use crate::pgbouncer_ini;
+use crate::plan::{Plan, Step};
 use crate::readings::queries;
-use crate::runbook::shard_split::{self as plan, Split, DELETE_BATCH, MAX_LAG_BYTES};
-use crate::runbook::{Plan, Step};
+use crate::runbooks::shard_split::plan::{self as plan, Split, DELETE_BATCH, MAX_LAG_BYTES};
+use crate::runbooks::StepKind;
 use crate::sql::{quote_ident, quote_literal, quote_qualified};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -1510,15 +1512,18 @@ async fn drop_slot_when_inactive(client: &Client, slot: &str) -> Result<(), Stri
 
 impl Actions for ShardSplitActions {
     async fn preconditions(&mut self, step: &Step) -> Vec<PreconditionResult> {
-        match step.id.as_str() {
-            "preflight" => self.preflight().await,
+        match SplitStep::of(step) {
+            Ok(SplitStep::Preflight) => self.preflight().await,
             _ => Vec::new(),
         }
     }
 
     async fn observations(&mut self, step: &Step) -> Vec<Observation> {
-        match step.id.as_str() {
-            "lsn-gate" | "promote" => match self.lsn_positions().await {
+        let Ok(kind) = SplitStep::of(step) else {
+            return vec![Observation::new("step", step.id.to_string())];
+        };
+        match kind {
+            SplitStep::LsnGate | SplitStep::Promote => match self.lsn_positions().await {
                 Ok((primary, replayed, caught_up)) => vec![
                     Observation::new("standby.caught_up", caught_up.to_string()),
                     Observation::new("primary.lsn", primary),
@@ -1526,14 +1531,14 @@ impl Actions for ShardSplitActions {
                 ],
                 Err(e) => vec![Observation::new("lsn.error", e)],
             },
-            "rename" | "reroute" | "resume-traffic" => vec![
+            SplitStep::Rename | SplitStep::Reroute | SplitStep::ResumeTraffic => vec![
                 Observation::new("target.database", self.split.to.dbname.clone()),
                 Observation::new(
                     "paused",
                     format!("{:?}", self.paused_aliases().await.unwrap_or_default()),
                 ),
             ],
-            "delete-invalid" => vec![
+            SplitStep::DeleteInvalid => vec![
                 Observation::new("partition", self.split.to.name.clone()),
                 Observation::new(
                     "routing",
@@ -1549,34 +1554,33 @@ impl Actions for ShardSplitActions {
 
     async fn action(&mut self, step: &Step, recheck: bool, sink: Sink) -> Result<String, String> {
         announce_recheck(step, recheck, &sink);
-        match step.id.as_str() {
-            "preflight" => Ok("every precondition held".into()),
-            "base-backup" => self.base_backup(&sink).await,
-            "baseline" => self.baseline(&sink).await,
-            "stop-traffic" => self.stop_traffic(&sink).await,
-            "lsn-gate" => self.lsn_gate(&sink).await,
-            "promote" => self.promote(&sink).await,
-            "rename" => {
+        match SplitStep::of(step)? {
+            SplitStep::Preflight => Ok("every precondition held".into()),
+            SplitStep::BaseBackup => self.base_backup(&sink).await,
+            SplitStep::Baseline => self.baseline(&sink).await,
+            SplitStep::StopTraffic => self.stop_traffic(&sink).await,
+            SplitStep::LsnGate => self.lsn_gate(&sink).await,
+            SplitStep::Promote => self.promote(&sink).await,
+            SplitStep::Rename => {
                 let (from, to) = (self.split.from.dbname.clone(), self.split.to.dbname.clone());
                 self.rename(&from, &to, &sink).await
             }
-            "reroute" => self.reroute(&sink).await,
-            "resume-traffic" => self.resume_traffic(&sink).await,
-            "verify" => self.verify(&sink).await,
-            "delete-invalid" => self.delete_invalid(&sink).await,
-            "vacuum" => self.vacuum(&sink).await,
-            "drop-slot" => self.drop_slot().await,
-            "validate-connections" => self.validate_connections(&sink).await,
-            other => Err(format!("shard-split has no step `{other}`")),
+            SplitStep::Reroute => self.reroute(&sink).await,
+            SplitStep::ResumeTraffic => self.resume_traffic(&sink).await,
+            SplitStep::Verify => self.verify(&sink).await,
+            SplitStep::DeleteInvalid => self.delete_invalid(&sink).await,
+            SplitStep::Vacuum => self.vacuum(&sink).await,
+            SplitStep::DropSlot => self.drop_slot().await,
+            SplitStep::ValidateConnections => self.validate_connections(&sink).await,
         }
     }
 
     async fn undo(&mut self, step: &Step, _recheck: bool, sink: Sink) -> Result<String, String> {
-        match step.id.as_str() {
-            "base-backup" => self.undo_base_backup(&sink).await,
-            "stop-traffic" => self.resume_traffic(&sink).await,
-            "promote" => self.undo_promote(&sink).await,
-            "rename" => {
+        match SplitStep::of(step)? {
+            SplitStep::BaseBackup => self.undo_base_backup(&sink).await,
+            SplitStep::StopTraffic => self.resume_traffic(&sink).await,
+            SplitStep::Promote => self.undo_promote(&sink).await,
+            SplitStep::Rename => {
                 let (from, to) = (self.split.from.dbname.clone(), self.split.to.dbname.clone());
                 if self.target_in_recovery().await.is_none() {
                     return Ok(format!(
@@ -1586,8 +1590,16 @@ impl Actions for ShardSplitActions {
                 }
                 self.rename(&to, &from, &sink).await
             }
-            "reroute" => self.undo_reroute(&sink).await,
-            _ => Ok("nothing to undo".into()),
+            SplitStep::Reroute => self.undo_reroute(&sink).await,
+            SplitStep::Preflight
+            | SplitStep::Baseline
+            | SplitStep::LsnGate
+            | SplitStep::ResumeTraffic
+            | SplitStep::Verify
+            | SplitStep::DeleteInvalid
+            | SplitStep::Vacuum
+            | SplitStep::DropSlot
+            | SplitStep::ValidateConnections => Ok("nothing to undo".into()),
         }
     }
 
@@ -1599,11 +1611,11 @@ impl Actions for ShardSplitActions {
         self.split.params.pause_bound
     }
 
-    fn baseline(&self) -> Vec<super::BaselineCount> {
+    fn baseline(&self) -> Vec<crate::executor::BaselineCount> {
         if self.memory.baseline.is_empty() {
             return Vec::new();
         }
-        vec![super::BaselineCount {
+        vec![crate::executor::BaselineCount {
             node: self.split.source.name.clone(),
             database: self.split.from.dbname.clone(),
             table: self.split.inventory.sharded_tables[0].table.clone(),
@@ -1613,6 +1625,6 @@ impl Actions for ShardSplitActions {
 
     fn resume_is_safe(&self, plan: &Plan, state: &EngineState) -> bool {
         // Until the re-route starts, the routing is the original one: resuming first is safe.
-        not_begun(plan, state, "reroute")
+        not_begun(plan, state, SplitStep::Reroute.into())
     }
 }

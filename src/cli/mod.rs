@@ -1,0 +1,325 @@
+//! The command line's shape: clap types only. Each runbook contributes its own flags through
+//! the registry (`cutover run INV shard-split --help` lists the split's), so nothing here
+//! names a runbook.
+
+use clap::{Parser, Subcommand};
+use cutover::lab;
+use cutover::runbooks::{self, Registered};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "cutover",
+    version,
+    about = "A terminal cockpit for PostgreSQL cutovers",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// With no subcommand: open the cockpit on this inventory (needs a terminal).
+    pub inventory: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Validate an inventory; lists every problem as FILE:LINE:COL: message (exit 2).
+    Check { file: PathBuf },
+    /// Print one snapshot of all live readings.
+    Status {
+        inventory: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a runbook's plan and its fingerprint, for review before a run.
+    Plan {
+        inventory: PathBuf,
+        #[command(subcommand)]
+        runbook: RunbookChoice,
+        #[arg(long, value_enum, default_value = "md", global = true)]
+        format: Format,
+    },
+    /// Run (or resume) a runbook.
+    Run {
+        inventory: PathBuf,
+        #[command(subcommand)]
+        runbook: RunbookChoice,
+        #[command(flatten)]
+        run: RunOptions,
+        /// Refuse to start unless the plan still has this fingerprint (from `cutover plan`).
+        #[arg(long, global = true)]
+        expect_fingerprint: Option<String>,
+        /// Run every step without prompts (rehearsals, CI); preconditions and gates still hold.
+        #[arg(long, global = true)]
+        yes: bool,
+    },
+    /// Undo completed steps of the unfinished run, in reverse order, back to a step. The
+    /// run's own parameters are used when none are given.
+    Rollback {
+        inventory: PathBuf,
+        #[command(subcommand)]
+        runbook: RunbookChoice,
+        #[command(flatten)]
+        run: RunOptions,
+        /// The step to roll back to (it is undone too).
+        #[arg(long, global = true, value_name = "STEP")]
+        back_to: Option<String>,
+        #[arg(long, global = true, default_value = "operator rollback")]
+        reason: String,
+    },
+    /// The cockpit: live panes and the runbook, step by step with confirmations.
+    Tui {
+        inventory: PathBuf,
+        #[command(subcommand)]
+        runbook: Option<RunbookChoice>,
+        #[command(flatten)]
+        run: RunOptions,
+        /// dark (default), light, high-contrast, or a theme file; also `theme:` in $XDG_CONFIG_HOME/cutover/config.yaml.
+        #[arg(long, global = true)]
+        theme: Option<String>,
+        /// Show everything, run nothing.
+        #[arg(long, global = true)]
+        readonly: bool,
+    },
+    /// Show or export the record of a run.
+    Journal {
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
+    /// The local lab of real servers.
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+    /// Started by a driving `cutover` when traffic pauses: ends the pause if the driver dies.
+    #[command(hide = true)]
+    PauseGuard {
+        inventory: PathBuf,
+        runbook: String,
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        parent: u32,
+        #[arg(long)]
+        run_id: String,
+        #[arg(long)]
+        bound_ms: u64,
+        /// Runbook parameters as NAME=VALUE.
+        #[arg(long = "param")]
+        params: Vec<String>,
+        #[arg(long)]
+        trust_on_first_use: bool,
+        #[arg(long)]
+        pair: bool,
+    },
+}
+
+/// A runbook of the registry and the parameters given on its command line, as the plan
+/// records them (each flag by its long name, a switch as `yes`).
+#[derive(Debug, Clone)]
+pub struct RunbookChoice {
+    pub name: String,
+    pub params: BTreeMap<String, String>,
+}
+
+fn runbook_command(runbook: &dyn Registered) -> clap::Command {
+    runbook
+        .args(clap::Command::new(runbook.name()))
+        .about(runbook.about())
+}
+
+fn unknown_runbook(name: &str) -> clap::Error {
+    clap::Error::raw(
+        clap::error::ErrorKind::InvalidSubcommand,
+        format!(
+            "unknown runbook `{name}`; known: {}\n",
+            runbooks::names().join(", ")
+        ),
+    )
+}
+
+impl clap::FromArgMatches for RunbookChoice {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let (name, sub) = matches.subcommand().ok_or_else(|| {
+            clap::Error::raw(
+                clap::error::ErrorKind::MissingSubcommand,
+                format!("name a runbook: {}\n", runbooks::names().join(", ")),
+            )
+        })?;
+        let runbook = runbooks::find(name).map_err(|_| unknown_runbook(name))?;
+        Ok(RunbookChoice {
+            name: name.to_string(),
+            params: runbooks::params_from_matches(&runbook_command(runbook), sub),
+        })
+    }
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl clap::Subcommand for RunbookChoice {
+    fn augment_subcommands(command: clap::Command) -> clap::Command {
+        runbooks::REGISTRY
+            .iter()
+            .fold(command, |command, runbook| {
+                command.subcommand(runbook_command(*runbook))
+            })
+            .subcommand_value_name("RUNBOOK")
+    }
+    fn augment_subcommands_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_subcommands(command)
+    }
+    fn has_subcommand(name: &str) -> bool {
+        runbooks::find(name).is_ok()
+    }
+}
+
+/// A runbook's rehearsal and its own flags (`cutover lab rehearse shard-split --rate 300`).
+#[derive(Debug, Clone)]
+pub struct RehearsalChoice {
+    pub name: String,
+    pub matches: clap::ArgMatches,
+}
+
+impl clap::FromArgMatches for RehearsalChoice {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let (name, sub) = matches.subcommand().ok_or_else(|| {
+            clap::Error::raw(
+                clap::error::ErrorKind::MissingSubcommand,
+                format!("name a runbook: {}\n", runbooks::names().join(", ")),
+            )
+        })?;
+        Ok(RehearsalChoice {
+            name: name.to_string(),
+            matches: sub.clone(),
+        })
+    }
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl clap::Subcommand for RehearsalChoice {
+    fn augment_subcommands(command: clap::Command) -> clap::Command {
+        runbooks::REGISTRY
+            .iter()
+            .fold(command, |command, runbook| {
+                command.subcommand(
+                    runbook
+                        .rehearse_args(clap::Command::new(runbook.name()).about(runbook.about())),
+                )
+            })
+            .subcommand_value_name("RUNBOOK")
+    }
+    fn augment_subcommands_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_subcommands(command)
+    }
+    fn has_subcommand(name: &str) -> bool {
+        runbooks::find(name).is_ok()
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunOptions {
+    /// Where the journal lives (default: $CUTOVER_STATE_DIR, $XDG_STATE_HOME/cutover, ~/.local/state/cutover).
+    #[arg(long, global = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Operator name recorded in the journal.
+    #[arg(long, global = true, env = "USER", default_value = "operator")]
+    pub operator: String,
+    /// Destructive and point-of-no-return steps need a second, different operator.
+    #[arg(long, global = true)]
+    pub pair: bool,
+    /// Accept and record an SSH host key never seen before (logged). Changed keys are always refused.
+    #[arg(long, global = true)]
+    pub trust_on_first_use: bool,
+}
+
+impl RunOptions {
+    pub fn from_env() -> Self {
+        RunOptions {
+            state_dir: None,
+            operator: std::env::var("USER").unwrap_or_else(|_| "operator".into()),
+            pair: false,
+            trust_on_first_use: false,
+        }
+    }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Format {
+    Md,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum JournalCommand {
+    /// List runs, or show one run's entries.
+    Show {
+        run: Option<String>,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Export a run's record (newest run by default) for the change ticket.
+    Export {
+        run: Option<String>,
+        #[arg(long, value_enum, default_value = "md")]
+        format: Format,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum LabCommand {
+    /// Start pg1 (proxy + p1), a spare pg2, pgbouncer and sshd; print the inventory path.
+    Up {
+        #[arg(long, default_value = lab::DEFAULT_DIR)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 200_000)]
+        docs: u64,
+        #[arg(long, default_value_t = 54321)]
+        pg1_port: u16,
+        #[arg(long, default_value_t = 54322)]
+        pg2_port: u16,
+        #[arg(long, default_value_t = 6432)]
+        pgbouncer_port: u16,
+        #[arg(long, default_value_t = 2222)]
+        ssh_port: u16,
+        /// Also start a target node `pg1new` of this major version (18) for major-upgrade.
+        #[arg(long)]
+        with_target: Option<u32>,
+        #[arg(long, default_value_t = 54323)]
+        target_port: u16,
+    },
+    /// Benchmark: a full headless runbook on fresh labs under load, measured.
+    Rehearse {
+        #[command(subcommand)]
+        runbook: RehearsalChoice,
+        /// The full record as JSON instead of the summary.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Stop everything the lab started (by PID) and remove its directory.
+    Down {
+        #[arg(long, default_value = lab::DEFAULT_DIR)]
+        dir: PathBuf,
+    },
+    /// Application traffic: insert_form calls through the pgbouncer proxy alias.
+    Load {
+        #[arg(long, default_value = lab::DEFAULT_DIR)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 300)]
+        rate: u32,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 4)]
+        workers: u32,
+        /// Write every committed form_id here, one per line.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
