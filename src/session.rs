@@ -97,20 +97,25 @@ where
     let state_dir = journal::resolve_state_dir(invocation.state_dir.as_deref())?;
     let journal = Journal::open(&state_dir)?;
     let current = inventory::load(&invocation.inventory_path)?;
-    let planned_from =
-        match journal.latest_unfinished_run(&current.environment, &invocation.runbook)? {
-            Some(meta) => match std::fs::read_to_string(
-                run_dir(&state_dir, &meta.run_id).join(PLAN_INVENTORY),
-            ) {
+    let unfinished = journal.latest_unfinished_run(&current.environment, &invocation.runbook)?;
+    let planned_from = match &unfinished {
+        Some(meta) => {
+            match std::fs::read_to_string(run_dir(&state_dir, &meta.run_id).join(PLAN_INVENTORY)) {
                 Ok(text) => inventory::parse(&text, PLAN_INVENTORY)?,
                 Err(_) => current.clone(),
-            },
-            None => current.clone(),
-        };
+            }
+        }
+        None => current.clone(),
+    };
+    // Given no parameters, an unfinished run goes on (or rolls back) with its own.
+    let params = match &unfinished {
+        Some(meta) if invocation.params.is_empty() => &meta.params,
+        _ => &invocation.params,
+    };
     let Built {
         plan,
         effects: make_effects,
-    } = build(&planned_from, &invocation.params)?;
+    } = build(&planned_from, params)?;
     if let Some(expected) = &invocation.expect_fingerprint {
         let actual = plan.fingerprint();
         if &actual != expected {
