@@ -287,6 +287,7 @@ mod tests {
                 stop: "down".into(),
                 start: "up".into(),
             }),
+            citus: Vec::new(),
         }
     }
 
@@ -298,6 +299,33 @@ mod tests {
             ..full.nodes[0].clone()
         });
         full.standbys[0].node = "pg2".into();
+        full.citus.push(CitusCluster {
+            name: "reporting".into(),
+            coordinator: "pg1".into(),
+            workers: vec!["pg2".into()],
+            database: "reports".into(),
+            shard_count: 8,
+            tables: vec![
+                CitusTable {
+                    table: "public.forms".into(),
+                    distribution: Distribution::Distributed,
+                    column: Some("domain".into()),
+                    colocate_with: None,
+                },
+                CitusTable {
+                    table: "cases".into(),
+                    distribution: Distribution::Distributed,
+                    column: Some("domain".into()),
+                    colocate_with: Some("public.forms".into()),
+                },
+                CitusTable {
+                    table: "users".into(),
+                    distribution: Distribution::Reference,
+                    column: None,
+                    colocate_with: None,
+                },
+            ],
+        });
         let text = to_yaml(&full).expect("serializes");
         let parsed = parse(&text, "full.yaml").unwrap_or_else(|error| panic!("{text}\n{error}"));
         assert_eq!(parsed, full);

@@ -28,6 +28,8 @@ pub struct Inventory {
     pub slots: Vec<Slot>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic: Option<TrafficHooks>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub citus: Vec<CitusCluster>,
 }
 
 /// Where host commands run: over SSH, or on the jump host itself.
@@ -188,6 +190,55 @@ pub struct TrafficHooks {
     pub start: String,
 }
 
+/// A Citus cluster: a coordinator, its workers (all of them [`Node`]s), the database Citus
+/// lives in, and how each table is spread.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CitusCluster {
+    pub name: String,
+    pub coordinator: String,
+    pub workers: Vec<String>,
+    pub database: String,
+    /// `citus.shard_count`: shards per distributed table.
+    #[serde(default = "default_citus_shard_count")]
+    pub shard_count: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<CitusTable>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CitusTable {
+    /// Table name, optionally schema-qualified as `schema.table`.
+    pub table: String,
+    pub distribution: Distribution,
+    /// The distribution column; present exactly when `distribution` is `distributed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// A distributed table of the same cluster whose shards this one's follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub colocate_with: Option<String>,
+}
+
+/// How Citus spreads a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Distribution {
+    /// Sharded by `column` across the workers (`create_distributed_table`).
+    Distributed,
+    /// A full copy on every node (`create_reference_table`).
+    Reference,
+    /// Left on the coordinator only.
+    Local,
+}
+
+impl Distribution {
+    pub const NAMES: &'static [&'static str] = &["distributed", "reference", "local"];
+}
+
+fn default_citus_shard_count() -> u32 {
+    32
+}
 fn default_ssh_port() -> u16 {
     22
 }
@@ -228,6 +279,9 @@ impl Inventory {
             map.entry(p.node.as_str()).or_default().push(p);
         }
         map
+    }
+    pub fn citus_cluster(&self, name: &str) -> Option<&CitusCluster> {
+        self.citus.iter().find(|c| c.name == name)
     }
     /// Shard mask: `shard_count - 1`.
     pub fn shard_mask(&self) -> u32 {

@@ -22,6 +22,8 @@ enum Kind {
     ShardRange,
     /// A non-empty list of non-empty strings.
     TextList,
+    /// One of these words.
+    OneOf(&'static [&'static str]),
     Struct(&'static Schema),
     List(&'static Schema),
 }
@@ -71,6 +73,30 @@ static INVENTORY: Schema = Schema {
         optional("standbys", Kind::List(&STANDBY)),
         optional("slots", Kind::List(&SLOT)),
         optional("traffic", Kind::Struct(&TRAFFIC)),
+        optional("citus", Kind::List(&CITUS)),
+    ],
+};
+
+static CITUS: Schema = Schema {
+    fields: &[
+        required("name", Kind::Text),
+        required("coordinator", Kind::Text),
+        required("workers", Kind::TextList),
+        required("database", Kind::Text),
+        optional("shard_count", Kind::PositiveU32),
+        optional("tables", Kind::List(&CITUS_TABLE)),
+    ],
+};
+
+static CITUS_TABLE: Schema = Schema {
+    fields: &[
+        required("table", Kind::Text),
+        required(
+            "distribution",
+            Kind::OneOf(crate::inventory::model::Distribution::NAMES),
+        ),
+        optional("column", Kind::Text),
+        optional("colocate_with", Kind::Text),
     ],
 };
 
@@ -409,6 +435,17 @@ fn convert_kind(
                 None => Some(Json::String(text.to_string())),
             },
             None => mistyped("a string"),
+        },
+        Kind::OneOf(words) => match node.text() {
+            Some(text) if words.contains(&text) => Some(Json::String(text.to_string())),
+            Some(text) => {
+                problems.push(Problem::new(
+                    node.pos,
+                    format!("{path}: `{text}` is not one of: {}", words.join(", ")),
+                ));
+                None
+            }
+            None => mistyped(&format!("one of: {}", words.join(", "))),
         },
         Kind::Port => match node.uint() {
             Some(port @ 1..=65535) => Some(Json::from(port)),

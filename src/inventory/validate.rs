@@ -107,6 +107,98 @@ pub(crate) fn check(root: &Marked, problems: &mut Vec<Problem>) {
     }
     check_dbnames(root, problems);
     check_shards(root, problems);
+    check_citus(root, &node_names, problems);
+}
+
+/// A Citus cluster's nodes exist and play one role each; a distributed table names its
+/// column, the others name none; `colocate_with` is a distributed table of the same cluster.
+fn check_citus(root: &Marked, node_names: &Known, problems: &mut Vec<Problem>) {
+    unique_names(root, "citus", "name", "Citus cluster", problems);
+    for (index, cluster) in entries(root, "citus") {
+        let path = format!("citus[{index}]");
+        node_names.check(cluster, "coordinator", &path, problems);
+        let coordinator = text_at(cluster, "coordinator").map(|(name, _)| name);
+        let mut workers: Vec<&str> = Vec::new();
+        for (worker_index, worker) in list(cluster.field("workers")) {
+            let Some(name) = worker.text() else { continue };
+            let worker_path = format!("{path}.workers[{worker_index}]");
+            if !node_names.names.iter().any(|(known, _)| *known == name) {
+                problems.push(Problem::new(
+                    worker.pos,
+                    format!(
+                        "{worker_path}: unknown node `{name}` ({})",
+                        node_names.listing()
+                    ),
+                ));
+            } else if Some(name) == coordinator {
+                problems.push(Problem::new(
+                    worker.pos,
+                    format!("{worker_path}: `{name}` is the coordinator; a node is the coordinator or a worker, not both"),
+                ));
+            } else if workers.contains(&name) {
+                problems.push(Problem::new(
+                    worker.pos,
+                    format!("{worker_path}: worker `{name}` is listed twice"),
+                ));
+            }
+            workers.push(name);
+        }
+        let mut tables: Vec<(&str, Pos)> = Vec::new();
+        let mut distributed: Vec<&str> = Vec::new();
+        for (table_index, table) in list(cluster.field("tables")) {
+            let table_path = format!("{path}.tables[{table_index}]");
+            let name = text_at(table, "table");
+            if let Some((name, pos)) = name {
+                if let Some((_, first)) = tables.iter().find(|(seen, _)| *seen == name) {
+                    problems.push(Problem::new(
+                        pos,
+                        format!(
+                            "{table_path}.table: duplicate table `{name}` (first at line {})",
+                            first.line
+                        ),
+                    ));
+                }
+                tables.push((name, pos));
+            }
+            let distribution = text_at(table, "distribution").map(|(d, _)| d);
+            let column = table.field("column").filter(|c| !c.is_null());
+            match (distribution, column) {
+                (Some("distributed"), None) => problems.push(Problem::new(
+                    table.pos,
+                    format!("{table_path}: a distributed table names its distribution `column`"),
+                )),
+                (Some(other @ ("reference" | "local")), Some(column)) => {
+                    problems.push(Problem::new(
+                        column.pos,
+                        format!("{table_path}.column: a {other} table has no distribution column"),
+                    ))
+                }
+                _ => {}
+            }
+            if distribution == Some("distributed") {
+                if let Some((name, _)) = name {
+                    distributed.push(name);
+                }
+            } else if let Some(colocate) = table.field("colocate_with").filter(|c| !c.is_null()) {
+                problems.push(Problem::new(
+                    colocate.pos,
+                    format!("{table_path}.colocate_with: only a distributed table is co-located"),
+                ));
+            }
+        }
+        for (table_index, table) in list(cluster.field("tables")) {
+            if let Some((with, pos)) = text_at(table, "colocate_with") {
+                if !distributed.contains(&with) {
+                    problems.push(Problem::new(
+                        pos,
+                        format!(
+                            "{path}.tables[{table_index}].colocate_with: `{with}` is not a distributed table of this cluster"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// Items of the list at `root.key`, with their indexes.

@@ -393,6 +393,7 @@ pub fn lab_inventory(config: &LabConfig) -> Inventory {
         standbys: vec![],
         slots: vec![],
         traffic: None,
+        citus: Vec::new(),
     }
 }
 

@@ -473,6 +473,7 @@ fn empty_inventory() -> Inventory {
         standbys: vec![],
         slots: vec![],
         traffic: None,
+        citus: Vec::new(),
     }
 }
 
