@@ -520,6 +520,10 @@ async fn lab_command(command: LabCommand) -> Result<ExitCode> {
             ssh_port,
             with_target,
             target_port,
+            citus,
+            citus_version,
+            citus_coordinator_port,
+            citus_worker_ports,
         } => {
             let config = lab::LabConfig {
                 dir,
@@ -533,7 +537,18 @@ async fn lab_command(command: LabCommand) -> Result<ExitCode> {
                 version,
                 port: target_port,
             });
-            let report = lab::up_with_target(&config, target).await?;
+            let citus = match (citus, citus_worker_ports.as_slice()) {
+                (false, _) => None,
+                (true, &[first, second]) => Some(lab::citus::CitusConfig {
+                    version: citus_version,
+                    ports: [citus_coordinator_port, first, second],
+                }),
+                (true, _) => {
+                    eprintln!("cutover: --citus-worker-ports takes two ports, e.g. 54331,54332");
+                    return Ok(ExitCode::from(INVALID_INPUT));
+                }
+            };
+            let report = lab::up_with(&config, target, citus).await?;
             for started in &report.started {
                 eprintln!("started: {started}");
             }

@@ -294,6 +294,17 @@ pub enum LabCommand {
         with_target: Option<u32>,
         #[arg(long, default_value_t = 54323)]
         target_port: u16,
+        /// Also start an empty Citus cluster: a coordinator and two workers.
+        #[arg(long)]
+        citus: bool,
+        /// 15 (Citus 13, the default) or 18 (Citus 14).
+        #[arg(long, default_value_t = 15, requires = "citus")]
+        citus_version: u32,
+        #[arg(long, default_value_t = lab::citus::DEFAULT_PORTS[0], requires = "citus")]
+        citus_coordinator_port: u16,
+        /// The two workers' ports.
+        #[arg(long, value_delimiter = ',', default_values_t = [lab::citus::DEFAULT_PORTS[1], lab::citus::DEFAULT_PORTS[2]], requires = "citus")]
+        citus_worker_ports: Vec<u16>,
     },
     /// Benchmark: a full headless runbook on fresh labs under load, measured.
     Rehearse {

@@ -3,6 +3,7 @@
 //! `up` is idempotent: it starts only what is not already running and says what it did.
 //! Every server runs as the unprivileged service user when we are root; `down` stops them by PID.
 
+pub mod citus;
 pub mod load;
 pub mod postgres;
 pub mod proc;
@@ -167,6 +168,15 @@ pub async fn up_with_target(
     config: &LabConfig,
     with_target: Option<TargetConfig>,
 ) -> Result<UpReport, LabError> {
+    up_with(config, with_target, None).await
+}
+
+/// [`up_with_target`], plus an empty Citus cluster (a coordinator and two workers).
+pub async fn up_with(
+    config: &LabConfig,
+    with_target: Option<TargetConfig>,
+    with_citus: Option<citus::CitusConfig>,
+) -> Result<UpReport, LabError> {
     check_packages()?;
     let dir = &config.dir;
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -229,6 +239,11 @@ pub async fn up_with_target(
             t.version,
             &target::bin_dir(t.version)?,
         ));
+    }
+    if let Some(citus_config) = with_citus {
+        report.started.extend(citus::up(dir, citus_config)?);
+        inventory.nodes.extend(citus::lab_nodes(dir, citus_config)?);
+        inventory.citus.push(citus::lab_cluster());
     }
     let inventory_path = config.inventory_path();
     let text = inventory_yaml(&inventory)?;
@@ -414,7 +429,10 @@ pub fn down(dir: &Path) -> Result<Vec<String>, LabError> {
         stop_pid(pid, Signal::SIGINT, timeout);
         stopped.push(format!("pgbouncer (pid {pid})"));
     }
-    for node in ["pg1", "pg2", "pg1new", "scratch"] {
+    for node in ["pg1", "pg2", "pg1new", "scratch"]
+        .into_iter()
+        .chain(citus::node_names())
+    {
         if let Some(pid) = proc::read_pid_file(&dir.join(node).join("postmaster.pid")) {
             // SIGINT is PostgreSQL's fast shutdown.
             stop_pid(pid, Signal::SIGINT, timeout);

@@ -69,7 +69,7 @@ pub fn configure_primary(data: &Path, port: u16, socket_dir: &Path) -> Result<()
     )
 }
 
-fn append(path: &Path, text: &str) -> Result<(), LabError> {
+pub fn append(path: &Path, text: &str) -> Result<(), LabError> {
     use std::io::Write;
     let mut file = std::fs::OpenOptions::new()
         .append(true)

@@ -3,6 +3,7 @@
 //! CLI, the cockpit, the session and the pause guard read: adding a runbook is its folder plus
 //! one line there.
 
+pub mod citus_bootstrap;
 pub mod major_upgrade;
 pub mod shard_split;
 
@@ -115,6 +116,7 @@ impl Rehearsal {
 pub static REGISTRY: &[&dyn Registered] = &[
     &Entry::<shard_split::ShardSplit>(PhantomData),
     &Entry::<major_upgrade::MajorUpgrade>(PhantomData),
+    &Entry::<citus_bootstrap::CitusBootstrap>(PhantomData),
 ];
 
 pub fn names() -> Vec<&'static str> {
