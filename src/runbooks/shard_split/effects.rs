@@ -1097,9 +1097,7 @@ impl ShardSplitActions {
             let mut now = self
                 .per_shard(&s.source.name, &s.from.dbname, table)
                 .await?;
-            let on_target = self
-                .per_shard(&s.target.name, &s.to.dbname, table)
-                .await?;
+            let on_target = self.per_shard(&s.target.name, &s.to.dbname, table).await?;
             // Owners: the source keeps the lower shards, the target owns the moved ones.
             now.retain(|shard, _| !s.moved_shards().contains(shard));
             now.extend(

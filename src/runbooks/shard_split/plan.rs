@@ -223,7 +223,9 @@ impl Split {
         self.to.shards[0]..=self.to.shards[1]
     }
 
-    /// Connection string plproxy uses for a partition: through pgbouncer when configured.
+    /// Connection string plproxy uses for a partition: through pgbouncer when configured,
+    /// else directly to the node holding `dbname` (the new partition's on the target, the
+    /// source partition's on the source).
     pub fn plproxy_conn(&self, dbname: &str) -> String {
         let (host, port) = match self
             .inventory
@@ -232,7 +234,8 @@ impl Split {
             .and_then(|p| p.route_via.clone())
         {
             Some(via) => (via.address, via.port),
-            None => (self.target.address.clone(), self.target.port),
+            None if dbname == self.to.dbname => (self.target.address.clone(), self.target.port),
+            None => (self.source.address.clone(), self.source.port),
         };
         format!("dbname={dbname} host={host} port={port}")
     }
@@ -399,7 +402,8 @@ impl Split {
             .step("Baseline: record the per-shard distribution of every sharded table")
             .verification("per-shard counts of every sharded table recorded in the journal");
         for table in &self.inventory.sharded_tables {
-            baseline = baseline.command(RenderedCommand::sql(s, from_db, self.per_shard_sql(table)));
+            baseline =
+                baseline.command(RenderedCommand::sql(s, from_db, self.per_shard_sql(table)));
         }
 
         let mut stop_traffic = SplitStep::StopTraffic
@@ -596,7 +600,7 @@ impl Split {
             .command(RenderedCommand::internal(
                 "per sharded table, per shard, both nodes",
                 format!(
-                    "1. on the non-owner: keys of the shard, and whether each was written after the cutover (age(xmin) < age(cutover xid))\n\
+                    "1. on the non-owner: keys of the shard, and whether each was written after the cutover (age(xmin) ≤ age(cutover xid): the cutover xid is the first one not yet assigned at promotion)\n\
                      2. on the owner: which of those keys exist\n\
                      3. keys missing on the owner and written after the cutover are stray writes: copy them to the owner\n\
                      4. keys missing on the owner and older than the cutover: REFUSE the shard (the owner lacks rows)\n\
@@ -615,9 +619,21 @@ impl Split {
                 delete = delete
                     .command(RenderedCommand::sql(n, n_db, self.shard_keys_sql(table)))
                     .command(RenderedCommand::sql(o, o_db, present_keys_sql(table, ty)))
-                    .command(RenderedCommand::sql(n, n_db, self.key_digest_sql(table, ty)))
-                    .command(RenderedCommand::sql(o, o_db, self.key_digest_sql(table, ty)))
-                    .command(RenderedCommand::sql(n, n_db, self.delete_batch_sql(table, ty)));
+                    .command(RenderedCommand::sql(
+                        n,
+                        n_db,
+                        self.key_digest_sql(table, ty),
+                    ))
+                    .command(RenderedCommand::sql(
+                        o,
+                        o_db,
+                        self.key_digest_sql(table, ty),
+                    ))
+                    .command(RenderedCommand::sql(
+                        n,
+                        n_db,
+                        self.delete_batch_sql(table, ty),
+                    ));
             }
         }
 
