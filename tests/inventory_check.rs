@@ -412,6 +412,9 @@ fn the_commcare_example_is_valid_and_describes_the_seed_environment() {
     assert_eq!(proxy.cluster, "commcarehq");
     assert_eq!(example.sharded_tables[0].hash, "hashtext(form_id::text)");
     assert_eq!(example.sharded_tables[0].key, vec!["form_id".to_string()]);
+    assert_eq!(example.sharded_tables[1].table, "cases");
+    assert_eq!(example.sharded_tables[1].hash, "hashtext(case_id::text)");
+    assert_eq!(example.sharded_tables[1].key, vec!["case_id".to_string()]);
     let traffic = example.traffic.as_ref().expect("traffic hooks");
     assert_eq!(traffic.stop, "commcare-cloud production downtime start");
     assert_eq!(traffic.start, "commcare-cloud production downtime end");

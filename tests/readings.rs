@@ -119,6 +119,10 @@ async fn per_shard_counts_sum_to_documents_loaded() {
         "20k random ids cover every shard"
     );
     assert_eq!(forms.misplaced, 0);
+    let cases = &dist.tables[1];
+    assert_eq!(cases.table, "cases");
+    assert_eq!(cases.total, lab.config.cases() as i64);
+    assert_eq!(cases.misplaced, 0);
     assert_eq!(
         forms.estimate, docs as i64,
         "the lab runs ANALYZE after loading"

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use cutover::executor::RunError;
+use cutover::executor::{Actions, RunError};
 use cutover::lab::load::{self, LoadOptions};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,9 @@ async fn full_split_under_load_loses_nothing_and_every_shard_has_one_owner() {
         stop_rx,
     ));
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut cases_before = case_ids(&pg1_forms(&lab).await).await;
+    cases_before.sort();
+    assert_eq!(cases_before.len() as u64, lab.config.cases());
     let mut runner = open_split(&lab, state.path());
     runner
         .run_headless("test")
@@ -80,6 +83,46 @@ async fn full_split_under_load_loses_nothing_and_every_shard_has_one_owner() {
         "no row lost or duplicated"
     );
 
+    // The second sharded table: every case row exactly once, on its owner.
+    let (cases_pg1, cases_pg2) = (case_ids(&pg1).await, case_ids(&pg2).await);
+    let shard_of = |rows: &[(String, i32)], range: std::ops::RangeInclusive<i32>| {
+        rows.iter().all(|(_, shard)| range.contains(shard))
+    };
+    assert!(shard_of(&cases_pg1, 0..=511), "pg1 holds only its cases");
+    assert!(shard_of(&cases_pg2, 512..=1023), "pg2 holds only its cases");
+    assert!(
+        cases_pg2.len() > 1_000,
+        "cases moved: {} on pg2",
+        cases_pg2.len()
+    );
+    let mut after: Vec<(String, i32)> = cases_pg1.into_iter().chain(cases_pg2).collect();
+    after.sort();
+    assert_eq!(
+        after, cases_before,
+        "every case row is present exactly once after the split"
+    );
+    let baselines = runner.actions_mut().baseline();
+    let tables: Vec<(&str, i64)> = baselines
+        .iter()
+        .map(|b| (b.table.as_str(), b.total))
+        .collect();
+    assert_eq!(tables[1], ("cases", lab.config.cases() as i64));
+    assert_eq!(tables[0].0, "forms");
+
+    // The re-route's undo names these copies in the plan: `<state-dir>/runs/<run-id>/...`.
+    let run_dir = state.path().join("runs").join(&runner.run_id.0);
+    for kept in [
+        cutover::runbooks::shard_split::plan::INI_BACKUP_FILE,
+        cutover::runbooks::shard_split::plan::INVENTORY_BACKUP_FILE,
+    ] {
+        assert!(run_dir.join(kept).is_file(), "{kept} kept in the run dir");
+        let undo = format!("<state-dir>/runs/<run-id>/{kept}");
+        assert!(
+            runner.plan.to_markdown().contains(&undo),
+            "the plan names {undo}"
+        );
+    }
+
     // The inventory, plproxy and pgbouncer agree on the new map.
     let inventory = cutover::inventory::load(&c.inventory_path()).unwrap();
     assert_eq!(inventory.partition("p1").unwrap().shards, [0, 511]);
@@ -108,6 +151,20 @@ async fn full_split_under_load_loses_nothing_and_every_shard_has_one_owner() {
         pause < 10_000.0,
         "pause window {pause} ms stays within the bound"
     );
+}
+
+/// Every `cases` row of a partition database as (case_id, shard), sorted.
+async fn case_ids(client: &tokio_postgres::Client) -> Vec<(String, i32)> {
+    client
+        .query(
+            "SELECT case_id::text, hashtext(case_id::text) & 1023 FROM cases ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
 }
 
 /// Hold pg2's replay, then write one row on pg1 directly (pgbouncer is paused): the standby

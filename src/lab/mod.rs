@@ -82,6 +82,11 @@ impl Default for LabConfig {
 }
 
 impl LabConfig {
+    /// Rows of the lab's second sharded table, `cases`: one per two documents.
+    pub fn cases(&self) -> u64 {
+        self.docs / 2
+    }
+
     /// A config on free ports under `dir`, for tests.
     pub fn on_free_ports(dir: &Path, docs: u64) -> std::io::Result<Self> {
         Ok(LabConfig {
@@ -400,11 +405,18 @@ pub fn lab_inventory(config: &LabConfig) -> Inventory {
             node: "pg1".into(),
             shards: [0, SHARD_COUNT - 1],
         }],
-        sharded_tables: vec![ShardedTable {
-            table: "forms".into(),
-            hash: "hashtext(form_id::text)".into(),
-            key: vec!["form_id".into()],
-        }],
+        sharded_tables: vec![
+            ShardedTable {
+                table: "forms".into(),
+                hash: "hashtext(form_id::text)".into(),
+                key: vec!["form_id".into()],
+            },
+            ShardedTable {
+                table: "cases".into(),
+                hash: "hashtext(case_id::text)".into(),
+                key: vec!["case_id".into()],
+            },
+        ],
         standbys: vec![],
         slots: vec![],
         traffic: None,

@@ -1,5 +1,5 @@
 //! Lab PostgreSQL clusters: initdb, configuration, start, and the CommCare-shaped lab databases
-//! (a plproxy proxy database and one partition database with `forms`).
+//! (a plproxy proxy database and one partition database with the sharded `forms` and `cases`).
 
 use super::proc::{self, chown_to_service_user, service_command, wait_for_port};
 use super::{LabConfig, LabError, CLUSTER, P1_DB, PROXY_DB, SHARD_COUNT};
@@ -122,12 +122,18 @@ const SETUP: SessionSettings = SessionSettings {
     statement_timeout: Some(Duration::from_secs(600)),
 };
 
-/// Partition-side schema: the `forms` table and the function plproxy calls.
+/// Partition-side schema: the sharded `forms` and `cases` tables and the function plproxy calls.
 const PARTITION_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS forms (
     form_id uuid PRIMARY KEY,
     domain text NOT NULL,
     received_on timestamptz NOT NULL DEFAULT now(),
+    payload jsonb NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS cases (
+    case_id uuid PRIMARY KEY,
+    domain text NOT NULL,
+    modified_on timestamptz NOT NULL DEFAULT now(),
     payload jsonb NOT NULL DEFAULT '{}'
 );
 CREATE OR REPLACE FUNCTION insert_form(form_id uuid, domain text, payload jsonb)
@@ -186,6 +192,27 @@ pub async fn setup_lab_databases(config: &LabConfig) -> Result<u64, LabError> {
         )
         .await?;
         loaded = config.docs;
+    }
+
+    let cases = pg::simple_rows(&p1, &target, "SELECT count(*) AS n FROM cases").await?;
+    let no_cases = cases
+        .first()
+        .and_then(|r| r.get("n").cloned().flatten())
+        .is_some_and(|n| n == "0");
+    if no_cases && config.cases() > 0 {
+        pg::simple_execute(
+            &p1,
+            &target,
+            &format!(
+                "INSERT INTO cases (case_id, domain, modified_on, payload)
+                 SELECT gen_random_uuid(), 'domain-' || (i % 20), now() - i * interval '1 second',
+                        jsonb_build_object('seq', i, 'name', md5(i::text))
+                 FROM generate_series(1, {}) AS i;
+                 ANALYZE cases;",
+                config.cases()
+            ),
+        )
+        .await?;
     }
 
     let proxy = pg::connect(&endpoint(config.pg1_port, PROXY_DB), SETUP).await?;

@@ -33,8 +33,9 @@ const INI_BACKUP: &str = "pgbouncer.ini.before";
 /// Values a later step needs, kept in the state dir so a resumed run has them.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SplitMemory {
-    /// Exact rows per shard on the source at the baseline.
-    pub baseline: BTreeMap<u32, i64>,
+    /// Exact rows per shard on the source at the baseline, per sharded table.
+    #[serde(default)]
+    pub baselines: BTreeMap<String, BTreeMap<u32, i64>>,
     /// First transaction id not yet assigned when the cutover happened, per node name
     /// (32-bit xid as text). Rows with a newer xmin were written after the cutover.
     pub cutover_xid: BTreeMap<String, String>,
@@ -588,10 +589,15 @@ impl ShardSplitActions {
 
     // ---- baseline -------------------------------------------------------------------------
 
-    async fn per_shard(&self, node: &str, dbname: &str) -> Result<BTreeMap<u32, i64>, String> {
+    async fn per_shard(
+        &self,
+        node: &str,
+        dbname: &str,
+        table: &crate::inventory::ShardedTable,
+    ) -> Result<BTreeMap<u32, i64>, String> {
         let client = self.node_client(node, dbname).await?;
         let rows = client
-            .query(&self.split.per_shard_sql(), &[])
+            .query(&self.split.per_shard_sql(table), &[])
             .await
             .map_err(|e| pg::error_chain(&e))?;
         Ok(rows
@@ -602,24 +608,34 @@ impl ShardSplitActions {
 
     async fn baseline(&mut self, sink: &Sink) -> Result<String, String> {
         let s = &self.split;
-        let counts = self.per_shard(&s.source.name, &s.from.dbname).await?;
-        let total: i64 = counts.values().sum();
-        let moving: i64 = counts
-            .iter()
-            .filter(|(shard, _)| s.moved_shards().contains(shard))
-            .map(|(_, n)| n)
-            .sum();
-        sink.output(format!(
-            "baseline: {total} rows in {} shards; shards {}–{} hold {moving}",
-            counts.len(),
-            s.to.shards[0],
-            s.to.shards[1]
-        ));
-        self.memory.baseline = counts;
+        let mut baselines = BTreeMap::new();
+        let mut details = Vec::new();
+        for table in &s.inventory.sharded_tables {
+            let counts = self
+                .per_shard(&s.source.name, &s.from.dbname, table)
+                .await?;
+            let total: i64 = counts.values().sum();
+            let moving: i64 = counts
+                .iter()
+                .filter(|(shard, _)| s.moved_shards().contains(shard))
+                .map(|(_, n)| n)
+                .sum();
+            sink.output(format!(
+                "baseline {}: {total} rows in {} shards; shards {}–{} hold {moving}",
+                table.table,
+                counts.len(),
+                s.to.shards[0],
+                s.to.shards[1]
+            ));
+            details.push(format!(
+                "{}: {total} rows recorded per shard; {moving} will move",
+                table.table
+            ));
+            baselines.insert(table.table.clone(), counts);
+        }
+        self.memory.baselines = baselines;
         self.remember()?;
-        Ok(format!(
-            "{total} rows recorded per shard; {moving} will move"
-        ))
+        Ok(details.join("; "))
     }
 
     // ---- traffic ----------------------------------------------------------------------------
@@ -1070,32 +1086,45 @@ impl ShardSplitActions {
         let s = &self.split;
         let routing = self.check_routing(&s.inventory_after).await?;
         sink.output(routing.clone());
-        let mut now = self.per_shard(&s.source.name, &s.from.dbname).await?;
-        let on_target = self.per_shard(&s.target.name, &s.to.dbname).await?;
-        // Owners: the source keeps the lower shards, the target owns the moved ones.
-        now.retain(|shard, _| !s.moved_shards().contains(shard));
-        now.extend(
-            on_target
-                .into_iter()
-                .filter(|(shard, _)| s.moved_shards().contains(shard)),
-        );
-        let short: Vec<String> = self
-            .memory
-            .baseline
-            .iter()
-            .filter(|(shard, base)| now.get(shard).copied().unwrap_or(0) < **base)
-            .take(5)
-            .map(|(shard, base)| {
-                format!(
-                    "shard {shard}: {} < baseline {base}",
-                    now.get(shard).copied().unwrap_or(0)
-                )
-            })
-            .collect();
-        let base_total: i64 = self.memory.baseline.values().sum();
-        let now_total: i64 = now.values().sum();
-        if self.memory.baseline.is_empty() {
-            return Err("no baseline recorded".into());
+        let mut short = Vec::new();
+        let mut details = Vec::new();
+        for table in &s.inventory.sharded_tables {
+            let baseline = self
+                .memory
+                .baselines
+                .get(&table.table)
+                .ok_or_else(|| format!("no baseline recorded for {}", table.table))?;
+            let mut now = self
+                .per_shard(&s.source.name, &s.from.dbname, table)
+                .await?;
+            let on_target = self.per_shard(&s.target.name, &s.to.dbname, table).await?;
+            // Owners: the source keeps the lower shards, the target owns the moved ones.
+            now.retain(|shard, _| !s.moved_shards().contains(shard));
+            now.extend(
+                on_target
+                    .into_iter()
+                    .filter(|(shard, _)| s.moved_shards().contains(shard)),
+            );
+            short.extend(
+                baseline
+                    .iter()
+                    .filter(|(shard, base)| now.get(shard).copied().unwrap_or(0) < **base)
+                    .take(5)
+                    .map(|(shard, base)| {
+                        format!(
+                            "{} shard {shard}: {} < baseline {base}",
+                            table.table,
+                            now.get(shard).copied().unwrap_or(0)
+                        )
+                    }),
+            );
+            let base_total: i64 = baseline.values().sum();
+            let now_total: i64 = now.values().sum();
+            details.push(format!(
+                "{}: owners hold {now_total} rows = baseline {base_total} + {} new",
+                table.table,
+                now_total - base_total
+            ));
         }
         if !short.is_empty() {
             return Err(format!(
@@ -1103,10 +1132,7 @@ impl ShardSplitActions {
                 short.join("; ")
             ));
         }
-        Ok(format!(
-            "{routing}; owners hold {now_total} rows = baseline {base_total} + {} new",
-            now_total - base_total
-        ))
+        Ok(format!("{routing}; {}", details.join("; ")))
     }
 
     // ---- delete invalid data ---------------------------------------------------------------
@@ -1184,8 +1210,9 @@ impl ShardSplitActions {
         let qualified = quote_qualified(&table.table);
         let key = quote_ident(&table.key[0]);
         let key_type = key_type(&n, &table.table, &table.key[0]).await?;
-        let mask = self.split.inventory.shard_mask();
-        let shard_expr = format!("(({}) & {mask})::int8", table.hash);
+        let keys_sql = self.split.shard_keys_sql(table);
+        let present_sql = plan::present_keys_sql(table, &key_type);
+        let digest_sql = self.split.key_digest_sql(table, &key_type);
         let delete_sql = self.split.delete_batch_sql(table, &key_type);
         let mut report = CleanReport::default();
         let mut refused_shards = BTreeSet::new();
@@ -1200,12 +1227,7 @@ impl ShardSplitActions {
             let mut remaining = 0;
             for group in shard_list.chunks(64) {
                 let rows = n
-                    .query(
-                        &format!(
-                            "SELECT {key}::text, {shard_expr}, age(xmin) <= age($2::text::xid) FROM {qualified} WHERE {shard_expr} = ANY($1::int8[])"
-                        ),
-                        &[&group, &cutover_xid],
-                    )
+                    .query(&keys_sql, &[&group, &cutover_xid])
                     .await
                     .map_err(|e| pg::error_chain(&e))?;
                 remaining += rows.len();
@@ -1218,7 +1240,7 @@ impl ShardSplitActions {
                 }
                 let group_keys: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
                 let present: BTreeSet<String> = o
-                    .query(&format!("SELECT {key}::text FROM {qualified} WHERE {key} = ANY($1::text[]::{key_type}[])"), &[&group_keys])
+                    .query(&present_sql, &[&group_keys])
                     .await
                     .map_err(|e| pg::error_chain(&e))?
                     .iter()
@@ -1265,10 +1287,6 @@ impl ShardSplitActions {
                 // Proof, per shard: the owner holds exactly these keys (count + md5 over the
                 // sorted keys), computed on both sides in one query each.
                 let keys: Vec<String> = candidates.values().flatten().cloned().collect();
-                let digest_sql = format!(
-                    "SELECT {shard_expr}, count(*), md5(string_agg({key}::text, ',' ORDER BY {key}::text)) \
-                     FROM {qualified} WHERE {key} = ANY($1::text[]::{key_type}[]) GROUP BY 1"
-                );
                 let mine = shard_digests(&n, &digest_sql, &keys).await?;
                 let theirs = shard_digests(&o, &digest_sql, &keys).await?;
                 let mut proven: Vec<i64> = Vec::new();
@@ -1612,15 +1630,20 @@ impl Actions for ShardSplitActions {
     }
 
     fn baseline(&self) -> Vec<crate::executor::BaselineCount> {
-        if self.memory.baseline.is_empty() {
-            return Vec::new();
-        }
-        vec![crate::executor::BaselineCount {
-            node: self.split.source.name.clone(),
-            database: self.split.from.dbname.clone(),
-            table: self.split.inventory.sharded_tables[0].table.clone(),
-            total: self.memory.baseline.values().sum(),
-        }]
+        self.split
+            .inventory
+            .sharded_tables
+            .iter()
+            .filter_map(|table| {
+                let counts = self.memory.baselines.get(&table.table)?;
+                Some(crate::executor::BaselineCount {
+                    node: self.split.source.name.clone(),
+                    database: self.split.from.dbname.clone(),
+                    table: table.table.clone(),
+                    total: counts.values().sum(),
+                })
+            })
+            .collect()
     }
 
     fn resume_is_safe(&self, plan: &Plan, state: &EngineState) -> bool {

@@ -223,7 +223,9 @@ impl Split {
         self.to.shards[0]..=self.to.shards[1]
     }
 
-    /// Connection string plproxy uses for a partition: through pgbouncer when configured.
+    /// Connection string plproxy uses for a partition: through pgbouncer when configured,
+    /// else directly to the node holding `dbname` (the new partition's on the target, the
+    /// source partition's on the source).
     pub fn plproxy_conn(&self, dbname: &str) -> String {
         let (host, port) = match self
             .inventory
@@ -232,7 +234,8 @@ impl Split {
             .and_then(|p| p.route_via.clone())
         {
             Some(via) => (via.address, via.port),
-            None => (self.target.address.clone(), self.target.port),
+            None if dbname == self.to.dbname => (self.target.address.clone(), self.target.port),
+            None => (self.source.address.clone(), self.source.port),
         };
         format!("dbname={dbname} host={host} port={port}")
     }
@@ -395,10 +398,13 @@ impl Split {
                 ],
             });
 
-        let baseline = SplitStep::Baseline
-            .step("Baseline: record the per-shard distribution")
-            .command(RenderedCommand::sql(s, from_db, self.per_shard_sql()))
-            .verification("per-shard counts recorded in the journal");
+        let mut baseline = SplitStep::Baseline
+            .step("Baseline: record the per-shard distribution of every sharded table")
+            .verification("per-shard counts of every sharded table recorded in the journal");
+        for table in &self.inventory.sharded_tables {
+            baseline =
+                baseline.command(RenderedCommand::sql(s, from_db, self.per_shard_sql(table)));
+        }
 
         let mut stop_traffic = SplitStep::StopTraffic
             .step(format!(
@@ -524,23 +530,35 @@ impl Split {
         if let (Some(proxy), Some(sql)) = (self.inventory.proxy.as_ref(), self.reroute_sql(to_db)) {
             reroute = reroute.command(RenderedCommand::sql(&proxy.node, &proxy.dbname, sql));
         }
-        let mut undo_reroute = vec![RenderedCommand::file(
-            "<inventory>",
-            "restore the inventory kept as <inventory>.before-<run>",
-        )];
+        let mut undo_reroute = Vec::new();
         if let (Some(proxy), Some(sql)) = (self.inventory.proxy.as_ref(), self.reroute_sql(from_db))
         {
             undo_reroute.push(RenderedCommand::sql(&proxy.node, &proxy.dbname, sql));
         }
         undo_reroute.push(RenderedCommand::file(
             &self.bouncer.config,
-            "restore the previous pgbouncer.ini",
+            format!(
+                "copy {} back to {} on host {}",
+                run_file(INI_BACKUP_FILE),
+                self.bouncer.config,
+                self.bouncer.host
+            ),
         ));
         undo_reroute.push(RenderedCommand::pgbouncer_admin(b, "RELOAD"));
+        undo_reroute.push(RenderedCommand::file(
+            "<inventory>",
+            format!(
+                "copy {} back to <inventory>",
+                run_file(INVENTORY_BACKUP_FILE)
+            ),
+        ));
         let reroute = reroute
             .verification("plproxy, pgbouncer and the new inventory route every moved shard to the new partition")
             .undo(Undo::Reversible {
-                description: "restore the previous inventory, plproxy options and pgbouncer config".into(),
+                description: format!(
+                    "restore the plproxy options, then pgbouncer.ini and the inventory from the copies the re-route kept in the run dir ({}, on the machine running cutover)",
+                    run_file("")
+                ),
                 commands: undo_reroute,
             })
             .flags(StepFlags { needs_traffic_stopped: true, ..StepFlags::default() });
@@ -563,22 +581,26 @@ impl Split {
             })
             .flags(StepFlags { resumes_traffic: true, needs_traffic_stopped: true, ..StepFlags::default() });
 
-        let verify = SplitStep::Verify.step("Verify: one owner per shard; counts match the baseline plus new writes")
+        let mut verify = SplitStep::Verify.step("Verify: one owner per shard; counts match the baseline plus new writes")
             .command(RenderedCommand::sql(
                 self.inventory.proxy.as_ref().map(|p| p.node.as_str()).unwrap_or(s),
                 self.inventory.proxy.as_ref().map(|p| p.dbname.as_str()).unwrap_or("-"),
                 PLPROXY_OPTIONS_SQL,
             ))
             .command(RenderedCommand::pgbouncer_admin(b, "SHOW DATABASES"))
-            .command(RenderedCommand::sql(s, from_db, self.per_shard_sql()))
-            .command(RenderedCommand::sql(t, to_db, self.per_shard_sql()))
-            .verification("for every shard, plproxy, pgbouncer and the inventory name the same single node; per-shard counts on the owner ≥ baseline");
+            .verification("for every shard, plproxy, pgbouncer and the inventory name the same single node; for every sharded table, per-shard counts on the owner ≥ baseline");
+        for table in &self.inventory.sharded_tables {
+            let sql = self.per_shard_sql(table);
+            verify = verify
+                .command(RenderedCommand::sql(s, from_db, sql.clone()))
+                .command(RenderedCommand::sql(t, to_db, sql));
+        }
 
-        let delete = SplitStep::DeleteInvalid.step("Delete rows each node no longer owns, online, proven first")
+        let mut delete = SplitStep::DeleteInvalid.step("Delete rows each node no longer owns, online, proven first")
             .command(RenderedCommand::internal(
-                "per shard, both nodes",
+                "per sharded table, per shard, both nodes",
                 format!(
-                    "1. on the non-owner: keys of the shard, and whether each was written after the cutover (age(xmin) < age(cutover xid))\n\
+                    "1. on the non-owner: keys of the shard, and whether each was written after the cutover (age(xmin) ≤ age(cutover xid): the cutover xid is the first one not yet assigned at promotion)\n\
                      2. on the owner: which of those keys exist\n\
                      3. keys missing on the owner and written after the cutover are stray writes: copy them to the owner\n\
                      4. keys missing on the owner and older than the cutover: REFUSE the shard (the owner lacks rows)\n\
@@ -587,11 +609,33 @@ impl Split {
                     MAX_LAG_BYTES / 1_000_000
                 ),
             ))
-            .command(RenderedCommand::sql(s, from_db, self.delete_batch_sql(&self.inventory.sharded_tables[0], KEY_TYPE_PLACEHOLDER)))
-            .command(RenderedCommand::sql(t, to_db, self.delete_batch_sql(&self.inventory.sharded_tables[0], KEY_TYPE_PLACEHOLDER)))
             .verification("no node holds rows of a shard it does not own; every deleted key is present on its owner")
             .undo(Undo::PointOfNoReturn { reason: "rows are deleted from the nodes that no longer own them".into() })
             .flags(StepFlags { destructive: true, ..StepFlags::default() });
+        // Each node is the non-owner of the other's shards: the statements run both ways.
+        for table in &self.inventory.sharded_tables {
+            let ty = KEY_TYPE_PLACEHOLDER;
+            for ((n, n_db), (o, o_db)) in [((s, from_db), (t, to_db)), ((t, to_db), (s, from_db))] {
+                delete = delete
+                    .command(RenderedCommand::sql(n, n_db, self.shard_keys_sql(table)))
+                    .command(RenderedCommand::sql(o, o_db, present_keys_sql(table, ty)))
+                    .command(RenderedCommand::sql(
+                        n,
+                        n_db,
+                        self.key_digest_sql(table, ty),
+                    ))
+                    .command(RenderedCommand::sql(
+                        o,
+                        o_db,
+                        self.key_digest_sql(table, ty),
+                    ))
+                    .command(RenderedCommand::sql(
+                        n,
+                        n_db,
+                        self.delete_batch_sql(table, ty),
+                    ));
+            }
+        }
 
         let mut vacuum = SplitStep::Vacuum
             .step("VACUUM ANALYZE so the estimates are right")
@@ -655,13 +699,40 @@ impl Split {
         )
     }
 
-    /// Exact rows per shard of the first sharded table, for the baseline and verify.
-    pub fn per_shard_sql(&self) -> String {
-        let table = &self.inventory.sharded_tables[0];
+    /// Exact rows per shard of `table`, for the baseline and verify.
+    pub fn per_shard_sql(&self, table: &ShardedTable) -> String {
         format!(
             "SELECT (({}) & {})::int8 AS shard, count(*) FROM {} GROUP BY 1 ORDER BY 1",
             table.hash,
             self.inventory.shard_mask(),
+            quote_qualified(&table.table)
+        )
+    }
+
+    /// `(hash) & mask` of `table`: a row's shard.
+    pub fn shard_expr(&self, table: &ShardedTable) -> String {
+        format!("(({}) & {})::int8", table.hash, self.inventory.shard_mask())
+    }
+
+    /// On the non-owner: key, shard and whether the row was written after the cutover, for the
+    /// rows of the shards in `$1`; `$2` is the node's cutover xid.
+    pub fn shard_keys_sql(&self, table: &ShardedTable) -> String {
+        let shard = self.shard_expr(table);
+        format!(
+            "SELECT {}::text, {shard}, age(xmin) <= age($2::text::xid) FROM {} WHERE {shard} = ANY($1::int8[])",
+            quote_ident(&table.key[0]),
+            quote_qualified(&table.table)
+        )
+    }
+
+    /// Per shard, count and md5 of the sorted keys among `$1`; equal on both nodes proves the
+    /// owner holds exactly the keys the non-owner is about to delete.
+    pub fn key_digest_sql(&self, table: &ShardedTable, key_type: &str) -> String {
+        let key = quote_ident(&table.key[0]);
+        format!(
+            "SELECT {}, count(*), md5(string_agg({key}::text, ',' ORDER BY {key}::text)) \
+             FROM {} WHERE {key} = ANY($1::text[]::{key_type}[]) GROUP BY 1",
+            self.shard_expr(table),
             quote_qualified(&table.table)
         )
     }
@@ -671,11 +742,10 @@ impl Split {
     /// (looked up at run time; the plan shows a placeholder).
     pub fn delete_batch_sql(&self, table: &ShardedTable, key_type: &str) -> String {
         format!(
-            "DELETE FROM {} WHERE {} = ANY($1::text[]::{key_type}[]) AND (({}) & {})::int8 = ANY($2::int8[])",
+            "DELETE FROM {} WHERE {} = ANY($1::text[]::{key_type}[]) AND {} = ANY($2::int8[])",
             quote_qualified(&table.table),
             quote_ident(&table.key[0]),
-            table.hash,
-            self.inventory.shard_mask()
+            self.shard_expr(table)
         )
     }
 
@@ -684,6 +754,28 @@ impl Split {
         let after = serde_yaml::to_string(&self.inventory_after).unwrap_or_default();
         unified_diff(&before, &after)
     }
+}
+
+/// On the owner: which of the keys in `$1` it holds.
+pub fn present_keys_sql(table: &ShardedTable, key_type: &str) -> String {
+    format!(
+        "SELECT {key}::text FROM {} WHERE {key} = ANY($1::text[]::{key_type}[])",
+        quote_qualified(&table.table),
+        key = quote_ident(&table.key[0])
+    )
+}
+
+/// The run dir as a plan can name it: the run id is not known when the plan is made.
+/// `session` places a run's files under `<state-dir>/runs/<run-id>/`.
+pub const RUN_DIR_PATTERN: &str = "<state-dir>/runs/<run-id>/";
+/// The run-dir file the re-route keeps pgbouncer.ini in before changing it (effects `INI_BACKUP`).
+pub const INI_BACKUP_FILE: &str = "pgbouncer.ini.before";
+/// The run-dir file the re-route keeps the inventory in before rewriting it
+/// (`executor::context`'s `INVENTORY_BACKUP`).
+pub const INVENTORY_BACKUP_FILE: &str = "inventory.before.yaml";
+
+fn run_file(name: &str) -> String {
+    format!("{RUN_DIR_PATTERN}{name}")
 }
 
 pub const DELETE_BATCH: usize = 5_000;
