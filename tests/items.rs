@@ -529,11 +529,12 @@ impl Actions for FakeCopy {
     }
 }
 
-fn open(dir: &std::path::Path, fake: FakeCopy) -> Result<Runner<FakeCopy>, RunError> {
+fn open(dir: &std::path::Path, fake: FakeCopy) -> Runner<FakeCopy> {
     let journal = Journal::open(dir).unwrap();
     Runner::open(journal, plan(), EngineSettings::default(), move |_| {
         Ok(fake)
     })
+    .unwrap()
 }
 
 fn item_entries(runner: &Runner<FakeCopy>, kind: EntryKind) -> Vec<String> {
@@ -558,7 +559,7 @@ async fn the_runner_runs_twenty_items_four_at_a_time_and_journals_each_once() {
         fail_first: Vec::new(),
         seen: seen.clone(),
     };
-    let mut runner = open(dir.path(), fake).unwrap();
+    let mut runner = open(dir.path(), fake);
     runner.run_headless("tester").await.unwrap();
 
     assert_eq!(seen.most_at_once.load(Ordering::SeqCst), 4);
@@ -601,7 +602,7 @@ async fn a_failed_item_stops_new_starts_and_the_next_run_retries_only_it() {
         seen: seen.clone(),
     };
     let first_done = {
-        let mut runner = open(dir.path(), fake(&seen)).unwrap();
+        let mut runner = open(dir.path(), fake(&seen));
         let error = runner.run_headless("tester").await.unwrap_err();
         assert!(
             matches!(&error, RunError::StepFailed { step, reason } if step.as_str() == "copy" && reason.contains("t02: connection reset")),
@@ -617,7 +618,7 @@ async fn a_failed_item_stops_new_starts_and_the_next_run_retries_only_it() {
     };
 
     let retry = Arc::new(Seen::default());
-    let mut runner = open(dir.path(), fake(&retry)).unwrap();
+    let mut runner = open(dir.path(), fake(&retry));
     assert!(runner.resumed);
     runner.run_headless("tester").await.unwrap();
     let attempts = retry.attempts.lock().unwrap().clone();
@@ -640,7 +641,7 @@ async fn a_step_whose_items_are_none_runs_its_action_alone() {
         fail_first: Vec::new(),
         seen: seen.clone(),
     };
-    let mut runner = open(dir.path(), fake).unwrap();
+    let mut runner = open(dir.path(), fake);
     runner.run_headless("tester").await.unwrap();
     assert!(item_entries(&runner, EntryKind::ItemDeclared).is_empty());
     assert_eq!(seen.actions.load(Ordering::SeqCst), 2);
@@ -699,4 +700,41 @@ fn a_corrupt_memory_file_refuses_to_open_the_run_naming_the_file() {
     assert!(matches!(error, RunError::Setup(_)), "{message}");
     assert!(message.contains(&file.display().to_string()), "{message}");
     assert!(message.contains("corrupt"), "{message}");
+}
+
+#[test]
+fn a_journal_from_before_items_gains_the_item_column_and_keeps_its_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn =
+            rusqlite::Connection::open(dir.path().join(cutover::journal::JOURNAL_FILE)).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE runs (run_id TEXT PRIMARY KEY, created_at TEXT NOT NULL,
+                environment TEXT NOT NULL, runbook TEXT NOT NULL, params_json TEXT NOT NULL,
+                fingerprint TEXT NOT NULL, plan_json TEXT NOT NULL, status TEXT NOT NULL);
+             CREATE TABLE entries (run_id TEXT NOT NULL REFERENCES runs(run_id),
+                seq INTEGER NOT NULL, at TEXT NOT NULL, step_id TEXT, kind TEXT NOT NULL,
+                detail TEXT NOT NULL, actors TEXT NOT NULL, PRIMARY KEY (run_id, seq));",
+        )
+        .unwrap();
+    }
+    let journal = Journal::open(dir.path()).unwrap();
+    let run_id = journal.create_run(&plan()).unwrap();
+    let copy = StepId::new("copy");
+    journal
+        .append(
+            &run_id,
+            &JournalEntry::new(at(1), Some(copy.clone()), EntryKind::Note, "before items"),
+        )
+        .unwrap();
+    let declared = JournalEntry::new(at(2), Some(copy), EntryKind::ItemDeclared, "")
+        .with_item(item("public.form"));
+    journal.append(&run_id, &declared).unwrap();
+    drop(journal);
+    let journal = Journal::open(dir.path()).unwrap();
+    let entries = journal.entries(&run_id).unwrap();
+    assert_eq!(entries[0].item, None);
+    assert_eq!(entries[1], declared);
+    let text = journal.show_text(&run_id).unwrap();
+    assert!(text.contains("copy public.form"), "{text}");
 }

@@ -293,6 +293,15 @@ impl EngineState {
                     at,
                     reason: entry.detail.clone(),
                 };
+                // Items still running when the step failed (the pause bound cut them off) may
+                // have half-run.
+                for item in &mut self.items[i] {
+                    if matches!(item.status, ItemStatus::Running { .. }) {
+                        item.status = ItemStatus::NeedsRecheck {
+                            reason: "interrupted".into(),
+                        };
+                    }
+                }
             }
             EntryKind::Skipped => {
                 let i = need_index()?;
