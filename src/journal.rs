@@ -4,7 +4,7 @@
 //!
 //! Invariant: every entry's detail passes through [`redact`] before it is stored.
 
-use crate::engine::{EngineSettings, EngineState, EntryKind, JournalEntry};
+use crate::engine::{EngineSettings, EngineState, EntryKind, ItemId, JournalEntry};
 use crate::plan::{Plan, StepId};
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS entries (
     kind    TEXT NOT NULL,
     detail  TEXT NOT NULL,
     actors  TEXT NOT NULL,
+    item_id TEXT,
     PRIMARY KEY (run_id, seq)
 );
 CREATE INDEX IF NOT EXISTS runs_by_target ON runs(environment, runbook, status);
@@ -222,11 +223,28 @@ impl Journal {
         journal.sql(journal.conn.pragma_update(None, "foreign_keys", "ON"))?;
         journal.sql(journal.conn.busy_timeout(std::time::Duration::from_secs(5)))?;
         journal.sql(journal.conn.execute_batch(SCHEMA))?;
+        journal.add_item_column()?;
         Ok(journal)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Journals created before items existed lack `entries.item_id`; their entries have none.
+    fn add_item_column(&self) -> Result<(), JournalError> {
+        let has_item: bool = self.sql(self.conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('entries') WHERE name = 'item_id'",
+            [],
+            |row| row.get(0),
+        ))?;
+        if !has_item {
+            self.sql(
+                self.conn
+                    .execute_batch("ALTER TABLE entries ADD COLUMN item_id TEXT"),
+            )?;
+        }
+        Ok(())
     }
 
     /// Take the driver lock of `runbook` in `environment`, or say who holds it.
@@ -342,8 +360,8 @@ impl Journal {
         let actors = serde_json::to_string(&entry.actors)
             .map_err(|e| JournalError::Corrupt(format!("actors: {e}")))?;
         let seq: i64 = self.sql(self.conn.query_row(
-            "INSERT INTO entries (run_id, seq, at, step_id, kind, detail, actors)
-             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM entries WHERE run_id = ?1), ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO entries (run_id, seq, at, step_id, kind, detail, actors, item_id)
+             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM entries WHERE run_id = ?1), ?2, ?3, ?4, ?5, ?6, ?7)
              RETURNING seq",
             params![
                 run_id.0,
@@ -352,6 +370,7 @@ impl Journal {
                 entry.kind.as_str(),
                 redact(&entry.detail),
                 actors,
+                entry.item.as_ref().map(ItemId::as_str),
             ],
             |row| row.get(0),
         ))?;
@@ -370,7 +389,7 @@ impl Journal {
     fn numbered_entries(&self, run_id: &RunId) -> Result<Vec<(u64, JournalEntry)>, JournalError> {
         self.run(run_id)?;
         let mut statement = self.sql(self.conn.prepare(
-            "SELECT seq, at, step_id, kind, detail, actors FROM entries WHERE run_id = ?1 ORDER BY seq",
+            "SELECT seq, at, step_id, kind, detail, actors, item_id FROM entries WHERE run_id = ?1 ORDER BY seq",
         ))?;
         let rows = self.sql(
             statement
@@ -382,12 +401,13 @@ impl Journal {
                         row.get::<_, String>(3)?,
                         row.get::<_, String>(4)?,
                         row.get::<_, String>(5)?,
+                        row.get::<_, Option<String>>(6)?,
                     ))
                 })
                 .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>()),
         )?;
         rows.into_iter()
-            .map(|(seq, at, step, kind, detail, actors)| {
+            .map(|(seq, at, step, kind, detail, actors, item)| {
                 let entry = JournalEntry {
                     at: parse_time(&at)?,
                     step: step.map(StepId),
@@ -397,6 +417,7 @@ impl Journal {
                     actors: serde_json::from_str(&actors).map_err(|e| {
                         JournalError::Corrupt(format!("actors of entry {seq}: {e}"))
                     })?,
+                    item: item.map(ItemId),
                 };
                 Ok((seq.max(0) as u64, entry))
             })
@@ -575,10 +596,11 @@ impl Journal {
                 &format!(
                     "| {seq} | {} | {} | {} | {} | {} |",
                     display_time(entry.at),
-                    entry
-                        .step
-                        .as_ref()
-                        .map_or(String::new(), |s| format!("`{s}`")),
+                    match (&entry.step, &entry.item) {
+                        (Some(s), Some(item)) => format!("`{s}` · `{}`", cell(item.as_str())),
+                        (Some(s), None) => format!("`{s}`"),
+                        (None, _) => String::new(),
+                    },
                     entry.kind,
                     cell(&entry.actors.join(", ")),
                     cell(&entry.detail)
@@ -601,6 +623,7 @@ impl Journal {
                     "kind": e.kind.as_str(),
                     "detail": e.detail,
                     "actors": e.actors,
+                    "item": e.item.as_ref().map(|i| i.to_string()),
                 })
             })
             .collect();
@@ -633,7 +656,11 @@ impl Journal {
             } else {
                 format!(" [{}]", entry.actors.join(", "))
             };
-            let step = entry.step.as_ref().map_or("-", |s| s.as_str());
+            let step = match (&entry.step, &entry.item) {
+                (Some(s), Some(item)) => format!("{s} {item}"),
+                (Some(s), None) => s.to_string(),
+                (None, _) => "-".to_string(),
+            };
             line(
                 &mut out,
                 &format!(

@@ -2,6 +2,7 @@
 //! journal entries (folded into the new state as they are emitted) and effects.
 
 use super::entry::{EntryKind, JournalEntry};
+use super::items::{ItemId, ItemStatus, OnItemFailure};
 use super::state::{EngineState, Oversight, StepStatus};
 use super::{
     Command, Confirmation, ConfirmationRequirement, Effect, Observation, PreconditionResult,
@@ -53,6 +54,14 @@ pub fn apply(
             verification_detail,
         } => {
             let i = t.running(&step)?;
+            let unfinished = t.state.unfinished_items(i);
+            if unfinished > 0 {
+                return Err(Refusal::ItemsUnfinished {
+                    step,
+                    unfinished,
+                    total: t.state.items(i).len(),
+                });
+            }
             t.journal(
                 Some(i),
                 EntryKind::Verified,
@@ -102,6 +111,20 @@ pub fn apply(
         }
         Command::PauseBoundExceeded { bound, paused_for } => {
             pause_bound_exceeded(&mut t, bound, paused_for)?
+        }
+        Command::DeclareItems { step, items } => declare_items(&mut t, &step, items)?,
+        Command::StartItems {
+            step,
+            limit,
+            on_failure,
+        } => start_items(&mut t, &step, limit, on_failure)?,
+        Command::ItemSucceeded { step, item, detail } => {
+            let i = t.running_item(&step, &item)?;
+            t.journal_item(i, EntryKind::ItemDone, item, detail)?;
+        }
+        Command::ItemFailed { step, item, reason } => {
+            let i = t.running_item(&step, &item)?;
+            t.journal_item(i, EntryKind::ItemFailed, item, reason)?;
         }
     }
     Ok((t.state, t.effects))
@@ -356,6 +379,52 @@ fn pause_bound_exceeded(
     t.advance_rollback()
 }
 
+fn declare_items(t: &mut Transition<'_>, step: &StepId, items: Vec<ItemId>) -> Result<(), Refusal> {
+    let i = t.running(step)?;
+    for item in items {
+        if !t.state.items(i).iter().any(|known| known.id == item) {
+            t.journal_item(i, EntryKind::ItemDeclared, item, String::new())?;
+        }
+    }
+    Ok(())
+}
+
+fn start_items(
+    t: &mut Transition<'_>,
+    step: &StepId,
+    limit: usize,
+    on_failure: OnItemFailure,
+) -> Result<(), Refusal> {
+    let i = t.running(step)?;
+    for item in t.state.next_items(i, limit, on_failure) {
+        let previous = t
+            .state
+            .items(i)
+            .iter()
+            .find(|known| known.id == item)
+            .map(|known| (known.attempts, known.status.clone()));
+        let Some((attempts, status)) = previous else {
+            continue;
+        };
+        let attempt = attempts + 1;
+        let (recheck, detail) = match status {
+            ItemStatus::NeedsRecheck { reason } => (
+                true,
+                format!("attempt {attempt}: re-check before acting (earlier attempt: {reason})"),
+            ),
+            _ => (false, format!("attempt {attempt}")),
+        };
+        t.journal_item(i, EntryKind::ItemStarted, item.clone(), detail)?;
+        t.effects.push(Effect::RunItem {
+            step: step.clone(),
+            item,
+            attempt,
+            recheck,
+        });
+    }
+    Ok(())
+}
+
 fn index_of(plan: &Plan, step: &StepId) -> Result<usize, Refusal> {
     plan.index_of(step)
         .ok_or_else(|| Refusal::UnknownStep { step: step.clone() })
@@ -396,6 +465,7 @@ impl Transition<'_> {
             kind,
             detail: detail.into(),
             actors,
+            item: None,
         };
         self.state
             .fold(self.plan, 0, &entry)
@@ -405,6 +475,53 @@ impl Transition<'_> {
             })?;
         self.effects.push(Effect::Journal(entry));
         Ok(())
+    }
+
+    fn journal_item(
+        &mut self,
+        index: usize,
+        kind: EntryKind,
+        item: ItemId,
+        detail: String,
+    ) -> Result<(), Refusal> {
+        let entry = JournalEntry {
+            at: self.at,
+            step: Some(self.plan.steps[index].id.clone()),
+            kind,
+            detail,
+            actors: Vec::new(),
+            item: Some(item),
+        };
+        self.state
+            .fold(self.plan, 0, &entry)
+            .map_err(|_| Refusal::PlanMismatch {
+                plan_steps: self.plan.steps.len(),
+                state_steps: self.state.steps.len(),
+            })?;
+        self.effects.push(Effect::Journal(entry));
+        Ok(())
+    }
+
+    /// Index of the running step whose item `item` is running.
+    fn running_item(&self, step: &StepId, item: &ItemId) -> Result<usize, Refusal> {
+        let i = self.running(step)?;
+        let known = self
+            .state
+            .items(i)
+            .iter()
+            .find(|known| &known.id == item)
+            .ok_or_else(|| Refusal::UnknownItem {
+                step: step.clone(),
+                item: item.clone(),
+            })?;
+        match known.status {
+            ItemStatus::Running { .. } => Ok(i),
+            ref other => Err(Refusal::ItemNotRunning {
+                step: step.clone(),
+                item: item.clone(),
+                status: other.label(),
+            }),
+        }
     }
 
     fn step_id(&self, i: usize) -> StepId {

@@ -2,6 +2,7 @@
 //! `Effect::Journal`, the journal (`crate::journal`) stores them, and `EngineState::replay`
 //! folds them back into state, so the live state and the resumed state share one definition.
 
+use super::items::ItemId;
 use crate::plan::StepId;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,9 @@ pub struct JournalEntry {
     pub detail: String,
     /// Operator names (or `headless:<user>`, `cutover:<reason>` for automatic transitions).
     pub actors: Vec<String>,
+    /// The item of `step` an `item_*` entry is about; `None` for every other kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<ItemId>,
 }
 
 impl JournalEntry {
@@ -32,10 +36,15 @@ impl JournalEntry {
             kind,
             detail: detail.into(),
             actors: Vec::new(),
+            item: None,
         }
     }
     pub fn with_actors(mut self, actors: Vec<String>) -> Self {
         self.actors = actors;
+        self
+    }
+    pub fn with_item(mut self, item: ItemId) -> Self {
+        self.item = Some(item);
         self
     }
 }
@@ -76,10 +85,19 @@ pub enum EntryKind {
     Note,
     /// Every step is done or skipped.
     RunFinished,
+    /// The running step found `item` to work on (items may be discovered at run time).
+    ItemDeclared,
+    /// An attempt at `item` began; without a later `item_done`/`item_failed` it may have
+    /// half-run. The attempt number is the count of `item_started` entries for the item.
+    ItemStarted,
+    /// `item` is done; `detail` is its verification.
+    ItemDone,
+    /// The attempt at `item` failed; `detail` is the reason.
+    ItemFailed,
 }
 
 impl EntryKind {
-    pub const ALL: [EntryKind; 16] = [
+    pub const ALL: [EntryKind; 20] = [
         EntryKind::Confirmed,
         EntryKind::Precondition,
         EntryKind::Started,
@@ -96,6 +114,10 @@ impl EntryKind {
         EntryKind::PauseBoundExceeded,
         EntryKind::Note,
         EntryKind::RunFinished,
+        EntryKind::ItemDeclared,
+        EntryKind::ItemStarted,
+        EntryKind::ItemDone,
+        EntryKind::ItemFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -116,6 +138,10 @@ impl EntryKind {
             EntryKind::PauseBoundExceeded => "pause_bound_exceeded",
             EntryKind::Note => "note",
             EntryKind::RunFinished => "run_finished",
+            EntryKind::ItemDeclared => "item_declared",
+            EntryKind::ItemStarted => "item_started",
+            EntryKind::ItemDone => "item_done",
+            EntryKind::ItemFailed => "item_failed",
         }
     }
 }

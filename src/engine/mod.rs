@@ -16,13 +16,19 @@
 //!   step and rolls back to before the pause.
 //! - After `replay`, continue an interrupted rollback by sending `RollbackTo` again with the
 //!   target from `EngineState::rollback`.
+//! - Items (`items.rs`): while a step runs, declare its items (`DeclareItems`), then send
+//!   `StartItems` whenever a slot is free; each `RunItem` it emits is preceded by its
+//!   `item_started` entry; report each with `ItemSucceeded`/`ItemFailed`. `ActionSucceeded`
+//!   of a step with items is refused until every item is done.
 
 mod apply;
 mod entry;
+mod items;
 mod state;
 
 pub use apply::{apply, required_confirmation};
 pub use entry::{EntryKind, JournalEntry, UnknownEntryKind};
+pub use items::{ItemId, ItemState, ItemStatus, OnItemFailure};
 pub use state::{
     EngineSettings, EngineState, Oversight, ReplayError, RollbackProgress, StepStatus, TrafficPause,
 };
@@ -165,6 +171,30 @@ pub enum Command {
         bound: Duration,
         paused_for: Duration,
     },
+    /// The running step's items, as its action found them; items already known are kept as
+    /// they are (a re-checked step declares its items again).
+    DeclareItems {
+        step: StepId,
+        items: Vec<ItemId>,
+    },
+    /// Start the running step's next items (see [`EngineState::next_items`]): at most `limit`
+    /// running at once, none after a failure when `on_failure` is `Stop`. Starting nothing is
+    /// not a refusal.
+    StartItems {
+        step: StepId,
+        limit: usize,
+        on_failure: OnItemFailure,
+    },
+    ItemSucceeded {
+        step: StepId,
+        item: ItemId,
+        detail: String,
+    },
+    ItemFailed {
+        step: StepId,
+        item: ItemId,
+        reason: String,
+    },
 }
 
 /// Output of the engine, to be performed in order.
@@ -182,6 +212,14 @@ pub enum Effect {
     RollbackCompleted { to: StepId },
     /// Every step is done or skipped; mark the run finished in the journal.
     RunCompleted,
+    /// Run one attempt at an item of the running step, then report `ItemSucceeded` or
+    /// `ItemFailed`. `recheck`: an earlier attempt may have half-run; check before acting.
+    RunItem {
+        step: StepId,
+        item: ItemId,
+        attempt: u32,
+        recheck: bool,
+    },
 }
 
 /// Why the engine refused a command. A refused command changes nothing and emits nothing.
@@ -255,4 +293,18 @@ pub enum Refusal {
     NotRollingBack { step: StepId, status: &'static str },
     #[error("traffic is not paused, so the pause bound cannot have been exceeded")]
     TrafficNotPaused,
+    #[error("step `{step}` has no item `{item}`")]
+    UnknownItem { step: StepId, item: ItemId },
+    #[error("item `{item}` of step `{step}` is not running (it is {status})")]
+    ItemNotRunning {
+        step: StepId,
+        item: ItemId,
+        status: &'static str,
+    },
+    #[error("step `{step}` cannot be verified: {unfinished} of its {total} items are not done")]
+    ItemsUnfinished {
+        step: StepId,
+        unfinished: usize,
+        total: usize,
+    },
 }

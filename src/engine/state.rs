@@ -2,6 +2,7 @@
 //! each entry means: `apply` folds the entries it emits, `replay` folds the stored journal.
 
 use super::entry::{EntryKind, JournalEntry};
+use super::items::{ItemId, ItemState, ItemStatus};
 use crate::plan::{Plan, StepId, Undo};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -135,6 +136,9 @@ pub struct EngineState {
     /// as passed because it may have partially run. Rollback to this index or below is refused.
     pub point_of_no_return_passed_at: Option<usize>,
     pub rollback: Option<RollbackProgress>,
+    /// Each step's items in declaration order, index-aligned with `plan.steps`; empty for
+    /// steps without items. Cleared when the step is rolled back.
+    pub items: Vec<Vec<ItemState>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -147,6 +151,17 @@ pub enum ReplayError {
     },
     #[error("journal entry {position} ({kind}) must name a step")]
     MissingStep { position: usize, kind: EntryKind },
+    #[error("journal entry {position} ({kind}) must name an item")]
+    MissingItem { position: usize, kind: EntryKind },
+    #[error(
+        "journal entry {position} ({kind}) names item `{item}`, which step `{step}` never declared"
+    )]
+    UnknownItem {
+        position: usize,
+        kind: EntryKind,
+        step: StepId,
+        item: ItemId,
+    },
 }
 
 impl EngineState {
@@ -159,6 +174,7 @@ impl EngineState {
             traffic_pause: None,
             point_of_no_return_passed_at: None,
             rollback: None,
+            items: vec![Vec::new(); plan.steps.len()],
         }
     }
 
@@ -182,6 +198,13 @@ impl EngineState {
                     *status = StepStatus::UndoNeedsRecheck { started_at }
                 }
                 _ => {}
+            }
+        }
+        for item in state.items.iter_mut().flatten() {
+            if matches!(item.status, ItemStatus::Running { .. }) {
+                item.status = ItemStatus::NeedsRecheck {
+                    reason: "interrupted".into(),
+                };
             }
         }
         Ok(state)
@@ -225,6 +248,23 @@ impl EngineState {
                 let i = need_index()?;
                 let step = &plan.steps[i];
                 self.steps[i] = StepStatus::Running { started_at: at };
+                // A new start of the step retries, re-checking, every item that failed or
+                // was cut off in an earlier start; done items stay done.
+                for item in &mut self.items[i] {
+                    match &item.status {
+                        ItemStatus::Failed { reason, .. } => {
+                            item.status = ItemStatus::NeedsRecheck {
+                                reason: reason.clone(),
+                            }
+                        }
+                        ItemStatus::Running { .. } => {
+                            item.status = ItemStatus::NeedsRecheck {
+                                reason: "interrupted".into(),
+                            }
+                        }
+                        _ => {}
+                    }
+                }
                 if step.flags.pauses_traffic && self.traffic_pause.is_none() {
                     self.traffic_pause = Some(TrafficPause {
                         since: at,
@@ -253,6 +293,15 @@ impl EngineState {
                     at,
                     reason: entry.detail.clone(),
                 };
+                // Items still running when the step failed (the pause bound cut them off) may
+                // have half-run.
+                for item in &mut self.items[i] {
+                    if matches!(item.status, ItemStatus::Running { .. }) {
+                        item.status = ItemStatus::NeedsRecheck {
+                            reason: "interrupted".into(),
+                        };
+                    }
+                }
             }
             EntryKind::Skipped => {
                 let i = need_index()?;
@@ -277,6 +326,8 @@ impl EngineState {
             EntryKind::RolledBack => {
                 let i = need_index()?;
                 self.steps[i] = StepStatus::RolledBack { at };
+                // Undone: a new start of the step runs every item again.
+                self.items[i].clear();
                 let step = &plan.steps[i];
                 if step.flags.pauses_traffic {
                     self.traffic_pause = None;
@@ -306,6 +357,45 @@ impl EngineState {
             }
             EntryKind::PauseBoundExceeded => {
                 self.traffic_pause = None;
+            }
+            EntryKind::ItemDeclared => {
+                let i = need_index()?;
+                let item = entry.item.clone().ok_or(ReplayError::MissingItem {
+                    position,
+                    kind: entry.kind,
+                })?;
+                if !self.items[i].iter().any(|known| known.id == item) {
+                    self.items[i].push(ItemState::new(item));
+                }
+            }
+            EntryKind::ItemStarted | EntryKind::ItemDone | EntryKind::ItemFailed => {
+                let i = need_index()?;
+                let id = entry.item.as_ref().ok_or(ReplayError::MissingItem {
+                    position,
+                    kind: entry.kind,
+                })?;
+                let item = self
+                    .item_mut(i, id)
+                    .ok_or_else(|| ReplayError::UnknownItem {
+                        position,
+                        kind: entry.kind,
+                        step: plan.steps[i].id.clone(),
+                        item: id.clone(),
+                    })?;
+                item.status = match entry.kind {
+                    EntryKind::ItemStarted => {
+                        item.attempts += 1;
+                        ItemStatus::Running { started_at: at }
+                    }
+                    EntryKind::ItemDone => ItemStatus::Done {
+                        finished_at: at,
+                        detail: entry.detail.clone(),
+                    },
+                    _ => ItemStatus::Failed {
+                        at,
+                        reason: entry.detail.clone(),
+                    },
+                };
             }
         }
         Ok(())

@@ -35,6 +35,21 @@ pub struct ExecContext {
     traffic: Option<TrafficHooks>,
 }
 
+/// A run's memory file exists but cannot be used; the run does not open.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("cannot read the run's memory file {}: {source}; it holds what earlier steps recorded for a resumed run, so the run does not open until it is readable", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the run's memory file {} is corrupt ({source}); it holds what earlier steps recorded for a resumed run, so the run does not open until the file is restored or repaired", path.display())]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
 /// Which of the inventory's traffic hooks to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrafficHook {
@@ -161,12 +176,17 @@ impl ExecContext {
             .map_err(fail)
     }
 
-    /// The value kept in `file` of the run dir; the default when it is missing or unreadable.
-    pub fn load_memory<T: DeserializeOwned + Default>(&self, file: &str) -> T {
-        std::fs::read_to_string(self.path(file))
-            .ok()
-            .and_then(|text| serde_json::from_str(&text).ok())
-            .unwrap_or_default()
+    /// The value kept in `file` of the run dir: the default when the file does not exist (a
+    /// fresh run), an error when it exists but cannot be read or parsed. A resumed run must
+    /// never act on an empty memory in place of what an earlier attempt recorded.
+    pub fn load_memory<T: DeserializeOwned + Default>(&self, file: &str) -> Result<T, MemoryError> {
+        let path = self.path(file);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(T::default()),
+            Err(source) => return Err(MemoryError::Unreadable { path, source }),
+        };
+        serde_json::from_str(&text).map_err(|source| MemoryError::Corrupt { path, source })
     }
 
     /// Keep `value` in `file` of the run dir, durably, for a resumed run.

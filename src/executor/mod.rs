@@ -11,7 +11,10 @@
 //!   the bound running out now: no orderly exit leaves the applications waiting.
 
 pub mod context;
+pub mod items;
 pub mod signals;
+
+pub use items::{ItemAttempt, ItemFuture, StepItems};
 
 use crate::engine::{
     self, Command, Confirmation, Effect, EngineSettings, EngineState, Observation,
@@ -97,6 +100,32 @@ pub trait Actions: Send {
     /// Whether traffic may resume before the rollback runs: true while nothing that changes
     /// where writes go has started. Otherwise the rollback restores routing first, then resumes.
     fn resume_is_safe(&self, plan: &Plan, state: &EngineState) -> bool;
+    /// The step's items, found now (e.g. the tables to copy), and how to run them. `None` (the
+    /// default): the step has no items and runs `action` alone. With items, the runner runs
+    /// them through [`Actions::run_item`] first, and `action` only once every item is done.
+    fn items(
+        &mut self,
+        step: &Step,
+        recheck: bool,
+        sink: Sink,
+    ) -> impl Future<Output = Result<Option<StepItems>, String>> + Send {
+        let _ = (step, recheck, sink);
+        std::future::ready(Ok(None))
+    }
+    /// One attempt at `item` of `step`; `Ok` carries the item's verification detail. The
+    /// future owns what it needs, so that several run at once. Never called for a step whose
+    /// `items` is `None`.
+    fn run_item(
+        &mut self,
+        step: &Step,
+        item: &engine::ItemId,
+        attempt: ItemAttempt,
+        sink: Sink,
+    ) -> ItemFuture {
+        let _ = (attempt, sink);
+        let reason = format!("step `{}` runs no items (asked for `{item}`)", step.id);
+        Box::pin(std::future::ready(Err(reason)))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -420,7 +449,7 @@ impl<A: Actions> Runner<A> {
                     step,
                     resume_recheck,
                 } => {
-                    let (next, error) = Box::pin(self.run_action(&step, resume_recheck)).await?;
+                    let (next, error) = Box::pin(self.run_step(&step, resume_recheck)).await?;
                     if first_error.is_none() {
                         first_error = error;
                     }
@@ -438,6 +467,8 @@ impl<A: Actions> Runner<A> {
                 }
                 // The action's future was dropped when the bound fired; nothing is left to stop.
                 Effect::CancelAction { .. } => VecDeque::new(),
+                // Only `StartItems` emits it, and `run_step` performs those itself.
+                Effect::RunItem { .. } => VecDeque::new(),
                 Effect::RollbackCompleted { .. } => {
                     if self.state.cursor == 0 {
                         self.journal
@@ -725,7 +756,11 @@ fn command_step(command: &Command) -> StepId {
         | Command::Skip { step, .. }
         | Command::RollbackTo { step, .. }
         | Command::RollbackStepDone { step }
-        | Command::RollbackStepFailed { step, .. } => step.clone(),
+        | Command::RollbackStepFailed { step, .. }
+        | Command::DeclareItems { step, .. }
+        | Command::StartItems { step, .. }
+        | Command::ItemSucceeded { step, .. }
+        | Command::ItemFailed { step, .. } => step.clone(),
         Command::Note { step, .. } => step.clone().unwrap_or_else(|| StepId::new("-")),
         Command::PauseBoundExceeded { .. } => StepId::new("pause-bound"),
     }

@@ -176,7 +176,7 @@ impl MajorUpgradeActions {
         trust_on_first_use: bool,
     ) -> Result<Self, String> {
         let ctx = ExecContext::new(&upgrade.inventory, run_dir, trust_on_first_use)?;
-        let memory = ctx.load_memory(MEMORY_FILE);
+        let memory = ctx.load_memory(MEMORY_FILE).map_err(|e| e.to_string())?;
         Ok(MajorUpgradeActions {
             upgrade,
             ctx,

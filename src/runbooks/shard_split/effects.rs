@@ -82,7 +82,7 @@ impl ShardSplitActions {
         trust_on_first_use: bool,
     ) -> Result<Self, String> {
         let ctx = ExecContext::new(&split.inventory, run_dir, trust_on_first_use)?;
-        let memory = ctx.load_memory(MEMORY_FILE);
+        let memory = ctx.load_memory(MEMORY_FILE).map_err(|e| e.to_string())?;
         Ok(ShardSplitActions {
             split,
             ctx,

@@ -1,0 +1,217 @@
+//! Executor: runs a step's items (the engine's `items.rs`) through a runbook's
+//! [`Actions::items`] and [`Actions::run_item`], several at once, journaling every item's start
+//! and outcome durably before the next item starts; the step's own `action` runs once every
+//! item is done.
+//!
+//! Invariants:
+//! - which items start, how many at once, and whether a failure stops new starts is decided
+//!   by the engine (`Command::StartItems`), never here;
+//! - after a failure under `OnItemFailure::Stop`, running items finish and are journaled; the
+//!   step then fails, and its next start retries the failed items (re-checking) and skips the
+//!   done ones;
+//! - the pause bound and stop requests cut the items off exactly as they cut off an action:
+//!   cut-off items stay started in the journal and are re-checked by the next attempt.
+
+use super::{sleep_until, Actions, RunError, Runner, Sink};
+use crate::engine::{Command, Effect, ItemId, ItemStatus, OnItemFailure};
+use crate::plan::StepId;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::collections::VecDeque;
+use tokio::sync::mpsc;
+
+/// A step's items and how to run them, as [`Actions::items`] returns them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepItems {
+    /// In the order they should start; items already known to the run keep their state.
+    pub items: Vec<ItemId>,
+    /// Items running at once; 0 counts as 1.
+    pub concurrency: usize,
+    pub on_failure: OnItemFailure,
+}
+
+/// Which attempt at an item [`Actions::run_item`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ItemAttempt {
+    /// 1 for the first attempt.
+    pub number: u32,
+    /// An earlier attempt may have half-run: check the live state before acting.
+    pub recheck: bool,
+}
+
+/// One attempt at an item: owns what it needs, so that several run at once.
+pub type ItemFuture = BoxFuture<'static, Result<String, String>>;
+
+/// What ended the wait for the items.
+enum Interruption {
+    PauseBound,
+    Stop,
+}
+
+/// Most failed items named in the step's failure reason.
+const FAILURES_NAMED: usize = 5;
+
+impl<A: Actions> Runner<A> {
+    /// Perform `RunAction`: the step's items first when it has any, then its action.
+    pub(super) async fn run_step(
+        &mut self,
+        step: &StepId,
+        recheck: bool,
+    ) -> Result<(VecDeque<Effect>, Option<RunError>), RunError> {
+        let spec = self.step_spec(step)?;
+        let deadline = self.pause_deadline();
+        let mut stop = self.stop_requested.clone();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let found = {
+            let mut items = Box::pin(self.actions.items(&spec, recheck, Sink(tx.clone())));
+            tokio::select! {
+                found = &mut items => Ok(found),
+                _ = sleep_until(deadline) => Err(Interruption::PauseBound),
+                _ = stop.wait_for(Option::is_some) => Err(Interruption::Stop),
+            }
+        };
+        while let Ok(report) = rx.try_recv() {
+            self.journal_report(Some(step), report)?;
+        }
+        let plan = match found {
+            Ok(Ok(None)) => return Box::pin(self.run_action(step, recheck)).await,
+            Ok(Ok(Some(plan))) => plan,
+            Ok(Err(reason)) => {
+                let reason = format!("finding the step's items failed: {reason}");
+                return self.step_failed(step, reason);
+            }
+            Err(interruption) => return self.interrupted(step, interruption).await,
+        };
+        self.commit(Command::DeclareItems {
+            step: step.clone(),
+            items: plan.items,
+        })?;
+
+        let limit = plan.concurrency.max(1);
+        let mut running = FuturesUnordered::new();
+        let interruption = loop {
+            let started = self.commit(Command::StartItems {
+                step: step.clone(),
+                limit,
+                on_failure: plan.on_failure,
+            })?;
+            for effect in started {
+                if let Effect::RunItem {
+                    item,
+                    attempt,
+                    recheck,
+                    ..
+                } = effect
+                {
+                    let attempt = ItemAttempt {
+                        number: attempt,
+                        recheck,
+                    };
+                    let run = self
+                        .actions
+                        .run_item(&spec, &item, attempt, Sink(tx.clone()));
+                    running.push(async move { (item, run.await) });
+                }
+            }
+            if running.is_empty() {
+                break None;
+            }
+            tokio::select! {
+                Some((item, result)) = running.next() => {
+                    while let Ok(report) = rx.try_recv() {
+                        self.journal_report(Some(step), report)?;
+                    }
+                    self.commit(match result {
+                        Ok(detail) => Command::ItemSucceeded { step: step.clone(), item, detail },
+                        Err(reason) => Command::ItemFailed { step: step.clone(), item, reason },
+                    })?;
+                }
+                Some(report) = rx.recv() => self.journal_report(Some(step), report)?,
+                _ = sleep_until(deadline) => break Some(Interruption::PauseBound),
+                _ = stop.wait_for(Option::is_some) => break Some(Interruption::Stop),
+            }
+        };
+        // Items cut off stay started in the journal; the next attempt re-checks them.
+        drop(running);
+        while let Ok(report) = rx.try_recv() {
+            self.journal_report(Some(step), report)?;
+        }
+        if let Some(interruption) = interruption {
+            return self.interrupted(step, interruption).await;
+        }
+        match self.item_failures(step) {
+            Some(reason) => self.step_failed(step, reason),
+            None => Box::pin(self.run_action(step, recheck)).await,
+        }
+    }
+
+    /// The reason the step fails when some of its items failed, naming the first few.
+    fn item_failures(&self, step: &StepId) -> Option<String> {
+        let i = self.plan.index_of(step)?;
+        let items = self.state.items(i);
+        let failed: Vec<String> = items
+            .iter()
+            .filter_map(|item| match &item.status {
+                ItemStatus::Failed { reason, .. } => Some(format!("{}: {reason}", item.id)),
+                _ => None,
+            })
+            .collect();
+        if failed.is_empty() {
+            return None;
+        }
+        let not_started = items.iter().filter(|item| item.is_startable()).count();
+        let mut reason = format!("{} of {} items failed", failed.len(), items.len());
+        if not_started > 0 {
+            reason.push_str(&format!(" ({not_started} not started)"));
+        }
+        reason.push_str(": ");
+        reason.push_str(&failed[..failed.len().min(FAILURES_NAMED)].join("; "));
+        if failed.len() > FAILURES_NAMED {
+            reason.push_str("; …");
+        }
+        Some(reason)
+    }
+
+    fn step_failed(
+        &mut self,
+        step: &StepId,
+        reason: String,
+    ) -> Result<(VecDeque<Effect>, Option<RunError>), RunError> {
+        let effects = self.commit(Command::ActionFailed {
+            step: step.clone(),
+            reason: reason.clone(),
+        })?;
+        Ok((
+            effects,
+            Some(RunError::StepFailed {
+                step: step.clone(),
+                reason,
+            }),
+        ))
+    }
+
+    /// The pause bound ran out or a stop was asked for while items ran: handled as for an
+    /// action.
+    async fn interrupted(
+        &mut self,
+        step: &StepId,
+        interruption: Interruption,
+    ) -> Result<(VecDeque<Effect>, Option<RunError>), RunError> {
+        match interruption {
+            Interruption::PauseBound => Ok((self.pause_bound_exceeded(Some(step)).await?, None)),
+            Interruption::Stop => {
+                let reason = self.stop_reason().unwrap_or_default();
+                if self.state.traffic_paused() {
+                    self.note_stop_while_paused(&reason)?;
+                    return Ok((self.pause_bound_exceeded(Some(step)).await?, None));
+                }
+                self.commit(Command::Note {
+                    step: Some(step.clone()),
+                    text: format!("{reason} during this step: items that were running stopped half-run; a resumed run re-checks them before acting"),
+                    by: vec!["cutover:stop".into()],
+                })?;
+                Err(RunError::Stopped { reason })
+            }
+        }
+    }
+}
