@@ -7,8 +7,9 @@ pub mod citus_bootstrap;
 pub mod major_upgrade;
 pub mod shard_split;
 
+use crate::engine::ItemId;
 use crate::engine::{EngineState, Observation, PreconditionResult};
-use crate::executor::{Actions, BaselineCount, Sink};
+use crate::executor::{Actions, BaselineCount, ItemAttempt, ItemFuture, Sink, StepItems};
 use crate::inventory::Inventory;
 use crate::plan::{ParamError, Plan, PlanError, Step, StepId};
 use futures_util::future::BoxFuture;
@@ -259,6 +260,19 @@ pub trait DynActions: Send {
         sink: Sink,
     ) -> BoxFuture<'a, Result<String, String>>;
     fn force_resume(&mut self, sink: Sink) -> BoxFuture<'_, Result<String, String>>;
+    fn items<'a>(
+        &'a mut self,
+        step: &'a Step,
+        recheck: bool,
+        sink: Sink,
+    ) -> BoxFuture<'a, Result<Option<StepItems>, String>>;
+    fn run_item(
+        &mut self,
+        step: &Step,
+        item: &ItemId,
+        attempt: ItemAttempt,
+        sink: Sink,
+    ) -> ItemFuture;
     fn pause_bound(&self) -> Duration;
     fn baseline(&self) -> Vec<BaselineCount>;
     fn resume_is_safe(&self, plan: &Plan, state: &EngineState) -> bool;
@@ -290,6 +304,23 @@ impl<A: Actions> DynActions for A {
     fn force_resume(&mut self, sink: Sink) -> BoxFuture<'_, Result<String, String>> {
         Box::pin(Actions::force_resume(self, sink))
     }
+    fn items<'a>(
+        &'a mut self,
+        step: &'a Step,
+        recheck: bool,
+        sink: Sink,
+    ) -> BoxFuture<'a, Result<Option<StepItems>, String>> {
+        Box::pin(Actions::items(self, step, recheck, sink))
+    }
+    fn run_item(
+        &mut self,
+        step: &Step,
+        item: &ItemId,
+        attempt: ItemAttempt,
+        sink: Sink,
+    ) -> ItemFuture {
+        Actions::run_item(self, step, item, attempt, sink)
+    }
     fn pause_bound(&self) -> Duration {
         Actions::pause_bound(self)
     }
@@ -316,6 +347,23 @@ impl Actions for Box<dyn DynActions> {
     }
     async fn force_resume(&mut self, sink: Sink) -> Result<String, String> {
         DynActions::force_resume(self.as_mut(), sink).await
+    }
+    async fn items(
+        &mut self,
+        step: &Step,
+        recheck: bool,
+        sink: Sink,
+    ) -> Result<Option<StepItems>, String> {
+        DynActions::items(self.as_mut(), step, recheck, sink).await
+    }
+    fn run_item(
+        &mut self,
+        step: &Step,
+        item: &ItemId,
+        attempt: ItemAttempt,
+        sink: Sink,
+    ) -> ItemFuture {
+        DynActions::run_item(self.as_mut(), step, item, attempt, sink)
     }
     fn pause_bound(&self) -> Duration {
         DynActions::pause_bound(self.as_ref())

@@ -58,7 +58,7 @@ impl CitusBootstrapActions {
         trust_on_first_use: bool,
     ) -> Result<Self, String> {
         let ctx = ExecContext::new(&bootstrap.inventory, run_dir, trust_on_first_use)?;
-        let memory = ctx.load_memory(MEMORY_FILE);
+        let memory = ctx.load_memory(MEMORY_FILE).map_err(|e| e.to_string())?;
         Ok(CitusBootstrapActions {
             bootstrap,
             ctx,
