@@ -661,6 +661,7 @@ fn tmux_cockpit_process() {
         });
         cutover::ui::run(TuiOptions {
             inventory: Arc::new(inventory),
+            inventory_updates: None,
             theme: cutover::ui::Theme::builtin("dark").expect("theme"),
             operator: "alice".into(),
             pair: false,
