@@ -207,14 +207,14 @@ async fn killed_runs_resume_to_the_same_end_state() {
         let started = entries_of(step, EntryKind::Started);
         assert!((1..=2).contains(&started), "{step} started {started} times");
     }
-    // Boundary kills: the resumed run went on from the next step.
-    for step in ["baseline", "stop-traffic"] {
-        assert_eq!(
-            entries_of(step, EntryKind::Started),
-            1,
-            "{step} started once"
-        );
-    }
+    // A boundary kill lands a few milliseconds after the step's Verified entry, so the next
+    // step may have started (then its re-check runs); the step itself never runs again.
+    // The baseline comes long after the previous kill: it ran exactly once.
+    assert_eq!(
+        entries_of("baseline", EntryKind::Started),
+        1,
+        "baseline started once"
+    );
     assert!(
         entries.iter().any(|e| e.detail.contains("re-checking")),
         "a half-run step was re-checked"
