@@ -15,6 +15,7 @@ pub mod pg;
 pub mod pgbouncer_ini;
 pub mod plan;
 pub mod readings;
+pub mod redact;
 pub mod remote;
 pub mod runbooks;
 pub mod session;

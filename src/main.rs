@@ -225,8 +225,15 @@ async fn tui_command(
             driving = Some((stop, bridge, stop_requests));
         }
     }
+    let inventory = std::sync::Arc::new(inv);
+    let inventory_updates = readings::inventory_file::follow_file(
+        file.to_path_buf(),
+        inventory.clone(),
+        readings::inventory_file::FOLLOW_INTERVAL,
+    );
     let cockpit = cutover::ui::run(cutover::ui::TuiOptions {
-        inventory: std::sync::Arc::new(inv),
+        inventory,
+        inventory_updates: Some(inventory_updates),
         theme,
         operator: run.operator.clone(),
         pair: run.pair,

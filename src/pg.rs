@@ -255,9 +255,137 @@ fn split_pgpass_line(line: &str) -> Vec<String> {
     fields
 }
 
+/// A libpq `key=value` connection-string value: bare when it is plain (letters, digits and
+/// `._-/:@+,`), otherwise single-quoted with `\` and `'` backslash-escaped. Whatever the
+/// value holds, it stays one value: it cannot end early or add a keyword.
+pub fn conninfo_value(value: &str) -> String {
+    let plain = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/:@+,".contains(&b));
+    if plain {
+        return value.to_string();
+    }
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('\'');
+    for c in value.chars() {
+        if c == '\\' || c == '\'' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('\'');
+    quoted
+}
+
+/// A libpq connection string from `(keyword, value)` pairs, each value through
+/// [`conninfo_value`]. Keywords are the caller's constants, never data.
+pub fn conninfo(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(key, value)| format!("{key}={}", conninfo_value(value)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The `(keyword, value)` pairs of a libpq `key=value` connection string, values unescaped;
+/// `None` when it is malformed (a word without `=`, an unterminated quote).
+pub fn parse_conninfo(text: &str) -> Option<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Some(pairs);
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        chars.next_if_eq(&'=')?;
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next()? {
+                    '\'' => break,
+                    '\\' => value.push(chars.next()?),
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    value.push(chars.next()?);
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        if key.is_empty() {
+            return None;
+        }
+        pairs.push((key, value));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conninfo_values_stay_one_value() {
+        assert_eq!(
+            conninfo(&[
+                ("dbname", "commcarehq_p1"),
+                ("host", "10.0.0.5"),
+                ("port", "6432")
+            ]),
+            "dbname=commcarehq_p1 host=10.0.0.5 port=6432"
+        );
+        assert_eq!(conninfo_value(""), "''");
+        assert_eq!(conninfo_value("my db"), "'my db'");
+        assert_eq!(conninfo_value(r"it's"), r"'it\'s'");
+        assert_eq!(conninfo_value(r"a\b"), r"'a\\b'");
+        assert_eq!(
+            conninfo(&[("dbname", "x host=evil"), ("port", "1")]),
+            "dbname='x host=evil' port=1"
+        );
+        for value in [
+            "plain",
+            "",
+            "two words",
+            r"q'uo\te",
+            "x' host='evil",
+            "tab\there",
+            "ünï",
+        ] {
+            let text = conninfo(&[("dbname", value), ("host", "h")]);
+            assert_eq!(
+                parse_conninfo(&text),
+                Some(vec![
+                    ("dbname".to_string(), value.to_string()),
+                    ("host".to_string(), "h".to_string())
+                ]),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_conninfo_is_refused() {
+        assert_eq!(parse_conninfo("dbname"), None);
+        assert_eq!(parse_conninfo("dbname='open"), None);
+        assert_eq!(parse_conninfo("=x"), None);
+        assert_eq!(
+            parse_conninfo(" host = h  port=1 "),
+            Some(vec![
+                ("host".to_string(), "h".to_string()),
+                ("port".to_string(), "1".to_string())
+            ])
+        );
+    }
 
     fn endpoint() -> Endpoint {
         Endpoint {

@@ -12,11 +12,65 @@ pub struct AliasTarget {
 }
 
 impl AliasTarget {
+    /// `host=H port=P dbname=D`, each value through [`quote_value`].
     pub fn render(&self) -> String {
         format!(
             "host={} port={} dbname={}",
-            self.host, self.port, self.dbname
+            quote_value(&self.host),
+            self.port,
+            quote_value(&self.dbname)
         )
+    }
+}
+
+/// A `[databases]` connection-string value as pgbouncer reads it: bare when plain (letters,
+/// digits and `._-/:@+,`), otherwise single-quoted with `'` doubled (pgbouncer, unlike libpq,
+/// takes a backslash literally). A value can neither end early nor add a keyword.
+pub fn quote_value(value: &str) -> String {
+    let plain = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/:@+,".contains(&b));
+    if plain {
+        value.to_string()
+    } else {
+        format!("'{}'", value.replace('\'', "''"))
+    }
+}
+
+/// The `key=value` pairs of a `[databases]` connection string, values unquoted as
+/// [`quote_value`] quotes them; `None` when malformed.
+fn split_pairs(conn: &str) -> Option<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    let mut chars = conn.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Some(pairs);
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        chars.next_if_eq(&'=')?;
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next()? {
+                    '\'' if chars.next_if_eq(&'\'').is_some() => value.push('\''),
+                    '\'' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                value.push(c);
+            }
+        }
+        if key.is_empty() {
+            return None;
+        }
+        pairs.push((key, value));
     }
 }
 
@@ -84,11 +138,7 @@ pub fn aliases(ini: &str) -> BTreeMap<String, String> {
 
 /// Parse `host=H port=P dbname=D` (as written by [`AliasTarget::render`]).
 pub fn parse_target(conn: &str) -> Option<AliasTarget> {
-    let mut fields: BTreeMap<&str, &str> = BTreeMap::new();
-    for part in conn.split_whitespace() {
-        let (k, v) = part.split_once('=')?;
-        fields.insert(k, v);
-    }
+    let fields: BTreeMap<String, String> = split_pairs(conn)?.into_iter().collect();
     Some(AliasTarget {
         host: fields.get("host")?.to_string(),
         port: fields.get("port")?.parse().ok()?,
@@ -145,5 +195,33 @@ mod tests {
     fn missing_section_is_created() {
         let out = set_alias("[pgbouncer]\nx=1\n", "a", &target(1, "a"));
         assert_eq!(aliases(&out).len(), 1);
+    }
+
+    #[test]
+    fn odd_names_stay_one_value_and_round_trip() {
+        for dbname in [
+            "plain_db",
+            "two words",
+            "it's",
+            r"back\slash",
+            "x host=evil",
+            "",
+        ] {
+            let t = AliasTarget {
+                host: "127.0.0.1".into(),
+                port: 5,
+                dbname: dbname.into(),
+            };
+            let out = set_alias(INI, "odd", &t);
+            assert_eq!(parse_target(&aliases(&out)["odd"]), Some(t), "{out}");
+        }
+        assert_eq!(
+            target(1, "x host=evil").render(),
+            "host=127.0.0.1 port=1 dbname='x host=evil'"
+        );
+        assert_eq!(
+            target(1, "it's").render(),
+            "host=127.0.0.1 port=1 dbname='it''s'"
+        );
     }
 }

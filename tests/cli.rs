@@ -137,10 +137,8 @@ fn bad_parameters_are_refused_with_the_reason() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-/// Every major-upgrade option given on the command line reaches the plan (and so its
-/// fingerprint): a dropped option would silently run another method than the one reviewed.
-#[test]
-fn major_upgrade_options_reach_the_plan() {
+/// The lab inventory plus `pg1new` (PostgreSQL 18) and traffic hooks, written under `dir`.
+fn upgrade_inventory(dir: &std::path::Path) -> std::path::PathBuf {
     let mut inventory = cutover::inventory::load(std::path::Path::new(LAB)).unwrap();
     let mut target = inventory
         .nodes
@@ -158,9 +156,49 @@ fn major_upgrade_options_reach_the_plan() {
         stop: "true".into(),
         start: "true".into(),
     });
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("upgrade.yaml");
+    let path = dir.join("upgrade.yaml");
     std::fs::write(&path, cutover::inventory::to_yaml(&inventory).unwrap()).unwrap();
+    path
+}
+
+/// A bad major-upgrade parameter is refused with exit 2 and its reason by `cutover run` as by
+/// `cutover plan`, before any run is opened.
+#[test]
+fn bad_major_upgrade_parameters_exit_2_from_run_as_from_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = upgrade_inventory(dir.path());
+    let inventory = path.to_str().unwrap();
+    let state = dir.path().join("state");
+    let state_arg = state.to_str().unwrap();
+    let base = ["--from", "pg1", "--to", "pg1new"];
+    for (bad, reason) in [(["--method", "nope"], "nope"), (["--jobs", "0"], "jobs")] {
+        let mut plan = vec!["plan", inventory, "major-upgrade"];
+        plan.extend(base);
+        plan.extend(bad);
+        let planned = cutover(&plan);
+        let mut run = vec!["run", inventory, "major-upgrade"];
+        run.extend(base);
+        run.extend(bad);
+        run.extend(["--yes", "--state-dir", state_arg]);
+        let ran = cutover(&run);
+        for (what, out) in [("plan", &planned), ("run", &ran)] {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{what} {bad:?}: {stderr}");
+            assert!(stderr.contains(reason), "{what} {bad:?}: {stderr}");
+        }
+    }
+    let runs = cutover::journal::Journal::open(&state)
+        .map(|journal| journal.runs().unwrap().len())
+        .unwrap_or(0);
+    assert_eq!(runs, 0, "a refused run opens nothing");
+}
+
+/// Every major-upgrade option given on the command line reaches the plan (and so its
+/// fingerprint): a dropped option would silently run another method than the one reviewed.
+#[test]
+fn major_upgrade_options_reach_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = upgrade_inventory(dir.path());
 
     let out = cutover(&[
         "plan",

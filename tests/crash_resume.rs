@@ -35,18 +35,13 @@ fn split_command(lab: &cutover::lab::TestLab, state: &std::path::Path) -> Comman
     command
 }
 
-/// Wait until the journal holds `kind` for `step`, then SIGKILL the run. Returns whether the
-/// point was reached before the run ended by itself.
-fn kill_at(
-    child: &mut std::process::Child,
-    state: &std::path::Path,
-    step: &str,
-    kind: EntryKind,
-) -> bool {
+/// Wait until the journal holds `kind` for `step`, then SIGKILL the run. Panics when the run
+/// ends by itself first: a crash point that is never reached tests nothing.
+fn kill_at(child: &mut std::process::Child, state: &std::path::Path, step: &str, kind: EntryKind) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return false;
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the run ended ({status}) before reaching {step} {kind:?}");
         }
         if let Ok(journal) = Journal::open(state) {
             if let Some(run) = journal.runs().ok().and_then(|r| r.into_iter().next()) {
@@ -57,7 +52,7 @@ fn kill_at(
                 {
                     child.kill().unwrap(); // SIGKILL: no cleanup runs
                     child.wait().unwrap();
-                    return true;
+                    return;
                 }
             }
         }
@@ -66,22 +61,31 @@ fn kill_at(
     panic!("{step} {kind:?} never appeared");
 }
 
+/// Entries of every run in the journal (0 before the first run).
+fn journal_entries(state: &std::path::Path) -> usize {
+    let Ok(journal) = Journal::open(state) else {
+        return 0;
+    };
+    journal
+        .runs()
+        .unwrap_or_default()
+        .iter()
+        .map(|run| journal.entries(&run.run_id).unwrap_or_default().len())
+        .sum()
+}
+
 /// While one `cutover run` drives the split, a second one is refused, names the holder, and
 /// writes nothing to the journal.
-fn second_driver_is_refused(lab: &cutover::lab::TestLab, state: &std::path::Path, holder: u32) {
-    let journal_entries = || {
-        let journal = Journal::open(state).unwrap();
-        journal
-            .runs()
-            .unwrap()
-            .iter()
-            .map(|run| journal.entries(&run.run_id).unwrap().len())
-            .sum::<usize>()
-    };
-    // Wait for the first run to hold the lock: its first journal entry comes after it.
+fn second_driver_is_refused(
+    lab: &cutover::lab::TestLab,
+    state: &std::path::Path,
+    holder: u32,
+    entries_before: usize,
+) {
+    // Wait for the driving run to hold the lock: its first journal entry comes after it.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while journal_entries() == 0 {
-        assert!(Instant::now() < deadline, "the first run never started");
+    while journal_entries(state) <= entries_before {
+        assert!(Instant::now() < deadline, "the driving run never started");
         std::thread::sleep(Duration::from_millis(10));
     }
     let output = split_command(lab, state).output().unwrap();
@@ -108,17 +112,16 @@ async fn killed_runs_resume_to_the_same_end_state() {
         ("reroute", EntryKind::Started),     // mid-step
         ("delete-invalid", EntryKind::Started), // mid-step
     ];
-    let mut kills = 0;
     for (i, (step, kind)) in points.into_iter().enumerate() {
+        let entries_before = journal_entries(state.path());
         let mut child = run_split(&lab, state.path());
-        if i == 0 {
-            second_driver_is_refused(&lab, state.path(), child.id());
+        // At a boundary point, so that the check's time cannot carry the base backup past
+        // the mid-step kill.
+        if i == 1 {
+            second_driver_is_refused(&lab, state.path(), child.id(), entries_before);
         }
-        if kill_at(&mut child, state.path(), step, kind) {
-            kills += 1;
-        }
+        kill_at(&mut child, state.path(), step, kind);
     }
-    assert!(kills >= 4, "most crash points were hit ({kills})");
     let status = run_split(&lab, state.path()).wait().unwrap();
     assert!(status.success(), "the resumed run completes");
 
@@ -153,14 +156,64 @@ async fn killed_runs_resume_to_the_same_end_state() {
             .filter(|e| e.kind == EntryKind::Output && e.detail.contains(needle))
             .count()
     };
-    assert!(outputs("promoted in") <= 1, "promotion ran once");
-    assert!(
-        outputs("renamed commcarehq_p1 to commcarehq_p2") <= 1,
+    let entries_of = |step: &str, kind: EntryKind| {
+        entries
+            .iter()
+            .filter(|e| e.kind == kind && e.step.as_ref().is_some_and(|s| s.as_str() == step))
+            .count()
+    };
+    // Promotion was killed just after it started: either the killed run's pg_promote never
+    // went out and the resumed run promoted, or it went out and the resumed run found it
+    // finished (or finishing). Exactly one of the three, never two promotions.
+    assert_eq!(
+        outputs("promoted in")
+            + outputs("finished a promotion begun earlier")
+            + outputs("is already promoted"),
+        1,
+        "promotion happened once"
+    );
+    // Rename and PAUSE run in steps no crash point interrupts: exactly once each.
+    assert_eq!(
+        outputs("renamed commcarehq_p1 to commcarehq_p2"),
+        1,
         "rename ran once"
     );
-    assert!(
-        outputs("PAUSE commcarehq_proxy") <= 1,
+    assert_eq!(
+        outputs("PAUSE commcarehq_proxy"),
+        1,
         "PAUSE was issued once"
+    );
+    // Every step was verified exactly once, the interrupted ones included.
+    let plan = cutover::plan::Plan::from_json(&runs[0].plan_json).unwrap();
+    for step in &plan.steps {
+        let step = step.id.as_str();
+        assert_eq!(
+            entries_of(step, EntryKind::Verified),
+            1,
+            "{step} verified once"
+        );
+    }
+    // Steps killed mid-way: the base backup and the promotion outlast the kill by far, so the
+    // resumed run started them once more. The re-route and the delete may finish within the
+    // few milliseconds before the kill lands; then the resumed run did not start them again.
+    for step in ["base-backup", "promote"] {
+        assert_eq!(
+            entries_of(step, EntryKind::Started),
+            2,
+            "{step} started, killed, started again"
+        );
+    }
+    for step in ["reroute", "delete-invalid"] {
+        let started = entries_of(step, EntryKind::Started);
+        assert!((1..=2).contains(&started), "{step} started {started} times");
+    }
+    // A boundary kill lands a few milliseconds after the step's Verified entry, so the next
+    // step may have started (then its re-check runs); the step itself never runs again.
+    // The baseline comes long after the previous kill: it ran exactly once.
+    assert_eq!(
+        entries_of("baseline", EntryKind::Started),
+        1,
+        "baseline started once"
     );
     assert!(
         entries.iter().any(|e| e.detail.contains("re-checking")),

@@ -363,6 +363,78 @@ fn anchors_and_aliases_are_expanded() {
     );
 }
 
+/// MINIMAL with one sharded table whose `hash` is the given YAML value (line 18, the value at
+/// column 11).
+fn with_hash(hash_yaml: &str) -> String {
+    MINIMAL.replace(
+        "sharded_tables: []",
+        &format!("sharded_tables:\n  - table: forms\n    hash: {hash_yaml}\n    key: [form_id]"),
+    )
+}
+
+#[test]
+fn the_hash_is_exactly_one_sql_expression() {
+    const ONE: &str = "expected one SQL expression such as `hashtext(form_id::text)`";
+    for ok in [
+        "hashtext(form_id::text)",
+        "\"hash_string(form_id, 'siphash24')\"",
+        "\"hashtext('a;b' || form_id)\"",
+    ] {
+        assert_eq!(
+            problems(inventory::parse(&with_hash(ok), "t.yaml")),
+            Vec::<String>::new(),
+            "{ok}"
+        );
+    }
+    let cases = [
+        (
+            "hashtext(form_id::text); DROP TABLE forms",
+            format!("18:34: sharded_tables[0].hash: `;` ends a statement; {ONE}"),
+        ),
+        (
+            "hashtext((form_id::text)",
+            format!("18:19: sharded_tables[0].hash: unclosed `(`; {ONE}"),
+        ),
+        (
+            "hashtext(form_id))",
+            format!("18:28: sharded_tables[0].hash: unbalanced `)`; {ONE}"),
+        ),
+        (
+            "\"hashtext('x)\"",
+            format!("18:11: sharded_tables[0].hash: unterminated string literal; {ONE}"),
+        ),
+        (
+            "(SELECT max(id) FROM forms)",
+            format!("18:12: sharded_tables[0].hash: `SELECT` belongs to a statement; {ONE}"),
+        ),
+        (
+            "hashtext(form_id::text) -- trailing",
+            format!("18:35: sharded_tables[0].hash: comments are not allowed; {ONE}"),
+        ),
+        (
+            "\"  \"",
+            format!("18:11: sharded_tables[0].hash: empty expression; {ONE}"),
+        ),
+    ];
+    for (hash, expected) in cases {
+        assert_eq!(
+            problems(inventory::parse(&with_hash(hash), "t.yaml")),
+            vec![expected],
+            "{hash}"
+        );
+    }
+    // As `cutover check` prints it: FILE:LINE:COL.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("inv.yaml");
+    std::fs::write(&path, with_hash("hashtext(id); DELETE FROM forms")).expect("write");
+    let (code, stdout) = run_check(&path);
+    assert_eq!(code, Some(2));
+    assert!(
+        stdout.contains("inv.yaml:18:23: sharded_tables[0].hash: `;` ends a statement"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn display_prefixes_the_file_and_lists_one_problem_per_line() {
     let text = MINIMAL
@@ -474,19 +546,20 @@ fn lab_inventory() -> Inventory {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
-    /// Free text (commands, paths, the hash expression) survives to_yaml → parse unchanged,
+    /// Free text (commands, paths, a literal in the hash expression) survives to_yaml → parse unchanged,
     /// whatever characters it holds.
     #[test]
     fn to_yaml_round_trips_any_free_text(
         environment in free_text("\\PC{1,30}"),
         command in free_text(".{1,60}"),
-        hash in free_text("[ -~\\n\\t]{1,40}"),
+        literal in free_text("[ -~\\n\\t]{0,40}"),
         data_dir in free_text("\\PC{1,30}"),
     ) {
         let mut original = lab_inventory();
         original.environment = environment;
         original.nodes[0].control.start = command;
-        original.sharded_tables[0].hash = hash;
+        // Any characters, inside the one string literal a valid hash expression may hold.
+        original.sharded_tables[0].hash = format!("hashtext('{}')", literal.replace('\'', "''"));
         original.nodes[1].data_dir = data_dir;
         let text = inventory::to_yaml(&original).expect("serializes");
         let reparsed = inventory::parse(&text, "round-trip.yaml");

@@ -383,6 +383,39 @@ fn secrets_are_redacted_before_they_reach_the_disk() {
     }
 }
 
+/// The screen masked `token=` while the journal stored it in clear; one redactor now serves
+/// both, so a token in an entry's detail never reaches the disk.
+#[test]
+fn a_token_in_an_entry_detail_is_stored_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let run_id = journal.create_run(&plan("lab", "shard-split")).unwrap();
+    let detail = "hook called https://hooks.example/drain?token=abc&env=lab with token=abc";
+    let entry = JournalEntry::new(
+        at(1),
+        Some(StepId::new("preflight")),
+        EntryKind::Output,
+        detail,
+    );
+    journal.append(&run_id, &entry).unwrap();
+    let stored = journal.entries(&run_id).unwrap();
+    assert_eq!(
+        stored[0].detail,
+        "hook called https://hooks.example/drain?token=***&env=lab with token=***"
+    );
+    assert_eq!(
+        cutover::ui::render::redact_secrets(detail),
+        stored[0].detail,
+        "the screen and the journal mask alike"
+    );
+    drop(journal);
+    assert_eq!(
+        all_files_contain(dir.path(), "token=abc"),
+        Vec::<PathBuf>::new(),
+        "token on disk"
+    );
+}
+
 #[test]
 fn the_state_dir_follows_flag_then_env_then_xdg_then_home() {
     let p = |s: &str| PathBuf::from(s);

@@ -202,3 +202,96 @@ async fn stopped_node_shows_unreachable_while_others_keep_reporting() {
         "pgbouncer still reports"
     );
 }
+
+/// The shard split's re-route rewrites the inventory (a new partition on pg2): the pollers
+/// follow the file without a restart, and stop for what left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pollers_follow_a_rewritten_inventory() {
+    use cutover::inventory;
+    use cutover::readings::inventory_file::follow_file;
+    let lab = lab(100).await;
+    start_standby(&lab, "pg2_slot_follow");
+    let full = lab.inventory.clone();
+    let mut before = full.clone();
+    before.nodes.retain(|n| n.name != "pg2");
+    assert!(
+        !serde_json::to_string(&before).unwrap().contains("\"pg2\""),
+        "nothing in the first version refers to pg2"
+    );
+    let mut after = full.clone();
+    let p1 = after.partitions[0].clone();
+    let mut p2 = p1.clone();
+    p2.name = "p2".into();
+    p2.node = "pg2".into();
+    after.partitions[0].shards = [p1.shards[0], p1.shards[1] / 2];
+    p2.shards = [p1.shards[1] / 2 + 1, p1.shards[1]];
+    after.partitions.push(p2);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inventory.yaml");
+    std::fs::write(&path, inventory::to_yaml(&before).unwrap()).unwrap();
+    let updates = follow_file(
+        path.clone(),
+        Arc::new(inventory::load(&path).unwrap()),
+        Duration::from_millis(200),
+    );
+    let mut pollers = Pollers::follow(
+        updates,
+        PollIntervals {
+            fast: Duration::from_millis(200),
+            distribution: Duration::from_millis(500),
+        },
+    );
+    // `changed` applies new inventories; drive it the way the cockpit's loop does.
+    let (snapshots_tx, snapshots) = tokio::sync::watch::channel(pollers.snapshot());
+    let driver = tokio::spawn(async move {
+        loop {
+            pollers.changed().await;
+            if snapshots_tx.send(pollers.snapshot()).is_err() {
+                return;
+            }
+        }
+    });
+    let sources = |s: &cutover::readings::types::Snapshot| {
+        (
+            s.replication
+                .iter()
+                .map(|r| r.source.clone())
+                .collect::<Vec<_>>(),
+            s.distribution
+                .iter()
+                .map(|r| r.source.clone())
+                .collect::<Vec<_>>(),
+        )
+    };
+    eventually(Duration::from_secs(10), || async {
+        let s = snapshots.borrow().clone();
+        (sources(&s) == (vec!["pg1".to_string()], vec!["p1".to_string()])).then_some(())
+    })
+    .await
+    .expect("first version: pg1 and p1 only");
+
+    std::fs::write(&path, inventory::to_yaml(&after).unwrap()).unwrap();
+    let s = eventually(Duration::from_secs(15), || async {
+        let s = snapshots.borrow().clone();
+        let p2 = s.distribution.iter().find(|r| r.source == "p2")?;
+        let pg2 = s.replication.iter().find(|r| r.source == "pg2")?;
+        (p2.value().is_some() && pg2.value().is_some()).then_some(s)
+    })
+    .await
+    .expect("pg2 and p2 report after the rewrite, without a restart");
+    let p2 = s.distribution.iter().find(|r| r.source == "p2").unwrap();
+    assert!(
+        p2.value().unwrap().tables[0].total > 0,
+        "p2 (the standby's copy) holds the documents"
+    );
+
+    std::fs::write(&path, inventory::to_yaml(&before).unwrap()).unwrap();
+    eventually(Duration::from_secs(15), || async {
+        let s = snapshots.borrow().clone();
+        (sources(&s) == (vec!["pg1".to_string()], vec!["p1".to_string()])).then_some(())
+    })
+    .await
+    .expect("pg2 and p2 leave the snapshot when they leave the inventory");
+    driver.abort();
+}

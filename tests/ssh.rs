@@ -10,6 +10,28 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(20);
+/// Well below the 25 s a background `sleep 25` would hold a command, and below [`T`]; far
+/// above what returning promptly takes on a loaded machine.
+const BACKGROUND_SLEEP_BOUND: Duration = Duration::from_secs(15);
+/// How long a killed process may take to disappear.
+const GONE_WITHIN: Duration = Duration::from_secs(15);
+
+/// Polls `pgrep -f pattern` (through `list`, which returns its stdout) until nothing matches;
+/// returns what still matched at the deadline.
+async fn until_no_process<F, Fut>(mut list: F) -> String
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
+    let deadline = Instant::now() + GONE_WITHIN;
+    loop {
+        let left = list().await;
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// A running lab sshd, stopped by PID when the test ends.
 struct LabSshd {
@@ -127,15 +149,16 @@ async fn ssh_command_streams_stdout_and_stderr_in_order_and_returns_exit_status(
     assert_eq!(who.stdout.trim(), "postgres");
 
     // A background process holding the output open (e.g. a server started without a log
-    // file) does not hang the command once the shell has exited.
+    // file) does not hang the command once the shell has exited: it returns long before the
+    // background sleep ends (and before T).
     let started = Instant::now();
     let out = hosts
-        .run("db1", "sleep 3 & echo started", T, &mut ignore)
+        .run("db1", "sleep 25 & echo started", T, &mut ignore)
         .await
         .unwrap();
     assert_eq!(out.stdout, "started\n");
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < BACKGROUND_SLEEP_BOUND,
         "{:?}",
         started.elapsed()
     );
@@ -201,13 +224,10 @@ async fn commands_on_a_host_share_one_connection() {
     }
     assert_eq!(hosts.connections_opened(), 1);
 
+    // Timings are shown, not asserted: one connection (above) is what sharing means.
     multiplexed.sort();
     let median = multiplexed[multiplexed.len() / 2];
     eprintln!("first command incl. connect: {first_elapsed:?}; multiplexed median: {median:?}");
-    assert!(
-        median < first_elapsed,
-        "a multiplexed command ({median:?}) should be cheaper than connecting ({first_elapsed:?})"
-    );
 }
 
 #[tokio::test]
@@ -351,8 +371,9 @@ async fn a_command_timeout_is_prompt_and_names_host_and_command() {
         )
         .await
         .unwrap_err();
+    // Far below the 31.25 s the command would take.
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < BACKGROUND_SLEEP_BOUND,
         "{:?}",
         started.elapsed()
     );
@@ -364,12 +385,15 @@ async fn a_command_timeout_is_prompt_and_names_host_and_command() {
     );
 
     // The remote process was killed, and the connection is still good.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let left = hosts
-        .run("db1", "pgrep -f 'slee[p] 31.25' || true", T, &mut ignore)
-        .await
-        .unwrap();
-    assert_eq!(left.stdout, "", "remote sleep survived the timeout");
+    let left = until_no_process(|| async {
+        hosts
+            .run("db1", "pgrep -f 'slee[p] 31.25' || true", T, &mut ignore)
+            .await
+            .unwrap()
+            .stdout
+    })
+    .await;
+    assert_eq!(left, "", "remote sleep survived the timeout");
     assert_eq!(hosts.connections_opened(), 1);
 }
 
@@ -517,26 +541,26 @@ async fn a_local_host_runs_commands_locally_with_the_same_contract() {
         )
         .await
         .unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(started.elapsed() < BACKGROUND_SLEEP_BOUND);
     assert!(matches!(err, RemoteError::Timeout { .. }), "{err}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let left = std::process::Command::new("pgrep")
-        .args(["-f", "slee[p] 32.5"])
-        .output()
-        .unwrap();
-    assert!(
-        left.stdout.is_empty(),
-        "local children survived the timeout"
-    );
+    let left = until_no_process(|| async {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", "slee[p] 32.5"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+    .await;
+    assert_eq!(left, "", "local children survived the timeout");
 
     // A background process holding the output pipe open does not hang the command.
     let started = Instant::now();
     let out = hosts
-        .run("jump", "sleep 3 & echo started", T, &mut ignore)
+        .run("jump", "sleep 25 & echo started", T, &mut ignore)
         .await
         .unwrap();
     assert_eq!(out.stdout, "started\n");
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(started.elapsed() < BACKGROUND_SLEEP_BOUND);
 
     let err = hosts.run("nope", "true", T, &mut ignore).await.unwrap_err();
     assert!(matches!(err, RemoteError::UnknownHost { .. }));
@@ -621,7 +645,8 @@ async fn a_server_that_never_answers_hits_the_connect_timeout() {
         .run("silent", "true", T, &mut ignore)
         .await
         .unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // The 300 ms connect timeout, not the command's T, ended it.
+    assert!(started.elapsed() < T / 2, "{:?}", started.elapsed());
     let message = err.to_string();
     assert!(matches!(err, RemoteError::Connect { .. }), "{message}");
     assert!(

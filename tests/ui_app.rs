@@ -624,7 +624,9 @@ const TMUX_INVENTORY: &str = "CUTOVER_UI_TMUX_INVENTORY";
 const TMUX_REQUESTS: &str = "CUTOVER_UI_TMUX_REQUESTS";
 
 /// The cockpit process the tmux test starts (this test binary, running only this function).
-/// A stand-in engine appends every request it receives to a file and marks run steps done.
+/// A stand-in engine appends every request it receives to a file and marks run steps done;
+/// once the cockpit has exited, the requests must be exactly the run of step 5 and the quit.
+/// The tmux test checks this process's exit status.
 #[test]
 #[ignore = "helper process started by run_loop_in_tmux_against_a_real_lab"]
 fn tmux_cockpit_process() {
@@ -646,6 +648,7 @@ fn tmux_cockpit_process() {
         view.steps[4].preconditions[1].holds = Some(true);
         let initial = view.clone();
         let engine = tokio::spawn(async move {
+            let mut received = Vec::new();
             while let Some(request) = requests_rx.recv().await {
                 let mut file = std::fs::OpenOptions::new()
                     .create(true)
@@ -657,10 +660,13 @@ fn tmux_cockpit_process() {
                     view.steps[step].status = StepStatusView::Done;
                     let _ = updates_tx.send(RunbookUpdate::View(view.clone())).await;
                 }
+                received.push(request);
             }
+            received
         });
         cutover::ui::run(TuiOptions {
             inventory: Arc::new(inventory),
+            inventory_updates: None,
             theme: cutover::ui::Theme::builtin("dark").expect("theme"),
             operator: "alice".into(),
             pair: false,
@@ -677,7 +683,14 @@ fn tmux_cockpit_process() {
         .await
         .expect("cockpit ran");
         // `run` dropped its sender: the engine drains what was sent, then ends.
-        engine.await.expect("engine task");
+        let received = engine.await.expect("engine task");
+        assert!(
+            matches!(
+                received.as_slice(),
+                [UiRequest::RunStep { step: 4, .. }, UiRequest::Quit]
+            ),
+            "the engine received {received:?}"
+        );
     });
 }
 
@@ -753,12 +766,14 @@ async fn run_loop_in_tmux_against_a_real_lab() {
     let scratch = tempfile::tempdir().expect("tempdir");
     let requests = scratch.path().join("requests.txt");
     let exe = std::env::current_exe().expect("test binary");
+    let exit_code = scratch.path().join("exit-code.txt");
     let command = format!(
-        "{TMUX_INVENTORY}={} {TMUX_REQUESTS}={} {} --ignored --exact tmux_cockpit_process --nocapture --test-threads=1 2>{}",
+        "{TMUX_INVENTORY}={} {TMUX_REQUESTS}={} {} --ignored --exact tmux_cockpit_process --nocapture --test-threads=1 2>{}; echo $? >{}",
         lab.config.inventory_path().display(),
         requests.display(),
         exe.display(),
         scratch.path().join("stderr.txt").display(),
+        exit_code.display(),
     );
     let session = TmuxSession(format!("cutover-ui-{}", uuid::Uuid::new_v4().simple()));
     let status = std::process::Command::new("tmux")
@@ -805,5 +820,9 @@ async fn run_loop_in_tmux_against_a_real_lab() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The helper's own assertions (what its engine received) held.
+    let code = std::fs::read_to_string(&exit_code).unwrap_or_default();
+    let stderr = std::fs::read_to_string(scratch.path().join("stderr.txt")).unwrap_or_default();
+    assert_eq!(code.trim(), "0", "the cockpit process failed:\n{stderr}");
     drop(lab);
 }

@@ -474,11 +474,15 @@ fn secrets_never_reach_the_log_pane() {
     );
     assert_eq!(
         redact_secrets("ALTER ROLE app PASSWORD 'hunter2';"),
-        "ALTER ROLE app PASSWORD ***;"
+        "ALTER ROLE app PASSWORD '***';"
     );
     assert_eq!(
         redact_secrets("PGPASSWORD=s3cret psql"),
         "PGPASSWORD=*** psql"
+    );
+    assert_eq!(
+        redact_secrets("curl -H token=abc123 api"),
+        "curl -H token=*** api"
     );
     assert_eq!(redact_secrets("SELECT 1"), "SELECT 1");
 }

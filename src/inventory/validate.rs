@@ -108,6 +108,7 @@ pub(crate) fn check(root: &Marked, problems: &mut Vec<Problem>) {
     check_dbnames(root, problems);
     check_shards(root, problems);
     check_citus(root, &node_names, problems);
+    check_hash_expressions(root, problems);
 }
 
 /// A Citus cluster's nodes exist and play one role each; a distributed table names its
@@ -504,5 +505,242 @@ fn check_shards(root: &Marked, problems: &mut Vec<Problem>) {
             }
         }
         _ => {}
+    }
+}
+
+/// Every `sharded_tables[*].hash` is exactly one SQL expression (the runbooks splice it into
+/// statements). Plain one-line scalars are located at the offending character.
+fn check_hash_expressions(root: &Marked, problems: &mut Vec<Problem>) {
+    for (index, table) in entries(root, "sharded_tables") {
+        let Some(value) = table.field("hash") else {
+            continue;
+        };
+        // An empty value is the schema's to report.
+        let Some(text) = value.text().filter(|text| !text.is_empty()) else {
+            continue;
+        };
+        if let Err((offset, reason)) = sql_expression(text) {
+            let mut pos = value.pos;
+            let plain_one_line = matches!(
+                &value.value,
+                Value::Scalar(Scalar {
+                    style: ScalarStyle::Plain,
+                    ..
+                })
+            ) && !text.contains('\n');
+            if plain_one_line {
+                let chars = text[..offset].chars().count();
+                pos.col += chars;
+                pos.index += chars;
+            }
+            problems.push(Problem::new(
+                pos,
+                format!("sharded_tables[{index}].hash: {reason}; expected one SQL expression such as `hashtext(form_id::text)`"),
+            ));
+        }
+    }
+}
+
+/// Words that begin or belong only to statements, never to an expression of a row's columns.
+const STATEMENT_WORDS: &[&str] = &[
+    "abort",
+    "alter",
+    "analyze",
+    "begin",
+    "call",
+    "checkpoint",
+    "close",
+    "cluster",
+    "comment",
+    "commit",
+    "copy",
+    "create",
+    "deallocate",
+    "declare",
+    "delete",
+    "discard",
+    "do",
+    "drop",
+    "execute",
+    "explain",
+    "fetch",
+    "grant",
+    "import",
+    "insert",
+    "into",
+    "listen",
+    "load",
+    "lock",
+    "merge",
+    "move",
+    "notify",
+    "prepare",
+    "reassign",
+    "refresh",
+    "reindex",
+    "release",
+    "reset",
+    "returning",
+    "revoke",
+    "rollback",
+    "savepoint",
+    "security",
+    "select",
+    "set",
+    "show",
+    "start",
+    "table",
+    "truncate",
+    "union",
+    "intersect",
+    "except",
+    "unlisten",
+    "update",
+    "vacuum",
+    "values",
+];
+
+/// Checks that `text` is one SQL expression: not empty, no `;`, no comments, no statement
+/// words, no top-level `,`, balanced `()`/`[]`, closed quotes. `Err` carries the byte offset of
+/// the offending character and the reason.
+pub(crate) fn sql_expression(text: &str) -> Result<(), (usize, String)> {
+    let bytes = text.as_bytes();
+    if text.trim().is_empty() {
+        return Err((0, "empty expression".to_string()));
+    }
+    let mut open: Vec<(u8, usize)> = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b';' => return Err((i, "`;` ends a statement".to_string())),
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                return Err((i, "comments are not allowed".to_string()))
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                return Err((i, "comments are not allowed".to_string()))
+            }
+            b'(' | b'[' => open.push((b, i)),
+            b')' | b']' => {
+                let want = if b == b')' { b'(' } else { b'[' };
+                match open.pop() {
+                    Some((opened, _)) if opened == want => {}
+                    _ => return Err((i, format!("unbalanced `{}`", b as char))),
+                }
+            }
+            b',' if open.is_empty() => {
+                return Err((i, "`,` outside parentheses makes a list".to_string()))
+            }
+            b'\'' => {
+                // `E'…'` strings take backslash escapes; all take a doubled quote.
+                let escapes = i > 0
+                    && matches!(bytes[i - 1], b'e' | b'E')
+                    && (i < 2 || !is_word_byte(bytes[i - 2]));
+                i = close_quote(bytes, i, b'\'', escapes)
+                    .ok_or((i, "unterminated string literal".to_string()))?;
+            }
+            b'"' => {
+                i = close_quote(bytes, i, b'"', false)
+                    .ok_or((i, "unterminated quoted identifier".to_string()))?;
+            }
+            b'$' => {
+                return Err((
+                    i,
+                    "`$` (dollar quoting or a parameter) is not allowed".to_string(),
+                ))
+            }
+            _ if is_word_byte(b) && !b.is_ascii_digit() => {
+                let start = i;
+                while i < bytes.len() && is_word_byte(bytes[i]) {
+                    i += 1;
+                }
+                let word = text[start..i].to_ascii_lowercase();
+                if STATEMENT_WORDS.contains(&word.as_str()) {
+                    return Err((
+                        start,
+                        format!("`{}` belongs to a statement", &text[start..i]),
+                    ));
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    match open.last() {
+        Some((b, at)) => Err((*at, format!("unclosed `{}`", *b as char))),
+        None => Ok(()),
+    }
+}
+
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
+}
+
+/// The offset of the quote closing the one at `start` (a doubled quote is part of the text).
+fn close_quote(bytes: &[u8], start: usize, quote: u8, backslash_escapes: bool) -> Option<usize> {
+    let mut i = start + 1;
+    while i < bytes.len() {
+        if backslash_escapes && bytes[i] == b'\\' {
+            i += 2;
+            continue;
+        }
+        if bytes[i] == quote {
+            if bytes.get(i + 1) == Some(&quote) {
+                i += 2;
+                continue;
+            }
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sql_expression;
+
+    #[test]
+    fn one_expression_passes() {
+        for ok in [
+            "hashtext(form_id::text)",
+            "hash_string(form_id, 'siphash24')",
+            "hashtext(lower(\"Form Id\")) # 7",
+            "CASE WHEN a IS NULL THEN 0 ELSE hashtext(a) END",
+            "hashtext(E'it\\'s;' || x)",
+            "hashtext('a;b''c' || (x)::text)",
+            "(arr[1])",
+            "extract(epoch FROM created_on)::int",
+            "hashtext(x::timestamp with time zone::text)",
+        ] {
+            assert_eq!(sql_expression(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn anything_more_is_refused_where_it_starts() {
+        for (bad, at) in [
+            ("hashtext(x); DROP TABLE forms", 11),
+            ("hashtext(x) -- note", 12),
+            ("/* c */ hashtext(x)", 0),
+            ("hashtext(x))", 11),
+            ("hashtext((x)", 8),
+            ("hashtext(x]", 10),
+            ("hashtext('x)", 9),
+            ("hashtext(\"x)", 9),
+            ("(SELECT 1)", 1),
+            ("1 UNION SELECT 2", 2),
+            ("a, b", 1),
+            ("$1", 0),
+            ("$$x$$", 0),
+            ("   ", 0),
+            ("hashtext(x) INTO y", 12),
+        ] {
+            match sql_expression(bad) {
+                Err((offset, _)) => assert_eq!(offset, at, "{bad}"),
+                Ok(()) => panic!("accepted {bad:?}"),
+            }
+        }
     }
 }

@@ -12,7 +12,7 @@ use crate::pg::{self, Endpoint, PgError, SessionSettings};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 #[derive(Debug, Clone, Copy)]
@@ -130,51 +130,156 @@ enum SourceValue {
     Distribution(PartitionDistribution),
 }
 
+impl Source {
+    /// Whether `other` polls the same thing the same way, so a running poller can stay.
+    fn same_as(&self, other: &Source) -> bool {
+        match (self, other) {
+            (Source::Replication(a), Source::Replication(b))
+            | (Source::Connections(a), Source::Connections(b)) => a == b,
+            (Source::Pgbouncer(a), Source::Pgbouncer(b)) => a == b,
+            (Source::Distribution(inv_a, a), Source::Distribution(inv_b, b)) => {
+                a == b
+                    && inv_a.node(&a.node) == inv_b.node(&b.node)
+                    && inv_a.shard_count == inv_b.shard_count
+                    && inv_a.sharded_tables == inv_b.sharded_tables
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Every source of `inventory`, in inventory order (the snapshot keeps this order).
+fn sources(inventory: &Arc<Inventory>, intervals: PollIntervals) -> Vec<(Source, Duration)> {
+    let mut sources: Vec<(Source, Duration)> = Vec::new();
+    for node in &inventory.nodes {
+        sources.push((Source::Replication(node.clone()), intervals.fast));
+        sources.push((Source::Connections(node.clone()), intervals.fast));
+    }
+    for bouncer in &inventory.pgbouncers {
+        sources.push((Source::Pgbouncer(bouncer.clone()), intervals.fast));
+    }
+    for partition in &inventory.partitions {
+        sources.push((
+            Source::Distribution(inventory.clone(), partition.clone()),
+            intervals.distribution,
+        ));
+    }
+    sources
+}
+
+/// One poller task and its latest value. Dropping it stops the task.
+struct Running {
+    source: Source,
+    interval: Duration,
+    latest: watch::Receiver<Option<SourceReading>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Handles to the running pollers. Dropping it stops them.
+///
+/// Invariant: exactly one poller runs per source of the latest inventory seen; a source that
+/// left the inventory has no poller and no reading in the snapshot.
 pub struct Pollers {
     environment: String,
-    receivers: Vec<watch::Receiver<Option<SourceReading>>>,
+    intervals: PollIntervals,
+    running: Vec<Running>,
+    wake_tx: mpsc::Sender<()>,
     wake: mpsc::Receiver<()>,
-    _tasks: JoinSet<()>,
+    /// New versions of the inventory (see [`super::inventory_file`]); `None` once the sender
+    /// is gone or when following was not asked for.
+    inventory: Option<watch::Receiver<Arc<Inventory>>>,
 }
 
 impl Pollers {
     /// Start one poller per source of `inventory`. Must be called inside a tokio runtime.
     pub fn spawn(inventory: Arc<Inventory>, intervals: PollIntervals) -> Pollers {
-        let mut sources: Vec<(Source, Duration)> = Vec::new();
-        for node in &inventory.nodes {
-            sources.push((Source::Replication(node.clone()), intervals.fast));
-            sources.push((Source::Connections(node.clone()), intervals.fast));
-        }
-        for bouncer in &inventory.pgbouncers {
-            sources.push((Source::Pgbouncer(bouncer.clone()), intervals.fast));
-        }
-        for partition in &inventory.partitions {
-            sources.push((
-                Source::Distribution(inventory.clone(), partition.clone()),
-                intervals.distribution,
-            ));
-        }
         // Capacity 1 + try_send: many updates between two UI frames coalesce into one wake-up.
         let (wake_tx, wake) = mpsc::channel(1);
-        let mut tasks = JoinSet::new();
-        let mut receivers = Vec::new();
-        for (source, interval) in sources {
-            let (tx, rx) = watch::channel(None);
-            receivers.push(rx);
-            tasks.spawn(poll_loop(source, interval, tx, wake_tx.clone()));
-        }
-        Pollers {
+        let mut pollers = Pollers {
             environment: inventory.environment.clone(),
-            receivers,
+            intervals,
+            running: Vec::new(),
+            wake_tx,
             wake,
-            _tasks: tasks,
-        }
+            inventory: None,
+        };
+        pollers.follow_version(inventory);
+        pollers
     }
 
-    /// Wait until some poller published a new reading.
+    /// Like [`Self::spawn`] from the current inventory, then follows every new version
+    /// published on `inventory`: pollers start for new nodes, pgbouncers and partitions, stop
+    /// for removed ones, and restart for changed ones. Updates are applied inside
+    /// [`Self::changed`].
+    pub fn follow(
+        mut inventory: watch::Receiver<Arc<Inventory>>,
+        intervals: PollIntervals,
+    ) -> Pollers {
+        let current = inventory.borrow_and_update().clone();
+        let mut pollers = Self::spawn(current, intervals);
+        pollers.inventory = Some(inventory);
+        pollers
+    }
+
+    /// Makes the running pollers those of `inventory`, keeping the ones that are unchanged.
+    fn follow_version(&mut self, inventory: Arc<Inventory>) {
+        let mut previous = std::mem::take(&mut self.running);
+        for (source, interval) in sources(&inventory, self.intervals) {
+            let kept = previous
+                .iter()
+                .position(|r| r.interval == interval && r.source.same_as(&source));
+            let running = match kept {
+                Some(index) => previous.swap_remove(index),
+                None => {
+                    let (tx, latest) = watch::channel(None);
+                    let task = tokio::spawn(poll_loop(
+                        source.clone(),
+                        interval,
+                        tx,
+                        self.wake_tx.clone(),
+                    ));
+                    Running {
+                        source,
+                        interval,
+                        latest,
+                        task,
+                    }
+                }
+            };
+            self.running.push(running);
+        }
+        // Whatever is left in `previous` is no longer in the inventory: dropped, so stopped.
+        self.environment = inventory.environment.clone();
+    }
+
+    /// Wait until some poller published a new reading or a new inventory arrived (whose
+    /// pollers are then already running). Cancel safe.
     pub async fn changed(&mut self) {
-        let _ = self.wake.recv().await;
+        let new_inventory = match &mut self.inventory {
+            Some(inventory) => tokio::select! {
+                _ = self.wake.recv() => None,
+                changed = inventory.changed() => match changed {
+                    Ok(()) => Some(inventory.borrow_and_update().clone()),
+                    Err(_) => {
+                        self.inventory = None;
+                        None
+                    }
+                },
+            },
+            None => {
+                let _ = self.wake.recv().await;
+                None
+            }
+        };
+        if let Some(inventory) = new_inventory {
+            self.follow_version(inventory);
+        }
     }
 
     /// The latest reading of every source that has reported at least once.
@@ -187,8 +292,8 @@ impl Pollers {
             pgbouncer: vec![],
             distribution: vec![],
         };
-        for rx in &self.receivers {
-            match rx.borrow().clone() {
+        for running in &self.running {
+            match running.latest.borrow().clone() {
                 Some(SourceReading::Replication(r)) => snapshot.replication.push(r),
                 Some(SourceReading::Connections(r)) => snapshot.connections.push(r),
                 Some(SourceReading::Pgbouncer(r)) => snapshot.pgbouncer.push(r),

@@ -14,8 +14,8 @@ use crossterm::event::{Event, EventStream};
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, watch};
 
 /// Shortest time between two frames (~30 fps).
 const FRAME_INTERVAL: Duration = Duration::from_millis(33);
@@ -33,6 +33,9 @@ pub enum UiError {
 /// Everything the cockpit needs; the engine is reached only through the two channels.
 pub struct TuiOptions {
     pub inventory: Arc<Inventory>,
+    /// New versions of the inventory (see [`crate::readings::inventory_file::follow_file`]):
+    /// the pollers follow them. `None`: poll `inventory` as it is.
+    pub inventory_updates: Option<watch::Receiver<Arc<Inventory>>>,
     /// Already resolved (see [`super::theme::resolve`]), so theme errors surface before the
     /// terminal switches to raw mode.
     pub theme: Theme,
@@ -74,6 +77,7 @@ impl Drop for TerminalGuard {
 pub async fn run(opts: TuiOptions) -> Result<(), UiError> {
     let TuiOptions {
         inventory,
+        inventory_updates,
         mut theme,
         operator,
         pair,
@@ -84,7 +88,10 @@ pub async fn run(opts: TuiOptions) -> Result<(), UiError> {
         intervals,
         seen,
     } = opts;
-    let mut pollers = Pollers::spawn(inventory.clone(), intervals);
+    let mut pollers = match inventory_updates {
+        Some(updates) => Pollers::follow(updates, intervals),
+        None => Pollers::spawn(inventory.clone(), intervals),
+    };
     let session = Session {
         environment: inventory.environment.clone(),
         operator,

@@ -378,6 +378,11 @@ impl Upgrade {
         )
     }
 
+    /// A program in an installation's `bin_dir`, quoted as one shell word.
+    fn tool(bin_dir: &str, program: &str) -> String {
+        shell_quote(&format!("{bin_dir}/{program}"))
+    }
+
     /// `bash -o pipefail -c '…'`: a failing stage of a pipeline fails the command.
     fn pipefail(script: &str) -> String {
         format!("bash -o pipefail -c {}", shell_quote(script))
@@ -414,14 +419,14 @@ impl Upgrade {
         let name = "dumpall.sql.gz";
         Self::pipefail(&format!(
             "mkdir -p {dir} && rm -f {file_q} {sum_q} && \
-             {bin}/pg_dumpall {conn} | gzip -{GZIP_LEVEL} | {tee} | \
+             {dumpall} {conn} | gzip -{GZIP_LEVEL} | {tee} | \
              awk '{{print $1 \"  {name}\"}}' > {sum_q}.partial && \
              mv {file_q}.partial {file_q} && mv {sum_q}.partial {sum_q}",
             dir = shell_quote(&self.dump_dir),
             file_q = shell_quote(&file),
             sum_q = shell_quote(&sum),
             tee = tee_sha512(&format!("{file}.partial")),
-            bin = self.source.bin_dir,
+            dumpall = Self::tool(&self.source.bin_dir, "pg_dumpall"),
             conn = Self::conn_args(&self.source),
         ))
     }
@@ -430,8 +435,8 @@ impl Upgrade {
     /// what checksumming adds).
     pub fn dumpall_unchecked_command(&self, out: &str) -> String {
         Self::pipefail(&format!(
-            "{bin}/pg_dumpall {conn} | gzip -{GZIP_LEVEL} > {out}",
-            bin = self.source.bin_dir,
+            "{dumpall} {conn} | gzip -{GZIP_LEVEL} > {out}",
+            dumpall = Self::tool(&self.source.bin_dir, "pg_dumpall"),
             conn = Self::conn_args(&self.source),
             out = shell_quote(out),
         ))
@@ -440,10 +445,10 @@ impl Upgrade {
     pub fn globals_dump_command(&self) -> String {
         let file = self.globals_file();
         Self::pipefail(&format!(
-            "mkdir -p {dir} && {bin}/pg_dumpall --globals-only {conn} -f {file_q} && \
+            "mkdir -p {dir} && {dumpall} --globals-only {conn} -f {file_q} && \
              cd {dir} && {SHA512_FILTER} globals.sql > globals.sql.sha512",
             dir = shell_quote(&self.parallel_dir()),
-            bin = self.source.bin_dir,
+            dumpall = Self::tool(&self.source.bin_dir, "pg_dumpall"),
             conn = Self::conn_args(&self.source),
             file_q = shell_quote(&file),
         ))
@@ -454,12 +459,12 @@ impl Upgrade {
         let dir = self.database_dump_dir(dbname);
         Self::pipefail(&format!(
             "mkdir -p {parent} && rm -rf {dir_q} {sum_q} && \
-             {bin}/pg_dump {conn} -Fd -j {jobs} -Z {GZIP_LEVEL} -f {dir_q} {db} && \
+             {dump} {conn} -Fd -j {jobs} -Z {GZIP_LEVEL} -f {dir_q} {db} && \
              cd {dir_q} && {SHA512_FILTER} -- * > {sum_q}.partial && mv {sum_q}.partial {sum_q}",
             parent = shell_quote(&self.parallel_dir()),
             dir_q = shell_quote(&dir),
             sum_q = shell_quote(&Self::checksum_file(&dir)),
-            bin = self.source.bin_dir,
+            dump = Self::tool(&self.source.bin_dir, "pg_dump"),
             conn = Self::conn_args(&self.source),
             jobs = self.params.jobs,
             db = shell_quote(dbname),
@@ -496,8 +501,8 @@ impl Upgrade {
     /// psql of the target version with ON_ERROR_STOP: the first error stops it.
     pub fn psql(&self, dbname: &str) -> String {
         format!(
-            "{}/psql -X -q -v ON_ERROR_STOP=1 {} -d {}",
-            self.target.bin_dir,
+            "{} -X -q -v ON_ERROR_STOP=1 {} -d {}",
+            Self::tool(&self.target.bin_dir, "psql"),
             Self::conn_args(&self.target),
             shell_quote(dbname)
         )
@@ -530,8 +535,8 @@ impl Upgrade {
             format!("-C -d {}", shell_quote(&self.target.maintenance_db))
         };
         format!(
-            "{}/pg_restore {} --exit-on-error -j {} {create} {}",
-            self.target.bin_dir,
+            "{} {} --exit-on-error -j {} {create} {}",
+            Self::tool(&self.target.bin_dir, "pg_restore"),
             Self::conn_args(&self.target),
             self.params.jobs,
             shell_quote(&self.database_dump_dir(dbname))
@@ -546,24 +551,37 @@ impl Upgrade {
 
     pub fn scratch_init_command(&self, locale: &str, encoding: &str) -> String {
         let dir = shell_quote(&self.scratch_dir());
+        // Each setting is one shell word; the socket path is a postgresql.conf string literal.
+        let settings = [
+            "listen_addresses = ''".to_string(),
+            format!(
+                "unix_socket_directories = '{}'",
+                self.dump_dir.replace('\'', "''")
+            ),
+            format!("port = {}", self.target.port),
+            "fsync = off".to_string(),
+        ]
+        .iter()
+        .map(|line| shell_quote(line))
+        .collect::<Vec<_>>()
+        .join(" ");
         format!(
-            "rm -rf {dir} && {bin}/initdb -D {dir} -U {user} --auth=trust -E {enc} --locale={loc} --no-sync >/dev/null && \
-             printf '%s\\n' \"listen_addresses = ''\" \"unix_socket_directories = '{sock}'\" \"port = {port}\" \"fsync = off\" >> {dir}/postgresql.conf && \
-             {bin}/pg_ctl -D {dir} -l {dir}/log -w -t 60 start >/dev/null",
-            bin = self.target.bin_dir,
+            "rm -rf {dir} && {initdb} -D {dir} -U {user} --auth=trust -E {enc} --locale={loc} --no-sync >/dev/null && \
+             printf '%s\\n' {settings} >> {dir}/postgresql.conf && \
+             {pg_ctl} -D {dir} -l {dir}/log -w -t 60 start >/dev/null",
+            initdb = Self::tool(&self.target.bin_dir, "initdb"),
+            pg_ctl = Self::tool(&self.target.bin_dir, "pg_ctl"),
             user = shell_quote(&self.target.user),
             enc = shell_quote(encoding),
             loc = shell_quote(locale),
-            sock = self.dump_dir,
-            port = self.target.port,
         )
     }
 
     pub fn scratch_stop_command(&self) -> String {
         let dir = shell_quote(&self.scratch_dir());
         format!(
-            "if [ -f {dir}/postmaster.pid ]; then {bin}/pg_ctl -D {dir} -m immediate -w stop >/dev/null; fi; rm -rf {dir}",
-            bin = self.target.bin_dir,
+            "if [ -f {dir}/postmaster.pid ]; then {pg_ctl} -D {dir} -m immediate -w stop >/dev/null; fi; rm -rf {dir}",
+            pg_ctl = Self::tool(&self.target.bin_dir, "pg_ctl"),
         )
     }
 
@@ -587,11 +605,12 @@ impl Upgrade {
             (false, _) => "--copy".to_string(),
         };
         format!(
-            "mkdir -p {work} && cd {work} && {new_bin}/pg_upgrade {mode} -j {jobs} \
-             -b {old_bin} -B {new_bin} -d {old} -D {new} -p {old_port} -P {new_port} -U {user} -s {work}",
+            "mkdir -p {work} && cd {work} && {pg_upgrade} {mode} -j {jobs} \
+             -b {old_bin} -B {new_bin_q} -d {old} -D {new} -p {old_port} -P {new_port} -U {user} -s {work}",
             work = shell_quote(&self.dump_dir),
-            new_bin = self.target.bin_dir,
-            old_bin = self.source.bin_dir,
+            pg_upgrade = Self::tool(&self.target.bin_dir, "pg_upgrade"),
+            new_bin_q = shell_quote(&self.target.bin_dir),
+            old_bin = shell_quote(&self.source.bin_dir),
             jobs = self.params.jobs,
             old = shell_quote(&self.source.data_dir),
             new = shell_quote(&self.target.data_dir),
@@ -633,8 +652,8 @@ impl Upgrade {
     /// Extensions the target's installation ships, when the target is not running.
     pub fn available_extensions_command(&self) -> String {
         format!(
-            "ls \"$({}/pg_config --sharedir)/extension\" | sed -n 's/\\.control$//p'",
-            self.target.bin_dir
+            "ls \"$({} --sharedir)/extension\" | sed -n 's/\\.control$//p'",
+            Self::tool(&self.target.bin_dir, "pg_config")
         )
     }
 
@@ -647,19 +666,21 @@ impl Upgrade {
         let mut checks = vec![(
             self.source.host.clone(),
             format!(
-                "test -x {b}/pg_dumpall && test -x {b}/pg_dump{checksum_tool} && {b}/pg_dump --version",
-                b = self.source.bin_dir
+                "test -x {dumpall} && test -x {dump}{checksum_tool} && {dump} --version",
+                dumpall = Self::tool(&self.source.bin_dir, "pg_dumpall"),
+                dump = Self::tool(&self.source.bin_dir, "pg_dump"),
             ),
         )];
         let target_tools = match self.method() {
             Method::PgUpgrade { .. } => format!(
-                "test -x {o}/postgres && test -x {b}/pg_upgrade && {b}/pg_upgrade --version",
-                o = self.source.bin_dir,
-                b = self.target.bin_dir
+                "test -x {postgres} && test -x {pg_upgrade} && {pg_upgrade} --version",
+                postgres = Self::tool(&self.source.bin_dir, "postgres"),
+                pg_upgrade = Self::tool(&self.target.bin_dir, "pg_upgrade"),
             ),
             _ => format!(
-                "test -x {b}/psql && test -x {b}/pg_restore && {b}/psql --version",
-                b = self.target.bin_dir
+                "test -x {psql} && test -x {restore} && {psql} --version",
+                psql = Self::tool(&self.target.bin_dir, "psql"),
+                restore = Self::tool(&self.target.bin_dir, "pg_restore"),
             ),
         };
         checks.push((self.target.host.clone(), target_tools));
@@ -1223,5 +1244,66 @@ mod tests {
         };
         assert_eq!(cmd.method, Method::Dumpall);
         assert_eq!(cmd.pause_bound, Duration::from_secs(600));
+    }
+
+    /// Every path from the inventory or the parameters reaches the shell as one word, however
+    /// it is spelled.
+    #[test]
+    fn paths_are_single_shell_words() {
+        let mut inventory =
+            crate::inventory::parse(include_str!("../../../inventories/lab.yaml"), "lab.yaml")
+                .unwrap();
+        for node in &mut inventory.nodes {
+            node.bin_dir = format!("/opt/it's pg/{}/bin", node.name);
+            node.data_dir = format!("/srv/data dir/{}", node.name);
+            if node.name == "pg2" {
+                node.version = 16;
+            }
+        }
+        for method in ["dumpall", "parallel", "pg-upgrade"] {
+            let mut params = BTreeMap::new();
+            params.insert("from".to_string(), "pg1".to_string());
+            params.insert("to".to_string(), "pg2".to_string());
+            params.insert("method".to_string(), method.to_string());
+            params.insert("dump-dir".to_string(), "/var/dump $HOME/x".to_string());
+            let upgrade =
+                Upgrade::resolve(&inventory, UpgradeParams::from_map(&params).unwrap()).unwrap();
+            let mut commands = vec![
+                upgrade.dumpall_command(),
+                upgrade.dumpall_unchecked_command("/tmp/out file"),
+                upgrade.globals_dump_command(),
+                upgrade.database_dump_command("db one"),
+                upgrade.psql("postgres"),
+                upgrade.database_restore_command("db one"),
+                upgrade.scratch_init_command("C", "UTF8"),
+                upgrade.scratch_stop_command(),
+                upgrade.pg_upgrade_command(false),
+                upgrade.save_pristine_command(),
+                upgrade.undo_pg_upgrade_command(),
+                upgrade.available_extensions_command(),
+                upgrade.retire_command(),
+            ];
+            commands.extend(upgrade.tools_check_command().into_iter().map(|(_, c)| c));
+            for command in commands {
+                // Inside `bash -c '…'` a quoted word's quotes are escaped once more, so a raw
+                // path is only ever preceded by a quote (or the `/` of its own prefix).
+                for raw in ["/opt/it", "/srv/data dir", "/var/dump $HOME"] {
+                    for (at, _) in command.match_indices(raw) {
+                        let before = command[..at].chars().last();
+                        assert!(
+                            matches!(before, Some('\'')),
+                            "unquoted {raw:?} in {command}"
+                        );
+                    }
+                }
+                let parsed = std::process::Command::new("sh")
+                    .arg("-n")
+                    .arg("-c")
+                    .arg(&command)
+                    .status()
+                    .unwrap();
+                assert!(parsed.success(), "not a valid shell command: {command}");
+            }
+        }
     }
 }

@@ -492,62 +492,10 @@ pub fn render_shards(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme
     paragraph_in(frame, area, Pane::Shards, model, lines, block);
 }
 
-/// Masks secret values in a log message: `password=…`, `PGPASSWORD=…`, `PASSWORD '…'`,
-/// and the same for `secret`/`token` keys.
+/// Masks secret values in a log message with the journal's redactor ([`crate::redact`]), so
+/// what the screen hides is exactly what the journal hides.
 pub fn redact_secrets(message: &str) -> Cow<'_, str> {
-    const KEYS: [&str; 5] = ["password", "passwd", "pgpassword", "secret", "token"];
-    let lower = message.to_ascii_lowercase();
-    if !KEYS.iter().any(|k| lower.contains(k)) {
-        return Cow::Borrowed(message);
-    }
-    let bytes = message.as_bytes();
-    let mut out = String::with_capacity(message.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let key = KEYS
-            .iter()
-            .filter(|k| lower[i..].starts_with(**k))
-            .max_by_key(|k| k.len());
-        let Some(key) = key else {
-            let ch = message[i..].chars().next().unwrap_or(' ');
-            out.push(ch);
-            i += ch.len_utf8();
-            continue;
-        };
-        out.push_str(&message[i..i + key.len()]);
-        i += key.len();
-        // Separator: `=`, `:`, or spaces before a quoted literal.
-        let sep_start = i;
-        while i < bytes.len() && matches!(bytes[i], b' ' | b'=' | b':') {
-            i += 1;
-        }
-        out.push_str(&message[sep_start..i]);
-        if i == sep_start {
-            continue;
-        }
-        let quote = bytes.get(i).copied().filter(|b| *b == b'\'' || *b == b'"');
-        let value_start = i;
-        match quote {
-            Some(q) => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != q {
-                    i += 1;
-                }
-                i = (i + 1).min(bytes.len());
-            }
-            None => {
-                while i < bytes.len()
-                    && !matches!(bytes[i], b' ' | b'\'' | b'"' | b',' | b';' | b')')
-                {
-                    i += 1;
-                }
-            }
-        }
-        if i > value_start {
-            out.push_str("***");
-        }
-    }
-    Cow::Owned(out)
+    crate::redact::redact_cow(message)
 }
 
 /// tui-logger formatter: `HH:MM:SS LEVEL target message`, secrets masked, wrapped to width.
