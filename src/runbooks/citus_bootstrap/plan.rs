@@ -536,16 +536,14 @@ pub fn constraints_sql(table: &str) -> String {
     )
 }
 
-/// A libpq connection string for `node`, every value quoted.
+/// A libpq connection string for `node`, every value escaped.
 fn conninfo(node: &Node, dbname: &str) -> String {
-    let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
-    format!(
-        "host={} port={} user={} dbname={}",
-        quote(&node.address),
-        node.port,
-        quote(&node.user),
-        quote(dbname)
-    )
+    crate::pg::conninfo(&[
+        ("host", &node.address),
+        ("port", &node.port.to_string()),
+        ("user", &node.user),
+        ("dbname", dbname),
+    ])
 }
 
 /// From the coordinator's host, connect to `worker` the way Citus will (TCP, its address).

@@ -352,10 +352,9 @@ impl ShardSplitActions {
                 let option: String = r.get(0);
                 let (name, conn) = option.split_once('=')?;
                 let shard: u32 = name.strip_prefix('p')?.parse().ok()?;
-                let dbname = conn
-                    .split_whitespace()
-                    .find_map(|kv| kv.strip_prefix("dbname="))?
-                    .to_string();
+                let dbname = pg::parse_conninfo(conn)?
+                    .into_iter()
+                    .find_map(|(key, value)| (key == "dbname").then_some(value))?;
                 Some((shard, dbname))
             })
             .collect())

@@ -237,7 +237,11 @@ impl Split {
             None if dbname == self.to.dbname => (self.target.address.clone(), self.target.port),
             None => (self.source.address.clone(), self.source.port),
         };
-        format!("dbname={dbname} host={host} port={port}")
+        crate::pg::conninfo(&[
+            ("dbname", dbname),
+            ("host", &host),
+            ("port", &port.to_string()),
+        ])
     }
 
     /// `ALTER SERVER` re-pointing the moved shards; `dbname` picks the destination.
@@ -702,14 +706,17 @@ impl Split {
     /// Exact rows per shard of `table`, for the baseline and verify.
     pub fn per_shard_sql(&self, table: &ShardedTable) -> String {
         format!(
-            "SELECT (({}) & {})::int8 AS shard, count(*) FROM {} GROUP BY 1 ORDER BY 1",
-            table.hash,
-            self.inventory.shard_mask(),
+            "SELECT {} AS shard, count(*) FROM {} GROUP BY 1 ORDER BY 1",
+            self.shard_expr(table),
             quote_qualified(&table.table)
         )
     }
 
     /// `(hash) & mask` of `table`: a row's shard.
+    ///
+    /// Invariant: the inventory's `hash` was checked to be exactly one SQL expression, and every
+    /// statement it appears in is sent with the extended protocol (`query`/`execute`), which
+    /// parses exactly one statement, so it can never become a second one.
     pub fn shard_expr(&self, table: &ShardedTable) -> String {
         format!("(({}) & {})::int8", table.hash, self.inventory.shard_mask())
     }
