@@ -200,6 +200,57 @@ async fn bootstrap_from_nothing_distributes_and_rows_land_on_both_workers() {
             "worker :{port} holds {rows} of 100000 rows: the spread is even"
         );
     }
+    // The readings see the same spread: estimates at 1 Hz, exact counts on the slow cadence.
+    client.batch_execute("ANALYZE forms").await.unwrap();
+    let inventory = cutover::inventory::load(&lab.inventory_path()).unwrap();
+    let snapshot = cutover::readings::queries::snapshot(&inventory).await;
+    let citus = snapshot.citus[0]
+        .value()
+        .unwrap_or_else(|| panic!("the Citus reading: {:?}", snapshot.citus[0].error()));
+    assert!(citus.installed);
+    assert_eq!(
+        citus
+            .nodes
+            .iter()
+            .filter(|n| n.role == "worker" && n.active)
+            .map(|n| n.node.as_str())
+            .collect::<Vec<_>>(),
+        ["citus1", "citus2"]
+    );
+    let estimated: i64 = citus
+        .placements
+        .iter()
+        .filter(|p| p.table == "forms")
+        .map(|p| p.rows_estimate)
+        .sum();
+    assert!(
+        (90_000..=110_000).contains(&estimated),
+        "estimate {estimated}"
+    );
+    let counts = snapshot.citus_counts[0].value().expect("the exact counts");
+    let exact: BTreeMap<&str, i64> = counts
+        .rows
+        .iter()
+        .filter(|r| r.table == "forms")
+        .map(|r| (r.node.as_str(), r.rows))
+        .collect();
+    assert_eq!(exact.values().sum::<i64>(), 100_000);
+    assert_eq!(exact.len(), 2, "{exact:?}");
+    assert!(counts.unhealthy.is_empty());
+    eprintln!(
+        "citus reading {:.1} ms, exact counts {:.1} ms",
+        snapshot.citus[0].took_ms, snapshot.citus_counts[0].took_ms
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .arg("status")
+        .arg(lab.inventory_path())
+        .arg("--json")
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["citus"][0]["source"], "citus");
+    assert_eq!(status["citus"][0]["ok"]["installed"], true);
+
     client
         .batch_execute("INSERT INTO domains VALUES ('a', 'free'), ('b', 'pro')")
         .await

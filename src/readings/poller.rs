@@ -7,7 +7,7 @@
 
 use super::queries;
 use super::types::*;
-use crate::inventory::{Inventory, Node, Partition, Pgbouncer};
+use crate::inventory::{CitusCluster, Inventory, Node, Partition, Pgbouncer};
 use crate::pg::{self, Endpoint, PgError, SessionSettings};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +38,8 @@ enum Source {
     Connections(Node),
     Pgbouncer(Pgbouncer),
     Distribution(Arc<Inventory>, Partition),
+    Citus(Arc<Inventory>, CitusCluster),
+    CitusCounts(Arc<Inventory>, CitusCluster),
 }
 
 /// The latest value from one source.
@@ -47,6 +49,8 @@ pub enum SourceReading {
     Connections(Reading<Vec<ConnectionGroup>>),
     Pgbouncer(Reading<PgbouncerReading>),
     Distribution(Reading<PartitionDistribution>),
+    Citus(Reading<CitusReading>),
+    CitusCounts(Reading<CitusCounts>),
 }
 
 impl Source {
@@ -55,6 +59,7 @@ impl Source {
             Source::Replication(n) | Source::Connections(n) => &n.name,
             Source::Pgbouncer(b) => &b.name,
             Source::Distribution(_, p) => &p.name,
+            Source::Citus(_, c) | Source::CitusCounts(_, c) => &c.name,
         }
     }
     fn endpoint(&self) -> (Endpoint, SessionSettings) {
@@ -75,6 +80,15 @@ impl Source {
                     SessionSettings::MONITOR,
                 )
             }
+            Source::Citus(inv, c) | Source::CitusCounts(inv, c) => (
+                queries::citus_endpoint(inv, c).unwrap_or(Endpoint {
+                    address: String::new(),
+                    port: 0,
+                    user: String::new(),
+                    dbname: c.database.clone(),
+                }),
+                SessionSettings::MONITOR,
+            ),
         }
     }
     async fn read(&self, client: &Client, target: &str) -> Result<SourceValue, PgError> {
@@ -90,6 +104,12 @@ impl Source {
             }
             Source::Distribution(inv, p) => {
                 SourceValue::Distribution(queries::distribution(client, target, inv, p).await?)
+            }
+            Source::Citus(inv, c) => {
+                SourceValue::Citus(queries::citus(client, target, inv, c).await?)
+            }
+            Source::CitusCounts(inv, c) => {
+                SourceValue::CitusCounts(queries::citus_counts(client, target, inv, c).await?)
             }
         })
     }
@@ -119,6 +139,8 @@ impl Source {
             Source::Connections(_) => rewrap!(Connections),
             Source::Pgbouncer(_) => rewrap!(Pgbouncer),
             Source::Distribution(..) => rewrap!(Distribution),
+            Source::Citus(..) => rewrap!(Citus),
+            Source::CitusCounts(..) => rewrap!(CitusCounts),
         }
     }
 }
@@ -128,6 +150,8 @@ enum SourceValue {
     Connections(Vec<ConnectionGroup>),
     Pgbouncer(PgbouncerReading),
     Distribution(PartitionDistribution),
+    Citus(CitusReading),
+    CitusCounts(CitusCounts),
 }
 
 impl Source {
@@ -142,6 +166,10 @@ impl Source {
                     && inv_a.node(&a.node) == inv_b.node(&b.node)
                     && inv_a.shard_count == inv_b.shard_count
                     && inv_a.sharded_tables == inv_b.sharded_tables
+            }
+            (Source::Citus(inv_a, a), Source::Citus(inv_b, b))
+            | (Source::CitusCounts(inv_a, a), Source::CitusCounts(inv_b, b)) => {
+                a == b && inv_a.nodes == inv_b.nodes
             }
             _ => false,
         }
@@ -161,6 +189,16 @@ fn sources(inventory: &Arc<Inventory>, intervals: PollIntervals) -> Vec<(Source,
     for partition in &inventory.partitions {
         sources.push((
             Source::Distribution(inventory.clone(), partition.clone()),
+            intervals.distribution,
+        ));
+    }
+    for cluster in &inventory.citus {
+        sources.push((
+            Source::Citus(inventory.clone(), cluster.clone()),
+            intervals.fast,
+        ));
+        sources.push((
+            Source::CitusCounts(inventory.clone(), cluster.clone()),
             intervals.distribution,
         ));
     }
@@ -291,6 +329,8 @@ impl Pollers {
             connections: vec![],
             pgbouncer: vec![],
             distribution: vec![],
+            citus: vec![],
+            citus_counts: vec![],
         };
         for running in &self.running {
             match running.latest.borrow().clone() {
@@ -298,6 +338,8 @@ impl Pollers {
                 Some(SourceReading::Connections(r)) => snapshot.connections.push(r),
                 Some(SourceReading::Pgbouncer(r)) => snapshot.pgbouncer.push(r),
                 Some(SourceReading::Distribution(r)) => snapshot.distribution.push(r),
+                Some(SourceReading::Citus(r)) => snapshot.citus.push(r),
+                Some(SourceReading::CitusCounts(r)) => snapshot.citus_counts.push(r),
                 None => {}
             }
         }

@@ -2,7 +2,7 @@
 //! Pollers call these on an interval; gates call them right before an irreversible step.
 
 use super::types::*;
-use crate::inventory::{Inventory, Node, Partition, Pgbouncer};
+use crate::inventory::{CitusCluster, Inventory, Node, Partition, Pgbouncer};
 use crate::pg::{self, Endpoint, PgError, SessionSettings};
 use crate::sql::quote_qualified;
 use chrono::Utc;
@@ -281,6 +281,212 @@ pub async fn distribution(
     })
 }
 
+/// The inventory's name of the node at `address:port`, or `address:port`.
+fn node_name(inventory: &Inventory, address: &str, port: i32) -> String {
+    inventory
+        .nodes
+        .iter()
+        .find(|n| n.address == address && i32::from(n.port) == port)
+        .map(|n| n.name.clone())
+        .unwrap_or_else(|| format!("{address}:{port}"))
+}
+
+async fn citus_installed(client: &Client, target: &str) -> Result<bool, PgError> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) > 0 FROM pg_extension WHERE extname = 'citus'",
+            &[],
+        )
+        .await
+        .map_err(query_err(target))?
+        .get(0))
+}
+
+/// Shards and bytes of each Citus table per node.
+const CITUS_PLACEMENTS_SQL: &str =
+    "SELECT table_name::text, citus_table_type, nodename::text, nodeport::int, \
+     count(*)::int8, COALESCE(sum(shard_size), 0)::int8 \
+     FROM citus_shards GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 4";
+
+/// The planner's row estimate of each placement of one table (`$1`), summed per node: one
+/// command per placement, run by Citus in parallel.
+const CITUS_ESTIMATES_SQL: &str =
+    "SELECT nodename::text, nodeport::int, COALESCE(sum(result::float8), 0)::int8 \
+     FROM run_command_on_placements($1::text::regclass, \
+       $$SELECT greatest(reltuples, 0)::int8 FROM pg_class WHERE oid = '%s'::regclass$$) \
+     WHERE success GROUP BY 1, 2";
+
+/// The fast Citus reading of `cluster`, through a connection to its coordinator's database.
+pub async fn citus(
+    client: &Client,
+    target: &str,
+    inventory: &Inventory,
+    cluster: &CitusCluster,
+) -> Result<CitusReading, PgError> {
+    let err = query_err(target);
+    let mut reading = CitusReading {
+        cluster: cluster.name.clone(),
+        database: cluster.database.clone(),
+        installed: citus_installed(client, target).await?,
+        nodes: Vec::new(),
+        placements: Vec::new(),
+    };
+    if !reading.installed {
+        return Ok(reading);
+    }
+    reading.nodes = client
+        .query(
+            "SELECT nodename::text, nodeport, groupid, isactive FROM pg_dist_node ORDER BY groupid, nodename, nodeport",
+            &[],
+        )
+        .await
+        .map_err(&err)?
+        .iter()
+        .map(|r| CitusNode {
+            node: node_name(inventory, &r.get::<_, String>(0), r.get(1)),
+            role: if r.get::<_, i32>(2) == 0 {
+                "coordinator".into()
+            } else {
+                "worker".into()
+            },
+            active: r.get(3),
+        })
+        .collect();
+    let mut estimates: BTreeMap<(String, String), i64> = BTreeMap::new();
+    let rows = client
+        .query(CITUS_PLACEMENTS_SQL, &[])
+        .await
+        .map_err(&err)?;
+    let mut tables: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    tables.dedup();
+    for table in tables {
+        for r in client
+            .query(CITUS_ESTIMATES_SQL, &[&table])
+            .await
+            .map_err(&err)?
+        {
+            let node = node_name(inventory, &r.get::<_, String>(0), r.get(1));
+            estimates.insert((table.clone(), node), r.get(2));
+        }
+    }
+    reading.placements = rows
+        .iter()
+        .map(|r| {
+            let table: String = r.get(0);
+            let node = node_name(inventory, &r.get::<_, String>(2), r.get(3));
+            let rows_estimate = estimates
+                .get(&(table.clone(), node.clone()))
+                .copied()
+                .unwrap_or(0);
+            CitusPlacement {
+                table,
+                kind: r.get(1),
+                node,
+                shards: r.get(4),
+                bytes: r.get(5),
+                rows_estimate,
+            }
+        })
+        .collect();
+    Ok(reading)
+}
+
+/// The slow Citus reading: exact counts per table and node, and node-to-node health.
+pub async fn citus_counts(
+    client: &Client,
+    target: &str,
+    inventory: &Inventory,
+    cluster: &CitusCluster,
+) -> Result<CitusCounts, PgError> {
+    let err = query_err(target);
+    let mut counts = CitusCounts {
+        cluster: cluster.name.clone(),
+        rows: Vec::new(),
+        unhealthy: Vec::new(),
+    };
+    if !citus_installed(client, target).await? {
+        return Ok(counts);
+    }
+    let tables: Vec<String> = client
+        .query("SELECT table_name::text FROM citus_tables ORDER BY 1", &[])
+        .await
+        .map_err(&err)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for table in tables {
+        let rows = client
+            .query(
+                "SELECT nodename::text, nodeport::int, COALESCE(sum(result::int8), 0)::int8 \
+                 FROM run_command_on_placements($1::text::regclass, 'SELECT count(*) FROM %s') \
+                 WHERE success GROUP BY 1, 2 ORDER BY 1, 2",
+                &[&table],
+            )
+            .await
+            .map_err(&err)?;
+        for r in rows {
+            counts.rows.push(CitusRows {
+                table: table.clone(),
+                node: node_name(inventory, &r.get::<_, String>(0), r.get(1)),
+                rows: r.get(2),
+            });
+        }
+    }
+    counts.unhealthy = client
+        .query(
+            "SELECT from_nodename::text, from_nodeport, to_nodename::text, to_nodeport \
+             FROM citus_check_cluster_node_health() WHERE result IS NOT TRUE ORDER BY 1, 2, 3, 4",
+            &[],
+        )
+        .await
+        .map_err(&err)?
+        .iter()
+        .map(|r| {
+            format!(
+                "{} → {}",
+                node_name(inventory, &r.get::<_, String>(0), r.get(1)),
+                node_name(inventory, &r.get::<_, String>(2), r.get(3))
+            )
+        })
+        .collect();
+    Ok(counts)
+}
+
+/// Where a Citus reading connects: the coordinator's copy of the cluster's database.
+pub fn citus_endpoint(inventory: &Inventory, cluster: &CitusCluster) -> Result<Endpoint, PgError> {
+    inventory
+        .node(&cluster.coordinator)
+        .map(|n| Endpoint::node(n, &cluster.database))
+        .ok_or_else(|| PgError::Unexpected {
+            target: cluster.name.clone(),
+            detail: format!(
+                "coordinator {} is not in the inventory",
+                cluster.coordinator
+            ),
+        })
+}
+
+pub async fn read_citus(inventory: &Inventory, cluster: &CitusCluster) -> Reading<CitusReading> {
+    let read = async {
+        let endpoint = citus_endpoint(inventory, cluster)?;
+        let client = pg::connect(&endpoint, SessionSettings::MONITOR).await?;
+        citus(&client, &endpoint.label(), inventory, cluster).await
+    };
+    timed(&cluster.name, read).await
+}
+
+pub async fn read_citus_counts(
+    inventory: &Inventory,
+    cluster: &CitusCluster,
+) -> Reading<CitusCounts> {
+    let read = async {
+        let endpoint = citus_endpoint(inventory, cluster)?;
+        let client = pg::connect(&endpoint, SessionSettings::MONITOR).await?;
+        citus_counts(&client, &endpoint.label(), inventory, cluster).await
+    };
+    timed(&cluster.name, read).await
+}
+
 async fn with_client<T, F, Fut>(
     endpoint: Endpoint,
     settings: SessionSettings,
@@ -362,7 +568,7 @@ pub async fn read_distribution(
 pub async fn snapshot(inventory: &Inventory) -> Snapshot {
     use futures_util::future::join_all;
     let taken_at = Utc::now();
-    let (replication, connections, pgbouncer, distribution) = tokio::join!(
+    let (replication, connections, pgbouncer, distribution, citus, citus_counts) = tokio::join!(
         join_all(inventory.nodes.iter().map(read_replication)),
         join_all(inventory.nodes.iter().map(read_connections)),
         join_all(inventory.pgbouncers.iter().map(read_pgbouncer)),
@@ -372,6 +578,13 @@ pub async fn snapshot(inventory: &Inventory) -> Snapshot {
                 .iter()
                 .map(|p| read_distribution(inventory, p))
         ),
+        join_all(inventory.citus.iter().map(|c| read_citus(inventory, c))),
+        join_all(
+            inventory
+                .citus
+                .iter()
+                .map(|c| read_citus_counts(inventory, c))
+        ),
     );
     Snapshot {
         environment: inventory.environment.clone(),
@@ -380,5 +593,7 @@ pub async fn snapshot(inventory: &Inventory) -> Snapshot {
         connections,
         pgbouncer,
         distribution,
+        citus,
+        citus_counts,
     }
 }

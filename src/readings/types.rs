@@ -183,4 +183,63 @@ pub struct Snapshot {
     pub connections: Vec<Reading<Vec<ConnectionGroup>>>,
     pub pgbouncer: Vec<Reading<PgbouncerReading>>,
     pub distribution: Vec<Reading<PartitionDistribution>>,
+    /// One per Citus cluster of the inventory, read through its coordinator (estimates).
+    #[serde(default)]
+    pub citus: Vec<Reading<CitusReading>>,
+    /// Exact rows per table and worker, and node health: the slower reading.
+    #[serde(default)]
+    pub citus_counts: Vec<Reading<CitusCounts>>,
+}
+
+/// A Citus cluster as its coordinator sees it, at 1 Hz: nodes, and per worker and table the
+/// shards, bytes and estimated rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CitusReading {
+    pub cluster: String,
+    pub database: String,
+    /// `false` until the citus extension exists in the database (not bootstrapped yet).
+    pub installed: bool,
+    pub nodes: Vec<CitusNode>,
+    pub placements: Vec<CitusPlacement>,
+}
+
+/// One row of `pg_dist_node`, named as the inventory names it where it can be matched.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CitusNode {
+    /// The inventory's node name, or `address:port`.
+    pub node: String,
+    /// `coordinator` (group 0) or `worker`.
+    pub role: String,
+    pub active: bool,
+}
+
+/// Shards of one table on one node: `citus_shards` plus the planner's row estimate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CitusPlacement {
+    pub table: String,
+    /// `distributed`, `reference` or `local`.
+    pub kind: String,
+    pub node: String,
+    pub shards: i64,
+    pub bytes: i64,
+    /// Sum of `pg_class.reltuples` over the shards: stale until ANALYZE.
+    pub rows_estimate: i64,
+}
+
+/// The slow Citus reading: exact rows per table and node, and whether every node reaches
+/// every node (`citus_check_cluster_node_health`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CitusCounts {
+    pub cluster: String,
+    pub rows: Vec<CitusRows>,
+    /// Connections between nodes that failed the health check, as `from → to`.
+    pub unhealthy: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CitusRows {
+    pub table: String,
+    pub node: String,
+    /// Exact `count(*)` over the table's shards on the node.
+    pub rows: i64,
 }

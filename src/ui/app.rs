@@ -107,6 +107,8 @@ pub async fn run(opts: TuiOptions) -> Result<(), UiError> {
         connections: vec![],
         pgbouncer: vec![],
         distribution: vec![],
+        citus: vec![],
+        citus_counts: vec![],
     };
     let mut model = Model::new(session, empty, initial, Instant::now());
 

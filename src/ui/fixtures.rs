@@ -235,6 +235,8 @@ pub fn snapshot(now: DateTime<Utc>) -> Snapshot {
                 },
             ),
         ],
+        citus: vec![],
+        citus_counts: vec![],
     }
 }
 
@@ -395,4 +397,68 @@ pub fn model(instant: Instant) -> Model {
     .into_iter()
     .collect();
     model
+}
+
+/// [`snapshot`] plus a bootstrapped Citus cluster with a skew: citus2 holds twice citus1's
+/// rows (exact counts for forms, estimates elsewhere) and one node-to-node link is unhealthy.
+pub fn citus_snapshot(now: DateTime<Utc>) -> Snapshot {
+    use crate::readings::types::{CitusCounts, CitusNode, CitusPlacement, CitusReading, CitusRows};
+    let mut snapshot = snapshot(now);
+    let node = |node: &str, role: &str| CitusNode {
+        node: node.into(),
+        role: role.into(),
+        active: true,
+    };
+    let placement =
+        |table: &str, kind: &str, node: &str, shards, bytes, rows_estimate| CitusPlacement {
+            table: table.into(),
+            kind: kind.into(),
+            node: node.into(),
+            shards,
+            bytes,
+            rows_estimate,
+        };
+    snapshot.citus = vec![reading(
+        "citus",
+        now,
+        300,
+        CitusReading {
+            cluster: "citus".into(),
+            database: "reporting".into(),
+            installed: true,
+            nodes: vec![
+                node("citus0", "coordinator"),
+                node("citus1", "worker"),
+                node("citus2", "worker"),
+            ],
+            placements: vec![
+                placement("forms", "distributed", "citus1", 16, 4_200_000, 33_000),
+                placement("forms", "distributed", "citus2", 16, 8_400_000, 66_000),
+                placement("domains", "reference", "citus1", 1, 8_192, 2),
+                placement("domains", "reference", "citus2", 1, 8_192, 2),
+            ],
+        },
+    )];
+    snapshot.citus_counts = vec![reading(
+        "citus",
+        now,
+        9_000,
+        CitusCounts {
+            cluster: "citus".into(),
+            rows: vec![
+                CitusRows {
+                    table: "forms".into(),
+                    node: "citus1".into(),
+                    rows: 33_334,
+                },
+                CitusRows {
+                    table: "forms".into(),
+                    node: "citus2".into(),
+                    rows: 66_666,
+                },
+            ],
+            unhealthy: vec!["citus2 → citus1".into()],
+        },
+    )];
+    snapshot
 }

@@ -30,6 +30,10 @@ pub struct BootstrapRehearsal {
     pub rows: u64,
     /// Rows per worker (`nodename:port`), counted exactly through Citus.
     pub rows_per_worker: BTreeMap<String, i64>,
+    /// Median of 10 fast Citus readings (nodes, shards, bytes, estimates) on one connection.
+    pub reading_ms: f64,
+    /// Median of 5 slow readings (exact counts per table and node, node health).
+    pub counts_ms: f64,
     pub error: Option<String>,
 }
 
@@ -41,13 +45,15 @@ impl BootstrapRehearsal {
             .map(|(w, n)| format!("{w} {n}"))
             .collect();
         format!(
-            "citus-bootstrap on PostgreSQL {}: lab start {:.1} s, bootstrap {:.2} s, {} rows through the coordinator in {:.2} s ({}){}",
+            "citus-bootstrap on PostgreSQL {}: lab start {:.1} s, bootstrap {:.2} s, {} rows through the coordinator in {:.2} s ({}); Citus reading {:.1} ms, exact counts {:.1} ms{}",
             self.version,
             self.lab_start_s,
             self.bootstrap_s,
             self.rows,
             self.insert_s,
             spread.join(", "),
+            self.reading_ms,
+            self.counts_ms,
             self.error.as_deref().map(|e| format!("; ERROR {e}")).unwrap_or_default()
         )
     }
@@ -80,6 +86,8 @@ pub async fn citus_bootstrap(
         insert_s: 0.0,
         rows: options.rows,
         rows_per_worker: BTreeMap::new(),
+        reading_ms: 0.0,
+        counts_ms: 0.0,
         error: None,
     };
     let started = Instant::now();
@@ -122,5 +130,37 @@ pub async fn citus_bootstrap(
             source,
         })?;
     report.rows_per_worker = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    client
+        .batch_execute("ANALYZE forms")
+        .await
+        .map_err(|source| crate::pg::PgError::Query {
+            target: "coordinator".into(),
+            source,
+        })?;
+    let cluster = lab
+        .inventory
+        .citus_cluster(CLUSTER)
+        .cloned()
+        .ok_or_else(|| LabError::Inventory("the lab inventory has no Citus cluster".into()))?;
+    let mut reading = Vec::new();
+    for _ in 0..10 {
+        let started = Instant::now();
+        crate::readings::queries::citus(&client, "rehearsal", &lab.inventory, &cluster).await?;
+        reading.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut counts = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        crate::readings::queries::citus_counts(&client, "rehearsal", &lab.inventory, &cluster)
+            .await?;
+        counts.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    report.reading_ms = median(reading);
+    report.counts_ms = median(counts);
     Ok(report)
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples.get(samples.len() / 2).copied().unwrap_or(0.0)
 }

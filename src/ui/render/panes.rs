@@ -483,6 +483,7 @@ pub fn render_shards(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme
             }
         }
     }
+    citus_lines(model, theme, &mut lines);
     let block = pane_block(
         Pane::Shards,
         model,
@@ -490,6 +491,146 @@ pub fn render_shards(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme
         age_title(model, theme, &snapshot.distribution, interval),
     );
     paragraph_in(frame, area, Pane::Shards, model, lines, block);
+}
+
+/// Width of the per-worker bars in the Citus section.
+const CITUS_BAR: usize = 24;
+
+/// The Citus clusters: a bar of rows per worker (exact counts where the slow reading has
+/// them, estimates otherwise), so that skew is seen, not read; then shards and bytes per table.
+fn citus_lines<'a>(model: &Model, theme: &Theme, lines: &mut Vec<Line<'a>>) {
+    let snapshot = &model.shown;
+    for reading in &snapshot.citus {
+        let Some(citus) = reading.value() else {
+            lines.push(source_line(
+                model,
+                theme,
+                reading,
+                model.session.intervals.fast,
+                String::new(),
+            ));
+            continue;
+        };
+        let workers: Vec<&str> = citus
+            .nodes
+            .iter()
+            .filter(|n| n.role == "worker")
+            .map(|n| n.node.as_str())
+            .collect();
+        let what = if citus.installed {
+            format!("Citus · {} · {} workers", citus.database, workers.len())
+        } else {
+            format!("Citus · {} · not bootstrapped", citus.database)
+        };
+        lines.push(source_line(
+            model,
+            theme,
+            reading,
+            model.session.intervals.fast,
+            what,
+        ));
+        let counts = snapshot
+            .citus_counts
+            .iter()
+            .find(|c| c.source == reading.source)
+            .and_then(|c| c.value());
+        let rows_on = |node: &str| -> (i64, bool) {
+            match counts {
+                Some(counts) if counts.rows.iter().any(|r| r.node == node) => (
+                    counts
+                        .rows
+                        .iter()
+                        .filter(|r| r.node == node)
+                        .map(|r| r.rows)
+                        .sum(),
+                    true,
+                ),
+                _ => (
+                    citus
+                        .placements
+                        .iter()
+                        .filter(|p| p.node == node && p.kind != "reference")
+                        .map(|p| p.rows_estimate)
+                        .sum(),
+                    false,
+                ),
+            }
+        };
+        let per_worker: Vec<(&str, i64, bool)> = workers
+            .iter()
+            .map(|w| {
+                let (rows, exact) = rows_on(w);
+                (*w, rows, exact)
+            })
+            .collect();
+        let most = per_worker
+            .iter()
+            .map(|(_, rows, _)| *rows)
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        for (worker, rows, exact) in &per_worker {
+            let filled = usize::try_from(rows.saturating_mul(CITUS_BAR as i64) / most).unwrap_or(0);
+            let shards: i64 = citus
+                .placements
+                .iter()
+                .filter(|p| &p.node == worker)
+                .map(|p| p.shards)
+                .sum();
+            let bytes: i64 = citus
+                .placements
+                .iter()
+                .filter(|p| &p.node == worker)
+                .map(|p| p.bytes)
+                .sum();
+            let active = citus.nodes.iter().any(|n| n.node == *worker && n.active);
+            lines.push(Line::from(vec![
+                Span::styled(
+                    format!("  {} ", fit(worker, 12)),
+                    if active { theme.text } else { theme.danger },
+                ),
+                Span::styled("█".repeat(filled), theme.ok),
+                Span::styled("░".repeat(CITUS_BAR - filled.min(CITUS_BAR)), theme.dim),
+                Span::styled(
+                    format!(
+                        " {} rows{} · {shards} shards · {}",
+                        thousands(*rows),
+                        if *exact { "" } else { " (est)" },
+                        human_bytes(bytes)
+                    ),
+                    theme.text,
+                ),
+            ]));
+        }
+        if let Some(counts) = counts {
+            for link in &counts.unhealthy {
+                lines.push(Line::styled(
+                    format!("    ⚠ unhealthy: {link}"),
+                    theme.danger,
+                ));
+            }
+        }
+        let mut tables: Vec<&str> = citus.placements.iter().map(|p| p.table.as_str()).collect();
+        tables.dedup();
+        for table in tables {
+            let parts: Vec<String> = citus
+                .placements
+                .iter()
+                .filter(|p| p.table == table)
+                .map(|p| format!("{} {} sh", p.node, p.shards))
+                .collect();
+            let kind = citus
+                .placements
+                .iter()
+                .find(|p| p.table == table)
+                .map(|p| p.kind.as_str())
+                .unwrap_or_default();
+            lines.push(Line::styled(
+                format!("    {} ({kind}): {}", fit(table, 20), parts.join(" · ")),
+                theme.dim,
+            ));
+        }
+    }
 }
 
 /// Masks secret values in a log message with the journal's redactor ([`crate::redact`]), so
