@@ -11,7 +11,10 @@
 //!   the bound running out now: no orderly exit leaves the applications waiting.
 
 pub mod context;
+pub mod error;
 pub mod signals;
+
+pub use error::{StepError, StepErrorKind};
 
 use crate::engine::{
     self, Command, Confirmation, Effect, EngineSettings, EngineState, Observation,
@@ -79,15 +82,18 @@ pub trait Actions: Send {
         step: &Step,
         recheck: bool,
         sink: Sink,
-    ) -> impl Future<Output = Result<String, String>> + Send;
+    ) -> impl Future<Output = Result<String, StepError>> + Send;
     fn undo(
         &mut self,
         step: &Step,
         recheck: bool,
         sink: Sink,
-    ) -> impl Future<Output = Result<String, String>> + Send;
+    ) -> impl Future<Output = Result<String, StepError>> + Send;
     /// Last-resort RESUME after the pause bound, whatever state the rollback reached.
-    fn force_resume(&mut self, sink: Sink) -> impl Future<Output = Result<String, String>> + Send;
+    fn force_resume(
+        &mut self,
+        sink: Sink,
+    ) -> impl Future<Output = Result<String, StepError>> + Send;
     /// The longest write pause this runbook allows.
     fn pause_bound(&self) -> Duration;
     /// Baseline counts the run recorded, for the cockpit's Shards pane (none by default).
@@ -106,9 +112,9 @@ pub enum RunError {
     #[error("step `{step}` refused: {refusal}")]
     Refused { step: StepId, refusal: Refusal },
     #[error("step `{step}` failed: {reason}")]
-    StepFailed { step: StepId, reason: String },
+    StepFailed { step: StepId, reason: StepError },
     #[error("rolling back `{step}` failed: {reason}")]
-    UndoFailed { step: StepId, reason: String },
+    UndoFailed { step: StepId, reason: StepError },
     #[error("the plan changed since it was reviewed: expected fingerprint {expected}, the plan now has {actual}")]
     FingerprintMismatch { expected: String, actual: String },
     #[error("run {run_id} of this runbook is unfinished with another plan (fingerprint {fingerprint}); resume it with the same inventory and parameters, or roll it back first")]
@@ -556,7 +562,7 @@ impl<A: Actions> Runner<A> {
             ActionOutcome::Done(Err(reason)) => {
                 let effects = self.commit(Command::ActionFailed {
                     step: step.clone(),
-                    reason: reason.clone(),
+                    reason: reason.to_string(),
                 })?;
                 Ok((
                     effects,
@@ -654,7 +660,7 @@ impl<A: Actions> Runner<A> {
             Err(reason) => {
                 let effects = self.commit(Command::RollbackStepFailed {
                     step: step.clone(),
-                    reason: reason.clone(),
+                    reason: reason.to_string(),
                 })?;
                 Ok((
                     effects,
@@ -701,7 +707,7 @@ impl<A: Actions> Runner<A> {
 
 /// How a running action ended.
 enum ActionOutcome {
-    Done(Result<String, String>),
+    Done(Result<String, StepError>),
     /// The pause bound ran out first; the action's future was dropped.
     PauseBound,
     /// A stop was requested first; the action's future was dropped.

@@ -7,7 +7,7 @@ pub mod major_upgrade;
 pub mod shard_split;
 
 use crate::engine::{EngineState, Observation, PreconditionResult};
-use crate::executor::{Actions, BaselineCount, Sink};
+use crate::executor::{Actions, BaselineCount, Sink, StepError};
 use crate::inventory::Inventory;
 use crate::plan::{ParamError, Plan, PlanError, Step, StepId};
 use futures_util::future::BoxFuture;
@@ -249,14 +249,14 @@ pub trait DynActions: Send {
         step: &'a Step,
         recheck: bool,
         sink: Sink,
-    ) -> BoxFuture<'a, Result<String, String>>;
+    ) -> BoxFuture<'a, Result<String, StepError>>;
     fn undo<'a>(
         &'a mut self,
         step: &'a Step,
         recheck: bool,
         sink: Sink,
-    ) -> BoxFuture<'a, Result<String, String>>;
-    fn force_resume(&mut self, sink: Sink) -> BoxFuture<'_, Result<String, String>>;
+    ) -> BoxFuture<'a, Result<String, StepError>>;
+    fn force_resume(&mut self, sink: Sink) -> BoxFuture<'_, Result<String, StepError>>;
     fn pause_bound(&self) -> Duration;
     fn baseline(&self) -> Vec<BaselineCount>;
     fn resume_is_safe(&self, plan: &Plan, state: &EngineState) -> bool;
@@ -274,7 +274,7 @@ impl<A: Actions> DynActions for A {
         step: &'a Step,
         recheck: bool,
         sink: Sink,
-    ) -> BoxFuture<'a, Result<String, String>> {
+    ) -> BoxFuture<'a, Result<String, StepError>> {
         Box::pin(Actions::action(self, step, recheck, sink))
     }
     fn undo<'a>(
@@ -282,10 +282,10 @@ impl<A: Actions> DynActions for A {
         step: &'a Step,
         recheck: bool,
         sink: Sink,
-    ) -> BoxFuture<'a, Result<String, String>> {
+    ) -> BoxFuture<'a, Result<String, StepError>> {
         Box::pin(Actions::undo(self, step, recheck, sink))
     }
-    fn force_resume(&mut self, sink: Sink) -> BoxFuture<'_, Result<String, String>> {
+    fn force_resume(&mut self, sink: Sink) -> BoxFuture<'_, Result<String, StepError>> {
         Box::pin(Actions::force_resume(self, sink))
     }
     fn pause_bound(&self) -> Duration {
@@ -306,13 +306,18 @@ impl Actions for Box<dyn DynActions> {
     async fn observations(&mut self, step: &Step) -> Vec<Observation> {
         DynActions::observations(self.as_mut(), step).await
     }
-    async fn action(&mut self, step: &Step, recheck: bool, sink: Sink) -> Result<String, String> {
+    async fn action(
+        &mut self,
+        step: &Step,
+        recheck: bool,
+        sink: Sink,
+    ) -> Result<String, StepError> {
         DynActions::action(self.as_mut(), step, recheck, sink).await
     }
-    async fn undo(&mut self, step: &Step, recheck: bool, sink: Sink) -> Result<String, String> {
+    async fn undo(&mut self, step: &Step, recheck: bool, sink: Sink) -> Result<String, StepError> {
         DynActions::undo(self.as_mut(), step, recheck, sink).await
     }
-    async fn force_resume(&mut self, sink: Sink) -> Result<String, String> {
+    async fn force_resume(&mut self, sink: Sink) -> Result<String, StepError> {
         DynActions::force_resume(self.as_mut(), sink).await
     }
     fn pause_bound(&self) -> Duration {
