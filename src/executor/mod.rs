@@ -342,8 +342,8 @@ impl<A: Actions> Runner<A> {
         confirmation: Option<Confirmation>,
     ) -> Result<(), RunError> {
         let spec = self.step_spec(step)?;
-        let precondition_results = Box::pin(self.actions.preconditions(&spec)).await;
-        let observations = Box::pin(self.actions.observations(&spec)).await;
+        let precondition_results = self.preconditions_of(&spec).await?;
+        let observations = self.observations_of(&spec).await?;
         let effects = self.commit(Command::Start {
             step: step.clone(),
             confirmation,
@@ -372,13 +372,74 @@ impl<A: Actions> Runner<A> {
         step: &StepId,
     ) -> Result<engine::ConfirmationRequirement, RunError> {
         let spec = self.step_spec(step)?;
-        let observations = Box::pin(self.actions.observations(&spec)).await;
+        let observations = self.observations_of(&spec).await?;
         engine::required_confirmation(&self.state, &self.plan, step, &observations).map_err(
             |refusal| RunError::Refused {
                 step: step.clone(),
                 refusal,
             },
         )
+    }
+
+    /// The preconditions of `step` evaluated now, under the pause bound while traffic is paused.
+    pub async fn preconditions(
+        &mut self,
+        step: &StepId,
+    ) -> Result<Vec<PreconditionResult>, RunError> {
+        let spec = self.step_spec(step)?;
+        self.preconditions_of(&spec).await
+    }
+
+    async fn preconditions_of(&mut self, spec: &Step) -> Result<Vec<PreconditionResult>, RunError> {
+        let deadline = self.pause_deadline();
+        let mut stop = self.stop_requested.clone();
+        let read = Box::pin(self.actions.preconditions(spec));
+        let outcome = within_pause(deadline, &mut stop, read).await;
+        self.finish_read(outcome).await
+    }
+
+    async fn observations_of(&mut self, spec: &Step) -> Result<Vec<Observation>, RunError> {
+        let deadline = self.pause_deadline();
+        let mut stop = self.stop_requested.clone();
+        let read = Box::pin(self.actions.observations(spec));
+        let outcome = within_pause(deadline, &mut stop, read).await;
+        self.finish_read(outcome).await
+    }
+
+    /// A read interrupted while traffic was paused ends the pause exactly as an overrunning
+    /// action does: the bound's path resumes, rolls back to before the pause, and reports it.
+    async fn finish_read<T>(&mut self, outcome: ReadOutcome<T>) -> Result<T, RunError> {
+        match outcome {
+            ReadOutcome::Done(value) => Ok(value),
+            ReadOutcome::PauseBound => {
+                self.commit(Command::Note {
+                    step: None,
+                    text: "a read of live state overran the pause bound; it was cancelled".into(),
+                    by: vec!["cutover:pause-bound".into()],
+                })?;
+                Err(self.end_pause_now().await)
+            }
+            ReadOutcome::Stop => {
+                let reason = self.stop_reason().unwrap_or_default();
+                self.note_stop_while_paused(&reason)?;
+                Err(self.end_pause_now().await)
+            }
+        }
+    }
+
+    /// The pause ends now as the bound ends it; the error says how the run stands after.
+    async fn end_pause_now(&mut self) -> RunError {
+        let effects = match self.pause_bound_exceeded(None).await {
+            Ok(effects) => effects,
+            Err(error) => return error,
+        };
+        match Box::pin(self.perform(effects)).await {
+            Err(error) => error,
+            // perform always reports an ended pause; this only guards the type.
+            Ok(()) => RunError::PauseBoundExceeded {
+                bound_ms: self.actions.pause_bound().as_millis(),
+            },
+        }
     }
 
     fn step_spec(&self, step: &StepId) -> Result<Step, RunError> {
@@ -712,6 +773,32 @@ enum ActionOutcome {
     PauseBound,
     /// A stop was requested first; the action's future was dropped.
     Stop,
+}
+
+/// How a read of live state (preconditions, observations) ended.
+enum ReadOutcome<T> {
+    Done(T),
+    /// The pause bound ran out first; the read's future was dropped.
+    PauseBound,
+    /// A stop was requested while traffic was paused; the read's future was dropped.
+    Stop,
+}
+
+/// Await `read`; while traffic is paused (`deadline` is set) no longer than the deadline, and
+/// no longer than until a stop is requested. Outside a pause a read runs to its end.
+async fn within_pause<T>(
+    deadline: Option<Instant>,
+    stop: &mut watch::Receiver<Option<String>>,
+    read: impl Future<Output = T>,
+) -> ReadOutcome<T> {
+    if deadline.is_none() {
+        return ReadOutcome::Done(read.await);
+    }
+    tokio::select! {
+        value = read => ReadOutcome::Done(value),
+        _ = sleep_until(deadline) => ReadOutcome::PauseBound,
+        _ = stop.wait_for(Option::is_some) => ReadOutcome::Stop,
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
