@@ -186,13 +186,10 @@ async fn evaluate_next<A: Actions>(
     runner: &mut Runner<A>,
     evaluated: &mut Evaluated,
 ) -> Option<String> {
-    let Some(index) = runner
+    let index = runner
         .state
         .next_step(&runner.plan)
-        .and_then(|s| runner.plan.index_of(&s.id))
-    else {
-        return None;
-    };
+        .and_then(|s| runner.plan.index_of(&s.id))?;
     let spec = runner.plan.steps[index].clone();
     // Read through the runner: while traffic is paused the read is under the pause bound.
     let results = match runner.preconditions(&spec.id).await {
