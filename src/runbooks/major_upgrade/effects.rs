@@ -419,9 +419,7 @@ impl MajorUpgradeActions {
         let (s, t) = (&self.upgrade.source, &self.upgrade.target);
         let mut used: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for db in self.source_databases().await? {
-            let client = pg::connect(&Endpoint::node(s, &db), SessionSettings::EXECUTOR)
-                .await
-                .map_err(fail)?;
+            let client = pg::connect(&Endpoint::node(s, &db), SessionSettings::EXECUTOR).await?;
             for row in client
                 .query(plan::EXTENSIONS_SQL, &[])
                 .await
@@ -603,9 +601,7 @@ impl MajorUpgradeActions {
         node: &Node,
         databases: &[String],
     ) -> Result<ClusterSnapshot, StepError> {
-        let admin = pg::connect(&Endpoint::maintenance(node), SessionSettings::EXECUTOR)
-            .await
-            .map_err(fail)?;
+        let admin = pg::connect(&Endpoint::maintenance(node), SessionSettings::EXECUTOR).await?;
         let roles = admin
             .query(plan::ROLES_SQL, &[])
             .await
@@ -618,9 +614,7 @@ impl MajorUpgradeActions {
             roles,
         };
         for db in databases {
-            let client = pg::connect(&Endpoint::node(node, db), SessionSettings::EXECUTOR)
-                .await
-                .map_err(fail)?;
+            let client = pg::connect(&Endpoint::node(node, db), SessionSettings::EXECUTOR).await?;
             let mut one = DatabaseSnapshot::default();
             for row in client.query(plan::TABLES_SQL, &[]).await.map_err(db_err)? {
                 let table: String = row.get(0);
@@ -846,8 +840,7 @@ impl MajorUpgradeActions {
                     HOST_COMMAND_TIMEOUT,
                     &mut |_| {},
                 )
-                .await
-                .map_err(fail)?
+                .await?
                 .stdout;
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(encoded.trim())
@@ -860,8 +853,7 @@ impl MajorUpgradeActions {
                     &bytes,
                     HOST_COMMAND_TIMEOUT,
                 )
-                .await
-                .map_err(fail)?;
+                .await?;
         }
         self.host_read(
             &u.target.host,
@@ -1075,8 +1067,7 @@ impl MajorUpgradeActions {
             self.ctx
                 .hosts()
                 .upload(host, &script_path, script.as_bytes(), QUICK_COMMAND_TIMEOUT)
-                .await
-                .map_err(fail)?;
+                .await?;
             let output = self
                 .ctx
                 .hosts()
@@ -1086,8 +1077,7 @@ impl MajorUpgradeActions {
                     HOST_COMMAND_TIMEOUT,
                     &mut |_| {},
                 )
-                .await
-                .map_err(fail)?;
+                .await?;
             if output.success() {
                 return Ok(allowed);
             }
@@ -1141,9 +1131,8 @@ impl MajorUpgradeActions {
                     .collect()
             });
         let keep_roles = self.memory.target_roles_before.clone().unwrap_or_default();
-        let client = pg::connect(&Endpoint::node(t, "template1"), SessionSettings::EXECUTOR)
-            .await
-            .map_err(fail)?;
+        let client =
+            pg::connect(&Endpoint::node(t, "template1"), SessionSettings::EXECUTOR).await?;
         let dbs: Vec<String> = client
             .query("SELECT datname::text FROM pg_database", &[])
             .await
@@ -1414,9 +1403,7 @@ impl MajorUpgradeActions {
         let mut count = 0;
         for route in &self.upgrade.routes {
             let admin = self.ctx.bouncer_admin(&route.bouncer).await?;
-            let reading = queries::pgbouncer(&admin, &route.bouncer.name)
-                .await
-                .map_err(fail)?;
+            let reading = queries::pgbouncer(&admin, &route.bouncer.name).await?;
             for alias in &route.aliases {
                 count += 1;
                 let shown = reading.databases.iter().find(|d| d.name == alias.name);

@@ -6,7 +6,7 @@ use super::SplitStep;
 use crate::effects::{lsn, repoint, traffic};
 use crate::engine::{EngineState, Observation, PreconditionResult};
 use crate::executor::context::{
-    announce_recheck, check_long_transactions, fail, not_begun, verdict, ExecContext,
+    announce_recheck, check_long_transactions, not_begun, verdict, ExecContext,
 };
 use crate::executor::{Actions, Sink, StepError};
 use crate::inventory::Inventory;
@@ -285,9 +285,7 @@ impl ShardSplitActions {
             )
             .await?;
         let admin = self.bouncer_admin().await?;
-        let version = pg::simple_rows(&admin, &self.split.bouncer.name, "SHOW VERSION")
-            .await
-            .map_err(fail)?;
+        let version = pg::simple_rows(&admin, &self.split.bouncer.name, "SHOW VERSION").await?;
         let version = version
             .first()
             .and_then(|r| r.values().next().cloned().flatten())
@@ -937,9 +935,7 @@ impl ShardSplitActions {
     /// Every shard served by exactly one node, and plproxy, pgbouncer and `inventory` agree.
     async fn check_routing(&self, inventory: &Inventory) -> Result<String, StepError> {
         let admin = self.bouncer_admin().await?;
-        let pools = queries::pgbouncer(&admin, &self.split.bouncer.name)
-            .await
-            .map_err(fail)?;
+        let pools = queries::pgbouncer(&admin, &self.split.bouncer.name).await?;
         let node_at = |host: &Option<String>, port: Option<i64>| {
             inventory
                 .nodes
