@@ -406,3 +406,46 @@ pub async fn follow(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::StepError;
+    use crate::plan::Step;
+
+    #[test]
+    fn a_failed_step_shows_the_kind_of_failure() {
+        let plan = Plan {
+            environment: "lab".into(),
+            runbook: "test".into(),
+            params: BTreeMap::new(),
+            inventory_yaml: String::new(),
+            steps: vec![Step::new("promote", "Promote")],
+            tool_version: "0".into(),
+        };
+        let mut state = EngineState::new(&plan, EngineSettings::default());
+        // The runner journals a failure as the error's text, which is what the engine keeps.
+        let error = StepError::Unreachable {
+            node: "pg2".into(),
+            reason: "pg2/postgres: cannot connect: connection refused".into(),
+        };
+        state.steps[0] = StepStatus::Failed {
+            at: chrono::Utc::now(),
+            reason: error.to_string(),
+        };
+        let view = state_view(
+            &plan,
+            &state,
+            &Evaluated::default(),
+            Duration::from_secs(1),
+            None,
+            Vec::new(),
+        );
+        assert_eq!(
+            view.steps[0].status,
+            StepStatusView::Failed(
+                "host unreachable: pg2/postgres: cannot connect: connection refused".into()
+            )
+        );
+    }
+}

@@ -127,18 +127,6 @@ impl ShardSplitActions {
         Some(row.get(0))
     }
 
-    /// The aliases the write pause covers, in PAUSE order.
-    fn aliases(&self) -> Vec<traffic::Alias<'_>> {
-        self.split
-            .paused_aliases
-            .iter()
-            .map(|name| traffic::Alias {
-                bouncer: &self.split.bouncer,
-                name,
-            })
-            .collect()
-    }
-
     async fn paused_aliases(&self) -> Result<BTreeSet<String>, StepError> {
         Ok(traffic::paused(&self.ctx, &[&self.split.bouncer])
             .await?
@@ -637,15 +625,7 @@ impl ShardSplitActions {
     // ---- traffic ----------------------------------------------------------------------------
 
     async fn stop_traffic(&mut self, sink: &Sink) -> Result<String, StepError> {
-        let aliases: Vec<traffic::Alias<'_>> = self
-            .split
-            .paused_aliases
-            .iter()
-            .map(|name| traffic::Alias {
-                bouncer: &self.split.bouncer,
-                name,
-            })
-            .collect();
+        let aliases = pause_aliases(&self.split);
         let issued = &mut self.memory.pause_issued_at;
         traffic::pause(&self.ctx, &aliases, HOST_COMMAND_TIMEOUT, sink, || {
             if issued.is_none() {
@@ -657,7 +637,7 @@ impl ShardSplitActions {
     }
 
     async fn resume_traffic(&mut self, sink: &Sink) -> Result<String, StepError> {
-        traffic::resume(&self.ctx, &self.aliases(), sink).await?;
+        traffic::resume(&self.ctx, &pause_aliases(&self.split), sink).await?;
         if let Some(issued) = self.memory.pause_issued_at.take() {
             let window = issued.elapsed().unwrap_or_default().as_secs_f64() * 1000.0;
             sink.output(format!(
@@ -667,7 +647,7 @@ impl ShardSplitActions {
             self.remember()?;
         }
         traffic::start_hook(&self.ctx, HOST_COMMAND_TIMEOUT, sink).await?;
-        let aliases = self.aliases();
+        let aliases = pause_aliases(&self.split);
         traffic::check_flowing(&self.ctx, &aliases).await?;
         Ok(format!("resumed: {}", traffic::names(&aliases)))
     }
@@ -1331,6 +1311,18 @@ impl ShardSplitActions {
             Err(StepError::Failed(problems.join("; ")))
         }
     }
+}
+
+/// The aliases the write pause covers, in PAUSE order.
+fn pause_aliases(split: &Split) -> Vec<traffic::Alias<'_>> {
+    split
+        .paused_aliases
+        .iter()
+        .map(|name| traffic::Alias {
+            bouncer: &split.bouncer,
+            name,
+        })
+        .collect()
 }
 
 #[derive(Clone, Copy)]
