@@ -7,7 +7,7 @@
 //! engine refuses it as stale if a fresh reading differs.
 
 use crate::engine::{Confirmation, EngineSettings, EngineState, StepStatus};
-use crate::executor::{Actions, Runner};
+use crate::executor::{Actions, RunError, Runner};
 use crate::journal::Journal;
 use crate::plan::{Plan, StepId, Undo};
 use crate::ui::model::{
@@ -70,9 +70,15 @@ pub async fn serve<A: Actions>(
                 if let Err(message) = handle(&mut runner, &evaluated, request).await {
                     let _ = updates.send(RunbookUpdate::Refused(message)).await;
                 }
-                evaluate_next(&mut runner, &mut evaluated).await;
+                if let Some(message) = evaluate_next(&mut runner, &mut evaluated).await {
+                    let _ = updates.send(RunbookUpdate::Refused(message)).await;
+                }
             }
-            _ = refresh.tick() => evaluate_next(&mut runner, &mut evaluated).await,
+            _ = refresh.tick() => {
+                if let Some(message) = evaluate_next(&mut runner, &mut evaluated).await {
+                    let _ = updates.send(RunbookUpdate::Refused(message)).await;
+                }
+            }
             reason = stop_reason(&mut stop) => {
                 end_pause_before_exit(&mut runner, &reason).await;
                 return;
@@ -175,16 +181,21 @@ async fn handle<A: Actions>(
 }
 
 /// Evaluate the next step's preconditions and the observations its confirmation binds to.
-async fn evaluate_next<A: Actions>(runner: &mut Runner<A>, evaluated: &mut Evaluated) {
-    let Some(index) = runner
+/// `Some` says why the evaluation ended the run's pause (the pause bound ran out meanwhile).
+async fn evaluate_next<A: Actions>(
+    runner: &mut Runner<A>,
+    evaluated: &mut Evaluated,
+) -> Option<String> {
+    let index = runner
         .state
         .next_step(&runner.plan)
-        .and_then(|s| runner.plan.index_of(&s.id))
-    else {
-        return;
-    };
+        .and_then(|s| runner.plan.index_of(&s.id))?;
     let spec = runner.plan.steps[index].clone();
-    let results = runner.actions_mut().preconditions(&spec).await;
+    // Read through the runner: while traffic is paused the read is under the pause bound.
+    let results = match runner.preconditions(&spec.id).await {
+        Ok(results) => results,
+        Err(e) => return Some(e.to_string()),
+    };
     let mut views: Vec<PreconditionView> = spec
         .preconditions
         .iter()
@@ -209,6 +220,9 @@ async fn evaluate_next<A: Actions>(runner: &mut Runner<A>, evaluated: &mut Evalu
             });
             evaluated.seen.insert(index, requirement.seen);
         }
+        Err(e @ (RunError::PauseBoundExceeded { .. } | RunError::Stopped { .. })) => {
+            return Some(e.to_string())
+        }
         Err(e) => views.push(PreconditionView {
             description: "confirmation".into(),
             holds: Some(false),
@@ -216,6 +230,7 @@ async fn evaluate_next<A: Actions>(runner: &mut Runner<A>, evaluated: &mut Evalu
         }),
     }
     evaluated.preconditions.insert(index, views);
+    None
 }
 
 /// The engine state as the cockpit shows it.
@@ -389,5 +404,48 @@ pub async fn follow(
         if updates.send(RunbookUpdate::View(view)).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::StepError;
+    use crate::plan::Step;
+
+    #[test]
+    fn a_failed_step_shows_the_kind_of_failure() {
+        let plan = Plan {
+            environment: "lab".into(),
+            runbook: "test".into(),
+            params: BTreeMap::new(),
+            inventory_yaml: String::new(),
+            steps: vec![Step::new("promote", "Promote")],
+            tool_version: "0".into(),
+        };
+        let mut state = EngineState::new(&plan, EngineSettings::default());
+        // The runner journals a failure as the error's text, which is what the engine keeps.
+        let error = StepError::Unreachable {
+            node: "pg2".into(),
+            reason: "pg2/postgres: cannot connect: connection refused".into(),
+        };
+        state.steps[0] = StepStatus::Failed {
+            at: chrono::Utc::now(),
+            reason: error.to_string(),
+        };
+        let view = state_view(
+            &plan,
+            &state,
+            &Evaluated::default(),
+            Duration::from_secs(1),
+            None,
+            Vec::new(),
+        );
+        assert_eq!(
+            view.steps[0].status,
+            StepStatusView::Failed(
+                "host unreachable: pg2/postgres: cannot connect: connection refused".into()
+            )
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! See `docs/ARCHITECTURE.md`.
 
 pub mod cockpit;
+pub mod effects;
 pub mod engine;
 pub mod executor;
 pub mod guard;
@@ -14,6 +15,7 @@ pub mod lab;
 pub mod pg;
 pub mod pgbouncer_ini;
 pub mod plan;
+pub mod quote;
 pub mod readings;
 pub mod redact;
 pub mod remote;

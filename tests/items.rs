@@ -468,14 +468,24 @@ impl Actions for FakeCopy {
     async fn observations(&mut self, _step: &Step) -> Vec<Observation> {
         Vec::new()
     }
-    async fn action(&mut self, step: &Step, _recheck: bool, _sink: Sink) -> Result<String, String> {
+    async fn action(
+        &mut self,
+        step: &Step,
+        _recheck: bool,
+        _sink: Sink,
+    ) -> Result<String, cutover::executor::StepError> {
         self.seen.actions.fetch_add(1, Ordering::SeqCst);
         Ok(format!("{} verified", step.id))
     }
-    async fn undo(&mut self, _step: &Step, _recheck: bool, _sink: Sink) -> Result<String, String> {
+    async fn undo(
+        &mut self,
+        _step: &Step,
+        _recheck: bool,
+        _sink: Sink,
+    ) -> Result<String, cutover::executor::StepError> {
         Ok("undone".into())
     }
-    async fn force_resume(&mut self, _sink: Sink) -> Result<String, String> {
+    async fn force_resume(&mut self, _sink: Sink) -> Result<String, cutover::executor::StepError> {
         Ok("resumed".into())
     }
     fn pause_bound(&self) -> Duration {

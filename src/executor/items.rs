@@ -185,7 +185,7 @@ impl<A: Actions> Runner<A> {
             effects,
             Some(RunError::StepFailed {
                 step: step.clone(),
-                reason,
+                reason: reason.into(),
             }),
         ))
     }

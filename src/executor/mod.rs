@@ -11,9 +11,11 @@
 //!   the bound running out now: no orderly exit leaves the applications waiting.
 
 pub mod context;
+pub mod error;
 pub mod items;
 pub mod signals;
 
+pub use error::{StepError, StepErrorKind};
 pub use items::{ItemAttempt, ItemFuture, StepItems};
 
 use crate::engine::{
@@ -82,15 +84,18 @@ pub trait Actions: Send {
         step: &Step,
         recheck: bool,
         sink: Sink,
-    ) -> impl Future<Output = Result<String, String>> + Send;
+    ) -> impl Future<Output = Result<String, StepError>> + Send;
     fn undo(
         &mut self,
         step: &Step,
         recheck: bool,
         sink: Sink,
-    ) -> impl Future<Output = Result<String, String>> + Send;
+    ) -> impl Future<Output = Result<String, StepError>> + Send;
     /// Last-resort RESUME after the pause bound, whatever state the rollback reached.
-    fn force_resume(&mut self, sink: Sink) -> impl Future<Output = Result<String, String>> + Send;
+    fn force_resume(
+        &mut self,
+        sink: Sink,
+    ) -> impl Future<Output = Result<String, StepError>> + Send;
     /// The longest write pause this runbook allows.
     fn pause_bound(&self) -> Duration;
     /// Baseline counts the run recorded, for the cockpit's Shards pane (none by default).
@@ -135,9 +140,9 @@ pub enum RunError {
     #[error("step `{step}` refused: {refusal}")]
     Refused { step: StepId, refusal: Refusal },
     #[error("step `{step}` failed: {reason}")]
-    StepFailed { step: StepId, reason: String },
+    StepFailed { step: StepId, reason: StepError },
     #[error("rolling back `{step}` failed: {reason}")]
-    UndoFailed { step: StepId, reason: String },
+    UndoFailed { step: StepId, reason: StepError },
     #[error("the plan changed since it was reviewed: expected fingerprint {expected}, the plan now has {actual}")]
     FingerprintMismatch { expected: String, actual: String },
     #[error("run {run_id} of this runbook is unfinished with another plan (fingerprint {fingerprint}); resume it with the same inventory and parameters, or roll it back first")]
@@ -365,8 +370,8 @@ impl<A: Actions> Runner<A> {
         confirmation: Option<Confirmation>,
     ) -> Result<(), RunError> {
         let spec = self.step_spec(step)?;
-        let precondition_results = Box::pin(self.actions.preconditions(&spec)).await;
-        let observations = Box::pin(self.actions.observations(&spec)).await;
+        let precondition_results = self.preconditions_of(&spec).await?;
+        let observations = self.observations_of(&spec).await?;
         let effects = self.commit(Command::Start {
             step: step.clone(),
             confirmation,
@@ -395,13 +400,74 @@ impl<A: Actions> Runner<A> {
         step: &StepId,
     ) -> Result<engine::ConfirmationRequirement, RunError> {
         let spec = self.step_spec(step)?;
-        let observations = Box::pin(self.actions.observations(&spec)).await;
+        let observations = self.observations_of(&spec).await?;
         engine::required_confirmation(&self.state, &self.plan, step, &observations).map_err(
             |refusal| RunError::Refused {
                 step: step.clone(),
                 refusal,
             },
         )
+    }
+
+    /// The preconditions of `step` evaluated now, under the pause bound while traffic is paused.
+    pub async fn preconditions(
+        &mut self,
+        step: &StepId,
+    ) -> Result<Vec<PreconditionResult>, RunError> {
+        let spec = self.step_spec(step)?;
+        self.preconditions_of(&spec).await
+    }
+
+    async fn preconditions_of(&mut self, spec: &Step) -> Result<Vec<PreconditionResult>, RunError> {
+        let deadline = self.pause_deadline();
+        let mut stop = self.stop_requested.clone();
+        let read = Box::pin(self.actions.preconditions(spec));
+        let outcome = within_pause(deadline, &mut stop, read).await;
+        self.finish_read(outcome).await
+    }
+
+    async fn observations_of(&mut self, spec: &Step) -> Result<Vec<Observation>, RunError> {
+        let deadline = self.pause_deadline();
+        let mut stop = self.stop_requested.clone();
+        let read = Box::pin(self.actions.observations(spec));
+        let outcome = within_pause(deadline, &mut stop, read).await;
+        self.finish_read(outcome).await
+    }
+
+    /// A read interrupted while traffic was paused ends the pause exactly as an overrunning
+    /// action does: the bound's path resumes, rolls back to before the pause, and reports it.
+    async fn finish_read<T>(&mut self, outcome: ReadOutcome<T>) -> Result<T, RunError> {
+        match outcome {
+            ReadOutcome::Done(value) => Ok(value),
+            ReadOutcome::PauseBound => {
+                self.commit(Command::Note {
+                    step: None,
+                    text: "a read of live state overran the pause bound; it was cancelled".into(),
+                    by: vec!["cutover:pause-bound".into()],
+                })?;
+                Err(self.end_pause_now().await)
+            }
+            ReadOutcome::Stop => {
+                let reason = self.stop_reason().unwrap_or_default();
+                self.note_stop_while_paused(&reason)?;
+                Err(self.end_pause_now().await)
+            }
+        }
+    }
+
+    /// The pause ends now as the bound ends it; the error says how the run stands after.
+    async fn end_pause_now(&mut self) -> RunError {
+        let effects = match self.pause_bound_exceeded(None).await {
+            Ok(effects) => effects,
+            Err(error) => return error,
+        };
+        match Box::pin(self.perform(effects)).await {
+            Err(error) => error,
+            // perform always reports an ended pause; this only guards the type.
+            Ok(()) => RunError::PauseBoundExceeded {
+                bound_ms: self.actions.pause_bound().as_millis(),
+            },
+        }
     }
 
     fn step_spec(&self, step: &StepId) -> Result<Step, RunError> {
@@ -587,7 +653,7 @@ impl<A: Actions> Runner<A> {
             ActionOutcome::Done(Err(reason)) => {
                 let effects = self.commit(Command::ActionFailed {
                     step: step.clone(),
-                    reason: reason.clone(),
+                    reason: reason.to_string(),
                 })?;
                 Ok((
                     effects,
@@ -685,7 +751,7 @@ impl<A: Actions> Runner<A> {
             Err(reason) => {
                 let effects = self.commit(Command::RollbackStepFailed {
                     step: step.clone(),
-                    reason: reason.clone(),
+                    reason: reason.to_string(),
                 })?;
                 Ok((
                     effects,
@@ -732,11 +798,37 @@ impl<A: Actions> Runner<A> {
 
 /// How a running action ended.
 enum ActionOutcome {
-    Done(Result<String, String>),
+    Done(Result<String, StepError>),
     /// The pause bound ran out first; the action's future was dropped.
     PauseBound,
     /// A stop was requested first; the action's future was dropped.
     Stop,
+}
+
+/// How a read of live state (preconditions, observations) ended.
+enum ReadOutcome<T> {
+    Done(T),
+    /// The pause bound ran out first; the read's future was dropped.
+    PauseBound,
+    /// A stop was requested while traffic was paused; the read's future was dropped.
+    Stop,
+}
+
+/// Await `read`; while traffic is paused (`deadline` is set) no longer than the deadline, and
+/// no longer than until a stop is requested. Outside a pause a read runs to its end.
+async fn within_pause<T>(
+    deadline: Option<Instant>,
+    stop: &mut watch::Receiver<Option<String>>,
+    read: impl Future<Output = T>,
+) -> ReadOutcome<T> {
+    if deadline.is_none() {
+        return ReadOutcome::Done(read.await);
+    }
+    tokio::select! {
+        value = read => ReadOutcome::Done(value),
+        _ = sleep_until(deadline) => ReadOutcome::PauseBound,
+        _ = stop.wait_for(Option::is_some) => ReadOutcome::Stop,
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

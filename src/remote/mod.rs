@@ -12,6 +12,7 @@ mod output;
 mod ssh;
 
 use crate::inventory::Host;
+pub use crate::quote::shell_quote;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -386,19 +387,6 @@ fn tail(text: &str, max_lines: usize, max_chars: usize) -> String {
         tail = format!("…{}", &tail[cut..]);
     }
     tail
-}
-
-/// Quote `word` for a POSIX shell: `'...'`, with embedded `'` as `'\''`.
-pub fn shell_quote(word: &str) -> String {
-    let safe = !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
-    if safe {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
 }
 
 /// `~/x` → `$HOME/x`; other paths unchanged.

@@ -9,7 +9,9 @@ pub mod shard_split;
 
 use crate::engine::ItemId;
 use crate::engine::{EngineState, Observation, PreconditionResult};
-use crate::executor::{Actions, BaselineCount, ItemAttempt, ItemFuture, Sink, StepItems};
+use crate::executor::{
+    Actions, BaselineCount, ItemAttempt, ItemFuture, Sink, StepError, StepItems,
+};
 use crate::inventory::Inventory;
 use crate::plan::{ParamError, Plan, PlanError, Step, StepId};
 use futures_util::future::BoxFuture;
@@ -252,14 +254,14 @@ pub trait DynActions: Send {
         step: &'a Step,
         recheck: bool,
         sink: Sink,
-    ) -> BoxFuture<'a, Result<String, String>>;
+    ) -> BoxFuture<'a, Result<String, StepError>>;
     fn undo<'a>(
         &'a mut self,
         step: &'a Step,
         recheck: bool,
         sink: Sink,
-    ) -> BoxFuture<'a, Result<String, String>>;
-    fn force_resume(&mut self, sink: Sink) -> BoxFuture<'_, Result<String, String>>;
+    ) -> BoxFuture<'a, Result<String, StepError>>;
+    fn force_resume(&mut self, sink: Sink) -> BoxFuture<'_, Result<String, StepError>>;
     fn items<'a>(
         &'a mut self,
         step: &'a Step,
@@ -290,7 +292,7 @@ impl<A: Actions> DynActions for A {
         step: &'a Step,
         recheck: bool,
         sink: Sink,
-    ) -> BoxFuture<'a, Result<String, String>> {
+    ) -> BoxFuture<'a, Result<String, StepError>> {
         Box::pin(Actions::action(self, step, recheck, sink))
     }
     fn undo<'a>(
@@ -298,10 +300,10 @@ impl<A: Actions> DynActions for A {
         step: &'a Step,
         recheck: bool,
         sink: Sink,
-    ) -> BoxFuture<'a, Result<String, String>> {
+    ) -> BoxFuture<'a, Result<String, StepError>> {
         Box::pin(Actions::undo(self, step, recheck, sink))
     }
-    fn force_resume(&mut self, sink: Sink) -> BoxFuture<'_, Result<String, String>> {
+    fn force_resume(&mut self, sink: Sink) -> BoxFuture<'_, Result<String, StepError>> {
         Box::pin(Actions::force_resume(self, sink))
     }
     fn items<'a>(
@@ -339,13 +341,18 @@ impl Actions for Box<dyn DynActions> {
     async fn observations(&mut self, step: &Step) -> Vec<Observation> {
         DynActions::observations(self.as_mut(), step).await
     }
-    async fn action(&mut self, step: &Step, recheck: bool, sink: Sink) -> Result<String, String> {
+    async fn action(
+        &mut self,
+        step: &Step,
+        recheck: bool,
+        sink: Sink,
+    ) -> Result<String, StepError> {
         DynActions::action(self.as_mut(), step, recheck, sink).await
     }
-    async fn undo(&mut self, step: &Step, recheck: bool, sink: Sink) -> Result<String, String> {
+    async fn undo(&mut self, step: &Step, recheck: bool, sink: Sink) -> Result<String, StepError> {
         DynActions::undo(self.as_mut(), step, recheck, sink).await
     }
-    async fn force_resume(&mut self, sink: Sink) -> Result<String, String> {
+    async fn force_resume(&mut self, sink: Sink) -> Result<String, StepError> {
         DynActions::force_resume(self.as_mut(), sink).await
     }
     async fn items(

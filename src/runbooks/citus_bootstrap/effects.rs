@@ -6,7 +6,7 @@ use super::plan::{self, Bootstrap};
 use super::CitusStep;
 use crate::engine::{EngineState, Observation, PreconditionResult};
 use crate::executor::context::{announce_recheck, verdict, ExecContext};
-use crate::executor::{Actions, Sink};
+use crate::executor::{Actions, Sink, StepError};
 use crate::inventory::{Distribution, Node};
 use crate::pg;
 use crate::plan::{Plan, Step};
@@ -70,18 +70,15 @@ impl CitusBootstrapActions {
         &self.memory
     }
 
-    fn remember(&self) -> Result<(), String> {
+    fn remember(&self) -> Result<(), StepError> {
         self.ctx.save_memory(MEMORY_FILE, &self.memory)
     }
 
-    async fn client(&self, node: &Node, db: &str) -> Result<Arc<Client>, String> {
-        self.ctx
-            .node_client(node, db)
-            .await
-            .map_err(|e| format!("{}: cannot connect to {db}: {e}", node.name))
+    async fn client(&self, node: &Node, db: &str) -> Result<Arc<Client>, StepError> {
+        self.ctx.node_client(node, db).await
     }
 
-    async fn database_exists(&self, node: &Node) -> Result<bool, String> {
+    async fn database_exists(&self, node: &Node) -> Result<bool, StepError> {
         let client = self.client(node, &node.maintenance_db).await?;
         let row = client
             .query_one(
@@ -93,7 +90,7 @@ impl CitusBootstrapActions {
         Ok(row.get::<_, i64>(0) > 0)
     }
 
-    async fn facts(&self, node: &Node) -> Result<NodeFacts, String> {
+    async fn facts(&self, node: &Node) -> Result<NodeFacts, StepError> {
         let client = self.client(node, &node.maintenance_db).await?;
         let row = client
             .query_one(plan::NODE_FACTS_SQL, &[])
@@ -106,7 +103,7 @@ impl CitusBootstrapActions {
         })
     }
 
-    async fn user_tables(&self, node: &Node) -> Result<Vec<String>, String> {
+    async fn user_tables(&self, node: &Node) -> Result<Vec<String>, StepError> {
         if !self.database_exists(node).await? {
             return Ok(Vec::new());
         }
@@ -130,7 +127,7 @@ impl CitusBootstrapActions {
         for node in b.nodes() {
             match self.facts(node).await {
                 Ok(f) => facts.push((node.clone(), f)),
-                Err(e) => unreachable.push(e),
+                Err(e) => unreachable.push(e.to_string()),
             }
         }
         let mut results = vec![verdict(
@@ -205,7 +202,7 @@ impl CitusBootstrapActions {
         let db = b.database();
         let mut problems = Vec::new();
         for node in b.nodes() {
-            let tables = self.user_tables(node).await?;
+            let tables = self.user_tables(node).await.map_err(|e| e.to_string())?;
             let is_coordinator = node.name == b.coordinator.name;
             if is_coordinator && b.source.is_none() {
                 let missing: Vec<&str> = b
@@ -246,7 +243,7 @@ impl CitusBootstrapActions {
         if b.tables.is_empty() {
             return Ok("no tables listed".into());
         }
-        let client = self.client(&node, &db).await?;
+        let client = self.client(&node, &db).await.map_err(|e| e.to_string())?;
         let mut problems = Vec::new();
         for table in &b.tables {
             let rows = match client
@@ -284,7 +281,7 @@ impl CitusBootstrapActions {
         }
     }
 
-    async fn preload_citus(&mut self, sink: &Sink) -> Result<String, String> {
+    async fn preload_citus(&mut self, sink: &Sink) -> Result<String, StepError> {
         let nodes: Vec<Node> = self.bootstrap.nodes().cloned().collect();
         let mut changed = Vec::new();
         for node in &nodes {
@@ -296,7 +293,8 @@ impl CitusBootstrapActions {
                 return Err(format!(
                     "{}: citus is not preloaded and --allow-restart was not given",
                     node.name
-                ));
+                )
+                .into());
             }
             let before = self
                 .memory
@@ -325,7 +323,7 @@ impl CitusBootstrapActions {
         node: &Node,
         value: &str,
         sink: &Sink,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let client = self.client(node, &node.maintenance_db).await?;
         let sql = format!(
             "ALTER SYSTEM SET shared_preload_libraries = {}",
@@ -346,12 +344,13 @@ impl CitusBootstrapActions {
             return Err(format!(
                 "{}: after the restart shared_preload_libraries is '{}', expected '{value}'",
                 node.name, now.preload
-            ));
+            )
+            .into());
         }
         Ok(())
     }
 
-    async fn undo_preload(&mut self, sink: &Sink) -> Result<String, String> {
+    async fn undo_preload(&mut self, sink: &Sink) -> Result<String, StepError> {
         let nodes: Vec<Node> = self.bootstrap.nodes().cloned().collect();
         let mut restored = Vec::new();
         for node in &nodes {
@@ -375,7 +374,7 @@ impl CitusBootstrapActions {
         })
     }
 
-    async fn create_database(&mut self, sink: &Sink) -> Result<String, String> {
+    async fn create_database(&mut self, sink: &Sink) -> Result<String, StepError> {
         let nodes: Vec<Node> = self.bootstrap.nodes().cloned().collect();
         let db = self.bootstrap.database().to_string();
         let mut created = Vec::new();
@@ -395,10 +394,9 @@ impl CitusBootstrapActions {
         }
         for node in &nodes {
             if !self.database_exists(node).await? {
-                return Err(format!(
-                    "{}: `{db}` does not exist after CREATE DATABASE",
-                    node.name
-                ));
+                return Err(
+                    format!("{}: `{db}` does not exist after CREATE DATABASE", node.name).into(),
+                );
             }
         }
         Ok(format!(
@@ -411,7 +409,7 @@ impl CitusBootstrapActions {
         ))
     }
 
-    async fn undo_create_database(&mut self, sink: &Sink) -> Result<String, String> {
+    async fn undo_create_database(&mut self, sink: &Sink) -> Result<String, StepError> {
         let nodes: Vec<Node> = self.bootstrap.nodes().cloned().collect();
         let db = self.bootstrap.database().to_string();
         let mut dropped = Vec::new();
@@ -427,10 +425,9 @@ impl CitusBootstrapActions {
                 .await
                 .map_err(|e| e.to_string())?;
             if self.database_exists(node).await? {
-                return Err(format!(
-                    "{}: `{db}` still exists after DROP DATABASE",
-                    node.name
-                ));
+                return Err(
+                    format!("{}: `{db}` still exists after DROP DATABASE", node.name).into(),
+                );
             }
             self.memory.created_databases.remove(&node.name);
             self.remember()?;
@@ -446,7 +443,7 @@ impl CitusBootstrapActions {
         ))
     }
 
-    async fn citus_version(&self, node: &Node) -> Result<Option<String>, String> {
+    async fn citus_version(&self, node: &Node) -> Result<Option<String>, StepError> {
         let client = self.client(node, self.bootstrap.database()).await?;
         let row = client
             .query_opt(
@@ -458,7 +455,7 @@ impl CitusBootstrapActions {
         Ok(row.map(|r| r.get(0)))
     }
 
-    async fn create_extension(&mut self, sink: &Sink) -> Result<String, String> {
+    async fn create_extension(&mut self, sink: &Sink) -> Result<String, StepError> {
         let nodes: Vec<Node> = self.bootstrap.nodes().cloned().collect();
         let mut versions = BTreeSet::new();
         for node in &nodes {
@@ -477,12 +474,13 @@ impl CitusBootstrapActions {
                     return Err(format!(
                         "{}: citus is not installed after CREATE EXTENSION",
                         node.name
-                    ))
+                    )
+                    .into())
                 }
             };
         }
         if versions.len() != 1 {
-            return Err(format!("citus versions differ across nodes: {versions:?}"));
+            return Err(format!("citus versions differ across nodes: {versions:?}").into());
         }
         Ok(format!(
             "citus {} on every node",
@@ -490,7 +488,7 @@ impl CitusBootstrapActions {
         ))
     }
 
-    async fn undo_create_extension(&mut self, sink: &Sink) -> Result<String, String> {
+    async fn undo_create_extension(&mut self, sink: &Sink) -> Result<String, StepError> {
         let nodes: Vec<Node> = self.bootstrap.nodes().cloned().collect();
         let mut dropped = Vec::new();
         for node in nodes.iter().rev() {
@@ -518,13 +516,13 @@ impl CitusBootstrapActions {
         ))
     }
 
-    async fn coordinator(&self) -> Result<Arc<Client>, String> {
+    async fn coordinator(&self) -> Result<Arc<Client>, StepError> {
         self.client(&self.bootstrap.coordinator, self.bootstrap.database())
             .await
     }
 
     /// `(nodename, nodeport, groupid, isactive)` of every row of pg_dist_node.
-    async fn dist_nodes(&self) -> Result<Vec<(String, i32, i32, bool)>, String> {
+    async fn dist_nodes(&self) -> Result<Vec<(String, i32, i32, bool)>, StepError> {
         let rows = self
             .coordinator()
             .await?
@@ -537,7 +535,7 @@ impl CitusBootstrapActions {
             .collect())
     }
 
-    async fn set_coordinator(&self, sink: &Sink) -> Result<String, String> {
+    async fn set_coordinator(&self, sink: &Sink) -> Result<String, StepError> {
         let c = &self.bootstrap.coordinator;
         let sql = plan::set_coordinator_sql(c);
         sink.output(sql.clone());
@@ -558,11 +556,12 @@ impl CitusBootstrapActions {
             Err(format!(
                 "pg_dist_node has no coordinator row for {}:{}: {nodes:?}",
                 c.address, c.port
-            ))
+            )
+            .into())
         }
     }
 
-    async fn add_workers(&mut self, sink: &Sink) -> Result<String, String> {
+    async fn add_workers(&mut self, sink: &Sink) -> Result<String, StepError> {
         let workers = self.bootstrap.workers.clone();
         for worker in &workers {
             let present = self
@@ -590,10 +589,7 @@ impl CitusBootstrapActions {
             if !nodes.iter().any(|(name, port, group, active)| {
                 *group > 0 && *active && name == &worker.address && *port == i32::from(worker.port)
             }) {
-                return Err(format!(
-                    "{} is not an active worker: {nodes:?}",
-                    worker.name
-                ));
+                return Err(format!("{} is not an active worker: {nodes:?}", worker.name).into());
             }
         }
         Ok(format!(
@@ -602,7 +598,7 @@ impl CitusBootstrapActions {
         ))
     }
 
-    async fn undo_add_workers(&mut self, sink: &Sink) -> Result<String, String> {
+    async fn undo_add_workers(&mut self, sink: &Sink) -> Result<String, StepError> {
         let workers = self.bootstrap.workers.clone();
         let mut removed = Vec::new();
         for worker in workers.iter().rev() {
@@ -635,7 +631,7 @@ impl CitusBootstrapActions {
         ))
     }
 
-    async fn set_shard_count(&self, reset: bool, sink: &Sink) -> Result<String, String> {
+    async fn set_shard_count(&self, reset: bool, sink: &Sink) -> Result<String, StepError> {
         let b = &self.bootstrap;
         let sql = if reset {
             plan::reset_shard_count_sql(b.database())
@@ -660,7 +656,7 @@ impl CitusBootstrapActions {
         })
     }
 
-    async fn verify_cluster(&self, sink: &Sink) -> Result<String, String> {
+    async fn verify_cluster(&self, sink: &Sink) -> Result<String, StepError> {
         let client = self.coordinator().await?;
         let health = client
             .query(plan::HEALTH_SQL, &[])
@@ -684,11 +680,11 @@ impl CitusBootstrapActions {
                 format!("unhealthy connections: {}", failed.join(", ")),
                 false,
             );
-            return Err(format!(
+            return Err(StepError::gate(format!(
                 "citus_check_cluster_node_health: {} failed: {}",
                 failed.len(),
                 failed.join(", ")
-            ));
+            )));
         }
         let active: BTreeSet<(String, i32)> = client
             .query(plan::ACTIVE_WORKERS_SQL, &[])
@@ -704,9 +700,9 @@ impl CitusBootstrapActions {
             .map(|w| (w.address.clone(), i32::from(w.port)))
             .collect();
         if active != expected {
-            return Err(format!(
+            return Err(StepError::gate(format!(
                 "active workers {active:?}, the inventory lists {expected:?}"
-            ));
+            )));
         }
         let detail = format!(
             "{} health checks true; {} active workers as listed",
@@ -717,7 +713,7 @@ impl CitusBootstrapActions {
         Ok(detail)
     }
 
-    async fn table_exists(&self, table: &str) -> Result<bool, String> {
+    async fn table_exists(&self, table: &str) -> Result<bool, StepError> {
         let row = self
             .coordinator()
             .await?
@@ -730,7 +726,7 @@ impl CitusBootstrapActions {
         Ok(row.get(0))
     }
 
-    async fn create_tables(&mut self, sink: &Sink) -> Result<String, String> {
+    async fn create_tables(&mut self, sink: &Sink) -> Result<String, StepError> {
         let b = self.bootstrap.clone();
         let mut missing = Vec::new();
         for table in &b.tables {
@@ -750,7 +746,8 @@ impl CitusBootstrapActions {
                 "{} missing on {} and no --schema-from",
                 missing.join(", "),
                 b.coordinator.name
-            ));
+            )
+            .into());
         };
         for table in &missing {
             self.memory.created_tables.insert(table.clone());
@@ -767,7 +764,8 @@ impl CitusBootstrapActions {
                 return Err(format!(
                     "{table} does not exist on {} after the schema copy",
                     b.coordinator.name
-                ));
+                )
+                .into());
             }
         }
         Ok(format!(
@@ -778,7 +776,7 @@ impl CitusBootstrapActions {
         ))
     }
 
-    async fn undo_create_tables(&mut self, sink: &Sink) -> Result<String, String> {
+    async fn undo_create_tables(&mut self, sink: &Sink) -> Result<String, StepError> {
         let created: Vec<String> = self.memory.created_tables.iter().cloned().collect();
         for table in created.iter().rev() {
             if self.database_ready().await? {
@@ -804,12 +802,12 @@ impl CitusBootstrapActions {
     }
 
     /// Whether the coordinator's database exists (an undo after a half-made run may find none).
-    async fn database_ready(&self) -> Result<bool, String> {
+    async fn database_ready(&self) -> Result<bool, StepError> {
         self.database_exists(&self.bootstrap.coordinator).await
     }
 
     /// The Citus kind of `table` on the coordinator: `None` when it is not a Citus table.
-    async fn citus_kind(&self, table: &str) -> Result<Option<String>, String> {
+    async fn citus_kind(&self, table: &str) -> Result<Option<String>, StepError> {
         let row = self
             .coordinator()
             .await?
@@ -822,7 +820,7 @@ impl CitusBootstrapActions {
         Ok(row.map(|r| r.get(0)))
     }
 
-    async fn distribute(&mut self, sink: &Sink) -> Result<String, String> {
+    async fn distribute(&mut self, sink: &Sink) -> Result<String, StepError> {
         let tables = self.bootstrap.tables.clone();
         let mut done = Vec::new();
         for table in &tables {
@@ -849,7 +847,8 @@ impl CitusBootstrapActions {
                 return Err(format!(
                     "{} is a {kind} table, the inventory says {expected}",
                     table.table
-                ));
+                )
+                .into());
             }
             done.push(format!("{} ({kind})", table.table));
         }
@@ -860,7 +859,7 @@ impl CitusBootstrapActions {
         })
     }
 
-    async fn undo_distribute(&mut self, sink: &Sink) -> Result<String, String> {
+    async fn undo_distribute(&mut self, sink: &Sink) -> Result<String, StepError> {
         let distributed: Vec<String> = self
             .bootstrap
             .tables
@@ -892,7 +891,7 @@ impl CitusBootstrapActions {
         ))
     }
 
-    async fn verify_distribution(&self, sink: &Sink) -> Result<String, String> {
+    async fn verify_distribution(&self, sink: &Sink) -> Result<String, StepError> {
         let b = &self.bootstrap;
         let client = self.coordinator().await?;
         let shards = client
@@ -915,10 +914,10 @@ impl CitusBootstrapActions {
                 .map_err(|e| format!("{}: {}", table.table, pg::error_chain(&e)))?;
             let column: String = row.get(0);
             if Some(column.as_str()) != table.column.as_deref() {
-                return Err(format!(
+                return Err(StepError::gate(format!(
                     "{} is distributed by {column}, the inventory says {:?}",
                     table.table, table.column
-                ));
+                )));
             }
             let name = client
                 .query_one("SELECT $1::text::regclass::text", &[&qualified])
@@ -936,7 +935,10 @@ impl CitusBootstrapActions {
                     .map(|r| r.get::<_, i64>(3))
                     .sum();
                 if on_worker == 0 {
-                    return Err(format!("{} has no shard on {}", table.table, worker.name));
+                    return Err(StepError::gate(format!(
+                        "{} has no shard on {}",
+                        table.table, worker.name
+                    )));
                 }
                 detail.push(format!(
                     "{} {}: {on_worker} shards",
@@ -1067,7 +1069,12 @@ impl Actions for CitusBootstrapActions {
         ]
     }
 
-    async fn action(&mut self, step: &Step, recheck: bool, sink: Sink) -> Result<String, String> {
+    async fn action(
+        &mut self,
+        step: &Step,
+        recheck: bool,
+        sink: Sink,
+    ) -> Result<String, StepError> {
         announce_recheck(step, recheck, &sink);
         match CitusStep::of(step)? {
             CitusStep::Preflight => Ok("every precondition held".into()),
@@ -1084,7 +1091,7 @@ impl Actions for CitusBootstrapActions {
         }
     }
 
-    async fn undo(&mut self, step: &Step, _recheck: bool, sink: Sink) -> Result<String, String> {
+    async fn undo(&mut self, step: &Step, _recheck: bool, sink: Sink) -> Result<String, StepError> {
         match CitusStep::of(step)? {
             CitusStep::PreloadCitus => self.undo_preload(&sink).await,
             CitusStep::CreateDatabase => self.undo_create_database(&sink).await,
@@ -1100,7 +1107,7 @@ impl Actions for CitusBootstrapActions {
         }
     }
 
-    async fn force_resume(&mut self, _sink: Sink) -> Result<String, String> {
+    async fn force_resume(&mut self, _sink: Sink) -> Result<String, StepError> {
         Ok("citus-bootstrap never pauses traffic".into())
     }
 

@@ -3,19 +3,19 @@
 //! re-run after a crash converges; commands come from `runbook::major_upgrade`, the reviewed text.
 
 use super::UpgradeStep;
+use crate::effects::{repoint, traffic};
 use crate::engine::{EngineState, Observation, PreconditionResult};
 use crate::executor::context::{
-    announce_recheck, check_long_transactions, fail, not_begun, verdict, ExecContext, TrafficHook,
+    announce_recheck, check_long_transactions, fail, not_begun, verdict, ExecContext,
 };
-use crate::executor::{Actions, Sink};
+use crate::executor::{Actions, Sink, StepError};
 use crate::inventory::{self, Node};
 use crate::pg::{self, Endpoint, SessionSettings};
 use crate::pgbouncer_ini;
 use crate::plan::{Plan, Step};
+use crate::quote::shell_quote;
 use crate::readings::queries;
-use crate::remote::shell_quote;
 use crate::runbooks::major_upgrade::plan::{self as plan, Method, Upgrade, BENIGN_RESTORE_ERRORS};
-use crate::runbooks::shard_split::plan::{pause_sql, resume_sql};
 use crate::runbooks::StepKind;
 use crate::sql::quote_ident;
 use base64::Engine as _;
@@ -193,11 +193,11 @@ impl MajorUpgradeActions {
         &self.upgrade
     }
 
-    fn remember(&self) -> Result<(), String> {
+    fn remember(&self) -> Result<(), StepError> {
         self.ctx.save_memory(MEMORY_FILE, &self.memory)
     }
 
-    async fn admin(&self, node: &Node) -> Result<Arc<Client>, String> {
+    async fn admin(&self, node: &Node) -> Result<Arc<Client>, StepError> {
         self.ctx.node_client(node, &node.maintenance_db).await
     }
 
@@ -214,40 +214,32 @@ impl MajorUpgradeActions {
     }
 
     /// Run quietly and return stdout; the output is not journaled line by line.
-    async fn host_read(&self, host: &str, command: &str) -> Result<String, String> {
+    async fn host_read(&self, host: &str, command: &str) -> Result<String, StepError> {
         self.ctx
-            .hosts()
-            .run_checked(host, command, QUICK_COMMAND_TIMEOUT, &mut |_| {})
+            .host_read(host, command, QUICK_COMMAND_TIMEOUT)
             .await
-            .map(|out| out.stdout)
-            .map_err(fail)
     }
 
-    async fn paused_aliases(&self) -> Result<BTreeSet<(String, String)>, String> {
-        let mut paused = BTreeSet::new();
-        for route in &self.upgrade.routes {
-            let admin = self.ctx.bouncer_admin(&route.bouncer).await?;
-            let reading = queries::pgbouncer(&admin, &route.bouncer.name)
-                .await
-                .map_err(fail)?;
-            paused.extend(
-                reading
-                    .databases
-                    .into_iter()
-                    .filter(|d| d.paused)
-                    .map(|d| (route.bouncer.name.clone(), d.name)),
-            );
-        }
-        Ok(paused)
-    }
-
-    fn bouncer(&self, name: &str) -> Result<&inventory::Pgbouncer, String> {
+    /// The aliases the write pause covers, in PAUSE order (none with `--traffic hooks`).
+    fn aliases(&self) -> Vec<traffic::Alias<'_>> {
+        let wanted = self.upgrade.paused_aliases();
         self.upgrade
             .routes
             .iter()
-            .map(|r| &r.bouncer)
-            .find(|b| b.name == name)
-            .ok_or_else(|| format!("pgbouncer {name} is not in the inventory"))
+            .flat_map(|route| {
+                route.aliases.iter().map(move |alias| traffic::Alias {
+                    bouncer: &route.bouncer,
+                    name: &alias.name,
+                })
+            })
+            .filter(|a| wanted.contains(&(a.bouncer.name.clone(), a.name.to_string())))
+            .collect()
+    }
+
+    async fn paused_aliases(&self) -> Result<BTreeSet<(String, String)>, StepError> {
+        let bouncers: Vec<&inventory::Pgbouncer> =
+            self.upgrade.routes.iter().map(|r| &r.bouncer).collect();
+        traffic::paused(&self.ctx, &bouncers).await
     }
 
     // ---- preflight ------------------------------------------------------------------------
@@ -264,7 +256,7 @@ impl MajorUpgradeActions {
         ]
     }
 
-    async fn server_version(&self, node: &Node) -> Result<(u32, String), String> {
+    async fn server_version(&self, node: &Node) -> Result<(u32, String), StepError> {
         let row = self
             .admin(node)
             .await?
@@ -275,24 +267,24 @@ impl MajorUpgradeActions {
         Ok(((num / 10_000) as u32, row.get(1)))
     }
 
-    async fn check_versions(&self) -> Result<String, String> {
+    async fn check_versions(&self) -> Result<String, StepError> {
         let (s, t) = (&self.upgrade.source, &self.upgrade.target);
         let (source_major, source_checksums) = self.server_version(s).await?;
         let mut detail = format!("{} runs {source_major}", s.name);
         if source_major != s.version {
-            return Err(format!("{detail}, but the inventory says {}", s.version));
+            return Err(format!("{detail}, but the inventory says {}", s.version).into());
         }
         match self.server_version(t).await {
             Ok((target_major, target_checksums)) => {
                 detail.push_str(&format!(", {} runs {target_major}", t.name));
                 if target_major != t.version {
-                    return Err(format!("{detail}, but the inventory says {}", t.version));
+                    return Err(format!("{detail}, but the inventory says {}", t.version).into());
                 }
                 if !self.upgrade.method().is_dump() && source_checksums != target_checksums {
                     return Err(format!(
                         "{detail}; pg_upgrade needs the same data_checksums setting: {} has {source_checksums}, {} has {target_checksums} (initdb the target with --no-data-checksums)",
                         s.name, t.name
-                    ));
+                    ).into());
                 }
                 Ok(detail)
             }
@@ -314,7 +306,8 @@ impl MajorUpgradeActions {
                         "{detail}; {}'s data directory is version {}",
                         t.name,
                         version.trim()
-                    ));
+                    )
+                    .into());
                 }
                 Ok(format!(
                     "{detail}; {} is stopped, data directory version {}",
@@ -322,14 +315,14 @@ impl MajorUpgradeActions {
                     version.trim()
                 ))
             }
-            Err(e) => Err(format!("{detail}; {}: {e}", t.name)),
+            Err(e) => Err(format!("{detail}; {}: {e}", t.name).into()),
         }
     }
 
-    async fn check_locales(&self) -> Result<String, String> {
+    async fn check_locales(&self) -> Result<String, StepError> {
         let (s, t) = (&self.upgrade.source, &self.upgrade.target);
         type Locale = (String, String, String, String);
-        async fn read(client: &Client) -> Result<BTreeMap<String, Locale>, String> {
+        async fn read(client: &Client) -> Result<BTreeMap<String, Locale>, StepError> {
             Ok(client
                 .query(plan::DATABASE_LOCALES_SQL, &[])
                 .await
@@ -406,11 +399,11 @@ impl MajorUpgradeActions {
                 show(&default)
             ))
         } else {
-            Err(problems.join("; "))
+            Err(StepError::Failed(problems.join("; ")))
         }
     }
 
-    async fn source_databases(&self) -> Result<Vec<String>, String> {
+    async fn source_databases(&self) -> Result<Vec<String>, StepError> {
         Ok(self
             .admin(&self.upgrade.source)
             .await?
@@ -422,13 +415,11 @@ impl MajorUpgradeActions {
             .collect())
     }
 
-    async fn check_extensions(&self) -> Result<String, String> {
+    async fn check_extensions(&self) -> Result<String, StepError> {
         let (s, t) = (&self.upgrade.source, &self.upgrade.target);
         let mut used: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for db in self.source_databases().await? {
-            let client = pg::connect(&Endpoint::node(s, &db), SessionSettings::EXECUTOR)
-                .await
-                .map_err(fail)?;
+            let client = pg::connect(&Endpoint::node(s, &db), SessionSettings::EXECUTOR).await?;
             for row in client
                 .query(plan::EXTENSIONS_SQL, &[])
                 .await
@@ -465,23 +456,19 @@ impl MajorUpgradeActions {
                 used.keys().cloned().collect::<Vec<_>>().join(", ")
             ))
         } else {
-            Err(format!(
-                "not available on {}: {}",
-                t.name,
-                missing.join("; ")
-            ))
+            Err(format!("not available on {}: {}", t.name, missing.join("; ")).into())
         }
     }
 
-    async fn free_bytes(&self, host: &str, path: &str) -> Result<i64, String> {
+    async fn free_bytes(&self, host: &str, path: &str) -> Result<i64, StepError> {
         self.host_read(host, &Upgrade::disk_free_command(path))
             .await?
             .trim()
             .parse()
-            .map_err(|_| "df printed no number".to_string())
+            .map_err(|_| StepError::from("df printed no number"))
     }
 
-    async fn check_disk(&self) -> Result<String, String> {
+    async fn check_disk(&self) -> Result<String, StepError> {
         let u = &self.upgrade;
         let size: i64 = self
             .admin(&u.source)
@@ -530,14 +517,14 @@ impl MajorUpgradeActions {
                 human(needed)
             );
             if avail < needed {
-                return Err(line);
+                return Err(StepError::Failed(line));
             }
             details.push(line);
         }
         Ok(details.join("; "))
     }
 
-    async fn check_target_empty(&self) -> Result<String, String> {
+    async fn check_target_empty(&self) -> Result<String, StepError> {
         let t = &self.upgrade.target;
         match self.admin(t).await {
             Ok(client) => {
@@ -549,7 +536,7 @@ impl MajorUpgradeActions {
                 if found.is_empty() {
                     Ok(format!("{} holds no user database or role", t.name))
                 } else {
-                    Err(format!("{} is not empty: {}", t.name, found.join(", ")))
+                    Err(format!("{} is not empty: {}", t.name, found.join(", ")).into())
                 }
             }
             Err(e) if !self.upgrade.method().is_dump() => Ok(format!(
@@ -560,11 +547,11 @@ impl MajorUpgradeActions {
         }
     }
 
-    async fn check_long_transactions(&self) -> Result<String, String> {
+    async fn check_long_transactions(&self) -> Result<String, StepError> {
         check_long_transactions(&*self.admin(&self.upgrade.source).await?).await
     }
 
-    async fn check_tools(&self) -> Result<String, String> {
+    async fn check_tools(&self) -> Result<String, StepError> {
         let mut found = Vec::new();
         for (host, check) in self.upgrade.tools_check_command() {
             let out = self
@@ -578,69 +565,23 @@ impl MajorUpgradeActions {
 
     // ---- traffic --------------------------------------------------------------------------
 
-    async fn stop_traffic(&mut self, sink: &Sink) -> Result<String, String> {
+    async fn stop_traffic(&mut self, sink: &Sink) -> Result<String, StepError> {
         if self.memory.traffic_stopped_at.is_none() {
             self.memory.traffic_stopped_at = Some(Utc::now());
             self.remember()?;
         }
-        self.ctx
-            .run_traffic_hook(TrafficHook::Stop, HOST_COMMAND_TIMEOUT, sink)
-            .await?;
-        let wanted = self.upgrade.paused_aliases();
-        let already = self.paused_aliases().await?;
-        for (bouncer, alias) in &wanted {
-            if already.contains(&(bouncer.clone(), alias.clone())) {
-                sink.output(format!("{alias} is already paused"));
-                continue;
-            }
-            let admin = self.ctx.bouncer_admin(self.bouncer(bouncer)?).await?;
-            let started = Instant::now();
-            pg::simple_execute(&admin, bouncer, &pause_sql(alias))
-                .await
-                .map_err(fail)?;
-            sink.output(format!(
-                "PAUSE {alias}: {:.1} ms",
-                started.elapsed().as_secs_f64() * 1000.0
-            ));
-        }
-        let paused = self.paused_aliases().await?;
-        let missing: Vec<&String> = wanted
-            .iter()
-            .filter(|k| !paused.contains(*k))
-            .map(|(_, a)| a)
-            .collect();
-        if !missing.is_empty() {
-            return Err(format!("pgbouncer does not report paused: {missing:?}"));
-        }
-        Ok(if wanted.is_empty() {
+        let aliases = self.aliases();
+        traffic::pause(&self.ctx, &aliases, HOST_COMMAND_TIMEOUT, sink, || {}).await?;
+        Ok(if aliases.is_empty() {
             "traffic hooks ran; downtime window open".into()
         } else {
-            format!(
-                "paused: {}",
-                wanted
-                    .iter()
-                    .map(|(_, a)| a.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+            format!("paused: {}", traffic::names(&aliases))
         })
     }
 
-    async fn resume_traffic(&mut self, sink: &Sink) -> Result<String, String> {
-        let wanted = self.upgrade.paused_aliases();
-        let paused = self.paused_aliases().await?;
-        for (bouncer, alias) in wanted.iter().rev() {
-            if paused.contains(&(bouncer.clone(), alias.clone())) {
-                let admin = self.ctx.bouncer_admin(self.bouncer(bouncer)?).await?;
-                pg::simple_execute(&admin, bouncer, &resume_sql(alias))
-                    .await
-                    .map_err(fail)?;
-                sink.output(format!("RESUME {alias}"));
-            }
-        }
-        self.ctx
-            .run_traffic_hook(TrafficHook::Start, HOST_COMMAND_TIMEOUT, sink)
-            .await?;
+    async fn resume_traffic(&mut self, sink: &Sink) -> Result<String, StepError> {
+        traffic::resume(&self.ctx, &self.aliases(), sink).await?;
+        traffic::start_hook(&self.ctx, HOST_COMMAND_TIMEOUT, sink).await?;
         if let Some(stopped) = self.memory.traffic_stopped_at.take() {
             let downtime = (Utc::now() - stopped).num_microseconds().unwrap_or(0) as f64 / 1000.0;
             sink.output(format!(
@@ -649,26 +590,18 @@ impl MajorUpgradeActions {
             self.memory.downtime_ms = Some(downtime);
             self.remember()?;
         }
-        let still: Vec<String> = self
-            .paused_aliases()
-            .await?
-            .into_iter()
-            .filter(|k| wanted.contains(k))
-            .map(|(_, a)| a)
-            .collect();
-        if still.is_empty() {
-            Ok("traffic flows".into())
-        } else {
-            Err(format!("still paused: {}", still.join(", ")))
-        }
+        traffic::check_flowing(&self.ctx, &self.aliases()).await?;
+        Ok("traffic flows".into())
     }
 
     // ---- snapshots ------------------------------------------------------------------------
 
-    async fn snapshot(&self, node: &Node, databases: &[String]) -> Result<ClusterSnapshot, String> {
-        let admin = pg::connect(&Endpoint::maintenance(node), SessionSettings::EXECUTOR)
-            .await
-            .map_err(fail)?;
+    async fn snapshot(
+        &self,
+        node: &Node,
+        databases: &[String],
+    ) -> Result<ClusterSnapshot, StepError> {
+        let admin = pg::connect(&Endpoint::maintenance(node), SessionSettings::EXECUTOR).await?;
         let roles = admin
             .query(plan::ROLES_SQL, &[])
             .await
@@ -681,9 +614,7 @@ impl MajorUpgradeActions {
             roles,
         };
         for db in databases {
-            let client = pg::connect(&Endpoint::node(node, db), SessionSettings::EXECUTOR)
-                .await
-                .map_err(fail)?;
+            let client = pg::connect(&Endpoint::node(node, db), SessionSettings::EXECUTOR).await?;
             let mut one = DatabaseSnapshot::default();
             for row in client.query(plan::TABLES_SQL, &[]).await.map_err(db_err)? {
                 let table: String = row.get(0);
@@ -714,7 +645,7 @@ impl MajorUpgradeActions {
         Ok(snapshot)
     }
 
-    async fn baseline(&mut self, sink: &Sink) -> Result<String, String> {
+    async fn baseline(&mut self, sink: &Sink) -> Result<String, StepError> {
         let databases = self.source_databases().await?;
         let snapshot = self.snapshot(&self.upgrade.source, &databases).await?;
         for (db, one) in &snapshot.databases {
@@ -738,7 +669,7 @@ impl MajorUpgradeActions {
 
     // ---- dump and transfer ----------------------------------------------------------------
 
-    async fn dump(&mut self, sink: &Sink) -> Result<String, String> {
+    async fn dump(&mut self, sink: &Sink) -> Result<String, StepError> {
         let u = self.upgrade.clone();
         let started = Instant::now();
         let artifact = match u.method() {
@@ -802,7 +733,7 @@ impl MajorUpgradeActions {
     }
 
     /// The artifact files, relative to the dump dir, with their checksum files.
-    async fn artifact_files(&self) -> Result<Vec<String>, String> {
+    async fn artifact_files(&self) -> Result<Vec<String>, StepError> {
         let u = &self.upgrade;
         let listing = self
             .host_read(
@@ -827,7 +758,7 @@ impl MajorUpgradeActions {
     }
 
     /// Verify every checksum file of the artifact on the target host.
-    async fn verify_checksums(&self, sink: &Sink) -> Result<String, String> {
+    async fn verify_checksums(&self, sink: &Sink) -> Result<String, StepError> {
         let u = &self.upgrade;
         let checks: Vec<(String, String)> = match u.method() {
             Method::Dumpall => vec![(u.dump_dir.clone(), "dumpall.sql.gz.sha512".into())],
@@ -848,7 +779,7 @@ impl MajorUpgradeActions {
             if let Err(e) = result {
                 let message = format!("CHECKSUM MISMATCH in {dir} ({sums}): the artifact is corrupt; nothing was restored. {e}");
                 sink.gate(message.clone(), false);
-                return Err(message);
+                return Err(StepError::gate(message));
             }
         }
         let detail = format!(
@@ -861,7 +792,7 @@ impl MajorUpgradeActions {
         Ok(detail)
     }
 
-    async fn transfer(&self, sink: &Sink) -> Result<String, String> {
+    async fn transfer(&self, sink: &Sink) -> Result<String, StepError> {
         let u = &self.upgrade;
         if u.source.host != u.target.host {
             for file in self.artifact_files().await? {
@@ -874,7 +805,7 @@ impl MajorUpgradeActions {
 
     /// Move one file from the source host to the same path on the target host, in chunks,
     /// through the jump host.
-    async fn copy_file(&self, path: &str, sink: &Sink) -> Result<(), String> {
+    async fn copy_file(&self, path: &str, sink: &Sink) -> Result<(), StepError> {
         let u = &self.upgrade;
         let q = shell_quote(path);
         let size: u64 = self
@@ -909,8 +840,7 @@ impl MajorUpgradeActions {
                     HOST_COMMAND_TIMEOUT,
                     &mut |_| {},
                 )
-                .await
-                .map_err(fail)?
+                .await?
                 .stdout;
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(encoded.trim())
@@ -923,8 +853,7 @@ impl MajorUpgradeActions {
                     &bytes,
                     HOST_COMMAND_TIMEOUT,
                 )
-                .await
-                .map_err(fail)?;
+                .await?;
         }
         self.host_read(
             &u.target.host,
@@ -947,7 +876,7 @@ impl MajorUpgradeActions {
     // ---- restore --------------------------------------------------------------------------
 
     /// Source cluster's default encoding and locale (template1), for the scratch cluster.
-    async fn source_locale(&self) -> Result<(String, String), String> {
+    async fn source_locale(&self) -> Result<(String, String), StepError> {
         let row = self
             .admin(&self.upgrade.source)
             .await?
@@ -960,7 +889,7 @@ impl MajorUpgradeActions {
         Ok((row.get(0), row.get(1)))
     }
 
-    async fn test_restore(&mut self, sink: &Sink) -> Result<String, String> {
+    async fn test_restore(&mut self, sink: &Sink) -> Result<String, StepError> {
         let u = self.upgrade.clone();
         self.verify_checksums(sink).await?;
         let (locale, encoding) = self.source_locale().await?;
@@ -1002,7 +931,7 @@ impl MajorUpgradeActions {
         ))
     }
 
-    async fn restore(&mut self, recheck: bool, sink: &Sink) -> Result<String, String> {
+    async fn restore(&mut self, recheck: bool, sink: &Sink) -> Result<String, StepError> {
         let u = self.upgrade.clone();
         self.verify_checksums(sink).await?;
         let admin = self.admin(&u.target).await?;
@@ -1047,7 +976,7 @@ impl MajorUpgradeActions {
 
     /// Restore the artifact into `into.target` (the real target or the scratch cluster).
     /// Returns the allowed errors met; any other error fails.
-    async fn restore_into(&self, into: &Upgrade, sink: &Sink) -> Result<Vec<String>, String> {
+    async fn restore_into(&self, into: &Upgrade, sink: &Sink) -> Result<Vec<String>, StepError> {
         let host = &into.target.host;
         match into.method() {
             Method::Dumpall => {
@@ -1114,7 +1043,7 @@ impl MajorUpgradeActions {
         into: &Upgrade,
         globals: &str,
         sink: &Sink,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, StepError> {
         let host = &into.target.host;
         let lines: Vec<&str> = globals.lines().collect();
         let preamble = lines
@@ -1138,8 +1067,7 @@ impl MajorUpgradeActions {
             self.ctx
                 .hosts()
                 .upload(host, &script_path, script.as_bytes(), QUICK_COMMAND_TIMEOUT)
-                .await
-                .map_err(fail)?;
+                .await?;
             let output = self
                 .ctx
                 .hosts()
@@ -1149,8 +1077,7 @@ impl MajorUpgradeActions {
                     HOST_COMMAND_TIMEOUT,
                     &mut |_| {},
                 )
-                .await
-                .map_err(fail)?;
+                .await?;
             if output.success() {
                 return Ok(allowed);
             }
@@ -1159,7 +1086,8 @@ impl MajorUpgradeActions {
                     "globals restore failed (exit {}): {}",
                     output.exit_status,
                     output.stderr.trim()
-                ));
+                )
+                .into());
             };
             // 1-based line in the script → index into `lines`.
             let original = (line as usize)
@@ -1179,7 +1107,7 @@ impl MajorUpgradeActions {
                 _ => {
                     let shown = format!("RESTORE ERROR not on the allow-list: {message}");
                     sink.output(shown.clone());
-                    return Err(shown);
+                    return Err(StepError::Failed(shown));
                 }
             }
         }
@@ -1187,7 +1115,7 @@ impl MajorUpgradeActions {
 
     /// Return the target to how it was before the restore: drop the databases and roles the
     /// restore created, and recreate the maintenance database empty.
-    async fn empty_target(&self, sink: &Sink) -> Result<String, String> {
+    async fn empty_target(&self, sink: &Sink) -> Result<String, StepError> {
         let t = &self.upgrade.target;
         if !Self::answers(t).await {
             return Ok(format!("{} is not running; nothing to empty", t.name));
@@ -1203,9 +1131,8 @@ impl MajorUpgradeActions {
                     .collect()
             });
         let keep_roles = self.memory.target_roles_before.clone().unwrap_or_default();
-        let client = pg::connect(&Endpoint::node(t, "template1"), SessionSettings::EXECUTOR)
-            .await
-            .map_err(fail)?;
+        let client =
+            pg::connect(&Endpoint::node(t, "template1"), SessionSettings::EXECUTOR).await?;
         let dbs: Vec<String> = client
             .query("SELECT datname::text FROM pg_database", &[])
             .await
@@ -1263,7 +1190,7 @@ impl MajorUpgradeActions {
 
     // ---- pg_upgrade -----------------------------------------------------------------------
 
-    async fn stop_node(&self, node: &Node, sink: &Sink) -> Result<String, String> {
+    async fn stop_node(&self, node: &Node, sink: &Sink) -> Result<String, StepError> {
         self.ctx.forget_clients();
         if Self::answers(node).await {
             self.ctx
@@ -1276,12 +1203,12 @@ impl MajorUpgradeActions {
                 .await?;
         }
         if Self::answers(node).await {
-            return Err(format!("{} still answers after stop", node.name));
+            return Err(format!("{} still answers after stop", node.name).into());
         }
         Ok(format!("{} is stopped", node.name))
     }
 
-    async fn start_node(&self, node: &Node, sink: &Sink) -> Result<String, String> {
+    async fn start_node(&self, node: &Node, sink: &Sink) -> Result<String, StepError> {
         self.ctx.forget_clients();
         if !Self::answers(node).await {
             self.ctx
@@ -1296,14 +1223,14 @@ impl MajorUpgradeActions {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !Self::answers(node).await {
             if Instant::now() > deadline {
-                return Err(format!("{} does not answer after start", node.name));
+                return Err(format!("{} does not answer after start", node.name).into());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(format!("{} answers", node.name))
     }
 
-    async fn stop_target(&self, sink: &Sink) -> Result<String, String> {
+    async fn stop_target(&self, sink: &Sink) -> Result<String, StepError> {
         let u = &self.upgrade;
         let stopped = self.stop_node(&u.target, sink).await?;
         self.ctx
@@ -1326,7 +1253,7 @@ impl MajorUpgradeActions {
         check_only: bool,
         recheck: bool,
         sink: &Sink,
-    ) -> Result<String, String> {
+    ) -> Result<String, StepError> {
         let u = &self.upgrade;
         if recheck && !check_only {
             sink.output("pg_upgrade may have half-run: restoring the pristine target first");
@@ -1355,13 +1282,14 @@ impl MajorUpgradeActions {
         ))
     }
 
-    async fn undo_pg_upgrade(&self, sink: &Sink) -> Result<String, String> {
+    async fn undo_pg_upgrade(&self, sink: &Sink) -> Result<String, StepError> {
         let u = &self.upgrade;
         if Self::answers(&u.target).await {
             return Err(format!(
                 "{} is running on the upgraded data; stop it first",
                 u.target.name
-            ));
+            )
+            .into());
         }
         self.ctx
             .host_run(
@@ -1377,18 +1305,18 @@ impl MajorUpgradeActions {
         ))
     }
 
-    async fn start_target(&self, sink: &Sink) -> Result<String, String> {
+    async fn start_target(&self, sink: &Sink) -> Result<String, StepError> {
         let started = self.start_node(&self.upgrade.target, sink).await?;
         let (major, _) = self.server_version(&self.upgrade.target).await?;
         if major != self.upgrade.target.version {
-            return Err(format!("{started}, but it runs PostgreSQL {major}"));
+            return Err(format!("{started}, but it runs PostgreSQL {major}").into());
         }
         Ok(format!("{started} and runs PostgreSQL {major}"))
     }
 
     // ---- validate, switch -----------------------------------------------------------------
 
-    async fn validate(&mut self, sink: &Sink) -> Result<String, String> {
+    async fn validate(&mut self, sink: &Sink) -> Result<String, StepError> {
         let baseline = self
             .memory
             .baseline
@@ -1435,36 +1363,34 @@ impl MajorUpgradeActions {
         if problems.is_empty() {
             Ok(detail)
         } else {
-            Err(format!("validation failed: {}", problems.join("; ")))
+            Err(StepError::gate(format!(
+                "validation failed: {}",
+                problems.join("; ")
+            )))
         }
     }
 
-    async fn repoint(&self, sink: &Sink) -> Result<String, String> {
+    async fn repoint(&self, sink: &Sink) -> Result<String, StepError> {
         let u = &self.upgrade;
         self.ctx.back_up_inventory(&self.inventory_path)?;
         for route in &u.routes {
             let b = &route.bouncer;
-            let ini = self
-                .host_read(&b.host, &format!("cat {}", shell_quote(&b.config)))
-                .await?;
-            self.ctx.keep_first_copy(&ini_backup(b), ini.as_bytes())?;
-            let new_ini = route.aliases.iter().fold(ini.clone(), |text, alias| {
-                pgbouncer_ini::set_alias(&text, &alias.name, &u.new_alias_target(alias))
-            });
-            self.ctx
-                .install_pgbouncer_ini(b, &b.config, &ini, &new_ini, sink)
-                .await?;
+            let targets: Vec<(&str, pgbouncer_ini::AliasTarget)> = route
+                .aliases
+                .iter()
+                .map(|alias| (alias.name.as_str(), u.new_alias_target(alias)))
+                .collect();
+            repoint::repoint(&self.ctx, b, &ini_backup(b), &b.config, &targets, sink).await?;
         }
         self.ctx
             .rewrite_inventory(&self.inventory_path, &u.inventory_after, sink)?;
         self.check_routes(&u.target).await
     }
 
-    async fn undo_repoint(&self, sink: &Sink) -> Result<String, String> {
+    async fn undo_repoint(&self, sink: &Sink) -> Result<String, StepError> {
         let u = &self.upgrade;
         for route in &u.routes {
-            self.ctx
-                .restore_pgbouncer_ini(&route.bouncer, &ini_backup(&route.bouncer), sink)
+            repoint::undo_repoint(&self.ctx, &route.bouncer, &ini_backup(&route.bouncer), sink)
                 .await?;
         }
         self.ctx.restore_inventory(&self.inventory_path, sink)?;
@@ -1472,14 +1398,12 @@ impl MajorUpgradeActions {
     }
 
     /// Every alias of the source routes to `node`, as pgbouncer reports it.
-    async fn check_routes(&self, node: &Node) -> Result<String, String> {
+    async fn check_routes(&self, node: &Node) -> Result<String, StepError> {
         let mut wrong = Vec::new();
         let mut count = 0;
         for route in &self.upgrade.routes {
             let admin = self.ctx.bouncer_admin(&route.bouncer).await?;
-            let reading = queries::pgbouncer(&admin, &route.bouncer.name)
-                .await
-                .map_err(fail)?;
+            let reading = queries::pgbouncer(&admin, &route.bouncer.name).await?;
             for alias in &route.aliases {
                 count += 1;
                 let shown = reading.databases.iter().find(|d| d.name == alias.name);
@@ -1495,18 +1419,17 @@ impl MajorUpgradeActions {
                 node.name, node.port
             ))
         } else {
-            Err(format!(
-                "aliases not routed to {}: {}",
-                node.name,
-                wrong.join(", ")
-            ))
+            Err(format!("aliases not routed to {}: {}", node.name, wrong.join(", ")).into())
         }
     }
 
-    async fn retire(&self, sink: &Sink) -> Result<String, String> {
+    async fn retire(&self, sink: &Sink) -> Result<String, StepError> {
         let s = &self.upgrade.source;
         if Self::answers(s).await {
-            return Err(format!("{} is running; stop it before retiring it", s.name));
+            return Err(StepError::precondition(format!(
+                "{} is running; stop it before retiring it",
+                s.name
+            )));
         }
         self.ctx
             .host_run(
@@ -1566,7 +1489,12 @@ impl Actions for MajorUpgradeActions {
         }
     }
 
-    async fn action(&mut self, step: &Step, recheck: bool, sink: Sink) -> Result<String, String> {
+    async fn action(
+        &mut self,
+        step: &Step,
+        recheck: bool,
+        sink: Sink,
+    ) -> Result<String, StepError> {
         announce_recheck(step, recheck, &sink);
         let started = Instant::now();
         let result = match UpgradeStep::of(step)? {
@@ -1604,7 +1532,7 @@ impl Actions for MajorUpgradeActions {
         result
     }
 
-    async fn undo(&mut self, step: &Step, _recheck: bool, sink: Sink) -> Result<String, String> {
+    async fn undo(&mut self, step: &Step, _recheck: bool, sink: Sink) -> Result<String, StepError> {
         let u = self.upgrade.clone();
         match UpgradeStep::of(step)? {
             UpgradeStep::StopTarget => self.start_node(&u.target, &sink).await,
@@ -1627,7 +1555,7 @@ impl Actions for MajorUpgradeActions {
         }
     }
 
-    async fn force_resume(&mut self, sink: Sink) -> Result<String, String> {
+    async fn force_resume(&mut self, sink: Sink) -> Result<String, StepError> {
         self.resume_traffic(&sink).await
     }
 

@@ -9,7 +9,7 @@ use super::UpgradeStep;
 use crate::inventory::{Inventory, Node, Pgbouncer, PgbouncerAlias};
 use crate::pgbouncer_ini::AliasTarget;
 use crate::plan::{ParamError, Plan, RenderedCommand, Step, StepFlags, Undo};
-use crate::remote::shell_quote;
+use crate::quote::shell_quote;
 use crate::runbooks::shard_split::plan::{pause_sql, resume_sql, unified_diff};
 use crate::runbooks::RunbookError;
 use crate::runbooks::StepKind;

@@ -3,14 +3,14 @@
 //! re-run after a crash converges; SQL comes from `runbook::shard_split`, the reviewed text.
 
 use super::SplitStep;
+use crate::effects::{lsn, repoint, traffic};
 use crate::engine::{EngineState, Observation, PreconditionResult};
 use crate::executor::context::{
-    announce_recheck, check_long_transactions, fail, not_begun, verdict, ExecContext, TrafficHook,
+    announce_recheck, check_long_transactions, not_begun, verdict, ExecContext,
 };
-use crate::executor::{Actions, Sink};
+use crate::executor::{Actions, Sink, StepError};
 use crate::inventory::Inventory;
 use crate::pg;
-use crate::pgbouncer_ini;
 use crate::plan::{Plan, Step};
 use crate::readings::queries;
 use crate::runbooks::shard_split::plan::{self as plan, Split, DELETE_BATCH, MAX_LAG_BYTES};
@@ -67,13 +67,6 @@ pub struct ShardSplitActions {
     pub gate_timeout: Duration,
 }
 
-/// One gate reading: both LSNs and whether the standby had replayed the primary's.
-struct CatchUp {
-    primary: String,
-    replayed: String,
-    caught_up: bool,
-}
-
 impl ShardSplitActions {
     pub fn new(
         split: Split,
@@ -96,13 +89,13 @@ impl ShardSplitActions {
         &self.memory
     }
 
-    fn remember(&self) -> Result<(), String> {
+    fn remember(&self) -> Result<(), StepError> {
         self.ctx.save_memory(MEMORY_FILE, &self.memory)
     }
 
     /// A connection to `dbname` on `node`, reused while it stays open: inside the write
     /// pause every connect saved is a few milliseconds of downtime saved.
-    async fn node_client(&self, node_name: &str, dbname: &str) -> Result<Arc<Client>, String> {
+    async fn node_client(&self, node_name: &str, dbname: &str) -> Result<Arc<Client>, StepError> {
         let node = self
             .split
             .inventory
@@ -111,17 +104,17 @@ impl ShardSplitActions {
         self.ctx.node_client(node, dbname).await
     }
 
-    async fn source_admin(&self) -> Result<Arc<Client>, String> {
+    async fn source_admin(&self) -> Result<Arc<Client>, StepError> {
         self.node_client(&self.split.source.name, &self.split.source.maintenance_db)
             .await
     }
 
-    async fn target_admin(&self) -> Result<Arc<Client>, String> {
+    async fn target_admin(&self) -> Result<Arc<Client>, StepError> {
         self.node_client(&self.split.target.name, &self.split.target.maintenance_db)
             .await
     }
 
-    async fn bouncer_admin(&self) -> Result<Arc<Client>, String> {
+    async fn bouncer_admin(&self) -> Result<Arc<Client>, StepError> {
         self.ctx.bouncer_admin(&self.split.bouncer).await
     }
 
@@ -135,17 +128,19 @@ impl ShardSplitActions {
         Some(row.get(0))
     }
 
-    async fn paused_aliases(&self) -> Result<BTreeSet<String>, String> {
-        let admin = self.bouncer_admin().await?;
-        let reading = queries::pgbouncer(&admin, &self.split.bouncer.name)
-            .await
-            .map_err(fail)?;
-        Ok(reading
-            .databases
+    async fn paused_aliases(&self) -> Result<BTreeSet<String>, StepError> {
+        Ok(traffic::paused(&self.ctx, &[&self.split.bouncer])
+            .await?
             .into_iter()
-            .filter(|d| d.paused)
-            .map(|d| d.name)
+            .map(|(_, alias)| alias)
             .collect())
+    }
+
+    fn lsn_pair(&self) -> lsn::Pair<'_> {
+        lsn::Pair {
+            primary: &self.split.source,
+            standby: &self.split.target,
+        }
     }
 
     // ---- preflight ------------------------------------------------------------------------
@@ -168,7 +163,7 @@ impl ShardSplitActions {
         ]
     }
 
-    async fn source_size(&self) -> Result<i64, String> {
+    async fn source_size(&self) -> Result<i64, StepError> {
         let client = self.source_admin().await?;
         let row = client
             .query_one(plan::PREFLIGHT_SETTINGS_SQL, &[])
@@ -177,7 +172,7 @@ impl ShardSplitActions {
         Ok(row.get::<_, Option<i64>>(5).unwrap_or(0))
     }
 
-    async fn check_replication_capacity(&self) -> Result<String, String> {
+    async fn check_replication_capacity(&self) -> Result<String, StepError> {
         let client = self.source_admin().await?;
         let row = client
             .query_one(plan::PREFLIGHT_SETTINGS_SQL, &[])
@@ -205,15 +200,15 @@ impl ShardSplitActions {
         if ok {
             Ok(detail)
         } else {
-            Err(detail)
+            Err(StepError::Failed(detail))
         }
     }
 
-    async fn check_target_empty(&self) -> Result<String, String> {
+    async fn check_target_empty(&self) -> Result<String, StepError> {
         if self.target_in_recovery().await.is_some() {
-            return Err(format!("{} is running", self.split.target.name));
+            return Err(format!("{} is running", self.split.target.name).into());
         }
-        let dir = crate::remote::shell_quote(&self.split.target.data_dir);
+        let dir = crate::quote::shell_quote(&self.split.target.data_dir);
         let listing = self
             .ctx
             .host_run(
@@ -234,11 +229,15 @@ impl ShardSplitActions {
                 "{} is not empty: {}",
                 self.split.target.data_dir,
                 listing.split_whitespace().collect::<Vec<_>>().join(" ")
-            ))
+            )
+            .into())
         }
     }
 
-    async fn check_target_disk(&self, source_size: Result<i64, String>) -> Result<String, String> {
+    async fn check_target_disk(
+        &self,
+        source_size: Result<i64, StepError>,
+    ) -> Result<String, StepError> {
         let needed = source_size?;
         let avail: i64 = self
             .ctx
@@ -251,7 +250,7 @@ impl ShardSplitActions {
             .await?
             .trim()
             .parse()
-            .map_err(|_| "df printed no number".to_string())?;
+            .map_err(|_| StepError::from("df printed no number"))?;
         let detail = format!(
             "{} free on {}, source is {}",
             crate::readings::text::human_bytes(avail),
@@ -261,11 +260,11 @@ impl ShardSplitActions {
         if avail >= needed {
             Ok(detail)
         } else {
-            Err(detail)
+            Err(StepError::Failed(detail))
         }
     }
 
-    async fn check_ssh_and_pgbouncer(&self) -> Result<String, String> {
+    async fn check_ssh_and_pgbouncer(&self) -> Result<String, StepError> {
         self.ctx
             .host_run(
                 &self.split.target.host,
@@ -275,9 +274,7 @@ impl ShardSplitActions {
             )
             .await?;
         let admin = self.bouncer_admin().await?;
-        let version = pg::simple_rows(&admin, &self.split.bouncer.name, "SHOW VERSION")
-            .await
-            .map_err(fail)?;
+        let version = pg::simple_rows(&admin, &self.split.bouncer.name, "SHOW VERSION").await?;
         let version = version
             .first()
             .and_then(|r| r.values().next().cloned().flatten())
@@ -288,7 +285,7 @@ impl ShardSplitActions {
         ))
     }
 
-    async fn check_shard_map(&self) -> Result<String, String> {
+    async fn check_shard_map(&self) -> Result<String, StepError> {
         let inv = &self.split.inventory;
         let from = &self.split.from;
         let reading = queries::read_distribution(inv, from).await;
@@ -300,7 +297,8 @@ impl ShardSplitActions {
             return Err(format!(
                 "{} holds {misplaced} rows of shards it does not own",
                 from.dbname
-            ));
+            )
+            .into());
         }
         if let Some(proxy) = &inv.proxy {
             let routes = self.plproxy_routes().await?;
@@ -322,7 +320,8 @@ impl ShardSplitActions {
                     "plproxy cluster {} disagrees with the inventory: {}",
                     proxy.cluster,
                     wrong.join(", ")
-                ));
+                )
+                .into());
             }
         }
         let rows: i64 = dist.tables.iter().map(|t| t.total).sum();
@@ -332,12 +331,12 @@ impl ShardSplitActions {
         ))
     }
 
-    async fn check_long_transactions(&self) -> Result<String, String> {
+    async fn check_long_transactions(&self) -> Result<String, StepError> {
         check_long_transactions(&*self.source_admin().await?).await
     }
 
     /// Shard → dbname from the plproxy cluster's options.
-    async fn plproxy_routes(&self) -> Result<BTreeMap<u32, String>, String> {
+    async fn plproxy_routes(&self) -> Result<BTreeMap<u32, String>, StepError> {
         let Some(proxy) = &self.split.inventory.proxy else {
             return Ok(BTreeMap::new());
         };
@@ -362,7 +361,7 @@ impl ShardSplitActions {
 
     // ---- base backup ----------------------------------------------------------------------
 
-    async fn base_backup(&mut self, sink: &Sink) -> Result<String, String> {
+    async fn base_backup(&mut self, sink: &Sink) -> Result<String, StepError> {
         let s = self.split.clone();
         match self.target_in_recovery().await {
             Some(true) => sink.output(format!(
@@ -370,10 +369,10 @@ impl ShardSplitActions {
                 s.target.name
             )),
             Some(false) => {
-                return Err(format!(
+                return Err(StepError::precondition(format!(
                     "{} runs as a primary; it cannot become a standby",
                     s.target.name
-                ))
+                )))
             }
             None => {
                 if self.memory.base_backup_started {
@@ -381,7 +380,7 @@ impl ShardSplitActions {
                     // before looking at the directory it writes to.
                     self.stop_interrupted_basebackup(sink).await?;
                 }
-                let dir = crate::remote::shell_quote(&s.target.data_dir);
+                let dir = crate::quote::shell_quote(&s.target.data_dir);
                 let state = self
                     .ctx
                     .host_run(&s.target.host, &format!("if [ -f {dir}/standby.signal ]; then echo standby; elif [ -n \"$(ls -A {dir})\" ]; then echo other; else echo empty; fi"), QUICK_COMMAND_TIMEOUT, sink)
@@ -404,7 +403,8 @@ impl ShardSplitActions {
                         return Err(format!(
                             "{} holds something else ({other}); refusing to overwrite it",
                             s.target.data_dir
-                        ))
+                        )
+                        .into())
                     }
                 }
                 self.ctx
@@ -433,7 +433,7 @@ impl ShardSplitActions {
     }
 
     /// Wait until the standby has replayed everything the primary had written when we asked.
-    async fn wait_caught_up(&self, timeout: Duration, sink: &Sink) -> Result<String, String> {
+    async fn wait_caught_up(&self, timeout: Duration, sink: &Sink) -> Result<String, StepError> {
         let source = self.source_admin().await?;
         let deadline = Instant::now() + timeout;
         let mut last_report = Instant::now();
@@ -469,7 +469,7 @@ impl ShardSplitActions {
                 }
             }
             if Instant::now() > deadline {
-                return Err(format!("the standby did not catch up within {timeout:?}"));
+                return Err(format!("the standby did not catch up within {timeout:?}").into());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -477,7 +477,7 @@ impl ShardSplitActions {
 
     /// pg_basebackup into the empty target directory, creating the slot. Marked in the run's
     /// memory first, so a re-check knows a half-filled directory is its own.
-    async fn copy_from_source(&mut self, sink: &Sink) -> Result<(), String> {
+    async fn copy_from_source(&mut self, sink: &Sink) -> Result<(), StepError> {
         self.memory.base_backup_started = true;
         self.remember()?;
         let s = &self.split;
@@ -498,7 +498,7 @@ impl ShardSplitActions {
 
     /// The pg_basebackup of an interrupted run may outlive it (its WAL streamer waits on the
     /// source). It is ours, copying into the directory about to be discarded: stop it by PID.
-    async fn stop_interrupted_basebackup(&self, sink: &Sink) -> Result<(), String> {
+    async fn stop_interrupted_basebackup(&self, sink: &Sink) -> Result<(), StepError> {
         let s = &self.split;
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut signal = "TERM";
@@ -524,7 +524,7 @@ impl ShardSplitActions {
                     "an interrupted pg_basebackup into {} is still running (pid {}); stop it, then run again",
                     s.target.data_dir,
                     pids.join(", ")
-                ));
+                ).into());
             }
             if Instant::now() + Duration::from_secs(10) > deadline {
                 signal = "KILL";
@@ -548,7 +548,7 @@ impl ShardSplitActions {
     }
 
     /// Stop the target if it runs, then discard its data directory.
-    async fn stop_and_discard_target(&self, sink: &Sink) -> Result<(), String> {
+    async fn stop_and_discard_target(&self, sink: &Sink) -> Result<(), StepError> {
         let s = &self.split;
         if self.target_in_recovery().await.is_some() {
             self.ctx.forget_clients();
@@ -572,7 +572,7 @@ impl ShardSplitActions {
         Ok(())
     }
 
-    async fn undo_base_backup(&mut self, sink: &Sink) -> Result<String, String> {
+    async fn undo_base_backup(&mut self, sink: &Sink) -> Result<String, StepError> {
         self.stop_and_discard_target(sink).await?;
         self.memory.base_backup_started = false;
         self.memory.promote_requested = false;
@@ -593,7 +593,7 @@ impl ShardSplitActions {
         node: &str,
         dbname: &str,
         table: &crate::inventory::ShardedTable,
-    ) -> Result<BTreeMap<u32, i64>, String> {
+    ) -> Result<BTreeMap<u32, i64>, StepError> {
         let client = self.node_client(node, dbname).await?;
         let rows = client
             .query(&self.split.per_shard_sql(table), &[])
@@ -605,7 +605,7 @@ impl ShardSplitActions {
             .collect())
     }
 
-    async fn baseline(&mut self, sink: &Sink) -> Result<String, String> {
+    async fn baseline(&mut self, sink: &Sink) -> Result<String, StepError> {
         let s = &self.split;
         let mut baselines = BTreeMap::new();
         let mut details = Vec::new();
@@ -639,54 +639,20 @@ impl ShardSplitActions {
 
     // ---- traffic ----------------------------------------------------------------------------
 
-    async fn stop_traffic(&mut self, sink: &Sink) -> Result<String, String> {
-        self.ctx
-            .run_traffic_hook(TrafficHook::Stop, HOST_COMMAND_TIMEOUT, sink)
-            .await?;
-        let admin = self.bouncer_admin().await?;
-        let already = self.paused_aliases().await?;
-        for alias in &self.split.paused_aliases {
-            if already.contains(alias) {
-                sink.output(format!("{alias} is already paused"));
-                continue;
+    async fn stop_traffic(&mut self, sink: &Sink) -> Result<String, StepError> {
+        let aliases = pause_aliases(&self.split);
+        let issued = &mut self.memory.pause_issued_at;
+        traffic::pause(&self.ctx, &aliases, HOST_COMMAND_TIMEOUT, sink, || {
+            if issued.is_none() {
+                *issued = Some(std::time::SystemTime::now());
             }
-            let started = Instant::now();
-            if self.memory.pause_issued_at.is_none() {
-                self.memory.pause_issued_at = Some(std::time::SystemTime::now());
-            }
-            pg::simple_execute(&admin, &self.split.bouncer.name, &plan::pause_sql(alias))
-                .await
-                .map_err(fail)?;
-            sink.output(format!(
-                "PAUSE {alias}: {:.1} ms",
-                started.elapsed().as_secs_f64() * 1000.0
-            ));
-        }
-        let paused = self.paused_aliases().await?;
-        let missing: Vec<&String> = self
-            .split
-            .paused_aliases
-            .iter()
-            .filter(|a| !paused.contains(*a))
-            .collect();
-        if missing.is_empty() {
-            Ok(format!("paused: {}", self.split.paused_aliases.join(", ")))
-        } else {
-            Err(format!("pgbouncer does not report paused: {missing:?}"))
-        }
+        })
+        .await?;
+        Ok(format!("paused: {}", traffic::names(&aliases)))
     }
 
-    async fn resume_traffic(&mut self, sink: &Sink) -> Result<String, String> {
-        let admin = self.bouncer_admin().await?;
-        let paused = self.paused_aliases().await?;
-        for alias in self.split.paused_aliases.iter().rev() {
-            if paused.contains(alias) {
-                pg::simple_execute(&admin, &self.split.bouncer.name, &plan::resume_sql(alias))
-                    .await
-                    .map_err(fail)?;
-                sink.output(format!("RESUME {alias}"));
-            }
-        }
+    async fn resume_traffic(&mut self, sink: &Sink) -> Result<String, StepError> {
+        traffic::resume(&self.ctx, &pause_aliases(&self.split), sink).await?;
         if let Some(issued) = self.memory.pause_issued_at.take() {
             let window = issued.elapsed().unwrap_or_default().as_secs_f64() * 1000.0;
             sink.output(format!(
@@ -695,96 +661,39 @@ impl ShardSplitActions {
             self.memory.pause_window_ms = Some(window);
             self.remember()?;
         }
-        self.ctx
-            .run_traffic_hook(TrafficHook::Start, HOST_COMMAND_TIMEOUT, sink)
-            .await?;
-        let still: Vec<String> = self
-            .paused_aliases()
-            .await?
-            .into_iter()
-            .filter(|a| self.split.paused_aliases.contains(a))
-            .collect();
-        if still.is_empty() {
-            Ok(format!("resumed: {}", self.split.paused_aliases.join(", ")))
-        } else {
-            Err(format!("still paused: {}", still.join(", ")))
-        }
+        traffic::start_hook(&self.ctx, HOST_COMMAND_TIMEOUT, sink).await?;
+        let aliases = pause_aliases(&self.split);
+        traffic::check_flowing(&self.ctx, &aliases).await?;
+        Ok(format!("resumed: {}", traffic::names(&aliases)))
     }
 
     // ---- gate and promotion ---------------------------------------------------------------
 
-    /// Both LSNs, and whether the standby has replayed at least the primary's current WAL.
-    async fn lsn_positions(&self) -> Result<(String, Option<String>, bool), String> {
-        let source = self.source_admin().await?;
-        let primary: String = source
-            .query_one(plan::PRIMARY_LSN_SQL, &[])
-            .await
-            .map_err(|e| pg::error_chain(&e))?
-            .get(0);
-        let (replayed, caught_up) = self.replayed_to(&primary).await?;
-        Ok((primary, replayed, caught_up))
-    }
-
-    /// The standby's replay LSN, and whether it is at or past `lsn`.
-    async fn replayed_to(&self, lsn: &str) -> Result<(Option<String>, bool), String> {
-        let row = self
-            .target_admin()
-            .await?
-            .query_one(
-                "SELECT pg_last_wal_replay_lsn()::text, COALESCE(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)",
-                &[&lsn],
-            )
-            .await
-            .map_err(|e| pg::error_chain(&e))?;
-        Ok((row.get(0), row.get(1)))
-    }
-
-    /// Poll every 5 ms until the standby's replay LSN reaches the primary's current LSN, or
-    /// give up after `gate_timeout`. Background WAL on the primary (autovacuum, checkpoints)
-    /// keeps moving its LSN while traffic is paused, so a single reading is not a proof.
-    async fn await_catch_up(&self) -> Result<CatchUp, String> {
-        let deadline = Instant::now() + self.gate_timeout;
-        loop {
-            let (primary, replayed, caught_up) = self.lsn_positions().await?;
-            let replayed = replayed.unwrap_or_else(|| "none".into());
-            if caught_up || Instant::now() > deadline {
-                return Ok(CatchUp {
-                    primary,
-                    replayed,
-                    caught_up,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
     /// The gate: the standby has replayed everything the primary wrote. Records both values.
-    async fn lsn_gate(&mut self, sink: &Sink) -> Result<String, String> {
-        let reading = self.await_catch_up().await?;
-        let (target, source) = (&self.split.target.name, &self.split.source.name);
-        if !reading.caught_up {
-            let detail = format!(
-                "{target} replay LSN {} is behind {source} current LSN {} after {:?}; promotion refused",
-                reading.replayed, reading.primary, self.gate_timeout
-            );
-            sink.gate(detail.clone(), false);
-            return Err(detail);
-        }
-        let detail = format!(
-            "{target} replay LSN {} ≥ {source} current LSN {}",
-            reading.replayed, reading.primary
-        );
-        sink.gate(detail.clone(), true);
+    async fn lsn_gate(&mut self, sink: &Sink) -> Result<String, StepError> {
+        let (reading, detail) = lsn::gate(
+            &self.ctx,
+            self.lsn_pair(),
+            self.gate_timeout,
+            "promotion refused",
+            sink,
+        )
+        .await?;
         self.memory.gate_primary_lsn = Some(reading.primary);
         self.memory.gate_standby_lsn = Some(reading.replayed);
         self.remember()?;
         Ok(detail)
     }
 
-    async fn promote(&mut self, sink: &Sink) -> Result<String, String> {
+    async fn promote(&mut self, sink: &Sink) -> Result<String, StepError> {
         let s = self.split.clone();
         let needs_promotion = match self.target_in_recovery().await {
-            None => return Err(format!("{} does not answer", s.target.name)),
+            None => {
+                return Err(StepError::Unreachable {
+                    node: s.target.name.clone(),
+                    reason: format!("{} does not answer", s.target.name),
+                })
+            }
             Some(false) => {
                 sink.output(format!("{} is already promoted", s.target.name));
                 false
@@ -793,16 +702,17 @@ impl ShardSplitActions {
             Some(true) => {
                 // Re-prove the gate from live data right before the irreversible call. Once
                 // promotion starts, replay stops: a re-check after a crash could never pass.
-                let reading = self.await_catch_up().await?;
+                let reading =
+                    lsn::await_catch_up(&self.ctx, self.lsn_pair(), self.gate_timeout).await?;
                 let detail = format!(
                     "re-check: replay {} vs primary {}",
                     reading.replayed, reading.primary
                 );
                 sink.gate(detail.clone(), reading.caught_up);
                 if !reading.caught_up {
-                    return Err(format!(
+                    return Err(StepError::gate(format!(
                         "{detail}: the standby fell behind; promotion refused"
-                    ));
+                    )));
                 }
                 self.memory.promote_requested = true;
                 self.remember()?;
@@ -819,7 +729,7 @@ impl ShardSplitActions {
                     // Not promoting: the next attempt must prove the gate again.
                     self.memory.promote_requested = false;
                     self.remember()?;
-                    return Err(pg::error_chain(&e));
+                    return Err(StepError::Failed(pg::error_chain(&e)));
                 }
                 sink.output(format!(
                     "{} finished a promotion begun earlier ({})",
@@ -868,7 +778,7 @@ impl ShardSplitActions {
     /// the gate held, and a promoting standby replays no further, so the current-LSN gate can
     /// no longer pass. What the gate proved still can: the standby has replayed the primary's
     /// LSN recorded at the gate, taken while traffic was already paused.
-    async fn replayed_past_the_gate(&self, sink: &Sink) -> Result<bool, String> {
+    async fn replayed_past_the_gate(&self, sink: &Sink) -> Result<bool, StepError> {
         let Some(gate_lsn) = self
             .memory
             .gate_primary_lsn
@@ -877,7 +787,7 @@ impl ShardSplitActions {
         else {
             return Ok(false);
         };
-        let (replayed, past) = self.replayed_to(&gate_lsn).await?;
+        let (replayed, past) = lsn::replayed_to(&self.ctx, &self.split.target, &gate_lsn).await?;
         if past {
             sink.gate(
                 format!(
@@ -893,7 +803,7 @@ impl ShardSplitActions {
 
     /// A promoted node cannot follow its old primary again: undoing the promotion discards it
     /// and rebuilds the standby, so the state is again what base-backup left.
-    async fn undo_promote(&mut self, sink: &Sink) -> Result<String, String> {
+    async fn undo_promote(&mut self, sink: &Sink) -> Result<String, StepError> {
         let s = self.split.clone();
         // Whatever happens below, a later promotion proves the gate again.
         self.memory.promote_requested = false;
@@ -916,7 +826,7 @@ impl ShardSplitActions {
 
     // ---- rename -----------------------------------------------------------------------------
 
-    async fn rename(&self, from: &str, to: &str, sink: &Sink) -> Result<String, String> {
+    async fn rename(&self, from: &str, to: &str, sink: &Sink) -> Result<String, StepError> {
         let client = self.target_admin().await?;
         let exists = |name: String| {
             let client = &client;
@@ -946,30 +856,24 @@ impl ShardSplitActions {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Err(format!("rename {from} → {to}: {last_error}"))
+        Err(format!("rename {from} → {to}: {last_error}").into())
     }
 
     // ---- re-route ---------------------------------------------------------------------------
 
-    async fn reroute(&self, sink: &Sink) -> Result<String, String> {
+    async fn reroute(&self, sink: &Sink) -> Result<String, StepError> {
         let s = &self.split;
         let b = &s.bouncer;
-        let ini = self
-            .ctx
-            .host_run(
-                &b.host,
-                &format!("cat {}", crate::remote::shell_quote(&b.config)),
-                QUICK_COMMAND_TIMEOUT,
-                &Sink::discard(),
-            )
-            .await?;
-        self.ctx.keep_first_copy(INI_BACKUP, ini.as_bytes())?;
         self.ctx.back_up_inventory(&self.inventory_path)?;
-
-        let new_ini = pgbouncer_ini::set_alias(&ini, &s.to.dbname, &s.new_alias_target());
-        self.ctx
-            .install_pgbouncer_ini(b, "pgbouncer.ini", &ini, &new_ini, sink)
-            .await?;
+        repoint::repoint(
+            &self.ctx,
+            b,
+            INI_BACKUP,
+            "pgbouncer.ini",
+            &[(s.to.dbname.as_str(), s.new_alias_target())],
+            sink,
+        )
+        .await?;
 
         if let (Some(proxy), Some(sql)) = (&s.inventory.proxy, s.reroute_sql(&s.to.dbname)) {
             let routes = self.plproxy_routes().await?;
@@ -999,7 +903,7 @@ impl ShardSplitActions {
         self.check_routing(&s.inventory_after).await
     }
 
-    async fn undo_reroute(&self, sink: &Sink) -> Result<String, String> {
+    async fn undo_reroute(&self, sink: &Sink) -> Result<String, StepError> {
         let s = &self.split;
         let b = &s.bouncer;
         if let (Some(proxy), Some(sql)) = (&s.inventory.proxy, s.reroute_sql(&s.from.dbname)) {
@@ -1018,17 +922,15 @@ impl ShardSplitActions {
                 ));
             }
         }
-        self.ctx.restore_pgbouncer_ini(b, INI_BACKUP, sink).await?;
+        repoint::undo_repoint(&self.ctx, b, INI_BACKUP, sink).await?;
         self.ctx.restore_inventory(&self.inventory_path, sink)?;
         self.check_routing(&s.inventory).await
     }
 
     /// Every shard served by exactly one node, and plproxy, pgbouncer and `inventory` agree.
-    async fn check_routing(&self, inventory: &Inventory) -> Result<String, String> {
+    async fn check_routing(&self, inventory: &Inventory) -> Result<String, StepError> {
         let admin = self.bouncer_admin().await?;
-        let pools = queries::pgbouncer(&admin, &self.split.bouncer.name)
-            .await
-            .map_err(fail)?;
+        let pools = queries::pgbouncer(&admin, &self.split.bouncer.name).await?;
         let node_at = |host: &Option<String>, port: Option<i64>| {
             inventory
                 .nodes
@@ -1075,13 +977,14 @@ impl ShardSplitActions {
                     .take(5)
                     .collect::<Vec<_>>()
                     .join("; ")
-            ))
+            )
+            .into())
         }
     }
 
     // ---- verify -----------------------------------------------------------------------------
 
-    async fn verify(&self, sink: &Sink) -> Result<String, String> {
+    async fn verify(&self, sink: &Sink) -> Result<String, StepError> {
         let s = &self.split;
         let routing = self.check_routing(&s.inventory_after).await?;
         sink.output(routing.clone());
@@ -1129,14 +1032,15 @@ impl ShardSplitActions {
             return Err(format!(
                 "owners hold fewer rows than the baseline: {}",
                 short.join("; ")
-            ));
+            )
+            .into());
         }
         Ok(format!("{routing}; {}", details.join("; ")))
     }
 
     // ---- delete invalid data ---------------------------------------------------------------
 
-    async fn delete_invalid(&mut self, sink: &Sink) -> Result<String, String> {
+    async fn delete_invalid(&mut self, sink: &Sink) -> Result<String, StepError> {
         let s = &self.split;
         let lower: Vec<u32> = (s.from.shards[0]..s.to.shards[0]).collect();
         let upper: Vec<u32> = s.moved_shards().collect();
@@ -1186,12 +1090,12 @@ impl ShardSplitActions {
         if refused.is_empty() {
             Ok(summary.join("; "))
         } else {
-            Err(format!(
+            Err(StepError::gate(format!(
                 "delete refused for {} shards whose owner lacks rows (those rows were NOT deleted): {}. Done: {}",
                 refused.len(),
                 refused.into_iter().take(10).collect::<Vec<_>>().join("; "),
                 summary.join("; ")
-            ))
+            )))
         }
     }
 
@@ -1203,7 +1107,7 @@ impl ShardSplitActions {
         shards: &[u32],
         cutover_xid: &str,
         sink: &Sink,
-    ) -> Result<CleanReport, String> {
+    ) -> Result<CleanReport, StepError> {
         let n = self.node_client(non_owner.node, non_owner.db).await?;
         let o = self.node_client(owner.node, owner.db).await?;
         let qualified = quote_qualified(&table.table);
@@ -1341,7 +1245,7 @@ impl ShardSplitActions {
         Ok(report)
     }
 
-    async fn vacuum(&self, sink: &Sink) -> Result<String, String> {
+    async fn vacuum(&self, sink: &Sink) -> Result<String, StepError> {
         let s = &self.split;
         let mut details = Vec::new();
         for (node, db) in [
@@ -1375,7 +1279,7 @@ impl ShardSplitActions {
         Ok(details.join("; "))
     }
 
-    async fn drop_slot(&self) -> Result<String, String> {
+    async fn drop_slot(&self) -> Result<String, StepError> {
         let source = self.source_admin().await?;
         drop_slot_when_inactive(&source, &self.split.slot).await?;
         Ok(format!(
@@ -1384,7 +1288,7 @@ impl ShardSplitActions {
         ))
     }
 
-    async fn validate_connections(&self, sink: &Sink) -> Result<String, String> {
+    async fn validate_connections(&self, sink: &Sink) -> Result<String, StepError> {
         let after = &self.split.inventory_after;
         let mut problems = Vec::new();
         let mut details = Vec::new();
@@ -1421,9 +1325,21 @@ impl ShardSplitActions {
         if problems.is_empty() {
             Ok(format!("connections by database: {}", details.join(", ")))
         } else {
-            Err(problems.join("; "))
+            Err(StepError::Failed(problems.join("; ")))
         }
     }
+}
+
+/// The aliases the write pause covers, in PAUSE order.
+fn pause_aliases(split: &Split) -> Vec<traffic::Alias<'_>> {
+    split
+        .paused_aliases
+        .iter()
+        .map(|name| traffic::Alias {
+            bouncer: &split.bouncer,
+            name,
+        })
+        .collect()
 }
 
 #[derive(Clone, Copy)]
@@ -1444,7 +1360,7 @@ async fn shard_digests(
     client: &Client,
     sql: &str,
     keys: &[String],
-) -> Result<BTreeMap<i64, (i64, Option<String>)>, String> {
+) -> Result<BTreeMap<i64, (i64, Option<String>)>, StepError> {
     Ok(client
         .query(sql, &[&keys])
         .await
@@ -1454,7 +1370,7 @@ async fn shard_digests(
         .collect())
 }
 
-async fn key_type(client: &Client, table: &str, column: &str) -> Result<String, String> {
+async fn key_type(client: &Client, table: &str, column: &str) -> Result<String, StepError> {
     let row = client
         .query_opt(
             "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = $1::text::regclass AND a.attname = $2 AND NOT a.attisdropped",
@@ -1474,7 +1390,7 @@ async fn move_rows(
     key: &str,
     key_type: &str,
     keys: &[String],
-) -> Result<u64, String> {
+) -> Result<u64, StepError> {
     let rows = from
         .query(&format!("SELECT row_to_json(t)::text FROM {qualified} t WHERE {key} = ANY($1::text[]::{key_type}[])"), &[&keys])
         .await
@@ -1494,7 +1410,7 @@ async fn move_rows(
 }
 
 /// Hold the next delete batch while any standby of this node lags more than the bound.
-async fn wait_for_lag(client: &Client, sink: &Sink) -> Result<(), String> {
+async fn wait_for_lag(client: &Client, sink: &Sink) -> Result<(), StepError> {
     let started = Instant::now();
     loop {
         let lag: Option<i64> = client
@@ -1513,7 +1429,7 @@ async fn wait_for_lag(client: &Client, sink: &Sink) -> Result<(), String> {
     }
 }
 
-async fn drop_slot_when_inactive(client: &Client, slot: &str) -> Result<(), String> {
+async fn drop_slot_when_inactive(client: &Client, slot: &str) -> Result<(), StepError> {
     for _ in 0..100 {
         match client.simple_query(&plan::drop_slot_sql(slot)).await {
             Ok(_) => return Ok(()),
@@ -1521,10 +1437,10 @@ async fn drop_slot_when_inactive(client: &Client, slot: &str) -> Result<(), Stri
             Err(e) if pg::error_chain(&e).contains("is active") => {
                 tokio::time::sleep(Duration::from_millis(50)).await
             }
-            Err(e) => return Err(pg::error_chain(&e)),
+            Err(e) => return Err(StepError::Failed(pg::error_chain(&e))),
         }
     }
-    Err(format!("slot {slot} stayed active"))
+    Err(format!("slot {slot} stayed active").into())
 }
 
 impl Actions for ShardSplitActions {
@@ -1540,14 +1456,16 @@ impl Actions for ShardSplitActions {
             return vec![Observation::new("step", step.id.to_string())];
         };
         match kind {
-            SplitStep::LsnGate | SplitStep::Promote => match self.lsn_positions().await {
-                Ok((primary, replayed, caught_up)) => vec![
-                    Observation::new("standby.caught_up", caught_up.to_string()),
-                    Observation::new("primary.lsn", primary),
-                    Observation::new("standby.replay_lsn", replayed.unwrap_or_default()),
-                ],
-                Err(e) => vec![Observation::new("lsn.error", e)],
-            },
+            SplitStep::LsnGate | SplitStep::Promote => {
+                match lsn::positions(&self.ctx, self.lsn_pair()).await {
+                    Ok((primary, replayed, caught_up)) => vec![
+                        Observation::new("standby.caught_up", caught_up.to_string()),
+                        Observation::new("primary.lsn", primary),
+                        Observation::new("standby.replay_lsn", replayed.unwrap_or_default()),
+                    ],
+                    Err(e) => vec![Observation::new("lsn.error", e.to_string())],
+                }
+            }
             SplitStep::Rename | SplitStep::Reroute | SplitStep::ResumeTraffic => vec![
                 Observation::new("target.database", self.split.to.dbname.clone()),
                 Observation::new(
@@ -1569,7 +1487,12 @@ impl Actions for ShardSplitActions {
         }
     }
 
-    async fn action(&mut self, step: &Step, recheck: bool, sink: Sink) -> Result<String, String> {
+    async fn action(
+        &mut self,
+        step: &Step,
+        recheck: bool,
+        sink: Sink,
+    ) -> Result<String, StepError> {
         announce_recheck(step, recheck, &sink);
         match SplitStep::of(step)? {
             SplitStep::Preflight => Ok("every precondition held".into()),
@@ -1592,7 +1515,7 @@ impl Actions for ShardSplitActions {
         }
     }
 
-    async fn undo(&mut self, step: &Step, _recheck: bool, sink: Sink) -> Result<String, String> {
+    async fn undo(&mut self, step: &Step, _recheck: bool, sink: Sink) -> Result<String, StepError> {
         match SplitStep::of(step)? {
             SplitStep::BaseBackup => self.undo_base_backup(&sink).await,
             SplitStep::StopTraffic => self.resume_traffic(&sink).await,
@@ -1620,7 +1543,7 @@ impl Actions for ShardSplitActions {
         }
     }
 
-    async fn force_resume(&mut self, sink: Sink) -> Result<String, String> {
+    async fn force_resume(&mut self, sink: Sink) -> Result<String, StepError> {
         self.resume_traffic(&sink).await
     }
 

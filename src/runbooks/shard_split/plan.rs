@@ -10,7 +10,7 @@ use crate::inventory::{
 };
 use crate::pgbouncer_ini::AliasTarget;
 use crate::plan::{ParamError, Plan, RenderedCommand, Step, StepFlags, Undo};
-use crate::remote::shell_quote;
+use crate::quote::shell_quote;
 use crate::runbooks::RunbookError;
 use crate::runbooks::StepKind;
 use crate::sql::{quote_ident, quote_literal, quote_qualified};
