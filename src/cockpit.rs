@@ -449,3 +449,102 @@ mod tests {
         );
     }
 }
+
+/// What `cutover tui` was asked for, resolved by the CLI.
+pub struct Launch {
+    pub inventory_path: std::path::PathBuf,
+    pub inventory: crate::inventory::Inventory,
+    pub theme: crate::ui::Theme,
+    pub operator: String,
+    pub pair: bool,
+    pub readonly: bool,
+    /// The runbook to drive, or to follow when `readonly`; `None` shows the readings only.
+    pub runbook: Option<crate::session::Invocation>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    Session(#[from] crate::session::SessionError),
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    #[error(transparent)]
+    Ui(#[from] crate::ui::UiError),
+}
+
+/// Open the cockpit: the pollers, the UI, and (when a runbook is named) the bridge that drives
+/// its run, or the follower that replays the journal of the run in progress. Returns when the
+/// operator quits or a stop signal arrives; a write pause is ended before it returns.
+pub async fn launch(launch: Launch) -> Result<(), LaunchError> {
+    use crate::session;
+    let (requests_tx, requests_rx) = mpsc::channel(8);
+    let (updates_tx, updates_rx) = mpsc::channel(64);
+    let mut initial = None;
+    let mut driving = None;
+    if let Some(invocation) = launch.runbook {
+        if launch.readonly {
+            // Watch, never drive: no run is opened or created. The plan of a run in progress
+            // comes from the journal (its re-route may have rewritten the inventory since).
+            let journal = Journal::open(&crate::journal::resolve_state_dir(
+                invocation.state_dir.as_deref(),
+            )?)?;
+            let in_progress = journal
+                .latest_unfinished_run(&launch.inventory.environment, &invocation.runbook)?
+                .and_then(|meta| Plan::from_json(&meta.plan_json).ok());
+            let plan = match in_progress {
+                Some(plan) => plan,
+                None => session::plan(&launch.inventory, &invocation.runbook, &invocation.params)?,
+            };
+            let bound = crate::runbooks::find(&plan.runbook)
+                .map_err(session::SessionError::from)?
+                .pause_bound(&plan);
+            tokio::spawn(follow(journal, plan, bound, updates_tx));
+        } else {
+            let mut runner = session::open(&invocation)?;
+            crate::guard::spawn_on_pause(&mut runner, invocation);
+            let bound = Actions::pause_bound(runner.actions());
+            initial = Some(initial_view(&runner, bound));
+            let stop = runner.stop_handle();
+            let stop_requests = runner.stop_requests();
+            crate::executor::signals::stop_on_signals(stop.clone());
+            let bridge = tokio::spawn(serve(runner, requests_rx, updates_tx, bound));
+            driving = Some((stop, bridge, stop_requests));
+        }
+    }
+    let inventory = std::sync::Arc::new(launch.inventory);
+    let inventory_updates = crate::readings::inventory_file::follow_file(
+        launch.inventory_path,
+        inventory.clone(),
+        crate::readings::inventory_file::FOLLOW_INTERVAL,
+    );
+    let cockpit = crate::ui::run(crate::ui::TuiOptions {
+        inventory,
+        inventory_updates: Some(inventory_updates),
+        theme: launch.theme,
+        operator: launch.operator,
+        pair: launch.pair,
+        readonly: launch.readonly,
+        requests_tx,
+        updates_rx,
+        initial,
+        intervals: crate::readings::poller::PollIntervals::default(),
+        seen,
+    });
+    let ui = match &driving {
+        // A signal closes the cockpit too (dropping it restores the terminal).
+        Some((_, _, stop_requests)) => {
+            let mut stop_requests = stop_requests.clone();
+            tokio::select! {
+                ui = cockpit => ui,
+                _ = stop_requests.wait_for(Option::is_some) => Ok(()),
+            }
+        }
+        None => cockpit.await,
+    };
+    if let Some((stop, bridge, _)) = driving {
+        // The bridge ends a write pause and stops a running step before the process exits.
+        stop.stop("the cockpit closed");
+        let _ = bridge.await;
+    }
+    Ok(ui?)
+}

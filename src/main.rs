@@ -178,90 +178,20 @@ async fn tui_command(
                 return Ok(ExitCode::from(INVALID_INPUT));
             }
         };
-    let (requests_tx, requests_rx) = tokio::sync::mpsc::channel(8);
-    let (updates_tx, updates_rx) = tokio::sync::mpsc::channel(64);
-    let mut initial = None;
-    let mut driving = None;
-    if let Some(runbook) = runbook {
-        if readonly {
-            // Watch, never drive: no run is opened or created; the journal is followed. The
-            // plan of a run in progress comes from the journal (its re-route may have rewritten
-            // the inventory since); otherwise it is generated from the inventory.
-            let journal =
-                journal::Journal::open(&journal::resolve_state_dir(run.state_dir.as_deref())?)?;
-            let in_progress = journal
-                .latest_unfinished_run(&inv.environment, &runbook.name)?
-                .and_then(|meta| plan::Plan::from_json(&meta.plan_json).ok());
-            let plan = match in_progress {
-                Some(plan) => plan,
-                None => match session::plan(&inv, &runbook.name, &runbook.params) {
-                    Ok(plan) => plan,
-                    Err(e) => return Ok(report_session_error(e)),
-                },
-            };
-            let bound = match runbooks::find(&plan.runbook) {
-                Ok(registered) => registered.pause_bound(&plan),
-                Err(e) => return Ok(report_session_error(e.into())),
-            };
-            tokio::spawn(cutover::cockpit::follow(journal, plan, bound, updates_tx));
-        } else {
-            let invocation = invocation(file, &runbook, run, None);
-            let mut runner = match session::open(&invocation) {
-                Ok(runner) => runner,
-                Err(e) => return Ok(report_session_error(e)),
-            };
-            cutover::guard::spawn_on_pause(&mut runner, invocation);
-            let bound = cutover::executor::Actions::pause_bound(runner.actions());
-            initial = Some(cutover::cockpit::initial_view(&runner, bound));
-            let stop = runner.stop_handle();
-            let stop_requests = runner.stop_requests();
-            cutover::executor::signals::stop_on_signals(stop.clone());
-            let bridge = tokio::spawn(cutover::cockpit::serve(
-                runner,
-                requests_rx,
-                updates_tx,
-                bound,
-            ));
-            driving = Some((stop, bridge, stop_requests));
-        }
-    }
-    let inventory = std::sync::Arc::new(inv);
-    let inventory_updates = readings::inventory_file::follow_file(
-        file.to_path_buf(),
-        inventory.clone(),
-        readings::inventory_file::FOLLOW_INTERVAL,
-    );
-    let cockpit = cutover::ui::run(cutover::ui::TuiOptions {
-        inventory,
-        inventory_updates: Some(inventory_updates),
+    let launch = cutover::cockpit::Launch {
+        inventory_path: file.to_path_buf(),
+        inventory: inv,
         theme,
         operator: run.operator.clone(),
         pair: run.pair,
         readonly,
-        requests_tx,
-        updates_rx,
-        initial,
-        intervals: readings::poller::PollIntervals::default(),
-        seen: cutover::cockpit::seen,
-    });
-    let ui = match &driving {
-        // A signal closes the cockpit too (dropping it restores the terminal).
-        Some((_, _, stop_requests)) => {
-            let mut stop_requests = stop_requests.clone();
-            tokio::select! {
-                ui = cockpit => ui,
-                _ = stop_requests.wait_for(Option::is_some) => Ok(()),
-            }
-        }
-        None => cockpit.await,
+        runbook: runbook.map(|runbook| invocation(file, &runbook, run, None)),
     };
-    if let Some((stop, bridge, _)) = driving {
-        // The bridge ends a write pause and stops a running step before the process exits.
-        stop.stop("the cockpit closed");
-        let _ = bridge.await;
+    match cutover::cockpit::launch(launch).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(cutover::cockpit::LaunchError::Session(e)) => Ok(report_session_error(e)),
+        Err(e) => Err(e.into()),
     }
-    ui?;
-    Ok(ExitCode::SUCCESS)
 }
 
 fn plan_command(

@@ -677,7 +677,10 @@ async fn main_lab_target_runs_18_and_preflight_refuses_an_extension_missing_ther
         } => {
             assert_eq!(precondition, "extensions");
             assert!(detail.contains("uuid-ossp"), "{detail}");
-            assert!(!detail.contains("plproxy"), "plproxy 2.12 is there for 18: {detail}");
+            assert!(
+                !detail.contains("plproxy"),
+                "plproxy 2.12 is there for 18: {detail}"
+            );
         }
         other => panic!("expected the extensions precondition to fail: {other}"),
     }
