@@ -270,10 +270,10 @@ async fn bootstrap_from_nothing_distributes_and_rows_land_on_both_workers() {
 fn kill_at(child: &mut std::process::Child, state: &Path, step: &str, kind: EntryKind) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before {step} {kind:?}"
-        );
+        if child.try_wait().unwrap().is_some() {
+            let log = std::fs::read_to_string(state.join("driver.log")).unwrap_or_default();
+            panic!("the run ended before {step} {kind:?}:\n{log}");
+        }
         if let Ok(journal) = Journal::open(state) {
             if let Some(run) = journal.runs().ok().and_then(|r| r.into_iter().next()) {
                 let reached = journal
@@ -302,9 +302,10 @@ async fn a_killed_bootstrap_converges_and_rolls_back_to_nothing() {
         ("add-workers", EntryKind::Started),
         ("distribute", EntryKind::Started),
     ] {
+        let log = std::fs::File::create(state.path().join("driver.log")).unwrap();
         let mut child = bootstrap_command(&lab, state.path())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         kill_at(&mut child, state.path(), step, kind);

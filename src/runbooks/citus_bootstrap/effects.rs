@@ -330,9 +330,7 @@ impl CitusBootstrapActions {
             quote_literal(value)
         );
         sink.output(format!("{}: {sql}", node.name));
-        pg::simple_execute(&client, &node.name, &sql)
-            .await
-            .map_err(|e| e.to_string())?;
+        pg::simple_execute(&client, &node.name, &sql).await?;
         self.ctx.forget_clients();
         for command in [&node.control.stop, &node.control.start] {
             self.ctx
@@ -387,9 +385,15 @@ impl CitusBootstrapActions {
             let client = self.client(node, &node.maintenance_db).await?;
             let sql = plan::create_database_sql(&db);
             sink.output(format!("{}: {sql}", node.name));
-            pg::simple_execute(&client, &node.name, &sql)
-                .await
-                .map_err(|e| e.to_string())?;
+            if let Err(e) = pg::simple_execute(&client, &node.name, &sql).await {
+                if !eventually(|| self.database_exists(node)).await? {
+                    return Err(e.into());
+                }
+                sink.output(format!(
+                    "{}: `{db}` was created by the statement an interrupted run had sent",
+                    node.name
+                ));
+            }
             created.push(node.name.clone());
         }
         for node in &nodes {
@@ -421,9 +425,7 @@ impl CitusBootstrapActions {
             let client = self.client(node, &node.maintenance_db).await?;
             let sql = plan::drop_database_sql(&db);
             sink.output(format!("{}: {sql}", node.name));
-            pg::simple_execute(&client, &node.name, &sql)
-                .await
-                .map_err(|e| e.to_string())?;
+            pg::simple_execute(&client, &node.name, &sql).await?;
             if self.database_exists(node).await? {
                 return Err(
                     format!("{}: `{db}` still exists after DROP DATABASE", node.name).into(),
@@ -464,9 +466,14 @@ impl CitusBootstrapActions {
                 self.remember()?;
                 let client = self.client(node, self.bootstrap.database()).await?;
                 sink.output(format!("{}: {}", node.name, plan::CREATE_EXTENSION_SQL));
-                pg::simple_execute(&client, &node.name, plan::CREATE_EXTENSION_SQL)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                if let Err(e) =
+                    pg::simple_execute(&client, &node.name, plan::CREATE_EXTENSION_SQL).await
+                {
+                    let installed = || async { Ok(self.citus_version(node).await?.is_some()) };
+                    if !eventually(installed).await? {
+                        return Err(e.into());
+                    }
+                }
             }
             match self.citus_version(node).await? {
                 Some(version) => versions.insert(version),
@@ -498,9 +505,7 @@ impl CitusBootstrapActions {
             if self.database_exists(node).await? && self.citus_version(node).await?.is_some() {
                 let client = self.client(node, self.bootstrap.database()).await?;
                 sink.output(format!("{}: {}", node.name, plan::DROP_EXTENSION_SQL));
-                pg::simple_execute(&client, &node.name, plan::DROP_EXTENSION_SQL)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                pg::simple_execute(&client, &node.name, plan::DROP_EXTENSION_SQL).await?;
             }
             self.memory.created_extension.remove(&node.name);
             self.remember()?;
@@ -642,9 +647,7 @@ impl CitusBootstrapActions {
         let client = self
             .client(&b.coordinator, &b.coordinator.maintenance_db)
             .await?;
-        pg::simple_execute(&client, &b.coordinator.name, &sql)
-            .await
-            .map_err(|e| e.to_string())?;
+        pg::simple_execute(&client, &b.coordinator.name, &sql).await?;
         Ok(if reset {
             "citus.shard_count reset".to_string()
         } else {
@@ -831,11 +834,14 @@ impl CitusBootstrapActions {
                 self.memory.distributed.insert(table.table.clone());
                 self.remember()?;
                 sink.output(sql.clone());
-                self.coordinator()
-                    .await?
-                    .simple_query(&sql)
-                    .await
-                    .map_err(|e| format!("{}: {}", table.table, pg::error_chain(&e)))?;
+                let sent = self.coordinator().await?.simple_query(&sql).await;
+                if let Err(e) = sent {
+                    let distributed =
+                        || async { Ok(self.citus_kind(&table.table).await?.is_some()) };
+                    if !eventually(distributed).await? {
+                        return Err(format!("{}: {}", table.table, pg::error_chain(&e)).into());
+                    }
+                }
             }
             let kind = self.citus_kind(&table.table).await?.unwrap_or_default();
             let expected = match table.distribution {
@@ -953,6 +959,29 @@ impl CitusBootstrapActions {
         };
         sink.gate(detail.clone(), true);
         Ok(detail)
+    }
+}
+
+/// How long a step waits for a statement that an interrupted run had sent: the killed
+/// driver's backend finishes it (CREATE DATABASE, CREATE EXTENSION, create_distributed_table)
+/// and a second one fails on the name it is creating.
+const INTERRUPTED_STATEMENT_WAIT: Duration = Duration::from_secs(60);
+
+/// Whether `done` comes to hold within [`INTERRUPTED_STATEMENT_WAIT`], polled every 100 ms.
+async fn eventually<F, Fut>(done: F) -> Result<bool, StepError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, StepError>>,
+{
+    let deadline = std::time::Instant::now() + INTERRUPTED_STATEMENT_WAIT;
+    loop {
+        if done().await? {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
