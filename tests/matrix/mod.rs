@@ -10,7 +10,7 @@ use cutover::engine::JournalEntry;
 use cutover::journal::Journal;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// Seeds of the CI matrix; `CUTOVER_MATRIX_SEEDS=1,2,3` (a nightly run) picks others.
@@ -136,6 +136,8 @@ pub struct PassReport {
     /// Points the run passed without reaching (it finished first).
     pub missed: usize,
     pub unexpected_exits: usize,
+    /// Runs refused while the pause guard held the run.
+    pub held: usize,
     pub seconds: f64,
 }
 
@@ -211,7 +213,7 @@ fn spawn<S: Subject>(subject: &S, state: &Path, log: &Path) -> Child {
         .open(log)
         .expect("driver log");
     run_command(subject, state)
-        .stdout(Stdio::null())
+        .stdout(stderr.try_clone().expect("driver log"))
         .stderr(stderr)
         .spawn()
         .expect("spawn cutover run")
@@ -278,11 +280,13 @@ pub async fn pass<S: Subject>(seed: u64) -> PassReport {
     let show = |text: String| eprintln!("[matrix {} seed {seed}] {text}", S::RUNBOOK);
 
     let mut next = 0;
+    // The deadline of the current point, kept across refusals while the run is held.
+    let mut held_since: Option<Instant> = None;
     while next < points.len() {
         let point = &points[next];
         let baseline = entries(state.path()).len();
         let mut child = spawn(&subject, state.path(), &log);
-        let deadline = Instant::now() + REACH_TIMEOUT;
+        let deadline = *held_since.get_or_insert_with(|| Instant::now() + REACH_TIMEOUT);
         let mut seen_start = None;
         let reached = loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
@@ -335,6 +339,7 @@ pub async fn pass<S: Subject>(seed: u64) -> PassReport {
                     }
                 }
                 next += 1;
+                held_since = None;
             }
             Err(status) if status.success() => {
                 report.missed += points.len() - next;
@@ -345,13 +350,40 @@ pub async fn pass<S: Subject>(seed: u64) -> PassReport {
                 ));
                 break;
             }
+            Err(_)
+                if std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .lines()
+                    .last()
+                    .is_some_and(|l| l.contains("being driven by another")) =>
+            {
+                // The pause guard holds the run (it ended a pause that outlived its bound):
+                // the operator waits and runs the same command again.
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: the run stays held by another process",
+                    S::RUNBOOK
+                );
+                report.held += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
             Err(status) => {
-                // A refusal while the guard still holds the run, or a step that failed and
-                // rolled back: the operator runs the same command again.
+                // A step that failed and rolled back: the operator runs the same command again.
                 report.unexpected_exits += 1;
+                let failures: Vec<String> = entries(state.path())
+                    .get(baseline..)
+                    .unwrap_or(&[])
+                    .iter()
+                    .filter(|e| matches!(e.kind, EntryKind::Failed | EntryKind::UndoFailed))
+                    .map(|e| format!("{:?} {:?}: {}", e.kind, e.step, e.detail))
+                    .collect();
+                let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = log_text.lines().rev().take(4).collect();
                 show(format!(
-                    "the run exited by itself ({status}) before {}",
-                    point.label()
+                    "the run exited by itself ({status}) before {}: {} | {}",
+                    point.label(),
+                    failures.join("; "),
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
                 ));
                 assert!(
                     report.unexpected_exits <= 5,
@@ -409,8 +441,8 @@ pub async fn pass<S: Subject>(seed: u64) -> PassReport {
     subject.converged(&all).await;
     report.seconds = started.elapsed().as_secs_f64();
     show(format!(
-        "converged: {} kill points ({} ended by the guard), {} missed, {} unexpected exits, {:.1} s",
-        report.kills, report.guard_ends, report.missed, report.unexpected_exits, report.seconds
+        "converged: {} kill points ({} ended by the guard), {} missed, {} unexpected exits, {} refused while held, {:.1} s",
+        report.kills, report.guard_ends, report.missed, report.unexpected_exits, report.held, report.seconds
     ));
     report
 }
