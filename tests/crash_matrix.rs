@@ -311,6 +311,10 @@ impl<M: Method> Upgrade<M> {
 impl<M: Method> Subject for Upgrade<M> {
     const RUNBOOK: &'static str = "major-upgrade";
 
+    fn name() -> String {
+        format!("major-upgrade --method {}", M::NAME)
+    }
+
     async fn start() -> Self {
         let lab = UpgradeLab::start(UpgradeLabOptions::default())
             .await

@@ -94,6 +94,10 @@ pub trait Subject: Sized {
     /// The runbook's registry name.
     const RUNBOOK: &'static str;
 
+    /// How the matrix names this subject (the runbook, and its method when it has several).
+    fn name() -> String {
+        Self::RUNBOOK.to_string()
+    }
     /// A fresh lab for one pass of the matrix.
     async fn start() -> Self;
     fn inventory_path(&self) -> PathBuf;
@@ -136,6 +140,8 @@ pub struct PassReport {
     /// Points the run passed without reaching (it finished first).
     pub missed: usize,
     pub unexpected_exits: usize,
+    /// Points whose step an earlier kill had already passed.
+    pub overshot: usize,
     /// Runs refused while the pause guard held the run.
     pub held: usize,
     pub seconds: f64,
@@ -251,7 +257,12 @@ fn due(when: &When, fresh: &[JournalEntry], seen_start: &mut Option<Instant>) ->
             {
                 *seen_start = Some(Instant::now());
             }
-            seen_start.is_some_and(|at| at.elapsed() >= *delay)
+            // A step quicker than the delay is killed at its end instead: the kill stays
+            // inside or at the boundary of its step and never skips the later boundaries.
+            let ended = fresh
+                .iter()
+                .any(|e| is_step(e, step) && is_terminal(e.kind));
+            seen_start.is_some_and(|at| ended || at.elapsed() >= *delay)
         }
     }
 }
@@ -277,14 +288,24 @@ pub async fn pass<S: Subject>(seed: u64) -> PassReport {
     let points = schedule(&subject, &steps, seed);
     subject.start_load().await;
     let mut report = PassReport::default();
-    let show = |text: String| eprintln!("[matrix {} seed {seed}] {text}", S::RUNBOOK);
+    let show = |text: String| eprintln!("[matrix {} seed {seed}] {text}", S::name());
 
     let mut next = 0;
     // The deadline of the current point, kept across refusals while the run is held.
     let mut held_since: Option<Instant> = None;
+    let mut finished = false;
     while next < points.len() {
         let point = &points[next];
-        let baseline = entries(state.path()).len();
+        let before = entries(state.path());
+        if settled(&before, step_of(point)) {
+            // An earlier kill landed past this point's step (a delay longer than the step):
+            // the run will not pass it again.
+            report.overshot += 1;
+            show(format!("{} passed already", point.label()));
+            next += 1;
+            continue;
+        }
+        let baseline = before.len();
         let mut child = spawn(&subject, state.path(), &log);
         let deadline = *held_since.get_or_insert_with(|| Instant::now() + REACH_TIMEOUT);
         let mut seen_start = None;
@@ -331,6 +352,12 @@ pub async fn pass<S: Subject>(seed: u64) -> PassReport {
                             );
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
+                        // The guard resumes first, then rolls back to before the pause.
+                        let step = subject.pause_step().unwrap_or_default();
+                        let rolled = Instant::now() + Duration::from_secs(30);
+                        while settled(&entries(state.path()), step) && Instant::now() < rolled {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
                         report.guard_ends += 1;
                         show(format!(
                             "the guard ended the pause {:.1} s after the kill",
@@ -342,6 +369,7 @@ pub async fn pass<S: Subject>(seed: u64) -> PassReport {
                 held_since = None;
             }
             Err(status) if status.success() => {
+                finished = true;
                 report.missed += points.len() - next;
                 show(format!(
                     "the run finished before {}; {} point(s) missed",
@@ -399,13 +427,14 @@ pub async fn pass<S: Subject>(seed: u64) -> PassReport {
     // The operator's last run: it completes (a guard still holding the run refuses it
     // briefly, naming the holder; the operator retries).
     let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    while !finished {
         let output = run_command(&subject, state.path())
             .output()
             .expect("cutover run");
         let stderr = String::from_utf8_lossy(&output.stderr).to_string();
         if output.status.success() {
-            break;
+            finished = true;
+            continue;
         }
         assert!(
             stderr.contains("being driven") && Instant::now() < deadline,
@@ -441,10 +470,19 @@ pub async fn pass<S: Subject>(seed: u64) -> PassReport {
     subject.converged(&all).await;
     report.seconds = started.elapsed().as_secs_f64();
     show(format!(
-        "converged: {} kill points ({} ended by the guard), {} missed, {} unexpected exits, {} refused while held, {:.1} s",
-        report.kills, report.guard_ends, report.missed, report.unexpected_exits, report.held, report.seconds
+        "converged: {} kill points ({} ended by the guard), {} passed already, {} missed, {} unexpected exits, {} refused while held, {:.1} s",
+        report.kills, report.guard_ends, report.overshot, report.missed, report.unexpected_exits, report.held, report.seconds
     ));
     report
+}
+
+/// Whether `step` is done for good: its last terminal entry is Verified or Skipped.
+fn settled(entries: &[JournalEntry], step: &str) -> bool {
+    entries
+        .iter()
+        .rev()
+        .find(|e| is_step(e, step) && is_terminal(e.kind))
+        .is_some_and(|e| matches!(e.kind, EntryKind::Verified | EntryKind::Skipped))
 }
 
 fn is_terminal(kind: EntryKind) -> bool {

@@ -736,8 +736,34 @@ impl MajorUpgradeActions {
 
     // ---- dump and transfer ----------------------------------------------------------------
 
-    async fn dump(&mut self, sink: &Sink) -> Result<String, StepError> {
+    /// Wait until no process on `host` has a file under the dump directory open: a dump
+    /// cut off with its driver keeps writing its `.partial` files, and a second dump writing
+    /// the same files would race it.
+    async fn await_cut_off_writers(&self, host: &str, sink: &Sink) -> Result<(), StepError> {
+        let script = format!(
+            "d={dir}; end=$(( $(date +%s) + 50 )); while :; do \
+               busy=$(for f in /proc/[0-9]*/fd/*; do t=$(readlink \"$f\" 2>/dev/null) && case \"$t\" in \"$d\"/*) echo \"${{f%/fd/*}}\";; esac; done | sort -u | tr '\\n' ' '); \
+               [ -z \"$busy\" ] && exit 0; \
+               [ \"$(date +%s)\" -ge \"$end\" ] && {{ echo \"still writing in $d: $busy\" >&2; exit 1; }}; \
+               echo waiting; sleep 0.2; \
+             done",
+            dir = shell_quote(&self.upgrade.dump_dir)
+        );
+        let out = self.host_read(host, &script).await?;
+        if !out.trim().is_empty() {
+            sink.output(format!(
+                "waited for a cut-off dump on {host} to stop writing in {}",
+                self.upgrade.dump_dir
+            ));
+        }
+        Ok(())
+    }
+
+    async fn dump(&mut self, recheck: bool, sink: &Sink) -> Result<String, StepError> {
         let u = self.upgrade.clone();
+        if recheck {
+            self.await_cut_off_writers(&u.source.host, sink).await?;
+        }
         let started = Instant::now();
         let artifact = match u.method() {
             Method::Dumpall => {
@@ -1719,7 +1745,7 @@ impl Actions for MajorUpgradeActions {
             UpgradeStep::UpgradeCheck => self.pg_upgrade(true, recheck, &sink).await,
             UpgradeStep::StopTraffic => self.stop_traffic(&sink).await,
             UpgradeStep::Baseline => self.baseline(&sink).await,
-            UpgradeStep::Dump => self.dump(&sink).await,
+            UpgradeStep::Dump => self.dump(recheck, &sink).await,
             UpgradeStep::Transfer => self.transfer(&sink).await,
             UpgradeStep::TestRestore => self.test_restore(&sink).await,
             UpgradeStep::Restore => self.restore(recheck, &sink).await,
