@@ -186,6 +186,10 @@ trait Method {
     fn fixed_points() -> Vec<KillPoint> {
         Vec::new()
     }
+    /// What the journal must say once the fixed points were met.
+    fn journal_says() -> Vec<&'static str> {
+        Vec::new()
+    }
 }
 
 struct Dumpall;
@@ -202,6 +206,12 @@ impl Method for Dumpall {
             KillPoint::output("restore", "allowed restore error"),
             KillPoint::output("restore", "returning the target to empty")
                 .then(Then::Tamper("drop-postgres")),
+        ]
+    }
+    fn journal_says() -> Vec<&'static str> {
+        vec![
+            "had no postgres database: re-created it empty",
+            "no database or role of the restore, postgres present and empty",
         ]
     }
 }
@@ -224,6 +234,9 @@ impl Method for PgUpgradeLink {
     /// `pg_upgrade --check` of this run left on the target.
     fn fixed_points() -> Vec<KillPoint> {
         vec![KillPoint::started("upgrade-check", 0).then(Then::Tamper("postmaster-left"))]
+    }
+    fn journal_says() -> Vec<&'static str> {
+        vec!["stopped the server a cut-off pg_upgrade of this run left running"]
     }
 }
 
@@ -426,6 +439,12 @@ impl<M: Method> Subject for Upgrade<M> {
         let (stop, task) = self.load.take().expect("load running");
         stop.send(true).expect("stop the load");
         let (committed, failed) = task.await.expect("load task");
+        for text in M::journal_says() {
+            assert!(
+                entries.iter().any(|e| e.detail.contains(text)),
+                "the journal says \"{text}\""
+            );
+        }
         let lab = &self.lab;
         assert_eq!(
             fingerprint(lab.target_port).await,

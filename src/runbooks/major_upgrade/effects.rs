@@ -1051,7 +1051,8 @@ impl MajorUpgradeActions {
         }
         if recheck {
             sink.output("a restore may have half-run: returning the target to empty first");
-            self.empty_target(sink).await?;
+            let emptied = self.empty_target(sink).await?;
+            sink.output(emptied);
         }
         let started = Instant::now();
         let allowed = self.restore_into(&u, sink).await?;
