@@ -240,10 +240,13 @@ impl Method for PgUpgradeLink {
     }
 }
 
+/// Markers of the writes the load committed, and how many writes failed.
+type MarkerLoad = (Vec<String>, u64);
+
 struct Upgrade<M> {
     lab: UpgradeLab,
     before: BTreeMap<String, String>,
-    load: Option<(watch::Sender<bool>, JoinHandle<(Vec<String>, u64)>)>,
+    load: Option<(watch::Sender<bool>, JoinHandle<MarkerLoad>)>,
     method: PhantomData<M>,
 }
 
