@@ -75,6 +75,10 @@ pub async fn watch(
     bound: Duration,
 ) -> Result<GuardOutcome, String> {
     let started = Instant::now();
+    // The bound counts from the last moment a live driver held the pause: a driver that
+    // resumes the run enforces its own bound from its resume, so the guard's clock restarts
+    // whenever it sees one.
+    let mut driven_at = started;
     let mut journal = None;
     loop {
         tokio::time::sleep(POLL).await;
@@ -89,7 +93,11 @@ pub async fn watch(
             }
             continue;
         }
-        if started.elapsed() < bound {
+        if other_driver_alive(journal.as_ref(), run_id, parent) {
+            driven_at = Instant::now();
+            continue;
+        }
+        if driven_at.elapsed() < bound {
             // An operator who re-runs promptly takes the run over before the guard would.
             continue;
         }
@@ -133,6 +141,19 @@ fn paused(journal: &mut Option<Journal>, state_dir: &Path, run_id: &RunId) -> Op
     let entries = journal.entries(run_id).ok()?;
     let state = EngineState::replay(&plan, EngineSettings::default(), entries.iter()).ok()?;
     Some(state.traffic_paused())
+}
+
+/// Whether a live process other than `parent` (and this guard) holds the run's driver lock.
+fn other_driver_alive(journal: Option<&Journal>, run_id: &RunId, parent: u32) -> bool {
+    let Some(journal) = journal else {
+        return false;
+    };
+    let Ok(meta) = journal.run(run_id) else {
+        return false;
+    };
+    journal
+        .driver_holder_pid(&meta.environment, &meta.runbook)
+        .is_some_and(|pid| pid != parent && pid != std::process::id() && process_alive(pid))
 }
 
 fn process_alive(pid: u32) -> bool {

@@ -310,6 +310,17 @@ impl Journal {
         }
     }
 
+    /// The process id the driver lock of `runbook` in `environment` last named, whether or
+    /// not that process still runs (the lock is a kernel lock; the text stays behind).
+    pub fn driver_holder_pid(&self, environment: &str, runbook: &str) -> Option<u32> {
+        let text = std::fs::read_to_string(self.driver_lock_path(environment, runbook)).ok()?;
+        let rest = text.trim().strip_prefix("pid ")?;
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    }
+
     fn driver_lock_path(&self, environment: &str, runbook: &str) -> PathBuf {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         dir.join(format!(

@@ -461,3 +461,23 @@ fn the_state_dir_follows_flag_then_env_then_xdg_then_home() {
     assert_eq!(journal.path(), nested.join("journal.sqlite"));
     assert!(journal.path().exists());
 }
+
+/// The driver lock names its holder; the pause guard reads the pid to know whether a live
+/// driver holds the run, and the name stays behind when the holder is gone.
+#[test]
+fn the_driver_lock_names_its_holders_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    assert_eq!(journal.driver_holder_pid("env", "shard-split"), None);
+    let lock = journal.lock_driver("env", "shard-split").unwrap();
+    assert_eq!(
+        journal.driver_holder_pid("env", "shard-split"),
+        Some(std::process::id())
+    );
+    drop(lock);
+    assert_eq!(
+        journal.driver_holder_pid("env", "shard-split"),
+        Some(std::process::id())
+    );
+    assert_eq!(journal.driver_holder_pid("env", "major-upgrade"), None);
+}

@@ -310,6 +310,61 @@ pub async fn check_long_transactions(client: &Client) -> Result<String, StepErro
     }
 }
 
+/// How long a re-check waits for statements a cut-off driver left running.
+const CUT_OFF_STATEMENT_WAIT: Duration = Duration::from_secs(60);
+
+impl ExecContext {
+    /// Wait until no statement of a cut-off cutover driver still runs on `node`. A driver
+    /// killed mid-statement leaves its backend running the statement to its end (the server
+    /// notices the lost client only when it next writes to it); a re-check that read or acted
+    /// meanwhile would race it. This process runs one statement at a time, so every other
+    /// active cutover session on the node belongs to another process.
+    pub async fn await_cut_off_statements(
+        &self,
+        node: &Node,
+        sink: &Sink,
+    ) -> Result<(), StepError> {
+        let client = self.node_client(node, &node.maintenance_db).await?;
+        let deadline = std::time::Instant::now() + CUT_OFF_STATEMENT_WAIT;
+        let mut announced = false;
+        loop {
+            let running: Vec<String> = client
+                .query(
+                    "SELECT left(query, 80) FROM pg_stat_activity \
+                     WHERE application_name = $1 AND state = 'active' AND pid <> pg_backend_pid()",
+                    &[&pg::APPLICATION_NAME],
+                )
+                .await
+                .map_err(|e| format!("{}: {}", node.name, pg::error_chain(&e)))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if running.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "{}: statements of a cut-off driver still run after {:?}: {}",
+                    node.name,
+                    CUT_OFF_STATEMENT_WAIT,
+                    running.join("; ")
+                )
+                .into());
+            }
+            if !announced {
+                sink.output(format!(
+                    "{}: waiting for {} statement(s) of a cut-off driver to end: {}",
+                    node.name,
+                    running.len(),
+                    running.join("; ")
+                ));
+                announced = true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// Say in the journal that `step` is re-checked first when it may have half-run.
 pub fn announce_recheck(step: &Step, recheck: bool, sink: &Sink) {
     if recheck {

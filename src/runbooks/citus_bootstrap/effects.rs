@@ -1105,6 +1105,12 @@ impl Actions for CitusBootstrapActions {
         sink: Sink,
     ) -> Result<String, StepError> {
         announce_recheck(step, recheck, &sink);
+        if recheck {
+            let nodes: Vec<Node> = self.bootstrap.nodes().cloned().collect();
+            for node in &nodes {
+                self.ctx.await_cut_off_statements(node, &sink).await?;
+            }
+        }
         match CitusStep::of(step)? {
             CitusStep::Preflight => Ok("every precondition held".into()),
             CitusStep::PreloadCitus => self.preload_citus(&sink).await,

@@ -168,6 +168,23 @@ fn db_err(e: tokio_postgres::Error) -> String {
     pg::error_chain(&e)
 }
 
+/// The database every cluster has, used when the maintenance database is missing.
+const FALLBACK_DB: &str = "template1";
+/// Relations outside the system schemas: zero in a database fresh from template0.
+const USER_RELATIONS_SQL: &str = "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'";
+
+async fn maintenance_db_present(client: &Client, node: &Node) -> Result<bool, StepError> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[&node.maintenance_db],
+        )
+        .await
+        .map_err(db_err)?
+        .is_some())
+}
+
 impl MajorUpgradeActions {
     pub fn new(
         upgrade: Upgrade,
@@ -197,20 +214,70 @@ impl MajorUpgradeActions {
         self.ctx.save_memory(MEMORY_FILE, &self.memory)
     }
 
+    /// A connection to `node`'s maintenance database, or to [`FALLBACK_DB`] when the
+    /// maintenance database is missing (a crash between its drop and its re-creation leaves
+    /// it so); any other connection failure is the error.
     async fn admin(&self, node: &Node) -> Result<Arc<Client>, StepError> {
-        self.ctx.node_client(node, &node.maintenance_db).await
+        let error = match self.ctx.node_client(node, &node.maintenance_db).await {
+            Ok(client) => return Ok(client),
+            Err(error) => error,
+        };
+        if node.maintenance_db == FALLBACK_DB {
+            return Err(error);
+        }
+        let Ok(fallback) = self.ctx.node_client(node, FALLBACK_DB).await else {
+            return Err(error);
+        };
+        if maintenance_db_present(&fallback, node).await? {
+            Err(error)
+        } else {
+            Ok(fallback)
+        }
     }
 
-    /// Whether `node` answers a query right now (a fresh connection, never a cached one).
+    /// Re-create `node`'s maintenance database when it is missing; says whether it did.
+    async fn repair_maintenance_db(&self, node: &Node, sink: &Sink) -> Result<bool, StepError> {
+        if node.maintenance_db == FALLBACK_DB {
+            return Ok(false);
+        }
+        let client = pg::connect(
+            &Endpoint::node(node, FALLBACK_DB),
+            SessionSettings::EXECUTOR,
+        )
+        .await?;
+        if maintenance_db_present(&client, node).await? {
+            return Ok(false);
+        }
+        client
+            .simple_query(&format!(
+                "CREATE DATABASE {} TEMPLATE template0",
+                quote_ident(&node.maintenance_db)
+            ))
+            .await
+            .map_err(db_err)?;
+        self.ctx.forget_clients();
+        sink.output(format!(
+            "{} had no {} database: re-created it empty",
+            node.name, node.maintenance_db
+        ));
+        Ok(true)
+    }
+
+    /// Whether `node` answers a query right now (a fresh connection, never a cached one),
+    /// through its maintenance database or, when that is missing, [`FALLBACK_DB`].
     async fn answers(node: &Node) -> bool {
         let settings = SessionSettings {
             connect_timeout: Duration::from_secs(2),
             statement_timeout: Some(Duration::from_secs(5)),
         };
-        match pg::connect(&Endpoint::maintenance(node), settings).await {
-            Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
-            Err(_) => false,
+        for db in [node.maintenance_db.as_str(), FALLBACK_DB] {
+            if let Ok(client) = pg::connect(&Endpoint::node(node, db), settings).await {
+                if client.simple_query("SELECT 1").await.is_ok() {
+                    return true;
+                }
+            }
         }
+        false
     }
 
     /// Run quietly and return stdout; the output is not journaled line by line.
@@ -669,8 +736,34 @@ impl MajorUpgradeActions {
 
     // ---- dump and transfer ----------------------------------------------------------------
 
-    async fn dump(&mut self, sink: &Sink) -> Result<String, StepError> {
+    /// Wait until no process on `host` has a file under the dump directory open: a dump
+    /// cut off with its driver keeps writing its `.partial` files, and a second dump writing
+    /// the same files would race it.
+    async fn await_cut_off_writers(&self, host: &str, sink: &Sink) -> Result<(), StepError> {
+        let script = format!(
+            "d={dir}; end=$(( $(date +%s) + 50 )); while :; do \
+               busy=$(for f in /proc/[0-9]*/fd/*; do t=$(readlink \"$f\" 2>/dev/null) && case \"$t\" in \"$d\"/*) echo \"${{f%/fd/*}}\";; esac; done | sort -u | tr '\\n' ' '); \
+               [ -z \"$busy\" ] && exit 0; \
+               [ \"$(date +%s)\" -ge \"$end\" ] && {{ echo \"still writing in $d: $busy\" >&2; exit 1; }}; \
+               echo waiting; sleep 0.2; \
+             done",
+            dir = shell_quote(&self.upgrade.dump_dir)
+        );
+        let out = self.host_read(host, &script).await?;
+        if !out.trim().is_empty() {
+            sink.output(format!(
+                "waited for a cut-off dump on {host} to stop writing in {}",
+                self.upgrade.dump_dir
+            ));
+        }
+        Ok(())
+    }
+
+    async fn dump(&mut self, recheck: bool, sink: &Sink) -> Result<String, StepError> {
         let u = self.upgrade.clone();
+        if recheck {
+            self.await_cut_off_writers(&u.source.host, sink).await?;
+        }
         let started = Instant::now();
         let artifact = match u.method() {
             Method::Dumpall => {
@@ -934,6 +1027,8 @@ impl MajorUpgradeActions {
     async fn restore(&mut self, recheck: bool, sink: &Sink) -> Result<String, StepError> {
         let u = self.upgrade.clone();
         self.verify_checksums(sink).await?;
+        // The restore connects to the maintenance database; a crash may have left it dropped.
+        self.repair_maintenance_db(&u.target, sink).await?;
         let admin = self.admin(&u.target).await?;
         if self.memory.target_databases_before.is_none() {
             let before: BTreeSet<String> = admin
@@ -956,7 +1051,8 @@ impl MajorUpgradeActions {
         }
         if recheck {
             sink.output("a restore may have half-run: returning the target to empty first");
-            self.empty_target(sink).await?;
+            let emptied = self.empty_target(sink).await?;
+            sink.output(emptied);
         }
         let started = Instant::now();
         let allowed = self.restore_into(&u, sink).await?;
@@ -1113,26 +1209,77 @@ impl MajorUpgradeActions {
         }
     }
 
-    /// Return the target to how it was before the restore: drop the databases and roles the
-    /// restore created, and recreate the maintenance database empty.
+    /// Return the target to how it was before the restore: end the restore's leftover
+    /// sessions, drop the databases and roles the restore created, and recreate the
+    /// maintenance database empty. Succeeds only once a fresh look shows exactly that state;
+    /// a restore process orphaned by a crash may create something meanwhile, so it retries.
     async fn empty_target(&self, sink: &Sink) -> Result<String, StepError> {
+        const ATTEMPTS: usize = 3;
         let t = &self.upgrade.target;
         if !Self::answers(t).await {
-            return Ok(format!("{} is not running; nothing to empty", t.name));
+            return Err(format!("{} does not answer: cannot return it to empty", t.name).into());
         }
-        let keep_dbs = self
+        self.ctx.forget_clients();
+        let mut left = Vec::new();
+        for _ in 0..ATTEMPTS {
+            self.empty_target_once(sink).await?;
+            left = self.target_leftovers().await?;
+            if left.is_empty() {
+                self.ctx.forget_clients();
+                return Ok(format!(
+                    "{} is back to its state before the restore: no database or role of the restore, {} present and empty",
+                    t.name, t.maintenance_db
+                ));
+            }
+            sink.output(format!("{} still holds {}: again", t.name, left.join(", ")));
+        }
+        Err(format!(
+            "{} is not empty after {ATTEMPTS} attempts: {}",
+            t.name,
+            left.join(", ")
+        )
+        .into())
+    }
+
+    /// What the target keeps through an undo of the restore: what it had before, the
+    /// templates and the maintenance database.
+    fn target_keeps(&self) -> (BTreeSet<String>, BTreeSet<String>) {
+        let t = &self.upgrade.target;
+        let mut dbs = self
             .memory
             .target_databases_before
             .clone()
-            .unwrap_or_else(|| {
-                ["postgres", "template0", "template1"]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect()
-            });
-        let keep_roles = self.memory.target_roles_before.clone().unwrap_or_default();
+            .unwrap_or_default();
+        dbs.extend(
+            [FALLBACK_DB, "template0", t.maintenance_db.as_str()]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        let roles = self.memory.target_roles_before.clone().unwrap_or_default();
+        (dbs, roles)
+    }
+
+    async fn empty_target_once(&self, sink: &Sink) -> Result<(), StepError> {
+        let t = &self.upgrade.target;
+        let (keep_dbs, keep_roles) = self.target_keeps();
         let client =
-            pg::connect(&Endpoint::node(t, "template1"), SessionSettings::EXECUTOR).await?;
+            pg::connect(&Endpoint::node(t, FALLBACK_DB), SessionSettings::EXECUTOR).await?;
+        // A restore cut off by a crash of its driver may still run: its sessions end first.
+        let ended = client
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE pid <> pg_backend_pid() AND application_name IN ('psql', 'pg_restore')",
+                &[],
+            )
+            .await
+            .map_err(db_err)?
+            .len();
+        if ended > 0 {
+            sink.output(format!(
+                "ended {ended} restore session(s) left on {}",
+                t.name
+            ));
+        }
         let dbs: Vec<String> = client
             .query("SELECT datname::text FROM pg_database", &[])
             .await
@@ -1142,20 +1289,34 @@ impl MajorUpgradeActions {
             .collect();
         for db in dbs.iter().filter(|d| !keep_dbs.contains(*d)) {
             client
-                .simple_query(&format!("DROP DATABASE {} WITH (FORCE)", quote_ident(db)))
+                .simple_query(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    quote_ident(db)
+                ))
                 .await
                 .map_err(db_err)?;
             sink.output(format!("dropped database {db} on {}", t.name));
         }
         let maint = &t.maintenance_db;
-        if maint != "template1" && dbs.contains(maint) {
-            // Two statements: a multi-statement query is one transaction, and neither may run in one.
-            for sql in [
-                format!("DROP DATABASE {} WITH (FORCE)", quote_ident(maint)),
-                format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(maint)),
-            ] {
-                client.simple_query(&sql).await.map_err(db_err)?;
+        if maint != FALLBACK_DB {
+            // Two statements: a multi-statement query is one transaction, and neither may run
+            // in one. A crash between them leaves it missing: the next attempt creates it.
+            if dbs.contains(maint) {
+                client
+                    .simple_query(&format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        quote_ident(maint)
+                    ))
+                    .await
+                    .map_err(db_err)?;
             }
+            client
+                .simple_query(&format!(
+                    "CREATE DATABASE {} TEMPLATE template0",
+                    quote_ident(maint)
+                ))
+                .await
+                .map_err(db_err)?;
             sink.output(format!("recreated {maint} empty on {}", t.name));
         }
         let roles: Vec<String> = client
@@ -1181,11 +1342,56 @@ impl MajorUpgradeActions {
                 .map_err(db_err)?;
             sink.output(format!("dropped roles {} on {}", roles.join(", "), t.name));
         }
-        self.ctx.forget_clients();
-        Ok(format!(
-            "{} is back to its state before the restore",
-            t.name
-        ))
+        Ok(())
+    }
+
+    /// What makes the target differ from its state before the restore, read afresh: a
+    /// database or role the restore made, a missing maintenance database, or one with tables.
+    async fn target_leftovers(&self) -> Result<Vec<String>, StepError> {
+        let t = &self.upgrade.target;
+        let (keep_dbs, keep_roles) = self.target_keeps();
+        let client =
+            pg::connect(&Endpoint::node(t, FALLBACK_DB), SessionSettings::EXECUTOR).await?;
+        let dbs: BTreeSet<String> = client
+            .query("SELECT datname::text FROM pg_database", &[])
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut left: Vec<String> = dbs
+            .iter()
+            .filter(|d| !keep_dbs.contains(*d))
+            .map(|d| format!("database {d}"))
+            .collect();
+        left.extend(
+            client
+                .query(
+                    "SELECT rolname::text FROM pg_roles WHERE rolname !~ '^pg_' AND oid <> 10",
+                    &[],
+                )
+                .await
+                .map_err(db_err)?
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .filter(|r| !keep_roles.contains(r))
+                .map(|r| format!("role {r}")),
+        );
+        let maint = &t.maintenance_db;
+        if !dbs.contains(maint) {
+            left.push(format!("no {maint} database"));
+        } else if maint != FALLBACK_DB {
+            let relations: i64 = pg::connect(&Endpoint::node(t, maint), SessionSettings::EXECUTOR)
+                .await?
+                .query_one(USER_RELATIONS_SQL, &[])
+                .await
+                .map_err(db_err)?
+                .get(0);
+            if relations > 0 {
+                left.push(format!("{relations} relation(s) in {maint}"));
+            }
+        }
+        Ok(left)
     }
 
     // ---- pg_upgrade -----------------------------------------------------------------------
@@ -1255,6 +1461,7 @@ impl MajorUpgradeActions {
         sink: &Sink,
     ) -> Result<String, StepError> {
         let u = &self.upgrade;
+        self.stop_servers_left_by_pg_upgrade(sink).await?;
         if recheck && !check_only {
             sink.output("pg_upgrade may have half-run: restoring the pristine target first");
             self.ctx
@@ -1282,8 +1489,44 @@ impl MajorUpgradeActions {
         ))
     }
 
+    /// Stop the servers a `pg_upgrade` of this run started and left running when it was cut
+    /// off: a postmaster on the source's or the target's data directory whose socket directory
+    /// is this run's pg_upgrade work directory (`-s`), and only while its PID is alive. A
+    /// server started any other way is never touched.
+    async fn stop_servers_left_by_pg_upgrade(&self, sink: &Sink) -> Result<(), StepError> {
+        let u = &self.upgrade;
+        let work = shell_quote(&u.dump_dir);
+        let script = [&u.source, &u.target]
+            .iter()
+            .map(|node| {
+                let data = shell_quote(&node.data_dir);
+                format!(
+                    "f={data}/postmaster.pid; \
+                     if [ -f \"$f\" ] && kill -0 \"$(head -n 1 \"$f\")\" 2>/dev/null \
+                        && [ -d {work} ] && [ \"$(cd \"$(sed -n 5p \"$f\")\" 2>/dev/null && pwd -P)\" = \"$(cd {work} && pwd -P)\" ]; then \
+                       {pg_ctl} -D {data} -m fast -w -t 60 stop >/dev/null && echo {data}; \
+                     fi",
+                    pg_ctl = shell_quote(&format!("{}/pg_ctl", node.bin_dir)),
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let stopped = self.host_read(&u.target.host, &script).await?;
+        for data_dir in stopped.lines().filter(|l| !l.trim().is_empty()) {
+            sink.output(format!(
+                "stopped the server a cut-off pg_upgrade of this run left running on {}",
+                data_dir.trim()
+            ));
+        }
+        if !stopped.trim().is_empty() {
+            self.ctx.forget_clients();
+        }
+        Ok(())
+    }
+
     async fn undo_pg_upgrade(&self, sink: &Sink) -> Result<String, StepError> {
         let u = &self.upgrade;
+        self.stop_servers_left_by_pg_upgrade(sink).await?;
         if Self::answers(&u.target).await {
             return Err(format!(
                 "{} is running on the upgraded data; stop it first",
@@ -1503,7 +1746,7 @@ impl Actions for MajorUpgradeActions {
             UpgradeStep::UpgradeCheck => self.pg_upgrade(true, recheck, &sink).await,
             UpgradeStep::StopTraffic => self.stop_traffic(&sink).await,
             UpgradeStep::Baseline => self.baseline(&sink).await,
-            UpgradeStep::Dump => self.dump(&sink).await,
+            UpgradeStep::Dump => self.dump(recheck, &sink).await,
             UpgradeStep::Transfer => self.transfer(&sink).await,
             UpgradeStep::TestRestore => self.test_restore(&sink).await,
             UpgradeStep::Restore => self.restore(recheck, &sink).await,
