@@ -385,15 +385,7 @@ impl CitusBootstrapActions {
             let client = self.client(node, &node.maintenance_db).await?;
             let sql = plan::create_database_sql(&db);
             sink.output(format!("{}: {sql}", node.name));
-            if let Err(e) = pg::simple_execute(&client, &node.name, &sql).await {
-                if !eventually(|| self.database_exists(node)).await? {
-                    return Err(e.into());
-                }
-                sink.output(format!(
-                    "{}: `{db}` was created by the statement an interrupted run had sent",
-                    node.name
-                ));
-            }
+            pg::simple_execute(&client, &node.name, &sql).await?;
             created.push(node.name.clone());
         }
         for node in &nodes {
@@ -466,14 +458,7 @@ impl CitusBootstrapActions {
                 self.remember()?;
                 let client = self.client(node, self.bootstrap.database()).await?;
                 sink.output(format!("{}: {}", node.name, plan::CREATE_EXTENSION_SQL));
-                if let Err(e) =
-                    pg::simple_execute(&client, &node.name, plan::CREATE_EXTENSION_SQL).await
-                {
-                    let installed = || async { Ok(self.citus_version(node).await?.is_some()) };
-                    if !eventually(installed).await? {
-                        return Err(e.into());
-                    }
-                }
+                pg::simple_execute(&client, &node.name, plan::CREATE_EXTENSION_SQL).await?;
             }
             match self.citus_version(node).await? {
                 Some(version) => versions.insert(version),
@@ -834,14 +819,11 @@ impl CitusBootstrapActions {
                 self.memory.distributed.insert(table.table.clone());
                 self.remember()?;
                 sink.output(sql.clone());
-                let sent = self.coordinator().await?.simple_query(&sql).await;
-                if let Err(e) = sent {
-                    let distributed =
-                        || async { Ok(self.citus_kind(&table.table).await?.is_some()) };
-                    if !eventually(distributed).await? {
-                        return Err(format!("{}: {}", table.table, pg::error_chain(&e)).into());
-                    }
-                }
+                self.coordinator()
+                    .await?
+                    .simple_query(&sql)
+                    .await
+                    .map_err(|e| format!("{}: {}", table.table, pg::error_chain(&e)))?;
             }
             let kind = self.citus_kind(&table.table).await?.unwrap_or_default();
             let expected = match table.distribution {
@@ -959,29 +941,6 @@ impl CitusBootstrapActions {
         };
         sink.gate(detail.clone(), true);
         Ok(detail)
-    }
-}
-
-/// How long a step waits for a statement that an interrupted run had sent: the killed
-/// driver's backend finishes it (CREATE DATABASE, CREATE EXTENSION, create_distributed_table)
-/// and a second one fails on the name it is creating.
-const INTERRUPTED_STATEMENT_WAIT: Duration = Duration::from_secs(60);
-
-/// Whether `done` comes to hold within [`INTERRUPTED_STATEMENT_WAIT`], polled every 100 ms.
-async fn eventually<F, Fut>(done: F) -> Result<bool, StepError>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<bool, StepError>>,
-{
-    let deadline = std::time::Instant::now() + INTERRUPTED_STATEMENT_WAIT;
-    loop {
-        if done().await? {
-            return Ok(true);
-        }
-        if std::time::Instant::now() >= deadline {
-            return Ok(false);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
