@@ -163,6 +163,16 @@ const INVALID_FIXTURES: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "tls.yaml",
+        &[
+            "5:12: tls.sslmode: verify-full needs a root certificate to verify with; set sslrootcert (here or in the top-level tls), or use require to encrypt without verifying",
+            "18:20: nodes[0].tls.sslmode: verify-ca needs a root certificate to verify with; set sslrootcert (here or in the top-level tls), or use require to encrypt without verifying",
+            "18:40: nodes[0].tls.sslcert: a client certificate needs its private key: set sslkey",
+            "27:20: nodes[1].tls.sslmode: `allow` is not one of: disable, prefer, require, verify-ca, verify-full",
+            "31:75: pgbouncers[0].admin.tls.sslkey: a private key needs its client certificate: set sslcert",
+        ],
+    ),
+    (
         "host_access.yaml",
         &[
             "6:12: hosts[0]: set either `local: true` or `ssh`, not both",

@@ -105,7 +105,10 @@ pub fn parse(text: &str, file_label: &str) -> Result<Inventory, InventoryError> 
         }
     });
     match inventory {
-        Some(inventory) if problems.is_empty() => Ok(inventory),
+        Some(mut inventory) if problems.is_empty() => {
+            inventory.apply_tls_default();
+            Ok(inventory)
+        }
         _ => Err(invalid(problems, file_label)),
     }
 }
@@ -228,6 +231,12 @@ mod tests {
                     stop: "stop".into(),
                     promote: Some("promote".into()),
                 },
+                tls: Some(Tls {
+                    sslmode: Some(SslMode::VerifyCa),
+                    sslrootcert: Some("/etc/cutover/node-ca.crt".into()),
+                    sslcert: Some("/etc/cutover/client.crt".into()),
+                    sslkey: Some("/etc/cutover/client.key".into()),
+                }),
             }],
             pgbouncers: vec![Pgbouncer {
                 name: "b".into(),
@@ -236,6 +245,12 @@ mod tests {
                     address: "127.0.0.1".into(),
                     port: 6432,
                     user: "pgadmin".into(),
+                    tls: Some(Tls {
+                        sslmode: Some(SslMode::Require),
+                        sslrootcert: Some("/etc/cutover/ca.crt".into()),
+                        sslcert: None,
+                        sslkey: None,
+                    }),
                 },
                 config: "/etc/pgbouncer.ini".into(),
                 aliases: vec![PgbouncerAlias {
@@ -288,6 +303,12 @@ mod tests {
                 start: "up".into(),
             }),
             citus: Vec::new(),
+            tls: Some(Tls {
+                sslmode: Some(SslMode::VerifyFull),
+                sslrootcert: Some("/etc/cutover/ca.crt".into()),
+                sslcert: None,
+                sslkey: None,
+            }),
         }
     }
 

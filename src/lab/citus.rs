@@ -169,6 +169,7 @@ impl CitusLab {
                 port: self.citus.ports[0],
                 user: "postgres".into(),
                 dbname: db.into(),
+                tls: super::certs::lab_tls(&self.config.dir),
             },
             crate::pg::SessionSettings::EXECUTOR,
         )

@@ -149,12 +149,14 @@ pub fn lab_node(dir: &Path, name: &str, port: u16, version: u32, bin: &str) -> N
             stop: format!("{ctl} -m fast -w -t 60 stop"),
             promote: None,
         },
+        tls: Some(super::certs::lab_tls(dir)),
     }
 }
 
 const SETUP: SessionSettings = SessionSettings {
     connect_timeout: Duration::from_secs(5),
     statement_timeout: Some(Duration::from_secs(1800)),
+    application_name: "cutover/lab",
 };
 
 fn endpoint(port: u16, dbname: &str) -> Endpoint {
@@ -163,6 +165,7 @@ fn endpoint(port: u16, dbname: &str) -> Endpoint {
         port,
         user: "postgres".into(),
         dbname: dbname.into(),
+        tls: crate::inventory::Tls::default(),
     }
 }
 
@@ -434,6 +437,7 @@ impl UpgradeLab {
                 address: "127.0.0.1".into(),
                 port: self.pgbouncer_port,
                 user: super::ADMIN_USER.into(),
+                tls: None,
             },
             config: self.pgbouncer_ini().display().to_string(),
             aliases: vec![PgbouncerAlias {
@@ -474,6 +478,7 @@ fn empty_inventory() -> Inventory {
         slots: vec![],
         traffic: None,
         citus: Vec::new(),
+        tls: None,
     }
 }
 

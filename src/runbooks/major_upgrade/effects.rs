@@ -206,6 +206,7 @@ impl MajorUpgradeActions {
         let settings = SessionSettings {
             connect_timeout: Duration::from_secs(2),
             statement_timeout: Some(Duration::from_secs(5)),
+            ..SessionSettings::EXECUTOR
         };
         match pg::connect(&Endpoint::maintenance(node), settings).await {
             Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
