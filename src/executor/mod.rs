@@ -19,7 +19,7 @@ pub use error::{StepError, StepErrorKind};
 pub use items::{ItemAttempt, ItemFuture, StepItems};
 
 use crate::engine::{
-    self, Command, Confirmation, Effect, EngineSettings, EngineState, Observation,
+    self, Command, Confirmation, Effect, EngineSettings, EngineState, JournalEntry, Observation,
     PreconditionResult, Refusal,
 };
 use crate::journal::{DriverLock, Journal, JournalError, RunId, RunStatus};
@@ -203,7 +203,12 @@ pub struct Runner<A: Actions> {
     stop_requested: watch::Receiver<Option<String>>,
     /// Called whenever a write pause begins (or is found on resume), with the pause bound.
     on_pause: Option<PauseHook>,
+    /// Called with every journal entry once it is durable (`cutover run --json`).
+    on_entry: Option<EntryHook>,
 }
+
+/// See [`Runner::on_entry`].
+pub type EntryHook = Box<dyn FnMut(&RunId, &JournalEntry) + Send>;
 
 /// See [`Runner::on_pause`].
 pub type PauseHook = Box<dyn FnMut(&RunId, Duration) + Send>;
@@ -262,6 +267,7 @@ impl<A: Actions> Runner<A> {
             stop: StopHandle(std::sync::Arc::new(stop_tx)),
             stop_requested,
             on_pause: None,
+            on_entry: None,
         })
     }
 
@@ -326,6 +332,20 @@ impl<A: Actions> Runner<A> {
         &mut self.actions
     }
 
+    /// Follow every journal entry as it is written: the hook sees an entry only after it is
+    /// durable, in journal order.
+    pub fn on_entry(&mut self, hook: EntryHook) {
+        self.on_entry = Some(hook);
+    }
+
+    fn append(&mut self, entry: &JournalEntry) -> Result<(), RunError> {
+        self.journal.append(&self.run_id, entry)?;
+        if let Some(hook) = self.on_entry.as_mut() {
+            hook(&self.run_id, entry);
+        }
+        Ok(())
+    }
+
     /// Apply a command to the engine, write its journal entries, and return the other effects.
     fn commit(&mut self, command: Command) -> Result<VecDeque<Effect>, RunError> {
         let step = command_step(&command);
@@ -336,7 +356,7 @@ impl<A: Actions> Runner<A> {
         for effect in effects {
             match effect {
                 Effect::Journal(entry) => {
-                    self.journal.append(&self.run_id, &entry)?;
+                    self.append(&entry)?;
                 }
                 other => rest.push_back(other),
             }
@@ -508,7 +528,7 @@ impl<A: Actions> Runner<A> {
         while let Some(effect) = queue.pop_front() {
             let next = match effect {
                 Effect::Journal(entry) => {
-                    self.journal.append(&self.run_id, &entry)?;
+                    self.append(&entry)?;
                     VecDeque::new()
                 }
                 Effect::RunAction {

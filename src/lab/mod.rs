@@ -207,7 +207,7 @@ pub async fn up_with(
     } else {
         if !pg1.join("PG_VERSION").exists() {
             postgres::initdb(PG15_BIN, &pg1, postgres::InitOptions::default())?;
-            postgres::configure_primary(&pg1, config.pg1_port, dir)?;
+            postgres::configure_primary(PG15_BIN, &pg1, config.pg1_port, dir)?;
         }
         postgres::start(PG15_BIN, &pg1, &dir.join("pg1.log"), config.pg1_port)?;
         report.started.push(format!("pg1 :{}", config.pg1_port));
