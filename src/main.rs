@@ -122,7 +122,10 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             pause_guard(&invocation, &state_dir, parent, run_id, bound_ms).await
         }
         Command::Check { file } => Ok(check(&file)),
-        Command::Status { inventory, json } => status(&inventory, json).await,
+        Command::Status { inventory, json } => {
+            warn_unverified(&inventory);
+            status(&inventory, json).await
+        }
         Command::Lab { command } => lab_command(command).await,
         Command::Plan {
             inventory,

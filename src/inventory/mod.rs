@@ -353,6 +353,25 @@ mod tests {
     }
 
     #[test]
+    fn the_environment_tls_default_fills_what_a_node_leaves_unset() {
+        let mut inventory = every_field_set();
+        inventory.nodes[0].tls = Some(Tls {
+            sslmode: Some(SslMode::Require),
+            ..Tls::default()
+        });
+        inventory.pgbouncers[0].admin.tls = None;
+        inventory.apply_tls_default();
+        let node = inventory.nodes[0].tls.clone().expect("merged");
+        assert_eq!(node.sslmode, Some(SslMode::Require));
+        assert_eq!(node.sslrootcert.as_deref(), Some("/etc/cutover/ca.crt"));
+        let console = inventory.pgbouncers[0].admin.tls.clone().expect("merged");
+        assert_eq!(console.sslmode, Some(SslMode::VerifyFull));
+        let once = inventory.clone();
+        inventory.apply_tls_default();
+        assert_eq!(inventory, once, "idempotent");
+    }
+
+    #[test]
     fn non_utf8_is_located_at_the_first_bad_byte() {
         let error = parse_bytes(b"a: 1\nbb: \xc3\x28\n", "x.yaml").expect_err("invalid");
         assert_eq!(
