@@ -148,6 +148,23 @@ impl SessionSettings {
 /// The prefix of every `application_name` the tool sets.
 pub const APPLICATION_NAME: &str = "cutover";
 
+tokio::task_local! {
+    /// The step whose action is running on this task: connections it opens are named after it.
+    static STEP: String;
+}
+
+/// Runs `future` as `step`'s work: every connection it opens is `cutover/<step>` rather than
+/// its settings' name. A cached connection keeps the name of the step that opened it.
+pub async fn in_step<F: std::future::Future>(step: &str, future: F) -> F::Output {
+    STEP.scope(step.to_string(), future).await
+}
+
+/// The `application_name` a connection opened here and now gets.
+fn application_name(settings: &SessionSettings) -> String {
+    STEP.try_with(|step| format!("{APPLICATION_NAME}/{step}"))
+        .unwrap_or_else(|_| settings.application_name.to_string())
+}
+
 /// Whether a session's `application_name` is one of the tool's own.
 pub fn is_tool_session(application_name: &str) -> bool {
     application_name == APPLICATION_NAME
@@ -174,7 +191,7 @@ pub async fn connect(endpoint: &Endpoint, settings: SessionSettings) -> Result<C
         .port(endpoint.port)
         .user(&endpoint.user)
         .dbname(&endpoint.dbname)
-        .application_name(settings.application_name)
+        .application_name(&application_name(&settings))
         .connect_timeout(settings.connect_timeout);
     if let Some(timeout) = settings.statement_timeout {
         config.options(format!("-c statement_timeout={}", timeout.as_millis()));

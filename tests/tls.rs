@@ -47,6 +47,21 @@ async fn verify_full_connects_and_bad_certificates_or_settings_are_refused() {
         .unwrap()
         .get(0);
     assert_eq!(name, "cutover/tls-test");
+    let in_step = pg::in_step(
+        "promote",
+        pg::connect(&Endpoint::maintenance(&pg1), settings),
+    )
+    .await
+    .unwrap();
+    let name: String = in_step
+        .query_one("SELECT current_setting('application_name')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        name, "cutover/promote",
+        "a step's connections carry its name"
+    );
 
     // The console follows the same settings.
     let bouncer = &lab.inventory.pgbouncers[0];

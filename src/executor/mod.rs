@@ -441,7 +441,10 @@ impl<A: Actions> Runner<A> {
     async fn preconditions_of(&mut self, spec: &Step) -> Result<Vec<PreconditionResult>, RunError> {
         let deadline = self.pause_deadline();
         let mut stop = self.stop_requested.clone();
-        let read = Box::pin(self.actions.preconditions(spec));
+        let read = Box::pin(crate::pg::in_step(
+            spec.id.as_str(),
+            self.actions.preconditions(spec),
+        ));
         let outcome = within_pause(deadline, &mut stop, read).await;
         self.finish_read(outcome).await
     }
@@ -449,7 +452,10 @@ impl<A: Actions> Runner<A> {
     async fn observations_of(&mut self, spec: &Step) -> Result<Vec<Observation>, RunError> {
         let deadline = self.pause_deadline();
         let mut stop = self.stop_requested.clone();
-        let read = Box::pin(self.actions.observations(spec));
+        let read = Box::pin(crate::pg::in_step(
+            spec.id.as_str(),
+            self.actions.observations(spec),
+        ));
         let outcome = within_pause(deadline, &mut stop, read).await;
         self.finish_read(outcome).await
     }
@@ -643,7 +649,10 @@ impl<A: Actions> Runner<A> {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let outcome = {
             // Boxed: runbook actions are large futures; on the stack they overflow it.
-            let mut action = Box::pin(self.actions.action(&spec, recheck, Sink(tx)));
+            let mut action = Box::pin(crate::pg::in_step(
+                step.as_str(),
+                self.actions.action(&spec, recheck, Sink(tx)),
+            ));
             let mut reports = Vec::new();
             let outcome = loop {
                 tokio::select! {
@@ -759,7 +768,11 @@ impl<A: Actions> Runner<A> {
     ) -> Result<(VecDeque<Effect>, Option<RunError>), RunError> {
         let spec = self.step_spec(step)?;
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let result = Box::pin(self.actions.undo(&spec, recheck, Sink(tx))).await;
+        let result = Box::pin(crate::pg::in_step(
+            step.as_str(),
+            self.actions.undo(&spec, recheck, Sink(tx)),
+        ))
+        .await;
         while let Ok(report) = rx.try_recv() {
             self.journal_report(Some(step), report)?;
         }
