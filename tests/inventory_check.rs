@@ -159,7 +159,7 @@ const INVALID_FIXTURES: &[(&str, &[&str])] = &[
             "8:5: nodes[0]: missing field `port`",
             "11:5: nodes[0]: unknown field `prot` (did you mean `port`?)",
             "15:85: nodes[0].control: unknown field `restart` (did you mean `start`?)",
-            "19:1: inventory: unknown field `colour`; expected one of: environment, shard_count, hosts, nodes, pgbouncers, proxy, partitions, sharded_tables, standbys, slots, traffic",
+            "19:1: inventory: unknown field `colour`; expected one of: environment, shard_count, hosts, nodes, pgbouncers, proxy, partitions, sharded_tables, standbys, slots, traffic, citus, tls",
         ],
     ),
     (
