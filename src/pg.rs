@@ -191,7 +191,7 @@ pub async fn connect(endpoint: &Endpoint, settings: SessionSettings) -> Result<C
         .port(endpoint.port)
         .user(&endpoint.user)
         .dbname(&endpoint.dbname)
-        .application_name(&application_name(&settings))
+        .application_name(application_name(&settings))
         .connect_timeout(settings.connect_timeout);
     if let Some(timeout) = settings.statement_timeout {
         config.options(format!("-c statement_timeout={}", timeout.as_millis()));
