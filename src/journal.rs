@@ -626,20 +626,7 @@ impl Journal {
     /// Plain-text listing for `cutover journal show`.
     /// The run's record as JSON: every entry with its time, step, kind, detail and actors.
     pub fn export_json(&self, run_id: &RunId) -> Result<serde_json::Value, JournalError> {
-        let rows: Vec<serde_json::Value> = self
-            .entries(run_id)?
-            .iter()
-            .map(|e| {
-                serde_json::json!({
-                    "at": e.at,
-                    "step": e.step.as_ref().map(|s| s.to_string()),
-                    "kind": e.kind.as_str(),
-                    "detail": e.detail,
-                    "actors": e.actors,
-                    "item": e.item.as_ref().map(|i| i.to_string()),
-                })
-            })
-            .collect();
+        let rows: Vec<serde_json::Value> = self.entries(run_id)?.iter().map(entry_json).collect();
         Ok(serde_json::json!({"run": run_id.0, "entries": rows}))
     }
 
@@ -818,4 +805,24 @@ fn cell(text: &str) -> String {
 fn line(out: &mut String, text: &str) {
     out.push_str(text);
     out.push('\n');
+}
+
+/// One journal entry as JSON: the element of `export_json`'s `entries` and, with `run` added,
+/// one line of `cutover run --json`. The detail is redacted like the stored one.
+pub fn entry_json(entry: &JournalEntry) -> serde_json::Value {
+    serde_json::json!({
+        "at": entry.at,
+        "step": entry.step.as_ref().map(|s| s.to_string()),
+        "kind": entry.kind.as_str(),
+        "detail": redact(&entry.detail),
+        "actors": entry.actors,
+        "item": entry.item.as_ref().map(|i| i.to_string()),
+    })
+}
+
+/// One line of `cutover run --json` (NDJSON): [`entry_json`] plus the run id.
+pub fn entry_json_line(run_id: &RunId, entry: &JournalEntry) -> String {
+    let mut value = entry_json(entry);
+    value["run"] = serde_json::Value::String(run_id.0.clone());
+    value.to_string()
 }

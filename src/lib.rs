@@ -22,4 +22,5 @@ pub mod remote;
 pub mod runbooks;
 pub mod session;
 pub mod sql;
+pub mod tls;
 pub mod ui;

@@ -2,7 +2,7 @@
 //! become exit codes (0 ok, 1 failure, 2 invalid input).
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use cutover::{engine, inventory, journal, lab, plan, readings, runbooks, session};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,7 +21,9 @@ macro_rules! emit {
 
 mod cli;
 
-use cli::{Cli, Command, Format, JournalCommand, LabCommand, RunOptions, RunbookChoice};
+use cli::{
+    Cli, Command, CompletionShell, Format, JournalCommand, LabCommand, RunOptions, RunbookChoice,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -120,7 +122,10 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             pause_guard(&invocation, &state_dir, parent, run_id, bound_ms).await
         }
         Command::Check { file } => Ok(check(&file)),
-        Command::Status { inventory, json } => status(&inventory, json).await,
+        Command::Status { inventory, json } => {
+            warn_unverified(&inventory);
+            status(&inventory, json).await
+        }
         Command::Lab { command } => lab_command(command).await,
         Command::Plan {
             inventory,
@@ -133,7 +138,10 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             run,
             expect_fingerprint,
             yes,
-        } => run_command(&inventory, &runbook, &run, expect_fingerprint, yes).await,
+            json,
+        } => run_command(&inventory, &runbook, &run, expect_fingerprint, yes, json).await,
+        Command::Completions { shell } => completions(shell),
+        Command::Man => man_page(),
         Command::Rollback {
             inventory,
             runbook,
@@ -203,6 +211,9 @@ fn plan_command(
         Ok(inv) => inv,
         Err(code) => return Ok(code),
     };
+    for warning in cutover::tls::inventory_warnings(&inv) {
+        eprintln!("warning: {warning}");
+    }
     let plan = match session::plan(&inv, &runbook.name, &runbook.params) {
         Ok(plan) => plan,
         Err(e) => return Ok(report_session_error(e)),
@@ -259,7 +270,9 @@ async fn run_command(
     run: &RunOptions,
     expect: Option<String>,
     yes: bool,
+    json: bool,
 ) -> Result<ExitCode> {
+    warn_unverified(file);
     let mut runner = match session::open(&invocation(file, runbook, run, expect)) {
         Ok(runner) => runner,
         Err(e) => return Ok(report_session_error(e)),
@@ -285,7 +298,16 @@ async fn run_command(
     }
     cutover::executor::signals::stop_on_signals(runner.stop_handle());
     cutover::guard::spawn_on_pause(&mut runner, invocation(file, runbook, run, None));
+    if json {
+        runner.on_entry(Box::new(|run_id, entry| {
+            emit!("{}", journal::entry_json_line(run_id, entry));
+        }));
+    }
     match runner.run_headless(&run.operator).await {
+        Ok(_) if json => {
+            eprintln!("run {} completed", runner.run_id);
+            Ok(ExitCode::SUCCESS)
+        }
         Ok(_) => {
             emit!("run {} completed", runner.run_id);
             Ok(ExitCode::SUCCESS)
@@ -401,6 +423,46 @@ fn journal_command(command: JournalCommand) -> Result<ExitCode> {
 
 const INVALID_INPUT: u8 = 2;
 
+/// TLS warnings for the inventory at `file`, on stderr; an unreadable inventory is reported
+/// later by the command itself.
+fn warn_unverified(file: &std::path::Path) {
+    if let Ok(inv) = inventory::load(file) {
+        for warning in cutover::tls::inventory_warnings(&inv) {
+            eprintln!("warning: {warning}");
+        }
+    }
+}
+
+/// The completion script for `shell`, generated from the full command (runbooks included).
+fn completions(shell: CompletionShell) -> Result<ExitCode> {
+    use clap_complete::Shell;
+    let shell = match shell {
+        CompletionShell::Bash => Shell::Bash,
+        CompletionShell::Zsh => Shell::Zsh,
+        CompletionShell::Fish => Shell::Fish,
+    };
+    let mut command = Cli::command();
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut command, "cutover", &mut out);
+    write_stdout(&out)
+}
+
+/// `cutover(1)`: the top-level page, with every subcommand listed.
+fn man_page() -> Result<ExitCode> {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+    write_stdout(&out)
+}
+
+fn write_stdout(bytes: &[u8]) -> Result<ExitCode> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
 fn check(file: &std::path::Path) -> ExitCode {
     match inventory::load(file) {
         Ok(inv) => {
@@ -411,6 +473,9 @@ fn check(file: &std::path::Path) -> ExitCode {
                 inv.partitions.len(),
                 inv.shard_count
             );
+            for warning in cutover::tls::inventory_warnings(&inv) {
+                eprintln!("warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

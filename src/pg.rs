@@ -1,10 +1,12 @@
 //! PostgreSQL connections for pollers and the executor: tokio-postgres with a statement timeout,
 //! passwords from `PGPASSWORD`/`~/.pgpass`, and the pgbouncer admin console (simple protocol only).
 
-use crate::inventory::{Node, Pgbouncer};
+use crate::inventory::{Node, Pgbouncer, Tls};
+use crate::tls::{self, Connector, TlsEnv};
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage, Socket};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -12,6 +14,14 @@ pub enum PgError {
     Connect {
         target: String,
         source: tokio_postgres::Error,
+    },
+    /// TLS settings that cannot be used, or a server whose TLS was refused (a certificate that
+    /// does not verify, a server without TLS under `require`): never downgraded.
+    #[error("{target}: refused under sslmode {sslmode}: {detail}")]
+    Tls {
+        target: String,
+        sslmode: &'static str,
+        detail: String,
     },
     #[error("{target}: connect timed out after {timeout:?}")]
     ConnectTimeout { target: String, timeout: Duration },
@@ -49,6 +59,8 @@ pub struct Endpoint {
     pub port: u16,
     pub user: String,
     pub dbname: String,
+    /// The inventory's TLS settings for this server; unset fields come from `PGSSL*` and defaults.
+    pub tls: Tls,
 }
 
 impl Endpoint {
@@ -58,6 +70,7 @@ impl Endpoint {
             port: node.port,
             user: node.user.clone(),
             dbname: dbname.to_string(),
+            tls: node.tls.clone().unwrap_or_default(),
         }
     }
     pub fn maintenance(node: &Node) -> Self {
@@ -69,6 +82,7 @@ impl Endpoint {
             port: bouncer.admin.port,
             user: bouncer.admin.user.clone(),
             dbname: "pgbouncer".to_string(),
+            tls: bouncer.admin.tls.clone().unwrap_or_default(),
         }
     }
     /// A pgbouncer alias as the application sees it (transaction pooled: simple or typed queries only).
@@ -78,6 +92,7 @@ impl Endpoint {
             port: bouncer.admin.port,
             user: user.to_string(),
             dbname: alias.to_string(),
+            tls: bouncer.admin.tls.clone().unwrap_or_default(),
         }
     }
     /// `user@address:port/dbname`: safe to log.
@@ -96,6 +111,9 @@ pub struct SessionSettings {
     /// Sent as `statement_timeout` in the startup packet; `None` for pgbouncer
     /// (its admin console and pooled aliases reject unknown startup options).
     pub statement_timeout: Option<Duration>,
+    /// `application_name`, always `cutover/<reading or purpose>`: how a DBA (and the
+    /// connections reading) tells the tool's sessions from the application's.
+    pub application_name: &'static str,
 }
 
 impl SessionSettings {
@@ -103,48 +121,134 @@ impl SessionSettings {
     pub const MONITOR: SessionSettings = SessionSettings {
         connect_timeout: Duration::from_secs(3),
         statement_timeout: Some(Duration::from_secs(5)),
+        application_name: "cutover/reading",
     };
     /// Executor statements (DDL, batches): longer, still bounded.
     pub const EXECUTOR: SessionSettings = SessionSettings {
         connect_timeout: Duration::from_secs(5),
         statement_timeout: Some(Duration::from_secs(300)),
+        application_name: "cutover/run",
     };
     /// pgbouncer admin console and pooled aliases.
     pub const PGBOUNCER: SessionSettings = SessionSettings {
         connect_timeout: Duration::from_secs(3),
         statement_timeout: None,
+        application_name: "cutover/pgbouncer",
     };
+
+    /// The same settings under another `application_name` (which must start with `cutover/`).
+    pub const fn named(self, application_name: &'static str) -> SessionSettings {
+        SessionSettings {
+            application_name,
+            ..self
+        }
+    }
 }
 
+/// The prefix of every `application_name` the tool sets.
 pub const APPLICATION_NAME: &str = "cutover";
 
+tokio::task_local! {
+    /// The step whose action is running on this task: connections it opens are named after it.
+    static STEP: String;
+}
+
+/// Runs `future` as `step`'s work: every connection it opens is `cutover/<step>` rather than
+/// its settings' name. A cached connection keeps the name of the step that opened it.
+pub async fn in_step<F: std::future::Future>(step: &str, future: F) -> F::Output {
+    STEP.scope(step.to_string(), future).await
+}
+
+/// The `application_name` a connection opened here and now gets.
+fn application_name(settings: &SessionSettings) -> String {
+    STEP.try_with(|step| format!("{APPLICATION_NAME}/{step}"))
+        .unwrap_or_else(|_| settings.application_name.to_string())
+}
+
+/// Whether a session's `application_name` is one of the tool's own.
+pub fn is_tool_session(application_name: &str) -> bool {
+    application_name == APPLICATION_NAME
+        || application_name
+            .strip_prefix(APPLICATION_NAME)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
 /// Open a connection and drive it on a background task. The task ends when the client drops.
+/// TLS follows the endpoint's settings (see [`crate::tls`]); a refused certificate or a
+/// server without TLS under a mode that needs it fails here, never downgraded.
 pub async fn connect(endpoint: &Endpoint, settings: SessionSettings) -> Result<Client, PgError> {
+    let target = endpoint.label();
+    let resolved = tls::resolve(&endpoint.tls, &endpoint.address, &TlsEnv::from_process())
+        .map_err(|detail| PgError::Tls {
+            target: target.clone(),
+            sslmode: "(unset)",
+            detail,
+        })?;
+    let sslmode = resolved.mode.as_str();
     let mut config = Config::new();
     config
         .host(&endpoint.address)
         .port(endpoint.port)
         .user(&endpoint.user)
         .dbname(&endpoint.dbname)
+        .application_name(application_name(&settings))
         .connect_timeout(settings.connect_timeout);
     if let Some(timeout) = settings.statement_timeout {
-        config.application_name(APPLICATION_NAME);
         config.options(format!("-c statement_timeout={}", timeout.as_millis()));
     }
     if let Some(password) = password_for(endpoint) {
         config.password(password);
     }
-    let target = endpoint.label();
-    let connecting = config.connect(NoTls);
-    let (client, connection) = tokio::time::timeout(settings.connect_timeout, connecting)
+    let connector = tls::connector(&resolved).map_err(|detail| PgError::Tls {
+        target: target.clone(),
+        sslmode,
+        detail,
+    })?;
+    match connector {
+        Connector::Plain => {
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            open(&config, NoTls, target, sslmode, settings.connect_timeout).await
+        }
+        Connector::Tls { mode, connect } => {
+            config.ssl_mode(mode);
+            open(&config, connect, target, sslmode, settings.connect_timeout).await
+        }
+    }
+}
+
+async fn open<T>(
+    config: &Config,
+    tls: T,
+    target: String,
+    sslmode: &'static str,
+    timeout: Duration,
+) -> Result<Client, PgError>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let (client, connection) = tokio::time::timeout(timeout, config.connect(tls))
         .await
         .map_err(|_| PgError::ConnectTimeout {
             target: target.clone(),
-            timeout: settings.connect_timeout,
+            timeout,
         })?
-        .map_err(|source| PgError::Connect {
-            target: target.clone(),
-            source,
+        .map_err(|source| {
+            let chain = error_chain(&source);
+            if is_tls_failure(&chain) {
+                PgError::Tls {
+                    target: target.clone(),
+                    sslmode,
+                    detail: chain,
+                }
+            } else {
+                PgError::Connect {
+                    target: target.clone(),
+                    source,
+                }
+            }
         })?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
@@ -152,6 +256,14 @@ pub async fn connect(endpoint: &Endpoint, settings: SessionSettings) -> Result<C
         }
     });
     Ok(client)
+}
+
+/// Whether a connect error is the TLS handshake's (certificate, protocol, server without TLS).
+fn is_tls_failure(chain: &str) -> bool {
+    let lower = chain.to_ascii_lowercase();
+    ["tls", "certificate", "handshake"]
+        .iter()
+        .any(|word| lower.contains(word))
 }
 
 /// Run a simple-protocol query and return its rows as column-name → text maps.
@@ -393,6 +505,7 @@ mod tests {
             port: 5432,
             user: "commcarehq".into(),
             dbname: "commcarehq_p1".into(),
+            tls: Tls::default(),
         }
     }
 

@@ -77,6 +77,7 @@ async fn add_reference_source(lab: &CitusLab) {
             port: lab.config.pg1_port,
             user: "postgres".into(),
             dbname: P1_DB.into(),
+            tls: Default::default(),
         },
         cutover::pg::SessionSettings::EXECUTOR,
     )
@@ -96,6 +97,7 @@ async fn databases_on(lab: &CitusLab) -> Vec<bool> {
                 port,
                 user: "postgres".into(),
                 dbname: "postgres".into(),
+                tls: Default::default(),
             },
             cutover::pg::SessionSettings::EXECUTOR,
         )
@@ -379,6 +381,7 @@ async fn lab_fresh(lab: &CitusLab) -> &CitusLab {
                 port,
                 user: "postgres".into(),
                 dbname: "postgres".into(),
+                tls: Default::default(),
             },
             cutover::pg::SessionSettings::EXECUTOR,
         )

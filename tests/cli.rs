@@ -240,3 +240,63 @@ fn major_upgrade_options_reach_the_plan() {
         .collect();
     assert!(steps.contains(&"test-restore"), "{steps:?}");
 }
+
+#[test]
+fn completions_and_the_man_page_cover_every_runbook_and_its_flags() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = cutover(&["completions", shell]);
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        for word in [
+            "shard-split",
+            "major-upgrade",
+            "citus-bootstrap",
+            "shards",
+            "json",
+        ] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let bad = cutover(&["completions", "powershell-ise"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let man = cutover(&["man"]);
+    assert!(man.status.success());
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(page.contains(".TH cutover 1"), "{page}");
+    for word in ["check", "completions", "journal"] {
+        assert!(page.contains(word), "the man page lists {word}");
+    }
+}
+
+#[test]
+fn plan_warns_when_connections_are_not_verified() {
+    let lab = cutover(&[
+        "plan",
+        LAB,
+        "shard-split",
+        "--from",
+        "p1",
+        "--to",
+        "p2",
+        "--node",
+        "pg2",
+        "--shards",
+        "512-1023",
+    ]);
+    assert!(lab.status.success());
+    assert!(
+        !String::from_utf8_lossy(&lab.stderr).contains("not verified"),
+        "the lab verifies every server"
+    );
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/inventories/commcare-example.yaml"
+    );
+    let out = cutover(&["check", example]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: connections to pg1 are not verified (sslmode prefer"),
+        "{stderr}"
+    );
+}

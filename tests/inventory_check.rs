@@ -159,7 +159,17 @@ const INVALID_FIXTURES: &[(&str, &[&str])] = &[
             "8:5: nodes[0]: missing field `port`",
             "11:5: nodes[0]: unknown field `prot` (did you mean `port`?)",
             "15:85: nodes[0].control: unknown field `restart` (did you mean `start`?)",
-            "19:1: inventory: unknown field `colour`; expected one of: environment, shard_count, hosts, nodes, pgbouncers, proxy, partitions, sharded_tables, standbys, slots, traffic, citus",
+            "19:1: inventory: unknown field `colour`; expected one of: environment, shard_count, hosts, nodes, pgbouncers, proxy, partitions, sharded_tables, standbys, slots, traffic, citus, tls",
+        ],
+    ),
+    (
+        "tls.yaml",
+        &[
+            "5:12: tls.sslmode: verify-full needs a root certificate to verify with; set sslrootcert (here or in the top-level tls), or use require to encrypt without verifying",
+            "18:20: nodes[0].tls.sslmode: verify-ca needs a root certificate to verify with; set sslrootcert (here or in the top-level tls), or use require to encrypt without verifying",
+            "18:40: nodes[0].tls.sslcert: a client certificate needs its private key: set sslkey",
+            "27:20: nodes[1].tls.sslmode: `allow` is not one of: disable, prefer, require, verify-ca, verify-full",
+            "31:75: pgbouncers[0].admin.tls.sslkey: a private key needs its client certificate: set sslcert",
         ],
     ),
     (

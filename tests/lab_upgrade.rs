@@ -80,6 +80,7 @@ async fn the_lab_upgrades_pg1_to_18_and_the_proxy_routes_through_pg1new() {
             port: target_port,
             user: "postgres".into(),
             dbname: lab::P1_DB.into(),
+            tls: Default::default(),
         },
         SessionSettings::EXECUTOR,
     )

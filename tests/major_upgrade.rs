@@ -87,6 +87,7 @@ async fn connect(port: u16, dbname: &str) -> Client {
             port,
             user: "postgres".into(),
             dbname: dbname.into(),
+            tls: Default::default(),
         },
         SessionSettings::MONITOR,
     )

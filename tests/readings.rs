@@ -73,8 +73,19 @@ async fn standby_lag_becomes_nonzero_after_writes_and_returns_to_zero() {
 async fn connections_per_database_match_open_sessions() {
     let lab = lab(100).await;
     let mut held = Vec::new();
+    // The application's sessions (its own application_name), then two of the tool's.
     for _ in 0..3 {
-        held.push(connect(lab.config.pg1_port, "commcarehq_p1").await);
+        let (client, connection) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname=commcarehq_p1 application_name=app",
+                lab.config.pg1_port
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        held.push(client);
     }
     for _ in 0..2 {
         held.push(connect(lab.config.pg1_port, "commcarehq_proxy").await);
@@ -82,20 +93,28 @@ async fn connections_per_database_match_open_sessions() {
     let pg1 = lab.inventory.node("pg1").unwrap();
     let reading = queries::read_connections(pg1).await;
     let groups = reading.value().expect("pg1 reachable");
-    let count = |db: &str| -> i64 {
+    let count = |db: &str, tool: bool| -> i64 {
         groups
             .iter()
-            .filter(|g| g.database.as_deref() == Some(db))
+            .filter(|g| g.database.as_deref() == Some(db) && g.tool == tool)
             .map(|g| g.count)
             .sum()
     };
-    assert_eq!(count("commcarehq_p1"), 3, "{groups:?}");
-    assert_eq!(count("commcarehq_proxy"), 2, "{groups:?}");
+    assert_eq!(count("commcarehq_p1", false), 3, "{groups:?}");
+    assert_eq!(count("commcarehq_proxy", true), 2, "{groups:?}");
+    assert_eq!(count("commcarehq_proxy", false), 0, "{groups:?}");
     assert!(groups
         .iter()
         .filter(|g| g.database.as_deref() == Some("commcarehq_p1"))
         .all(|g| g.client_addr.as_deref() == Some("127.0.0.1/32")
             && g.state.as_deref() == Some("idle")));
+    // "pg1 should only have connections to commcarehq_p1" is judged on the application's.
+    let application = cutover::readings::types::application_connections_by_database(groups);
+    assert_eq!(
+        application.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["commcarehq_p1"],
+        "{groups:?}"
+    );
     drop(held);
 }
 

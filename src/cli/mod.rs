@@ -53,6 +53,9 @@ pub enum Command {
         /// Run every step without prompts (rehearsals, CI); preconditions and gates still hold.
         #[arg(long, global = true)]
         yes: bool,
+        /// Print every journal entry as it is written, one JSON object per line (NDJSON).
+        #[arg(long, global = true)]
+        json: bool,
     },
     /// Undo completed steps of the unfinished run, in reverse order, back to a step. The
     /// run's own parameters are used when none are given.
@@ -92,6 +95,13 @@ pub enum Command {
         #[command(subcommand)]
         command: LabCommand,
     },
+    /// Print a shell completion script (bash, zsh or fish) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Print the manual page (roff) to stdout: `cutover man | man -l -`.
+    Man,
     /// Started by a driving `cutover` when traffic pauses: ends the pause if the driver dies.
     #[command(hide = true)]
     PauseGuard {
@@ -247,6 +257,13 @@ impl RunOptions {
             trust_on_first_use: false,
         }
     }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]

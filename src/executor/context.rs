@@ -331,7 +331,8 @@ impl ExecContext {
             let running: Vec<String> = client
                 .query(
                     "SELECT left(query, 80) FROM pg_stat_activity \
-                     WHERE application_name = $1 AND state = 'active' AND pid <> pg_backend_pid()",
+                     WHERE (application_name = $1 OR application_name LIKE $1 || '/%') \
+                     AND state = 'active' AND pid <> pg_backend_pid()",
                     &[&pg::APPLICATION_NAME],
                 )
                 .await

@@ -92,12 +92,12 @@ impl From<PgError> for StepError {
     fn from(error: PgError) -> Self {
         let reason = error.to_string();
         match error {
-            PgError::Connect { target, .. } | PgError::ConnectTimeout { target, .. } => {
-                StepError::Unreachable {
-                    node: target,
-                    reason,
-                }
-            }
+            PgError::Connect { target, .. }
+            | PgError::ConnectTimeout { target, .. }
+            | PgError::Tls { target, .. } => StepError::Unreachable {
+                node: target,
+                reason,
+            },
             PgError::Query { target, .. }
             | PgError::QueryTimeout { target, .. }
             | PgError::Unexpected { target, .. } => StepError::Command { target, reason },

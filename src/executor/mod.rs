@@ -19,7 +19,7 @@ pub use error::{StepError, StepErrorKind};
 pub use items::{ItemAttempt, ItemFuture, StepItems};
 
 use crate::engine::{
-    self, Command, Confirmation, Effect, EngineSettings, EngineState, Observation,
+    self, Command, Confirmation, Effect, EngineSettings, EngineState, JournalEntry, Observation,
     PreconditionResult, Refusal,
 };
 use crate::journal::{DriverLock, Journal, JournalError, RunId, RunStatus};
@@ -203,7 +203,12 @@ pub struct Runner<A: Actions> {
     stop_requested: watch::Receiver<Option<String>>,
     /// Called whenever a write pause begins (or is found on resume), with the pause bound.
     on_pause: Option<PauseHook>,
+    /// Called with every journal entry once it is durable (`cutover run --json`).
+    on_entry: Option<EntryHook>,
 }
+
+/// See [`Runner::on_entry`].
+pub type EntryHook = Box<dyn FnMut(&RunId, &JournalEntry) + Send>;
 
 /// See [`Runner::on_pause`].
 pub type PauseHook = Box<dyn FnMut(&RunId, Duration) + Send>;
@@ -262,6 +267,7 @@ impl<A: Actions> Runner<A> {
             stop: StopHandle(std::sync::Arc::new(stop_tx)),
             stop_requested,
             on_pause: None,
+            on_entry: None,
         })
     }
 
@@ -326,6 +332,20 @@ impl<A: Actions> Runner<A> {
         &mut self.actions
     }
 
+    /// Follow every journal entry as it is written: the hook sees an entry only after it is
+    /// durable, in journal order.
+    pub fn on_entry(&mut self, hook: EntryHook) {
+        self.on_entry = Some(hook);
+    }
+
+    fn append(&mut self, entry: &JournalEntry) -> Result<(), RunError> {
+        self.journal.append(&self.run_id, entry)?;
+        if let Some(hook) = self.on_entry.as_mut() {
+            hook(&self.run_id, entry);
+        }
+        Ok(())
+    }
+
     /// Apply a command to the engine, write its journal entries, and return the other effects.
     fn commit(&mut self, command: Command) -> Result<VecDeque<Effect>, RunError> {
         let step = command_step(&command);
@@ -336,7 +356,7 @@ impl<A: Actions> Runner<A> {
         for effect in effects {
             match effect {
                 Effect::Journal(entry) => {
-                    self.journal.append(&self.run_id, &entry)?;
+                    self.append(&entry)?;
                 }
                 other => rest.push_back(other),
             }
@@ -421,7 +441,10 @@ impl<A: Actions> Runner<A> {
     async fn preconditions_of(&mut self, spec: &Step) -> Result<Vec<PreconditionResult>, RunError> {
         let deadline = self.pause_deadline();
         let mut stop = self.stop_requested.clone();
-        let read = Box::pin(self.actions.preconditions(spec));
+        let read = Box::pin(crate::pg::in_step(
+            spec.id.as_str(),
+            self.actions.preconditions(spec),
+        ));
         let outcome = within_pause(deadline, &mut stop, read).await;
         self.finish_read(outcome).await
     }
@@ -429,7 +452,10 @@ impl<A: Actions> Runner<A> {
     async fn observations_of(&mut self, spec: &Step) -> Result<Vec<Observation>, RunError> {
         let deadline = self.pause_deadline();
         let mut stop = self.stop_requested.clone();
-        let read = Box::pin(self.actions.observations(spec));
+        let read = Box::pin(crate::pg::in_step(
+            spec.id.as_str(),
+            self.actions.observations(spec),
+        ));
         let outcome = within_pause(deadline, &mut stop, read).await;
         self.finish_read(outcome).await
     }
@@ -508,7 +534,7 @@ impl<A: Actions> Runner<A> {
         while let Some(effect) = queue.pop_front() {
             let next = match effect {
                 Effect::Journal(entry) => {
-                    self.journal.append(&self.run_id, &entry)?;
+                    self.append(&entry)?;
                     VecDeque::new()
                 }
                 Effect::RunAction {
@@ -623,7 +649,10 @@ impl<A: Actions> Runner<A> {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let outcome = {
             // Boxed: runbook actions are large futures; on the stack they overflow it.
-            let mut action = Box::pin(self.actions.action(&spec, recheck, Sink(tx)));
+            let mut action = Box::pin(crate::pg::in_step(
+                step.as_str(),
+                self.actions.action(&spec, recheck, Sink(tx)),
+            ));
             let mut reports = Vec::new();
             let outcome = loop {
                 tokio::select! {
@@ -739,7 +768,11 @@ impl<A: Actions> Runner<A> {
     ) -> Result<(VecDeque<Effect>, Option<RunError>), RunError> {
         let spec = self.step_spec(step)?;
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let result = Box::pin(self.actions.undo(&spec, recheck, Sink(tx))).await;
+        let result = Box::pin(crate::pg::in_step(
+            step.as_str(),
+            self.actions.undo(&spec, recheck, Sink(tx)),
+        ))
+        .await;
         while let Ok(report) = rx.try_recv() {
             self.journal_report(Some(step), report)?;
         }

@@ -105,7 +105,10 @@ pub fn parse(text: &str, file_label: &str) -> Result<Inventory, InventoryError> 
         }
     });
     match inventory {
-        Some(inventory) if problems.is_empty() => Ok(inventory),
+        Some(mut inventory) if problems.is_empty() => {
+            inventory.apply_tls_default();
+            Ok(inventory)
+        }
         _ => Err(invalid(problems, file_label)),
     }
 }
@@ -228,6 +231,12 @@ mod tests {
                     stop: "stop".into(),
                     promote: Some("promote".into()),
                 },
+                tls: Some(Tls {
+                    sslmode: Some(SslMode::VerifyCa),
+                    sslrootcert: Some("/etc/cutover/node-ca.crt".into()),
+                    sslcert: Some("/etc/cutover/client.crt".into()),
+                    sslkey: Some("/etc/cutover/client.key".into()),
+                }),
             }],
             pgbouncers: vec![Pgbouncer {
                 name: "b".into(),
@@ -236,6 +245,12 @@ mod tests {
                     address: "127.0.0.1".into(),
                     port: 6432,
                     user: "pgadmin".into(),
+                    tls: Some(Tls {
+                        sslmode: Some(SslMode::Require),
+                        sslrootcert: Some("/etc/cutover/ca.crt".into()),
+                        sslcert: None,
+                        sslkey: None,
+                    }),
                 },
                 config: "/etc/pgbouncer.ini".into(),
                 aliases: vec![PgbouncerAlias {
@@ -288,6 +303,12 @@ mod tests {
                 start: "up".into(),
             }),
             citus: Vec::new(),
+            tls: Some(Tls {
+                sslmode: Some(SslMode::VerifyFull),
+                sslrootcert: Some("/etc/cutover/ca.crt".into()),
+                sslcert: None,
+                sslkey: None,
+            }),
         }
     }
 
@@ -329,6 +350,25 @@ mod tests {
         let text = to_yaml(&full).expect("serializes");
         let parsed = parse(&text, "full.yaml").unwrap_or_else(|error| panic!("{text}\n{error}"));
         assert_eq!(parsed, full);
+    }
+
+    #[test]
+    fn the_environment_tls_default_fills_what_a_node_leaves_unset() {
+        let mut inventory = every_field_set();
+        inventory.nodes[0].tls = Some(Tls {
+            sslmode: Some(SslMode::Require),
+            ..Tls::default()
+        });
+        inventory.pgbouncers[0].admin.tls = None;
+        inventory.apply_tls_default();
+        let node = inventory.nodes[0].tls.clone().expect("merged");
+        assert_eq!(node.sslmode, Some(SslMode::Require));
+        assert_eq!(node.sslrootcert.as_deref(), Some("/etc/cutover/ca.crt"));
+        let console = inventory.pgbouncers[0].admin.tls.clone().expect("merged");
+        assert_eq!(console.sslmode, Some(SslMode::VerifyFull));
+        let once = inventory.clone();
+        inventory.apply_tls_default();
+        assert_eq!(inventory, once, "idempotent");
     }
 
     #[test]

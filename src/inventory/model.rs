@@ -30,6 +30,87 @@ pub struct Inventory {
     pub traffic: Option<TrafficHooks>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub citus: Vec<CitusCluster>,
+    /// The environment's TLS default; a node's or console's own `tls` overrides it field by field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+}
+
+/// TLS for PostgreSQL and pgbouncer connections, with libpq's keywords and meanings.
+/// Unset fields fall back to the environment's `tls`, then to `PGSSLMODE`, `PGSSLROOTCERT`,
+/// `PGSSLCERT`, `PGSSLKEY` (see [`crate::tls`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sslmode: Option<SslMode>,
+    /// CA certificate(s) (PEM) the server certificate must chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sslrootcert: Option<String>,
+    /// Client certificate (PEM), for servers that ask for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sslcert: Option<String>,
+    /// Client private key file (PEM); a path, never the key itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sslkey: Option<String>,
+}
+
+impl Tls {
+    /// Field by field: `self` where set, else `fallback`.
+    pub fn or(&self, fallback: &Tls) -> Tls {
+        Tls {
+            sslmode: self.sslmode.or(fallback.sslmode),
+            sslrootcert: self.sslrootcert.clone().or(fallback.sslrootcert.clone()),
+            sslcert: self.sslcert.clone().or(fallback.sslcert.clone()),
+            sslkey: self.sslkey.clone().or(fallback.sslkey.clone()),
+        }
+    }
+}
+
+/// libpq's `sslmode`, without `allow` (it only exists to downgrade).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain text only.
+    Disable,
+    /// TLS when the server offers it, unverified; plain text otherwise.
+    Prefer,
+    /// TLS always, certificate unverified.
+    Require,
+    /// TLS, certificate chains to the root certificate; the host name is not checked.
+    VerifyCa,
+    /// TLS, certificate chains to the root certificate and names the address connected to.
+    VerifyFull,
+}
+
+impl SslMode {
+    pub const NAMES: &'static [&'static str] =
+        &["disable", "prefer", "require", "verify-ca", "verify-full"];
+
+    pub fn parse(text: &str) -> Option<SslMode> {
+        Some(match text {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Whether the server's certificate is checked against a root certificate.
+    pub fn verifies(self) -> bool {
+        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
+    }
 }
 
 /// Where host commands run: over SSH, or on the jump host itself.
@@ -79,6 +160,9 @@ pub struct Node {
     #[serde(default = "default_maintenance_db")]
     pub maintenance_db: String,
     pub control: NodeControl,
+    /// TLS to this node; unset fields come from the environment's `tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
 }
 
 /// Shell commands run on the node's host to control the server.
@@ -109,6 +193,9 @@ pub struct PgbouncerAdmin {
     pub address: String,
     pub port: u16,
     pub user: String,
+    /// TLS to the admin console (and the pooled aliases); unset fields come from the environment's `tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,6 +369,20 @@ impl Inventory {
     }
     pub fn citus_cluster(&self, name: &str) -> Option<&CitusCluster> {
         self.citus.iter().find(|c| c.name == name)
+    }
+    /// Puts the environment's `tls` default into every node's and console's own `tls`, so an
+    /// [`crate::pg::Endpoint`] built from one node carries the settings that apply to it.
+    /// Idempotent: the merged inventory merges to itself.
+    pub fn apply_tls_default(&mut self) {
+        let Some(default) = self.tls.clone() else {
+            return;
+        };
+        for node in &mut self.nodes {
+            node.tls = Some(node.tls.clone().unwrap_or_default().or(&default));
+        }
+        for bouncer in &mut self.pgbouncers {
+            bouncer.admin.tls = Some(bouncer.admin.tls.clone().unwrap_or_default().or(&default));
+        }
     }
     /// Shard mask: `shard_count - 1`.
     pub fn shard_mask(&self) -> u32 {

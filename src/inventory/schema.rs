@@ -74,6 +74,19 @@ static INVENTORY: Schema = Schema {
         optional("slots", Kind::List(&SLOT)),
         optional("traffic", Kind::Struct(&TRAFFIC)),
         optional("citus", Kind::List(&CITUS)),
+        optional("tls", Kind::Struct(&TLS)),
+    ],
+};
+
+static TLS: Schema = Schema {
+    fields: &[
+        optional(
+            "sslmode",
+            Kind::OneOf(crate::inventory::model::SslMode::NAMES),
+        ),
+        optional("sslrootcert", Kind::Text),
+        optional("sslcert", Kind::Text),
+        optional("sslkey", Kind::Text),
     ],
 };
 
@@ -130,6 +143,7 @@ static NODE: Schema = Schema {
         optional("user", Kind::Text),
         optional("maintenance_db", Kind::Text),
         required("control", Kind::Struct(&NODE_CONTROL)),
+        optional("tls", Kind::Struct(&TLS)),
     ],
 };
 
@@ -156,6 +170,7 @@ static PGBOUNCER_ADMIN: Schema = Schema {
         required("address", Kind::Text),
         required("port", Kind::Port),
         required("user", Kind::Text),
+        optional("tls", Kind::Struct(&TLS)),
     ],
 };
 

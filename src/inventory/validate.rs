@@ -109,6 +109,64 @@ pub(crate) fn check(root: &Marked, problems: &mut Vec<Problem>) {
     check_shards(root, problems);
     check_citus(root, &node_names, problems);
     check_hash_expressions(root, problems);
+    check_tls(root, problems);
+}
+
+/// Each `tls` block, read with the environment's `tls` under it: a verifying `sslmode` has a
+/// root certificate to verify with, and a client certificate comes with its key (and back).
+fn check_tls(root: &Marked, problems: &mut Vec<Problem>) {
+    let default = root.field("tls");
+    let mut blocks: Vec<(String, &Marked)> = Vec::new();
+    if let Some(tls) = default {
+        blocks.push(("tls".to_string(), tls));
+    }
+    for (index, node) in entries(root, "nodes") {
+        if let Some(tls) = node.field("tls") {
+            blocks.push((format!("nodes[{index}].tls"), tls));
+        }
+    }
+    for (index, bouncer) in entries(root, "pgbouncers") {
+        if let Some(tls) = bouncer.field("admin").and_then(|admin| admin.field("tls")) {
+            blocks.push((format!("pgbouncers[{index}].admin.tls"), tls));
+        }
+    }
+    let inherited = |tls: &Marked, key: &str| -> bool {
+        tls.field(key).and_then(Marked::text).is_some()
+            || default
+                .and_then(|d| d.field(key))
+                .and_then(Marked::text)
+                .is_some()
+    };
+    for (path, tls) in blocks {
+        if let Some((mode, pos)) = text_at(tls, "sslmode") {
+            if (mode == "verify-ca" || mode == "verify-full") && !inherited(tls, "sslrootcert") {
+                problems.push(Problem::new(
+                    pos,
+                    format!(
+                        "{path}.sslmode: {mode} needs a root certificate to verify with; set sslrootcert (here or in the top-level tls), or use require to encrypt without verifying"
+                    ),
+                ));
+            }
+        }
+        for (have, need, message) in [
+            (
+                "sslcert",
+                "sslkey",
+                "a client certificate needs its private key: set sslkey",
+            ),
+            (
+                "sslkey",
+                "sslcert",
+                "a private key needs its client certificate: set sslcert",
+            ),
+        ] {
+            if let Some((_, pos)) = text_at(tls, have) {
+                if !inherited(tls, need) {
+                    problems.push(Problem::new(pos, format!("{path}.{have}: {message}")));
+                }
+            }
+        }
+    }
 }
 
 /// A Citus cluster's nodes exist and play one role each; a distributed table names its

@@ -74,7 +74,7 @@ pub fn up(dir: &Path, config: CitusConfig) -> Result<Vec<String>, LabError> {
                     ..InitOptions::default()
                 },
             )?;
-            postgres::configure_primary(&data, port, dir)?;
+            postgres::configure_primary(&bin, &data, port, dir)?;
             postgres::append(
                 &data.join("postgresql.conf"),
                 "shared_preload_libraries = 'citus'\n",
@@ -169,6 +169,11 @@ impl CitusLab {
                 port: self.citus.ports[0],
                 user: "postgres".into(),
                 dbname: db.into(),
+                tls: self
+                    .inventory
+                    .node(COORDINATOR)
+                    .and_then(|n| n.tls.clone())
+                    .unwrap_or_default(),
             },
             crate::pg::SessionSettings::EXECUTOR,
         )

@@ -3,6 +3,7 @@
 //! `up` is idempotent: it starts only what is not already running and says what it did.
 //! Every server runs as the unprivileged service user when we are root; `down` stops them by PID.
 
+pub mod certs;
 pub mod citus;
 pub mod load;
 pub mod postgres;
@@ -55,6 +56,8 @@ pub enum LabError {
     },
     #[error("writing the lab inventory: {0}")]
     Inventory(String),
+    #[error("lab certificate: {0}")]
+    Certificate(String),
 }
 
 /// Ports and size of one lab. Tests pick free ports so labs run side by side.
@@ -204,7 +207,7 @@ pub async fn up_with(
     } else {
         if !pg1.join("PG_VERSION").exists() {
             postgres::initdb(PG15_BIN, &pg1, postgres::InitOptions::default())?;
-            postgres::configure_primary(&pg1, config.pg1_port, dir)?;
+            postgres::configure_primary(PG15_BIN, &pg1, config.pg1_port, dir)?;
         }
         postgres::start(PG15_BIN, &pg1, &dir.join("pg1.log"), config.pg1_port)?;
         report.started.push(format!("pg1 :{}", config.pg1_port));
@@ -287,7 +290,8 @@ pub fn pgbouncer_ini_text(config: &LabConfig) -> String {
          auth_type = trust\nauth_file = {dir}/userlist.txt\nadmin_users = {ADMIN_USER}\nstats_users = {ADMIN_USER}\n\
          pool_mode = transaction\nmax_client_conn = 1000\ndefault_pool_size = 20\n\
          ignore_startup_parameters = extra_float_digits,options\n\
-         pidfile = {dir}/pgbouncer.pid\nlogfile = {dir}/pgbouncer.log\n",
+         pidfile = {dir}/pgbouncer.pid\nlogfile = {dir}/pgbouncer.log\n\
+         client_tls_sslmode = prefer\nclient_tls_cert_file = {dir}/server.crt\nclient_tls_key_file = {dir}/server.key\n",
         port = config.pgbouncer_port,
         dir = dir.display(),
     );
@@ -323,6 +327,12 @@ fn start_pgbouncer(config: &LabConfig) -> Result<bool, LabError> {
     let ini = config.pgbouncer_ini();
     std::fs::write(&ini, pgbouncer_ini_text(config)).map_err(io_err(&ini))?;
     chown_to_service_user(&dir)?;
+    certs::issue_server_cert(
+        &config.dir,
+        "pgbouncer",
+        &dir.join("server.crt"),
+        &dir.join("server.key"),
+    )?;
     proc::run_checked(service_command(PGBOUNCER_BIN).arg("-d").arg(&ini))?;
     if !wait_for_port(config.pgbouncer_port, Duration::from_secs(10)) {
         return Err(LabError::NotStarted {
@@ -356,6 +366,7 @@ pub fn lab_inventory(config: &LabConfig) -> Inventory {
                 stop: format!("{ctl} -m fast -w -t 60 stop"),
                 promote: Some(format!("{ctl} promote")),
             },
+            tls: Some(certs::lab_tls(&config.dir)),
         }
     };
     let alias = |name: &str| PgbouncerAlias {
@@ -385,6 +396,7 @@ pub fn lab_inventory(config: &LabConfig) -> Inventory {
                 address: "127.0.0.1".into(),
                 port: config.pgbouncer_port,
                 user: ADMIN_USER.into(),
+                tls: Some(certs::lab_tls(&config.dir)),
             },
             config: config.pgbouncer_ini().display().to_string(),
             aliases: vec![alias(PROXY_DB), alias(P1_DB)],
@@ -421,6 +433,7 @@ pub fn lab_inventory(config: &LabConfig) -> Inventory {
         slots: vec![],
         traffic: None,
         citus: Vec::new(),
+        tls: None,
     }
 }
 

@@ -53,13 +53,43 @@ pub fn initdb(bin_dir: &str, data: &Path, options: InitOptions) -> Result<(), La
     Ok(())
 }
 
-/// Settings for a lab primary: loopback only, own socket dir, replication and logical decoding on.
-pub fn configure_primary(data: &Path, port: u16, socket_dir: &Path) -> Result<(), LabError> {
+/// Whether the PostgreSQL build in `bin_dir` has TLS (the PostgreSQL 18 wheel is built without).
+pub fn ssl_supported(bin_dir: &str) -> bool {
+    std::process::Command::new(format!("{bin_dir}/pg_config"))
+        .arg("--configure")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("openssl"))
+}
+
+/// Settings for a lab primary: loopback only, own socket dir, replication and logical decoding
+/// on, and, when the build has it, TLS with a certificate from the lab CA of `socket_dir` (the
+/// lab directory).
+pub fn configure_primary(
+    bin_dir: &str,
+    data: &Path,
+    port: u16,
+    socket_dir: &Path,
+) -> Result<(), LabError> {
+    let ssl = if ssl_supported(bin_dir) {
+        let name = data
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "lab".to_string());
+        super::certs::issue_server_cert(
+            socket_dir,
+            &name,
+            &data.join("server.crt"),
+            &data.join("server.key"),
+        )?;
+        "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n"
+    } else {
+        ""
+    };
     let conf = data.join("postgresql.conf");
     let extra = format!(
         "\n# cutover lab\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
          wal_level = logical\nmax_wal_senders = 10\nmax_replication_slots = 10\nhot_standby = on\n\
-         max_connections = 200\nshared_buffers = 128MB\nfsync = on\nlog_min_messages = warning\n",
+         max_connections = 200\nshared_buffers = 128MB\nfsync = on\nlog_min_messages = warning\n{ssl}",
         socket_dir.display()
     );
     append(&conf, &extra)?;
@@ -114,12 +144,14 @@ fn endpoint(port: u16, dbname: &str) -> Endpoint {
         port,
         user: "postgres".into(),
         dbname: dbname.into(),
+        tls: crate::inventory::Tls::default(),
     }
 }
 
 const SETUP: SessionSettings = SessionSettings {
     connect_timeout: Duration::from_secs(5),
     statement_timeout: Some(Duration::from_secs(600)),
+    application_name: "cutover/lab",
 };
 
 /// Partition-side schema: the sharded `forms` and `cases` tables and the function plproxy calls.

@@ -114,7 +114,7 @@ pub async fn up_target(
     } else {
         if !data.join("PG_VERSION").exists() {
             postgres::initdb(&bin, &data, target_init_options("C.UTF-8"))?;
-            postgres::configure_primary(&data, port, &config.dir)?;
+            postgres::configure_primary(&bin, &data, port, &config.dir)?;
         }
         postgres::start(
             &bin,
@@ -149,12 +149,14 @@ pub fn lab_node(dir: &Path, name: &str, port: u16, version: u32, bin: &str) -> N
             stop: format!("{ctl} -m fast -w -t 60 stop"),
             promote: None,
         },
+        tls: postgres::ssl_supported(bin).then(|| super::certs::lab_tls(dir)),
     }
 }
 
 const SETUP: SessionSettings = SessionSettings {
     connect_timeout: Duration::from_secs(5),
     statement_timeout: Some(Duration::from_secs(1800)),
+    application_name: "cutover/lab",
 };
 
 fn endpoint(port: u16, dbname: &str) -> Endpoint {
@@ -163,6 +165,7 @@ fn endpoint(port: u16, dbname: &str) -> Endpoint {
         port,
         user: "postgres".into(),
         dbname: dbname.into(),
+        tls: crate::inventory::Tls::default(),
     }
 }
 
@@ -318,7 +321,7 @@ impl UpgradeLab {
         super::sshd::Sshd::ensure(&dir.join("ssh"), self.ssh_port)?;
         let source = dir.join("pg1");
         postgres::initdb(PG15_BIN, &source, InitOptions::default())?;
-        postgres::configure_primary(&source, self.source_port, &dir)?;
+        postgres::configure_primary(PG15_BIN, &source, self.source_port, &dir)?;
         postgres::start(PG15_BIN, &source, &dir.join("pg1.log"), self.source_port)?;
         let target_bin = bin_dir(options.target_version)?;
         let target = dir.join(TARGET_NODE);
@@ -327,7 +330,7 @@ impl UpgradeLab {
             &target,
             target_init_options(&options.target_locale),
         )?;
-        postgres::configure_primary(&target, self.target_port, &dir)?;
+        postgres::configure_primary(&target_bin, &target, self.target_port, &dir)?;
         postgres::start(
             &target_bin,
             &target,
@@ -434,6 +437,7 @@ impl UpgradeLab {
                 address: "127.0.0.1".into(),
                 port: self.pgbouncer_port,
                 user: super::ADMIN_USER.into(),
+                tls: None,
             },
             config: self.pgbouncer_ini().display().to_string(),
             aliases: vec![PgbouncerAlias {
@@ -474,6 +478,7 @@ fn empty_inventory() -> Inventory {
         slots: vec![],
         traffic: None,
         citus: Vec::new(),
+        tls: None,
     }
 }
 

@@ -64,9 +64,14 @@ impl Source {
     }
     fn endpoint(&self) -> (Endpoint, SessionSettings) {
         match self {
-            Source::Replication(n) | Source::Connections(n) => {
-                (Endpoint::maintenance(n), SessionSettings::MONITOR)
-            }
+            Source::Replication(n) => (
+                Endpoint::maintenance(n),
+                SessionSettings::MONITOR.named("cutover/replication"),
+            ),
+            Source::Connections(n) => (
+                Endpoint::maintenance(n),
+                SessionSettings::MONITOR.named("cutover/connections"),
+            ),
             Source::Pgbouncer(b) => (Endpoint::pgbouncer_admin(b), SessionSettings::PGBOUNCER),
             Source::Distribution(inv, p) => {
                 let address = inv.node(&p.node).map(|n| Endpoint::node(n, &p.dbname));
@@ -76,8 +81,9 @@ impl Source {
                         port: 0,
                         user: String::new(),
                         dbname: p.dbname.clone(),
+                        tls: Default::default(),
                     }),
-                    SessionSettings::MONITOR,
+                    SessionSettings::MONITOR.named("cutover/distribution"),
                 )
             }
             Source::Citus(inv, c) | Source::CitusCounts(inv, c) => (
@@ -86,8 +92,9 @@ impl Source {
                     port: 0,
                     user: String::new(),
                     dbname: c.database.clone(),
+                    tls: Default::default(),
                 }),
-                SessionSettings::MONITOR,
+                SessionSettings::MONITOR.named("cutover/citus"),
             ),
         }
     }

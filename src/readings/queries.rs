@@ -161,9 +161,10 @@ pub async fn replication(client: &Client, target: &str) -> Result<NodeReplicatio
 pub async fn connections(client: &Client, target: &str) -> Result<Vec<ConnectionGroup>, PgError> {
     let rows = client
         .query(
-            "SELECT client_addr::text, datname::text, state, count(*) \
+            "SELECT client_addr::text, datname::text, state, count(*), \
+             coalesce(application_name = 'cutover' OR application_name LIKE 'cutover/%', false) AS tool \
              FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
-             GROUP BY 1, 2, 3 ORDER BY 2 NULLS FIRST, 1 NULLS FIRST, 3 NULLS FIRST",
+             GROUP BY 1, 2, 3, 5 ORDER BY 2 NULLS FIRST, 1 NULLS FIRST, 3 NULLS FIRST, 5",
             &[],
         )
         .await
@@ -175,6 +176,7 @@ pub async fn connections(client: &Client, target: &str) -> Result<Vec<Connection
             database: r.get(1),
             state: r.get(2),
             count: r.get(3),
+            tool: r.get(4),
         })
         .collect())
 }
@@ -469,7 +471,8 @@ pub fn citus_endpoint(inventory: &Inventory, cluster: &CitusCluster) -> Result<E
 pub async fn read_citus(inventory: &Inventory, cluster: &CitusCluster) -> Reading<CitusReading> {
     let read = async {
         let endpoint = citus_endpoint(inventory, cluster)?;
-        let client = pg::connect(&endpoint, SessionSettings::MONITOR).await?;
+        let client =
+            pg::connect(&endpoint, SessionSettings::MONITOR.named("cutover/citus")).await?;
         citus(&client, &endpoint.label(), inventory, cluster).await
     };
     timed(&cluster.name, read).await
@@ -481,7 +484,11 @@ pub async fn read_citus_counts(
 ) -> Reading<CitusCounts> {
     let read = async {
         let endpoint = citus_endpoint(inventory, cluster)?;
-        let client = pg::connect(&endpoint, SessionSettings::MONITOR).await?;
+        let client = pg::connect(
+            &endpoint,
+            SessionSettings::MONITOR.named("cutover/citus-counts"),
+        )
+        .await?;
         citus_counts(&client, &endpoint.label(), inventory, cluster).await
     };
     timed(&cluster.name, read).await
@@ -505,7 +512,7 @@ pub async fn read_replication(node: &Node) -> Reading<NodeReplication> {
         &node.name,
         with_client(
             Endpoint::maintenance(node),
-            SessionSettings::MONITOR,
+            SessionSettings::MONITOR.named("cutover/replication"),
             |c, t| async move { replication(&c, &t).await },
         ),
     )
@@ -517,7 +524,7 @@ pub async fn read_connections(node: &Node) -> Reading<Vec<ConnectionGroup>> {
         &node.name,
         with_client(
             Endpoint::maintenance(node),
-            SessionSettings::MONITOR,
+            SessionSettings::MONITOR.named("cutover/connections"),
             |c, t| async move { connections(&c, &t).await },
         ),
     )
@@ -549,7 +556,7 @@ pub async fn read_distribution(
             })?;
         let client = pg::connect(
             &Endpoint::node(node, &partition.dbname),
-            SessionSettings::MONITOR,
+            SessionSettings::MONITOR.named("cutover/distribution"),
         )
         .await?;
         distribution(

@@ -105,13 +105,35 @@ pub struct Subscription {
     pub last_msg_receipt_at: Option<DateTime<Utc>>,
 }
 
-/// `pg_stat_activity` grouped by client address × database × state.
+/// `pg_stat_activity` grouped by client address × database × state × whose session it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConnectionGroup {
     pub client_addr: Option<String>,
     pub database: Option<String>,
     pub state: Option<String>,
     pub count: i64,
+    /// The tool's own sessions (`application_name` `cutover` or `cutover/...`), kept apart so
+    /// judgements about the application ("pg1 only serves commcarehq_p1") leave them out.
+    #[serde(default)]
+    pub tool: bool,
+}
+
+/// The application's sessions only: every group that is not the tool's own.
+pub fn application_groups(groups: &[ConnectionGroup]) -> impl Iterator<Item = &ConnectionGroup> {
+    groups.iter().filter(|g| !g.tool)
+}
+
+/// Application sessions per database (tool sessions left out), for checks such as
+/// "pg1 should only have connections to commcarehq_p1".
+pub fn application_connections_by_database(
+    groups: &[ConnectionGroup],
+) -> std::collections::BTreeMap<String, i64> {
+    let mut map = std::collections::BTreeMap::new();
+    for g in application_groups(groups) {
+        *map.entry(g.database.clone().unwrap_or_default())
+            .or_insert(0) += g.count;
+    }
+    map
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

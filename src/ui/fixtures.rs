@@ -110,6 +110,7 @@ pub fn snapshot(now: DateTime<Utc>) -> Snapshot {
         database: s(db),
         state: s(state),
         count,
+        tool: false,
     };
     let pgbouncer = PgbouncerReading {
         pools: vec![

@@ -17,6 +17,7 @@ pub fn endpoint(port: u16, dbname: &str) -> Endpoint {
         port,
         user: "postgres".into(),
         dbname: dbname.into(),
+        tls: Default::default(),
     }
 }
 

@@ -269,6 +269,7 @@ impl MajorUpgradeActions {
         let settings = SessionSettings {
             connect_timeout: Duration::from_secs(2),
             statement_timeout: Some(Duration::from_secs(5)),
+            ..SessionSettings::EXECUTOR
         };
         for db in [node.maintenance_db.as_str(), FALLBACK_DB] {
             if let Ok(client) = pg::connect(&Endpoint::node(node, db), settings).await {

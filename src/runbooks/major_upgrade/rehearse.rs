@@ -147,6 +147,7 @@ pub async fn major_upgrade(
             port: lab.source_port,
             user: "postgres".into(),
             dbname: APP_DB.into(),
+            tls: Default::default(),
         },
         crate::pg::SessionSettings::EXECUTOR,
     )

@@ -224,6 +224,7 @@ async fn owned_ids(lab: &TestLab, ids: &[String]) -> Result<u64, RehearsalError>
             port,
             user: "postgres".into(),
             dbname: db.into(),
+            tls: Default::default(),
         };
         let client = crate::pg::connect(&endpoint, crate::pg::SessionSettings::EXECUTOR)
             .await
