@@ -417,15 +417,24 @@ impl<M: Method> Subject for Upgrade<M> {
                     "-p {} -c listen_addresses='' -c unix_socket_permissions=0700 -c unix_socket_directories='{}'",
                     u.target.port, u.dump_dir
                 );
-                cutover::lab::proc::run_checked(
+                let started = cutover::lab::proc::run_checked(
                     cutover::lab::proc::service_command(format!("{}/pg_ctl", u.target.bin_dir))
                         .arg("-D")
                         .arg(&u.target.data_dir)
                         .arg("-l")
                         .arg(self.lab.dir.join("pg1new-left.log"))
                         .args(["-o", &options, "-w", "start"]),
+                );
+                // The killed `pg_upgrade --check` may have left its own server there already:
+                // either way a postmaster the run did not stop is serving the new cluster.
+                let serving = cutover::lab::proc::read_pid_file(
+                    &std::path::Path::new(&u.target.data_dir).join("postmaster.pid"),
                 )
-                .expect("start the target as pg_upgrade does");
+                .is_some_and(cutover::lab::proc::pid_alive);
+                assert!(
+                    started.is_ok() || serving,
+                    "start the target as pg_upgrade does: {started:?}"
+                );
             }
             other => panic!("no tamper {other}"),
         }
