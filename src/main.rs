@@ -133,7 +133,14 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             run,
             expect_fingerprint,
             yes,
-        } => run_command(&inventory, &runbook, &run, expect_fingerprint, yes).await,
+            through,
+            step,
+        } => {
+            let only = step.is_some();
+            let through = step.or(through).map(plan::StepId::new);
+            let yes = Yes { yes, through, only };
+            run_command(&inventory, &runbook, &run, expect_fingerprint, yes).await
+        }
         Command::Rollback {
             inventory,
             runbook,
@@ -253,12 +260,20 @@ fn report_session_error(e: session::SessionError) -> ExitCode {
     }
 }
 
+/// How far a headless run goes: `--yes`, `--through STEP`, `--step STEP`.
+struct Yes {
+    yes: bool,
+    through: Option<plan::StepId>,
+    /// `--step`: `through` must be the next step.
+    only: bool,
+}
+
 async fn run_command(
     file: &std::path::Path,
     runbook: &RunbookChoice,
     run: &RunOptions,
     expect: Option<String>,
-    yes: bool,
+    yes: Yes,
 ) -> Result<ExitCode> {
     let mut runner = match session::open(&invocation(file, runbook, run, expect)) {
         Ok(runner) => runner,
@@ -275,7 +290,7 @@ async fn run_command(
         runner.plan.runbook,
         runner.plan.fingerprint()
     );
-    if !yes {
+    if !yes.yes {
         eprintln!(
             "cutover: interactive runs use the cockpit: cutover tui {} {} ...; pass --yes for a headless run",
             file.display(),
@@ -283,9 +298,61 @@ async fn run_command(
         );
         return Ok(ExitCode::from(INVALID_INPUT));
     }
+    if let Some(through) = &yes.through {
+        let next = runner.state.next_step(&runner.plan).map(|s| s.id.clone());
+        if runner.plan.step(through).is_none() {
+            eprintln!("cutover: this plan has no step `{through}`");
+            return Ok(ExitCode::from(INVALID_INPUT));
+        }
+        if yes.only && next.as_ref() != Some(through) {
+            eprintln!(
+                "cutover: --step {through}: the next step of run {} is {}",
+                runner.run_id,
+                next.map_or("none (the run is complete)".to_string(), |s| format!(
+                    "`{s}`"
+                ))
+            );
+            return Ok(ExitCode::from(INVALID_INPUT));
+        }
+        if let Some(spec) = runner
+            .plan
+            .step(through)
+            .filter(|s| s.flags.removes_way_back)
+        {
+            eprintln!(
+                "cutover: `{through}` removes the way back; it runs: {}",
+                spec.commands
+                    .iter()
+                    .map(|c| format!("[{}] {}", c.target, c.text))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
+    }
     cutover::executor::signals::stop_on_signals(runner.stop_handle());
     cutover::guard::spawn_on_pause(&mut runner, invocation(file, runbook, run, None));
-    match runner.run_headless(&run.operator).await {
+    match runner
+        .run_headless_through(&run.operator, yes.through.as_ref())
+        .await
+    {
+        Ok(cutover::executor::Progress::HeldBefore { step }) => {
+            let what = runner
+                .plan
+                .step(&step)
+                .map(|s| s.title.clone())
+                .unwrap_or_default();
+            emit!(
+                "run {} stopped before `{step}` ({what}): it removes the way back and runs only when named: cutover run {} {} --yes --step {step}",
+                runner.run_id,
+                file.display(),
+                runbook.name
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(cutover::executor::Progress::StoppedAfter { step }) => {
+            emit!("run {} stopped after `{step}` as asked", runner.run_id);
+            Ok(ExitCode::SUCCESS)
+        }
         Ok(_) => {
             emit!("run {} completed", runner.run_id);
             Ok(ExitCode::SUCCESS)

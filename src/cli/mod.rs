@@ -51,8 +51,16 @@ pub enum Command {
         #[arg(long, global = true)]
         expect_fingerprint: Option<String>,
         /// Run every step without prompts (rehearsals, CI); preconditions and gates still hold.
+        /// Steps that remove the way back run only when named by --through or --step.
         #[arg(long, global = true)]
         yes: bool,
+        /// With --yes: stop after this step; names a step that removes the way back to run it.
+        #[arg(long, global = true, value_name = "STEP", conflicts_with = "step")]
+        through: Option<String>,
+        /// With --yes: run only this step, which must be the next one (e.g. retire-old-cluster
+        /// after the soak).
+        #[arg(long, global = true, value_name = "STEP")]
+        step: Option<String>,
     },
     /// Undo completed steps of the unfinished run, in reverse order, back to a step. The
     /// run's own parameters are used when none are given.

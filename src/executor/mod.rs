@@ -155,6 +155,8 @@ pub enum RunError {
     PauseBoundExceeded { bound_ms: u128 },
     #[error("stopped ({reason}); traffic is not left paused, and `cutover run` resumes the run")]
     Stopped { reason: String },
+    #[error("the operator aborted the paused window; traffic was resumed and the run rolled back to before the pause")]
+    WindowAborted,
 }
 
 /// Asks a [`Runner`] to stop: the process is about to exit. Cloneable, so that a signal task
@@ -177,12 +179,31 @@ impl StopHandle {
     }
 }
 
+/// Asks a [`Runner`] to abort the paused window: the pause ends now as its bound would end
+/// it (traffic resumes, the run rolls back to before the pause). Outside a pause it does nothing.
+#[derive(Clone)]
+pub struct AbortHandle(std::sync::Arc<watch::Sender<bool>>);
+
+impl AbortHandle {
+    pub fn abort(&self) {
+        self.0.send_replace(true);
+    }
+}
+
 /// How a run ended up after a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Progress {
     Completed,
     /// Stopped at a step that needs an operator (refused, failed, or rolled back).
     Stopped,
+    /// Stopped before `step`, which removes the way back and was not asked for by name.
+    HeldBefore {
+        step: StepId,
+    },
+    /// Stopped after `step`, the last one asked for.
+    StoppedAfter {
+        step: StepId,
+    },
 }
 
 pub struct Runner<A: Actions> {
@@ -203,6 +224,12 @@ pub struct Runner<A: Actions> {
     stop_requested: watch::Receiver<Option<String>>,
     /// Called whenever a write pause begins (or is found on resume), with the pause bound.
     on_pause: Option<PauseHook>,
+    abort: std::sync::Arc<watch::Sender<bool>>,
+    abort_requested: watch::Receiver<bool>,
+    /// Set when the pause ended because of an abort, so `perform` reports it as such.
+    aborted: bool,
+    /// The state after every committed command, for a cockpit showing a long call as it runs.
+    state_tx: watch::Sender<EngineState>,
 }
 
 /// See [`Runner::on_pause`].
@@ -246,6 +273,8 @@ impl<A: Actions> Runner<A> {
         };
         let actions = make_actions(&run_id).map_err(RunError::Setup)?;
         let (stop_tx, stop_requested) = watch::channel(None);
+        let (abort_tx, abort_requested) = watch::channel(false);
+        let (state_tx, _) = watch::channel(state.clone());
         // A pause that survived a crash counts from now: we cannot know how long it has been.
         let pause_started = state.traffic_paused().then(Instant::now);
         Ok(Runner {
@@ -262,7 +291,66 @@ impl<A: Actions> Runner<A> {
             stop: StopHandle(std::sync::Arc::new(stop_tx)),
             stop_requested,
             on_pause: None,
+            abort: std::sync::Arc::new(abort_tx),
+            abort_requested,
+            aborted: false,
+            state_tx,
         })
+    }
+
+    /// Follows the engine state: a new value after every committed command.
+    pub fn watch_state(&self) -> watch::Receiver<EngineState> {
+        self.state_tx.subscribe()
+    }
+
+    /// Journal a free-text note on the run.
+    pub fn note(
+        &mut self,
+        step: Option<&StepId>,
+        text: &str,
+        by: Vec<String>,
+    ) -> Result<(), RunError> {
+        self.commit(Command::Note {
+            step: step.cloned(),
+            text: text.to_string(),
+            by,
+        })?;
+        Ok(())
+    }
+
+    /// Start `step` with `confirmation`; a failure while traffic is paused rolls back to before
+    /// the pause and resumes, as a headless run does.
+    pub async fn start_recovering(
+        &mut self,
+        step: &StepId,
+        confirmation: Confirmation,
+    ) -> Result<(), RunError> {
+        let by = confirmation.by.join(" + ");
+        if let Err(error) = Box::pin(self.start(step, Some(confirmation))).await {
+            self.recover_in_pause(&by, &error).await?;
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// A handle that aborts the paused window (see [`AbortHandle`]).
+    pub fn abort_handle(&self) -> AbortHandle {
+        AbortHandle(self.abort.clone())
+    }
+
+    fn abort_pending(&self) -> bool {
+        *self.abort_requested.borrow()
+    }
+
+    fn note_abort(&mut self) -> Result<(), RunError> {
+        self.abort.send_replace(false);
+        self.aborted = true;
+        self.commit(Command::Note {
+            step: None,
+            text: "the operator aborted the paused window: the pause ends now, as if its bound had run out".into(),
+            by: vec!["cutover:abort".into()],
+        })?;
+        Ok(())
     }
 
     /// Call `hook` whenever traffic pauses, and now if it already is (a resumed run). The CLI
@@ -343,6 +431,7 @@ impl<A: Actions> Runner<A> {
         }
         let was_paused = self.state.traffic_paused();
         self.state = state;
+        self.state_tx.send_replace(self.state.clone());
         match (was_paused, self.state.traffic_paused()) {
             (false, true) => {
                 self.pause_started = Some(Instant::now());
@@ -421,16 +510,18 @@ impl<A: Actions> Runner<A> {
     async fn preconditions_of(&mut self, spec: &Step) -> Result<Vec<PreconditionResult>, RunError> {
         let deadline = self.pause_deadline();
         let mut stop = self.stop_requested.clone();
+        let mut abort = self.abort_requested.clone();
         let read = Box::pin(self.actions.preconditions(spec));
-        let outcome = within_pause(deadline, &mut stop, read).await;
+        let outcome = within_pause(deadline, &mut stop, &mut abort, read).await;
         self.finish_read(outcome).await
     }
 
     async fn observations_of(&mut self, spec: &Step) -> Result<Vec<Observation>, RunError> {
         let deadline = self.pause_deadline();
         let mut stop = self.stop_requested.clone();
+        let mut abort = self.abort_requested.clone();
         let read = Box::pin(self.actions.observations(spec));
-        let outcome = within_pause(deadline, &mut stop, read).await;
+        let outcome = within_pause(deadline, &mut stop, &mut abort, read).await;
         self.finish_read(outcome).await
     }
 
@@ -450,6 +541,10 @@ impl<A: Actions> Runner<A> {
             ReadOutcome::Stop => {
                 let reason = self.stop_reason().unwrap_or_default();
                 self.note_stop_while_paused(&reason)?;
+                Err(self.end_pause_now().await)
+            }
+            ReadOutcome::Abort => {
+                self.note_abort()?;
                 Err(self.end_pause_now().await)
             }
         }
@@ -556,8 +651,10 @@ impl<A: Actions> Runner<A> {
             self.pause_bound_hit = false;
             self.resumed_after_bound = false;
             self.ensure_resumed().await?;
+            let aborted = std::mem::take(&mut self.aborted);
             return Err(match self.stop_reason() {
                 Some(reason) => RunError::Stopped { reason },
+                None if aborted => RunError::WindowAborted,
                 None => RunError::PauseBoundExceeded {
                     bound_ms: self.actions.pause_bound().as_millis(),
                 },
@@ -620,6 +717,8 @@ impl<A: Actions> Runner<A> {
         let spec = self.step_spec(step)?;
         let deadline = self.pause_deadline();
         let mut stop = self.stop_requested.clone();
+        let mut abort = self.abort_requested.clone();
+        let paused = deadline.is_some();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let outcome = {
             // Boxed: runbook actions are large futures; on the stack they overflow it.
@@ -631,6 +730,7 @@ impl<A: Actions> Runner<A> {
                     Some(report) = rx.recv() => reports.push(report),
                     _ = sleep_until(deadline) => break ActionOutcome::PauseBound,
                     _ = stop.wait_for(Option::is_some) => break ActionOutcome::Stop,
+                    _ = abort.wait_for(|a| *a), if paused => break ActionOutcome::Abort,
                 }
             };
             (outcome, reports)
@@ -664,6 +764,10 @@ impl<A: Actions> Runner<A> {
                 ))
             }
             ActionOutcome::PauseBound => Ok((self.pause_bound_exceeded(Some(step)).await?, None)),
+            ActionOutcome::Abort => {
+                self.note_abort()?;
+                Ok((self.pause_bound_exceeded(Some(step)).await?, None))
+            }
             ActionOutcome::Stop => {
                 let reason = self.stop_reason().unwrap_or_default();
                 if self.state.traffic_paused() {
@@ -766,33 +870,76 @@ impl<A: Actions> Runner<A> {
 
     /// `--yes`: run every remaining step with headless confirmations, enforcing every
     /// precondition and gate. A failure while traffic is paused rolls back to before the pause.
+    /// A step that removes the way back is never run this way (see [`Self::run_headless_through`]).
     pub async fn run_headless(&mut self, user: &str) -> Result<Progress, RunError> {
+        self.run_headless_through(user, None).await
+    }
+
+    /// As [`Self::run_headless`], stopping after `through` when given. A step that removes the
+    /// way back runs only when it is `through` itself: otherwise the run holds before it.
+    pub async fn run_headless_through(
+        &mut self,
+        user: &str,
+        through: Option<&StepId>,
+    ) -> Result<Progress, RunError> {
+        let by = vec![format!("headless:{user}")];
         loop {
             if let Some(reason) = self.stop_reason() {
                 self.end_pause_before_exit(&reason).await?;
                 return Err(RunError::Stopped { reason });
             }
-            let Some(step) = self.state.next_step(&self.plan).map(|s| s.id.clone()) else {
+            let Some(step) = self.state.next_step(&self.plan).cloned() else {
                 return Ok(Progress::Completed);
             };
-            let requirement = Box::pin(self.requirement(&step)).await?;
-            let confirmation = Confirmation::headless(user, &requirement);
-            if let Err(error) = Box::pin(self.start(&step, Some(confirmation))).await {
-                if let Some(pause_step) = self.state.traffic_pause.as_ref().map(|p| p.by_step) {
-                    let target = self.plan.steps[pause_step].id.clone();
-                    let reason = format!("automatic: {error}");
-                    if let Err(rollback_error) =
-                        Box::pin(self.rollback_to(&target, &format!("headless:{user}"), &reason))
-                            .await
-                    {
-                        tracing::error!(target: "cutover::cmd", "rollback after failure: {rollback_error}");
-                    }
-                    self.ensure_resumed().await?;
-                }
-                // The run stays unfinished: `cutover run` retries (re-checking), `cutover rollback` undoes.
-                return Err(error);
+            if step.flags.removes_way_back && through != Some(&step.id) {
+                return Ok(Progress::HeldBefore { step: step.id });
+            }
+            Box::pin(self.confirmed_step(by.clone())).await?;
+            if through == Some(&step.id) {
+                return Ok(Progress::StoppedAfter { step: step.id });
             }
         }
+    }
+
+    /// Start the next step confirmed by `by` against readings taken now, exactly as a headless
+    /// run does; a failure while traffic is paused rolls back to before the pause and resumes.
+    /// Returns the step started, or `None` when every step is done.
+    pub async fn confirmed_step(&mut self, by: Vec<String>) -> Result<Option<StepId>, RunError> {
+        let Some(step) = self.state.next_step(&self.plan).map(|s| s.id.clone()) else {
+            return Ok(None);
+        };
+        if self.abort_pending() && self.state.traffic_paused() {
+            self.note_abort()?;
+            return Err(self.end_pause_now().await);
+        }
+        let requirement = match Box::pin(self.requirement(&step)).await {
+            Ok(requirement) => requirement,
+            Err(error) => {
+                self.recover_in_pause(&by.join(" + "), &error).await?;
+                return Err(error);
+            }
+        };
+        let confirmation = Confirmation {
+            by,
+            seen: requirement.seen,
+        };
+        // The run stays unfinished on failure: `cutover run` retries (re-checking), `cutover rollback` undoes.
+        self.start_recovering(&step, confirmation).await?;
+        Ok(Some(step))
+    }
+
+    /// After `error` while traffic is still paused: roll back to before the pause, then make
+    /// sure traffic flows.
+    async fn recover_in_pause(&mut self, by: &str, error: &RunError) -> Result<(), RunError> {
+        let Some(pause_step) = self.state.traffic_pause.as_ref().map(|p| p.by_step) else {
+            return Ok(());
+        };
+        let target = self.plan.steps[pause_step].id.clone();
+        let reason = format!("automatic: {error}");
+        if let Err(rollback_error) = Box::pin(self.rollback_to(&target, by, &reason)).await {
+            tracing::error!(target: "cutover::cmd", "rollback after failure: {rollback_error}");
+        }
+        self.ensure_resumed().await
     }
 }
 
@@ -803,6 +950,8 @@ enum ActionOutcome {
     PauseBound,
     /// A stop was requested first; the action's future was dropped.
     Stop,
+    /// The operator aborted the paused window; the action's future was dropped.
+    Abort,
 }
 
 /// How a read of live state (preconditions, observations) ended.
@@ -812,6 +961,8 @@ enum ReadOutcome<T> {
     PauseBound,
     /// A stop was requested while traffic was paused; the read's future was dropped.
     Stop,
+    /// The operator aborted the paused window; the read's future was dropped.
+    Abort,
 }
 
 /// Await `read`; while traffic is paused (`deadline` is set) no longer than the deadline, and
@@ -819,6 +970,7 @@ enum ReadOutcome<T> {
 async fn within_pause<T>(
     deadline: Option<Instant>,
     stop: &mut watch::Receiver<Option<String>>,
+    abort: &mut watch::Receiver<bool>,
     read: impl Future<Output = T>,
 ) -> ReadOutcome<T> {
     if deadline.is_none() {
@@ -828,6 +980,7 @@ async fn within_pause<T>(
         value = read => ReadOutcome::Done(value),
         _ = sleep_until(deadline) => ReadOutcome::PauseBound,
         _ = stop.wait_for(Option::is_some) => ReadOutcome::Stop,
+        _ = abort.wait_for(|a| *a) => ReadOutcome::Abort,
     }
 }
 

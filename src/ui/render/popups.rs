@@ -113,8 +113,25 @@ fn render_confirm(
         Span::styled(dialog.severity.confirm_label(), theme.key),
         Span::styled(" confirms", theme.dialog),
     ]));
-    // What the operator confirms gets the room that is left, up to SEEN_LINES_SHOWN lines.
+    // The body gets the room the changes and the buttons leave; a longer body scrolls.
     let max_inner = area.height.saturating_sub(4) as usize;
+    let fixed = changes.len() + tail.len();
+    let body_room = max_inner.saturating_sub(fixed).max(3);
+    let mut body = body;
+    if body.len() > body_room {
+        let shown = body_room.saturating_sub(1);
+        let last_start = body.len().saturating_sub(shown);
+        let start = (dialog.scroll as usize).min(last_start);
+        let more = format!(
+            "  … lines {}–{} of {} · PgDn/PgUp scroll",
+            start + 1,
+            start + shown,
+            body.len()
+        );
+        body = body.into_iter().skip(start).take(shown).collect();
+        body.push(Line::styled(more, theme.key));
+    }
+    // What the operator confirms gets the room that is left, up to SEEN_LINES_SHOWN lines.
     let fixed = body.len() + changes.len() + tail.len();
     let seen: Vec<&str> = dialog.seen.lines().collect();
     let mut lines = body;
@@ -139,7 +156,14 @@ fn render_confirm(
     }
     lines.extend(changes);
     lines.extend(tail);
-    let width = 90;
+    let width = if matches!(
+        dialog.intent,
+        super::super::dialog::Intent::RunWindow { .. }
+    ) {
+        120
+    } else {
+        90
+    };
     let height = lines.len() as u16 + 2;
     let rect = centered(area, width, height);
     let border = if dangerous {
@@ -159,6 +183,7 @@ fn intent_step(dialog: &ConfirmDialog) -> Option<usize> {
     use super::super::dialog::Intent;
     match dialog.intent {
         Intent::RunStep { step } | Intent::Skip { step } => Some(step),
+        Intent::RunWindow { from, .. } => Some(from),
         Intent::Rollback { to } => Some(to),
         Intent::Quit => None,
     }
