@@ -155,6 +155,21 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             }
         },
         Command::Journal { command } => journal_command(command),
+        Command::Abandon {
+            inventory,
+            runbook,
+            run,
+            reason,
+        } => {
+            let invocation = invocation(&inventory, &runbook, &run, None);
+            match session::abandon(&invocation, &run.operator, &reason) {
+                Ok(run_id) => {
+                    emit!("run {run_id} abandoned");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Ok(report_session_error(e)),
+            }
+        }
         Command::Tui {
             inventory,
             runbook,

@@ -76,6 +76,18 @@ pub enum Command {
         #[arg(long, global = true, default_value = "operator rollback")]
         reason: String,
     },
+    /// Give up the unfinished run of this environment and runbook: journaled, never resumed.
+    /// Refused while traffic is paused or a step may be half-run (roll back first).
+    Abandon {
+        inventory: PathBuf,
+        #[command(subcommand)]
+        runbook: RunbookChoice,
+        #[command(flatten)]
+        run: RunOptions,
+        /// Why, for the journal.
+        #[arg(long, global = true)]
+        reason: String,
+    },
     /// The cockpit: live panes and the runbook, step by step with confirmations.
     Tui {
         inventory: PathBuf,

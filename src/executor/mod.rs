@@ -230,6 +230,21 @@ pub struct Runner<A: Actions> {
     aborted: bool,
     /// The state after every committed command, for a cockpit showing a long call as it runs.
     state_tx: watch::Sender<EngineState>,
+    /// Whether the run is in the journal. A new run is recorded with its first entry (the
+    /// first confirmed step), so opening and closing a cockpit leaves no run behind.
+    recorded: bool,
+    /// Called on drop when the run was never recorded (removes its run directory).
+    discard: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl<A: Actions> Drop for Runner<A> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            if let Some(discard) = self.discard.take() {
+                discard();
+            }
+        }
+    }
 }
 
 /// See [`Runner::on_pause`].
@@ -266,10 +281,11 @@ impl<A: Actions> Runner<A> {
                     fingerprint: meta.fingerprint,
                 })
             }
-            None => {
-                let run_id = journal.create_run(&plan)?;
-                (run_id, EngineState::new(&plan, settings), false)
-            }
+            None => (
+                Journal::new_run_id(),
+                EngineState::new(&plan, settings),
+                false,
+            ),
         };
         let actions = make_actions(&run_id).map_err(RunError::Setup)?;
         let (stop_tx, stop_requested) = watch::channel(None);
@@ -295,7 +311,28 @@ impl<A: Actions> Runner<A> {
             abort_requested,
             aborted: false,
             state_tx,
+            recorded: resumed,
+            discard: None,
         })
+    }
+
+    /// Whether the run is recorded in the journal (a new run is, from its first confirmed step).
+    pub fn is_recorded(&self) -> bool {
+        self.recorded
+    }
+
+    /// Run `discard` when this runner is dropped without its run ever being recorded.
+    pub fn on_discard(&mut self, discard: Box<dyn FnOnce() + Send>) {
+        self.discard = Some(discard);
+    }
+
+    fn append(&mut self, entry: &crate::engine::JournalEntry) -> Result<(), RunError> {
+        if !self.recorded {
+            self.journal.insert_run(&self.run_id, &self.plan)?;
+            self.recorded = true;
+        }
+        self.journal.append(&self.run_id, entry)?;
+        Ok(())
     }
 
     /// Follows the engine state: a new value after every committed command.
@@ -424,7 +461,7 @@ impl<A: Actions> Runner<A> {
         for effect in effects {
             match effect {
                 Effect::Journal(entry) => {
-                    self.journal.append(&self.run_id, &entry)?;
+                    self.append(&entry)?;
                 }
                 other => rest.push_back(other),
             }
@@ -469,6 +506,10 @@ impl<A: Actions> Runner<A> {
         });
         let effects = match effects {
             Ok(effects) => effects,
+            Err(RunError::Refused { step, refusal }) if !self.recorded => {
+                // A run begins with its first confirmed step: a refused one leaves no run.
+                return Err(RunError::Refused { step, refusal });
+            }
             Err(RunError::Refused { step, refusal }) => {
                 // A refusal changes no state; record it for the change ticket all the same.
                 let _ = self.commit(Command::Note {
@@ -603,7 +644,7 @@ impl<A: Actions> Runner<A> {
         while let Some(effect) = queue.pop_front() {
             let next = match effect {
                 Effect::Journal(entry) => {
-                    self.journal.append(&self.run_id, &entry)?;
+                    self.append(&entry)?;
                     VecDeque::new()
                 }
                 Effect::RunAction {
