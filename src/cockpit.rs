@@ -50,6 +50,7 @@ struct Showing<'a> {
     evaluated: Evaluated,
     pause_bound: Duration,
     baseline: Vec<BaselineRow>,
+    expected_stopped: Vec<(String, String)>,
     window: Option<(usize, usize)>,
     updates: &'a mpsc::Sender<RunbookUpdate>,
 }
@@ -108,6 +109,7 @@ impl Showing<'_> {
         );
         view.running = running;
         view.window_running = self.window;
+        view.expected_stopped = self.expected_stopped.clone();
         view
     }
 }
@@ -119,11 +121,13 @@ fn showing<'a, A: Actions>(
     window: Option<(usize, usize)>,
     updates: &'a mpsc::Sender<RunbookUpdate>,
 ) -> Showing<'a> {
+    let current = view(runner, evaluated, pause_bound, None);
     Showing {
         plan: runner.plan.clone(),
         evaluated: evaluated.clone(),
         pause_bound,
-        baseline: view(runner, evaluated, pause_bound, None).baseline,
+        baseline: current.baseline,
+        expected_stopped: current.expected_stopped,
         window,
         updates,
     }
@@ -401,14 +405,18 @@ fn view<A: Actions>(
             total: b.total,
         })
         .collect();
-    state_view(
+    let mut view = state_view(
         &runner.plan,
         &runner.state,
         evaluated,
         pause_bound,
         starting,
         baseline,
-    )
+    );
+    view.expected_stopped = runner
+        .actions()
+        .expected_stopped(&runner.plan, &runner.state);
+    view
 }
 
 fn state_view(
@@ -512,6 +520,7 @@ fn state_view(
         baseline,
         rolling_back: state.rollback.as_ref().map(|r| r.reason.clone()),
         window_running: None,
+        expected_stopped: Vec::new(),
     }
 }
 

@@ -102,6 +102,12 @@ pub trait Actions: Send {
     fn baseline(&self) -> Vec<BaselineCount> {
         Vec::new()
     }
+    /// Nodes the plan expects stopped at this point of the run, each with why (e.g. a spare
+    /// that a later step starts); the cockpit shows them as stopped, not unreachable.
+    fn expected_stopped(&self, plan: &Plan, state: &EngineState) -> Vec<(String, String)> {
+        let _ = (plan, state);
+        Vec::new()
+    }
     /// Whether traffic may resume before the rollback runs: true while nothing that changes
     /// where writes go has started. Otherwise the rollback restores routing first, then resumes.
     fn resume_is_safe(&self, plan: &Plan, state: &EngineState) -> bool;

@@ -380,6 +380,7 @@ pub fn runbook(now: DateTime<Utc>) -> RunbookView {
         }],
         rolling_back: None,
         window_running: None,
+        expected_stopped: vec![],
     }
 }
 

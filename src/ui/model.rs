@@ -121,6 +121,8 @@ pub struct RunbookView {
     pub rolling_back: Option<String>,
     /// Set while a confirmed paused window runs at machine speed: its first and last steps.
     pub window_running: Option<(usize, usize)>,
+    /// Nodes the run expects stopped now, each with why (shown stopped, not unreachable).
+    pub expected_stopped: Vec<(String, String)>,
 }
 
 impl RunbookView {

@@ -72,24 +72,51 @@ fn age_title<'a, T>(
     }
 }
 
-/// The line naming a source: its name, its age (stale marked) or why it is unreachable.
+/// The node a source reads (`pg2/postgres` reads `pg2`).
+fn source_node(source: &str) -> &str {
+    source.split('/').next().unwrap_or(source)
+}
+
+/// The lines naming a source: its name, its age (stale marked), or why it cannot be read: a
+/// node the run expects stopped is shown stopped, in a neutral colour; any other failure is
+/// unreachable, its reason in full, wrapped to `width`.
 fn source_line<'a, T>(
+    width: u16,
     model: &Model,
     theme: &Theme,
     reading: &Reading<T>,
     interval: Duration,
     what: String,
-) -> Line<'a> {
+) -> Vec<Line<'a>> {
     let age = age_of(model, reading.at);
     let mut spans = vec![Span::styled(reading.source.clone(), theme.title)];
     match &reading.outcome {
         Outcome::Unreachable(why) => {
+            let expected = model.runbook.as_ref().and_then(|r| {
+                r.expected_stopped
+                    .iter()
+                    .find(|(node, _)| node == source_node(&reading.source))
+            });
+            if let Some((_, because)) = expected {
+                spans.push(Span::styled(" STOPPED ", theme.dim));
+                spans.push(Span::styled(format!("as planned ({because})"), theme.dim));
+                return vec![Line::from(spans)];
+            }
             spans.push(Span::styled(" UNREACHABLE ", theme.unreachable));
-            spans.push(Span::styled(why.clone(), theme.danger));
             spans.push(Span::styled(
-                format!(" · tried {} ago", format_age(age)),
+                format!("tried {} ago", format_age(age)),
                 theme.dim,
             ));
+            let mut lines = vec![Line::from(spans)];
+            let room = (width as usize).saturating_sub(4).max(20);
+            let chars: Vec<char> = why.chars().collect();
+            for chunk in chars.chunks(room) {
+                lines.push(Line::styled(
+                    format!("  {}", chunk.iter().collect::<String>()),
+                    theme.danger,
+                ));
+            }
+            return lines;
         }
         Outcome::Ok(_) => {
             if !what.is_empty() {
@@ -105,7 +132,7 @@ fn source_line<'a, T>(
             }
         }
     }
-    Line::from(spans)
+    vec![Line::from(spans)]
 }
 
 fn opt(value: &Option<String>) -> &str {
@@ -147,14 +174,23 @@ pub fn render_replication(frame: &mut Frame, area: Rect, model: &Model, theme: &
     let mut lines: Vec<Line> = Vec::new();
     for reading in &snapshot.replication {
         let Some(node) = reading.value() else {
-            lines.push(source_line(model, theme, reading, interval, String::new()));
+            lines.extend(source_line(
+                area.width,
+                model,
+                theme,
+                reading,
+                interval,
+                String::new(),
+            ));
             continue;
         };
         let role = match (&node.receiver, node.in_recovery) {
             (Some(_), _) | (None, true) => "standby".to_string(),
             (None, false) => format!("primary · WAL {}", opt(&node.current_wal_lsn)),
         };
-        lines.push(source_line(model, theme, reading, interval, role));
+        lines.extend(source_line(
+            area.width, model, theme, reading, interval, role,
+        ));
         for s in &node.senders {
             let key = format!("{}/{}", reading.source, s.application_name);
             let spark = model
@@ -289,7 +325,8 @@ pub fn render_connections(frame: &mut Frame, area: Rect, model: &Model, theme: &
     let interval = model.session.intervals.fast;
     let mut lines: Vec<Line> = Vec::new();
     for reading in &snapshot.connections {
-        lines.push(source_line(
+        lines.extend(source_line(
+            area.width,
             model,
             theme,
             reading,
@@ -324,7 +361,8 @@ pub fn render_connections(frame: &mut Frame, area: Rect, model: &Model, theme: &
         }
     }
     for reading in &snapshot.pgbouncer {
-        lines.push(source_line(
+        lines.extend(source_line(
+            area.width,
             model,
             theme,
             reading,
@@ -417,14 +455,23 @@ pub fn render_shards(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme
     let mut lines: Vec<Line> = Vec::new();
     for reading in &snapshot.distribution {
         let Some(dist) = reading.value() else {
-            lines.push(source_line(model, theme, reading, interval, String::new()));
+            lines.extend(source_line(
+                area.width,
+                model,
+                theme,
+                reading,
+                interval,
+                String::new(),
+            ));
             continue;
         };
         let what = format!(
             "on {} · {} · owns {}–{}",
             dist.node, dist.database, dist.owns[0], dist.owns[1]
         );
-        lines.push(source_line(model, theme, reading, interval, what));
+        lines.extend(source_line(
+            area.width, model, theme, reading, interval, what,
+        ));
         for t in &dist.tables {
             let mut spans = vec![Span::styled(
                 format!(
@@ -483,7 +530,7 @@ pub fn render_shards(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme
             }
         }
     }
-    citus_lines(model, theme, &mut lines);
+    citus_lines(area.width, model, theme, &mut lines);
     let block = pane_block(
         Pane::Shards,
         model,
@@ -498,11 +545,12 @@ const CITUS_BAR: usize = 24;
 
 /// The Citus clusters: a bar of rows per worker (exact counts where the slow reading has
 /// them, estimates otherwise), so that skew is seen, not read; then shards and bytes per table.
-fn citus_lines<'a>(model: &Model, theme: &Theme, lines: &mut Vec<Line<'a>>) {
+fn citus_lines<'a>(width: u16, model: &Model, theme: &Theme, lines: &mut Vec<Line<'a>>) {
     let snapshot = &model.shown;
     for reading in &snapshot.citus {
         let Some(citus) = reading.value() else {
-            lines.push(source_line(
+            lines.extend(source_line(
+                width,
                 model,
                 theme,
                 reading,
@@ -522,7 +570,8 @@ fn citus_lines<'a>(model: &Model, theme: &Theme, lines: &mut Vec<Line<'a>>) {
         } else {
             format!("Citus · {} · not bootstrapped", citus.database)
         };
-        lines.push(source_line(
+        lines.extend(source_line(
+            width,
             model,
             theme,
             reading,
