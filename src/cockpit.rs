@@ -521,6 +521,10 @@ fn state_view(
         rolling_back: state.rollback.as_ref().map(|r| r.reason.clone()),
         window_running: None,
         expected_stopped: Vec::new(),
+        moving_shards: plan.params.get("shards").and_then(|range| {
+            let (a, b) = range.split_once('-')?;
+            Some([a.trim().parse().ok()?, b.trim().parse().ok()?])
+        }),
     }
 }
 

@@ -381,6 +381,7 @@ pub fn runbook(now: DateTime<Utc>) -> RunbookView {
         rolling_back: None,
         window_running: None,
         expected_stopped: vec![],
+        moving_shards: Some([512, 1023]),
     }
 }
 

@@ -123,6 +123,8 @@ pub struct RunbookView {
     pub window_running: Option<(usize, usize)>,
     /// Nodes the run expects stopped now, each with why (shown stopped, not unreachable).
     pub expected_stopped: Vec<(String, String)>,
+    /// The shards the run moves (its `shards` parameter), marked in the Shards pane.
+    pub moving_shards: Option<[u32; 2]>,
 }
 
 impl RunbookView {

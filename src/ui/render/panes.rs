@@ -444,6 +444,82 @@ pub fn thousands(n: i64) -> String {
     }
 }
 
+/// One cell of a node's shard strip: the shards `[first, last]` folded into it.
+fn strip_cell<'a>(
+    theme: &Theme,
+    dist: &crate::readings::types::PartitionDistribution,
+    moving: Option<[u32; 2]>,
+    first: u32,
+    last: u32,
+) -> Span<'a> {
+    let owned = |s: u32| s >= dist.owns[0] && s <= dist.owns[1];
+    let in_moving = |s: u32| moving.is_some_and(|[a, b]| s >= a && s <= b);
+    let has_rows = |s: u32| {
+        dist.tables
+            .iter()
+            .any(|t| t.per_shard.iter().any(|c| c.shard == s && c.rows > 0))
+    };
+    let shards = first..=last;
+    if shards
+        .clone()
+        .any(|s| !owned(s) && has_rows(s) && !in_moving(s))
+    {
+        Span::styled("✗", theme.danger)
+    } else if shards
+        .clone()
+        .any(|s| in_moving(s) && (owned(s) || has_rows(s)))
+    {
+        Span::styled("▚", theme.warn)
+    } else if shards.clone().any(owned) {
+        Span::styled("█", theme.ok)
+    } else {
+        Span::styled("·", theme.dim)
+    }
+}
+
+/// The strip of the shards a node owns (every shard folded into `width` cells: owned `█`,
+/// moving `▚`, rows it does not own `✗`) and a bar of its rows against the largest node.
+fn shard_strip_lines<'a>(
+    theme: &Theme,
+    dist: &crate::readings::types::PartitionDistribution,
+    shard_count: u32,
+    moving: Option<[u32; 2]>,
+    max_rows: i64,
+    width: u16,
+) -> Vec<Line<'a>> {
+    let cells = (width as u32)
+        .saturating_sub(12)
+        .clamp(8, 128)
+        .min(shard_count.max(1));
+    let mut strip = vec![Span::styled("  shards ", theme.dim)];
+    for cell in 0..cells {
+        let first = cell * shard_count / cells;
+        let last = ((cell + 1) * shard_count / cells)
+            .saturating_sub(1)
+            .max(first);
+        strip.push(strip_cell(theme, dist, moving, first, last));
+    }
+    let rows: i64 = dist.tables.iter().map(|t| t.total).sum();
+    let filled = if max_rows > 0 {
+        ((rows.max(0) as f64 / max_rows as f64) * cells as f64).round() as usize
+    } else {
+        0
+    };
+    let bar = format!(
+        "{}{}",
+        "█".repeat(filled),
+        "░".repeat((cells as usize).saturating_sub(filled))
+    );
+    vec![
+        Line::from(strip),
+        Line::from(vec![
+            Span::styled("  rows   ", theme.dim),
+            Span::styled(bar, theme.text),
+            Span::styled(format!(" {}", thousands(rows)), theme.text),
+        ]),
+    ]
+}
+
 pub fn render_shards(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
     let snapshot = &model.shown;
     let interval = model.session.intervals.distribution;
@@ -452,6 +528,23 @@ pub fn render_shards(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme
         .as_ref()
         .map(|r| r.baseline.as_slice())
         .unwrap_or(&[]);
+    let moving = model.runbook.as_ref().and_then(|r| r.moving_shards);
+    let dists: Vec<&crate::readings::types::PartitionDistribution> = snapshot
+        .distribution
+        .iter()
+        .filter_map(|r| r.value())
+        .collect();
+    let shard_count = dists
+        .iter()
+        .map(|d| d.owns[1] + 1)
+        .chain(moving.map(|m| m[1] + 1))
+        .max()
+        .unwrap_or(1);
+    let max_rows = dists
+        .iter()
+        .map(|d| d.tables.iter().map(|t| t.total).sum::<i64>())
+        .max()
+        .unwrap_or(0);
     let mut lines: Vec<Line> = Vec::new();
     for reading in &snapshot.distribution {
         let Some(dist) = reading.value() else {
@@ -471,6 +564,14 @@ pub fn render_shards(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme
         );
         lines.extend(source_line(
             area.width, model, theme, reading, interval, what,
+        ));
+        lines.extend(shard_strip_lines(
+            theme,
+            dist,
+            shard_count,
+            moving,
+            max_rows,
+            area.width,
         ));
         for t in &dist.tables {
             let mut spans = vec![Span::styled(
