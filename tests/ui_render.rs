@@ -270,8 +270,10 @@ fn readings_panes_mark_ages_stale_and_unreachable() {
         screen.contains("pg1 primary · WAL 0/5000060 · <1s"),
         "{screen}"
     );
+    // The reason is given in full, on its own line.
+    assert!(screen.contains("pg3 UNREACHABLE tried 2s ago"), "{screen}");
     assert!(
-        screen.contains("pg3 UNREACHABLE connection refused"),
+        screen.contains("  connection refused (127.0.0.1:5434)"),
         "{screen}"
     );
     assert!(screen.contains("lag 1.0 MB / 850 ms"), "{screen}");
