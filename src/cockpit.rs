@@ -153,14 +153,15 @@ pub async fn serve<A: Actions>(
                     end_pause_before_exit(&mut runner, "the operator quit the cockpit").await;
                     return;
                 }
-                let running = view(&runner, &evaluated, pause_bound, request_step(&request));
-                let _ = updates.send(RunbookUpdate::View(running)).await;
                 let window = match &request {
                     UiRequest::RunWindow { step, .. } => {
                         crate::engine::paused_window(&runner.plan, *step)
                     }
                     _ => None,
                 };
+                let mut running = view(&runner, &evaluated, pause_bound, request_step(&request));
+                running.window_running = window;
+                let _ = updates.send(RunbookUpdate::View(running)).await;
                 let show = showing(&runner, &evaluated, pause_bound, window, &updates);
                 let abort = runner.abort_handle();
                 let mut state = runner.watch_state();
