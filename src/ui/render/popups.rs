@@ -40,16 +40,28 @@ fn render_confirm(
     theme: &Theme,
 ) {
     let dangerous = dialog.severity == Severity::Dangerous;
+    let window = matches!(
+        dialog.intent,
+        super::super::dialog::Intent::RunWindow { .. }
+    );
+    let width: u16 = if window { 120 } else { 90 };
+    // A window's body is read in full: its lines wrap to the dialog instead of being cut.
+    let inner = width.min(area.width.saturating_sub(2)).saturating_sub(2) as usize;
     let body: Vec<Line> = dialog
         .body
         .iter()
-        .map(|l| {
-            let style = if l.starts_with("POINT OF NO RETURN") || l.contains("DESTRUCTIVE") {
+        .flat_map(|l| {
+            let style = if l.contains("POINT OF NO RETURN") || l.contains("DESTRUCTIVE") {
                 theme.danger
             } else {
                 theme.dialog
             };
-            Line::styled(l.clone(), style)
+            let parts = if window {
+                wrap(l, inner)
+            } else {
+                vec![l.clone()]
+            };
+            parts.into_iter().map(move |p| Line::styled(p, style))
         })
         .collect();
     let mut changes: Vec<Line> = Vec::new();
@@ -156,14 +168,6 @@ fn render_confirm(
     }
     lines.extend(changes);
     lines.extend(tail);
-    let width = if matches!(
-        dialog.intent,
-        super::super::dialog::Intent::RunWindow { .. }
-    ) {
-        120
-    } else {
-        90
-    };
     let height = lines.len() as u16 + 2;
     let rect = centered(area, width, height);
     let border = if dangerous {
@@ -177,6 +181,33 @@ fn render_confirm(
         .title(Span::styled(format!(" {} ", dialog.title), border));
     frame.render_widget(Clear, rect);
     frame.render_widget(Paragraph::new(lines).block(block).style(theme.dialog), rect);
+}
+
+/// `text` in lines of at most `width` characters, broken at spaces where one is near, with
+/// continuation lines indented like the first.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(16);
+    let indent: String = text.chars().take_while(|c| *c == ' ').collect();
+    let mut out = Vec::new();
+    let mut rest: Vec<char> = text.chars().collect();
+    while rest.len() > width {
+        let cut = rest[..width]
+            .iter()
+            .rposition(|c| *c == ' ')
+            .filter(|&i| i > width / 2)
+            .unwrap_or(width);
+        out.push(
+            rest[..cut]
+                .iter()
+                .collect::<String>()
+                .trim_end()
+                .to_string(),
+        );
+        let tail: String = rest[cut..].iter().collect();
+        rest = format!("{indent}  {}", tail.trim_start()).chars().collect();
+    }
+    out.push(rest.into_iter().collect());
+    out
 }
 
 fn intent_step(dialog: &ConfirmDialog) -> Option<usize> {
