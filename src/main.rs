@@ -161,6 +161,10 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             run,
             reason,
         } => {
+            let Some(reason) = reason.filter(|r| !r.trim().is_empty()) else {
+                eprintln!("cutover: abandon needs --reason TEXT, for the journal");
+                return Ok(ExitCode::from(INVALID_INPUT));
+            };
             let invocation = invocation(&inventory, &runbook, &run, None);
             match session::abandon(&invocation, &run.operator, &reason) {
                 Ok(run_id) => {

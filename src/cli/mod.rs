@@ -84,9 +84,9 @@ pub enum Command {
         runbook: RunbookChoice,
         #[command(flatten)]
         run: RunOptions,
-        /// Why, for the journal.
+        /// Why, for the journal (required).
         #[arg(long, global = true)]
-        reason: String,
+        reason: Option<String>,
     },
     /// The cockpit: live panes and the runbook, step by step with confirmations.
     Tui {
