@@ -107,11 +107,31 @@ fn tui(inventory: &Path, state: &Path, extra: &str) -> String {
     )
 }
 
+/// Press `key` until `done` shows: a dialog whose readings changed asks again, and the
+/// operator, having looked, confirms again.
+fn confirm_until(tmux: &Tmux, key: &str, done: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    tmux.confirm(&["-l", key]);
+    loop {
+        let screen = tmux.screen();
+        if screen.contains(done) {
+            return screen;
+        }
+        if screen.contains("confirm again") {
+            tmux.confirm(&["-l", key]);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done:?} never appeared; screen:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Enter, then `y` after the guard, then wait for `done` steps.
 fn run_plain_step(tmux: &Tmux, done: usize, timeout: Duration) {
     tmux.send(&["Enter"]);
-    tmux.confirm(&["y"]);
-    tmux.wait_for(&format!("{done}/14 steps done"), timeout);
+    confirm_until(tmux, "y", &format!("{done}/14 steps done"), timeout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,6 +159,8 @@ async fn the_whole_split_under_load_with_the_window_confirmed_once() {
     std::thread::sleep(Duration::from_secs(1));
     run_plain_step(&tmux, 1, long);
     run_plain_step(&tmux, 2, long);
+    tmux.wait_for("pg2 standby", long);
+    std::thread::sleep(Duration::from_secs(2));
     run_plain_step(&tmux, 3, long);
     // One dialog for the whole window, with the point of no return typed.
     tmux.send(&["Enter"]);
@@ -147,8 +169,7 @@ async fn the_whole_split_under_load_with_the_window_confirmed_once() {
     assert!(dialog.contains("PAUSE"), "{dialog}");
     tmux.confirm(&["-l", "p2"]);
     tmux.send(&["Tab"]);
-    tmux.send(&["-l", "Y"]);
-    let screen = tmux.wait_for("9/14 steps done", long);
+    let screen = confirm_until(&tmux, "Y", "9/14 steps done", long);
     assert!(!screen.contains("TRAFFIC PAUSED"), "{screen}");
     // The proven delete keeps its own confirmation, outside the window.
     run_plain_step(&tmux, 10, long);
@@ -156,8 +177,7 @@ async fn the_whole_split_under_load_with_the_window_confirmed_once() {
     tmux.wait_for("Run step 11?", long);
     tmux.confirm(&["-l", "p2"]);
     tmux.send(&["Tab"]);
-    tmux.send(&["-l", "Y"]);
-    tmux.wait_for("11/14 steps done", long);
+    confirm_until(&tmux, "Y", "11/14 steps done", long);
     run_plain_step(&tmux, 12, long);
     run_plain_step(&tmux, 13, long);
     run_plain_step(&tmux, 14, long);
@@ -211,6 +231,8 @@ async fn a_pause_walked_past_its_bound_shows_traffic_resumed() {
     std::thread::sleep(Duration::from_secs(1));
     run_plain_step(&tmux, 1, long);
     run_plain_step(&tmux, 2, long);
+    tmux.wait_for("pg2 standby", long);
+    std::thread::sleep(Duration::from_secs(2));
     run_plain_step(&tmux, 3, long);
     // Step by step on purpose: the palette's `step` opens the single step, with the warning.
     tmux.send(&[":"]);
@@ -218,8 +240,7 @@ async fn a_pause_walked_past_its_bound_shows_traffic_resumed() {
     tmux.send(&["Enter"]);
     let dialog = tmux.wait_for("Run step 4?", long);
     assert!(dialog.contains("STEP BY STEP"), "{dialog}");
-    tmux.confirm(&["y"]);
-    tmux.wait_for("TRAFFIC PAUSED", long);
+    confirm_until(&tmux, "y", "TRAFFIC PAUSED", long);
     // Nobody confirms the gate: the bound ends the pause and the run rolls back.
     let deadline = Instant::now() + Duration::from_secs(30);
     let screen = loop {
