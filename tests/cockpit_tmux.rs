@@ -266,6 +266,82 @@ async fn a_pause_walked_past_its_bound_shows_traffic_resumed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_abort_key_inside_the_window_resumes_traffic_and_rolls_back() {
+    let lab = cutover::lab::TestLab::start(2_000).await.expect("lab up");
+    let state = tempfile::tempdir().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let traffic = tokio::spawn(load::run(
+        LoadOptions {
+            endpoint: load::entry_endpoint(&lab.inventory).unwrap(),
+            rate: 200,
+            duration: Duration::from_secs(600),
+            workers: 4,
+            out: None,
+        },
+        stop_rx,
+    ));
+    let inventory = lab.config.inventory_path();
+    let tmux = Tmux::start(&tui(&inventory, state.path(), "--pause-bound-ms 30000"));
+    let long = Duration::from_secs(120);
+    tmux.wait_for("0/14 steps done", long);
+    std::thread::sleep(Duration::from_secs(1));
+    run_plain_step(&tmux, 1, long);
+    run_plain_step(&tmux, 2, long);
+    tmux.wait_for("pg2 standby", long);
+    std::thread::sleep(Duration::from_secs(2));
+    run_plain_step(&tmux, 3, long);
+    tmux.send(&["Enter"]);
+    tmux.wait_for("Run the paused window, steps 4–9?", long);
+    tmux.confirm(&["-l", "p2"]);
+    tmux.send(&["Tab"]);
+    tmux.confirm(&["-l", "Y"]);
+    // The window is running: x aborts it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let screen = tmux.screen();
+        if screen.contains("TRAFFIC PAUSED") {
+            break;
+        }
+        if screen.contains("confirm again") {
+            tmux.confirm(&["-l", "Y"]);
+        }
+        assert!(Instant::now() < deadline, "the window never ran:\n{screen}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tmux.send(&["-l", "x"]);
+    let deadline = Instant::now() + long;
+    let journal = Journal::open(state.path()).unwrap();
+    let run = journal.runs().unwrap().into_iter().next().expect("a run");
+    loop {
+        let screen = tmux.screen();
+        let entries = journal.entries(&run.run_id).unwrap();
+        let finished = entries
+            .iter()
+            .any(|e| e.kind == EntryKind::RollbackFinished);
+        if finished && screen.contains("3/14 steps done") && !screen.contains("TRAFFIC PAUSED") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abort did not roll the window back:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let entries = journal.entries(&run.run_id).unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.detail.contains("the operator aborted the paused window")),
+        "the abort is journaled"
+    );
+    tmux.send(&["q"]);
+    tmux.wait_exit(long);
+    stop_tx.send(true).unwrap();
+    let report = traffic.await.unwrap().unwrap();
+    assert_eq!(report.failed, 0, "no call failed: {:?}", report.errors);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opening_the_cockpit_and_quitting_leaves_no_run() {
     let lab = cutover::lab::TestLab::start(2_000).await.expect("lab up");
     let state = tempfile::tempdir().unwrap();
