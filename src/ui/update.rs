@@ -529,7 +529,11 @@ fn open_run_dialog(model: &mut Model, stepwise: bool) -> Vec<UiRequest> {
     }
     let seen = (model.session.seen)(&step, &model.latest);
     let mut body = step_body(&step, index, total);
-    if window.is_some() {
+    let paused = model
+        .runbook
+        .as_ref()
+        .is_some_and(|r| r.traffic_paused_since.is_some());
+    if window.is_some() || paused {
         let bound = model
             .runbook
             .as_ref()
