@@ -77,7 +77,11 @@ async fn while_running<T>(
                 let _ = showing.updates.send(RunbookUpdate::View(view)).await;
             }
             request = requests.recv(), if requests_open => match request {
-                Some(UiRequest::AbortWindow) => abort.abort(),
+                Some(UiRequest::AbortWindow)
+                    if showing.window.is_some() || state.borrow().traffic_paused() =>
+                {
+                    abort.abort()
+                }
                 Some(UiRequest::Quit) | None => {
                     requests_open = false;
                     quit = true;

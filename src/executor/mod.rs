@@ -483,7 +483,11 @@ impl<A: Actions> Runner<A> {
                     hook(&self.run_id, bound);
                 }
             }
-            (true, false) => self.pause_started = None,
+            (true, false) => {
+                self.pause_started = None;
+                // An abort was for the pause that just ended, never for a later one.
+                self.abort.send_replace(false);
+            }
             _ => {}
         }
         Ok(rest)
