@@ -323,6 +323,17 @@ async fn run_command(
             eprintln!("cutover: this plan has no step `{through}`");
             return Ok(ExitCode::from(INVALID_INPUT));
         }
+        let behind = runner
+            .plan
+            .index_of(through)
+            .is_some_and(|i| i < runner.state.cursor);
+        if behind {
+            eprintln!(
+                "cutover: `{through}` is behind run {}: it is already done or skipped",
+                runner.run_id
+            );
+            return Ok(ExitCode::from(INVALID_INPUT));
+        }
         if yes.only && next.as_ref() != Some(through) {
             eprintln!(
                 "cutover: --step {through}: the next step of run {} is {}",
