@@ -2,12 +2,17 @@
 //! through channels — `UiRequest`s in, `RunbookView`s out — so the UI never blocks on I/O.
 //!
 //! Confirmations: the view of the next step carries the observations the engine will bind
-//! its confirmation to (as a "confirmation is bound to" line), so the UI's seen-fingerprint
-//! covers them; the bridge confirms with the engine fingerprint it last published, and the
-//! engine refuses it as stale if a fresh reading differs.
+//! its confirmation to (as its `binding`), so the UI's seen-fingerprint covers them; the
+//! bridge confirms with the engine fingerprint it last published, and the engine refuses it
+//! as stale if a fresh reading differs.
+//!
+//! A paused window (a step pausing traffic through the step resuming it) is confirmed once and
+//! runs at machine speed, each later step confirmed against readings taken right before it as a
+//! headless run does. While any call runs, the view follows the engine state after every
+//! journaled transition, and the window accepts one request: abort.
 
 use crate::engine::{Confirmation, EngineSettings, EngineState, StepStatus};
-use crate::executor::{Actions, RunError, Runner};
+use crate::executor::{AbortHandle, Actions, RunError, Runner};
 use crate::journal::Journal;
 use crate::plan::{Plan, StepId, Undo};
 use crate::ui::model::{
@@ -20,29 +25,116 @@ use tokio::sync::mpsc;
 
 /// How often the next step's preconditions and observations are evaluated while idle.
 const REFRESH: Duration = Duration::from_secs(5);
-/// The precondition line that carries the engine's confirmation fingerprint.
-const BOUND_TO: &str = "confirmation is bound to";
 
 /// What a cockpit confirmation is bound to: the UI's default facts, with each precondition's
 /// verdict but not its free-text detail (free disk moves by the second), plus the engine's
-/// observation fingerprint for the step.
+/// observation fingerprint for the step (`binding`).
 pub fn seen(step: &StepView, snapshot: &crate::readings::types::Snapshot) -> String {
     let mut bound = step.clone();
-    for p in bound
-        .preconditions
-        .iter_mut()
-        .filter(|p| p.description != BOUND_TO)
-    {
+    for p in bound.preconditions.iter_mut() {
         p.detail.clear();
     }
     crate::ui::model::default_seen(&bound, snapshot)
 }
 
 /// What was evaluated for the next step: the engine's `seen` and the views shown.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Evaluated {
     seen: BTreeMap<usize, String>,
     preconditions: BTreeMap<usize, Vec<PreconditionView>>,
+}
+
+/// What a long call (a step, a rollback, a window) is shown with while it runs.
+struct Showing<'a> {
+    plan: Plan,
+    evaluated: Evaluated,
+    pause_bound: Duration,
+    baseline: Vec<BaselineRow>,
+    expected_stopped: Vec<(String, String)>,
+    window: Option<(usize, usize)>,
+    updates: &'a mpsc::Sender<RunbookUpdate>,
+}
+
+/// Await `call` while publishing a view after every engine transition and answering requests:
+/// abort (and quit, which aborts a window first) reach the runner through `abort`; anything else
+/// is refused until the call ends. Returns the call's result and whether the operator quit.
+async fn while_running<T>(
+    call: impl std::future::Future<Output = T>,
+    requests: &mut mpsc::Receiver<UiRequest>,
+    state: &mut tokio::sync::watch::Receiver<EngineState>,
+    abort: &AbortHandle,
+    showing: &Showing<'_>,
+) -> (T, bool) {
+    let mut call = std::pin::pin!(call);
+    let mut quit = false;
+    let mut requests_open = true;
+    loop {
+        tokio::select! {
+            result = &mut call => return (result, quit),
+            Ok(()) = state.changed() => {
+                let current = state.borrow_and_update().clone();
+                let view = showing.view(&current);
+                let _ = showing.updates.send(RunbookUpdate::View(view)).await;
+            }
+            request = requests.recv(), if requests_open => match request {
+                Some(UiRequest::AbortWindow)
+                    if showing.window.is_some() || state.borrow().traffic_paused() =>
+                {
+                    abort.abort()
+                }
+                Some(UiRequest::Quit) | None => {
+                    requests_open = false;
+                    quit = true;
+                    abort.abort();
+                }
+                Some(_) => {
+                    let _ = showing
+                        .updates
+                        .send(RunbookUpdate::Refused(
+                            "a step is running: wait for it (x aborts a paused window)".into(),
+                        ))
+                        .await;
+                }
+            },
+        }
+    }
+}
+
+impl Showing<'_> {
+    fn view(&self, state: &EngineState) -> RunbookView {
+        let running = state.running_step().or(state.rolling_back_step());
+        let mut view = state_view(
+            &self.plan,
+            state,
+            &self.evaluated,
+            self.pause_bound,
+            None,
+            self.baseline.clone(),
+        );
+        view.running = running;
+        view.window_running = self.window;
+        view.expected_stopped = self.expected_stopped.clone();
+        view
+    }
+}
+
+fn showing<'a, A: Actions>(
+    runner: &Runner<A>,
+    evaluated: &Evaluated,
+    pause_bound: Duration,
+    window: Option<(usize, usize)>,
+    updates: &'a mpsc::Sender<RunbookUpdate>,
+) -> Showing<'a> {
+    let current = view(runner, evaluated, pause_bound, None);
+    Showing {
+        plan: runner.plan.clone(),
+        evaluated: evaluated.clone(),
+        pause_bound,
+        baseline: current.baseline,
+        expected_stopped: current.expected_stopped,
+        window,
+        updates,
+    }
 }
 
 /// Serve the cockpit until it quits or its channels close.
@@ -65,10 +157,27 @@ pub async fn serve<A: Actions>(
                     end_pause_before_exit(&mut runner, "the operator quit the cockpit").await;
                     return;
                 }
-                let running = view(&runner, &evaluated, pause_bound, request_step(&request));
+                let window = match &request {
+                    UiRequest::RunWindow { step, .. } => {
+                        crate::engine::paused_window(&runner.plan, *step)
+                    }
+                    _ => None,
+                };
+                let mut running = view(&runner, &evaluated, pause_bound, request_step(&request));
+                running.window_running = window;
                 let _ = updates.send(RunbookUpdate::View(running)).await;
-                if let Err(message) = handle(&mut runner, &evaluated, request).await {
+                let show = showing(&runner, &evaluated, pause_bound, window, &updates);
+                let abort = runner.abort_handle();
+                let mut state = runner.watch_state();
+                let call = handle(&mut runner, &evaluated, request);
+                let (result, quit) =
+                    while_running(call, &mut requests, &mut state, &abort, &show).await;
+                if let Err(message) = result {
                     let _ = updates.send(RunbookUpdate::Refused(message)).await;
+                }
+                if quit {
+                    end_pause_before_exit(&mut runner, "the operator quit the cockpit").await;
+                    return;
                 }
                 if let Some(message) = evaluate_next(&mut runner, &mut evaluated).await {
                     let _ = updates.send(RunbookUpdate::Refused(message)).await;
@@ -84,8 +193,18 @@ pub async fn serve<A: Actions>(
                 return;
             }
             _ = sleep_until(deadline) => {
-                if let Err(e) = runner.enforce_pause_bound().await {
+                let show = showing(&runner, &evaluated, pause_bound, None, &updates);
+                let abort = runner.abort_handle();
+                let mut state = runner.watch_state();
+                let call = runner.enforce_pause_bound();
+                let (result, quit) =
+                    while_running(call, &mut requests, &mut state, &abort, &show).await;
+                if let Err(e) = result {
                     let _ = updates.send(RunbookUpdate::Refused(e.to_string())).await;
+                }
+                if quit {
+                    end_pause_before_exit(&mut runner, "the operator quit the cockpit").await;
+                    return;
                 }
             }
         }
@@ -130,7 +249,7 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
 
 fn request_step(request: &UiRequest) -> Option<usize> {
     match request {
-        UiRequest::RunStep { step, .. } => Some(*step),
+        UiRequest::RunStep { step, .. } | UiRequest::RunWindow { step, .. } => Some(*step),
         _ => None,
     }
 }
@@ -162,6 +281,10 @@ async fn handle<A: Actions>(
                 .await
                 .map_err(|e| e.to_string())
         }
+        UiRequest::RunWindow { step, confirmation } => {
+            run_window(runner, evaluated, step, confirmation.by).await
+        }
+        UiRequest::AbortWindow => Err("no paused window is running".into()),
         UiRequest::Rollback { to, by } => {
             let id = step_id(&runner.plan, to)?;
             runner
@@ -178,6 +301,50 @@ async fn handle<A: Actions>(
         }
         UiRequest::Quit => Ok(()),
     }
+}
+
+/// The paused window opened by `from`, confirmed once by `by`: the first step bound to what the
+/// operator saw, each later one to readings taken right before it, every gate enforced; a
+/// failure (or an abort) rolls back to before the pause and resumes, as a headless run does.
+async fn run_window<A: Actions>(
+    runner: &mut Runner<A>,
+    evaluated: &Evaluated,
+    from: usize,
+    by: Vec<String>,
+) -> Result<(), String> {
+    let (first, last) = crate::engine::paused_window(&runner.plan, from)
+        .ok_or_else(|| format!("step {} does not open a paused window", from + 1))?;
+    let id = step_id(&runner.plan, first)?;
+    let seen = evaluated.seen.get(&first).cloned().ok_or_else(|| {
+        "the step's readings were not evaluated yet; confirm again in a moment".to_string()
+    })?;
+    let last_id = step_id(&runner.plan, last)?;
+    runner
+        .note(
+            Some(&id),
+            &format!(
+                "paused window `{id}` through `{last_id}` confirmed once by {}; it runs at machine speed",
+                by.join(" + ")
+            ),
+            by.clone(),
+        )
+        .map_err(|e| e.to_string())?;
+    let confirmation = Confirmation {
+        by: by.clone(),
+        seen,
+    };
+    runner
+        .start_recovering(&id, confirmation)
+        .await
+        .map_err(|e| e.to_string())?;
+    while runner.state.cursor <= last {
+        match runner.confirmed_step(by.clone()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
 }
 
 /// Evaluate the next step's preconditions and the observations its confirmation binds to.
@@ -210,14 +377,6 @@ async fn evaluate_next<A: Actions>(
         .collect();
     match runner.requirement(&spec.id).await {
         Ok(requirement) => {
-            views.push(PreconditionView {
-                description: BOUND_TO.into(),
-                holds: Some(true),
-                detail: format!(
-                    "seen {}",
-                    &requirement.seen[..12.min(requirement.seen.len())]
-                ),
-            });
             evaluated.seen.insert(index, requirement.seen);
         }
         Err(e @ (RunError::PauseBoundExceeded { .. } | RunError::Stopped { .. })) => {
@@ -251,14 +410,18 @@ fn view<A: Actions>(
             total: b.total,
         })
         .collect();
-    state_view(
+    let mut view = state_view(
         &runner.plan,
         &runner.state,
         evaluated,
         pause_bound,
         starting,
         baseline,
-    )
+    );
+    view.expected_stopped = runner
+        .actions()
+        .expected_stopped(&runner.plan, &runner.state);
+    view
 }
 
 fn state_view(
@@ -341,6 +504,14 @@ fn state_view(
                     }
                     Undo::NothingToUndo => None,
                 },
+                pauses_traffic: step.flags.pauses_traffic,
+                resumes_traffic: step.flags.resumes_traffic,
+                verification: step.verification.clone(),
+                binding: evaluated
+                    .seen
+                    .get(&i)
+                    .map(|seen| seen[..12.min(seen.len())].to_string())
+                    .unwrap_or_default(),
             }
         })
         .collect();
@@ -352,6 +523,13 @@ fn state_view(
         pause_bound,
         running: starting.or_else(|| state.running_step()),
         baseline,
+        rolling_back: state.rollback.as_ref().map(|r| r.reason.clone()),
+        window_running: None,
+        expected_stopped: Vec::new(),
+        moving_shards: plan.params.get("shards").and_then(|range| {
+            let (a, b) = range.split_once('-')?;
+            Some([a.trim().parse().ok()?, b.trim().parse().ok()?])
+        }),
     }
 }
 

@@ -339,13 +339,24 @@ impl Journal {
 
     /// Records a new run of `plan` with status `running`.
     pub fn create_run(&self, plan: &Plan) -> Result<RunId, JournalError> {
-        let created_at = Utc::now();
+        let run_id = Journal::new_run_id();
+        self.insert_run(&run_id, plan)?;
+        Ok(run_id)
+    }
+
+    /// A fresh run id, not yet recorded (see [`Journal::insert_run`]).
+    pub fn new_run_id() -> RunId {
         let suffix = uuid::Uuid::new_v4().simple().to_string();
-        let run_id = RunId(format!(
+        RunId(format!(
             "{}-{}",
-            created_at.format("%Y%m%dT%H%M%SZ"),
+            Utc::now().format("%Y%m%dT%H%M%SZ"),
             &suffix[..8]
-        ));
+        ))
+    }
+
+    /// Records run `run_id` of `plan` with status `running`.
+    pub fn insert_run(&self, run_id: &RunId, plan: &Plan) -> Result<(), JournalError> {
+        let created_at = Utc::now();
         let params_json = serde_json::to_string(&plan.params)
             .map_err(|e| JournalError::Corrupt(format!("parameters: {e}")))?;
         let plan_json = redact(&plan.to_json()?);
@@ -363,7 +374,7 @@ impl Journal {
                 RunStatus::Running.as_str(),
             ],
         ))?;
-        Ok(run_id)
+        Ok(())
     }
 
     /// Appends one entry (detail redacted) in its own committed transaction; with

@@ -139,7 +139,14 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             expect_fingerprint,
             yes,
             json,
-        } => run_command(&inventory, &runbook, &run, expect_fingerprint, yes, json).await,
+            through,
+            step,
+        } => {
+            let only = step.is_some();
+            let through = step.or(through).map(plan::StepId::new);
+            let yes = Yes { yes, through, only };
+            run_command(&inventory, &runbook, &run, expect_fingerprint, yes, json).await
+        }
         Command::Completions { shell } => completions(shell),
         Command::Man => man_page(),
         Command::Rollback {
@@ -156,6 +163,25 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             }
         },
         Command::Journal { command } => journal_command(command),
+        Command::Abandon {
+            inventory,
+            runbook,
+            run,
+            reason,
+        } => {
+            let Some(reason) = reason.filter(|r| !r.trim().is_empty()) else {
+                eprintln!("cutover: abandon needs --reason TEXT, for the journal");
+                return Ok(ExitCode::from(INVALID_INPUT));
+            };
+            let invocation = invocation(&inventory, &runbook, &run, None);
+            match session::abandon(&invocation, &run.operator, &reason) {
+                Ok(run_id) => {
+                    emit!("run {run_id} abandoned");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Ok(report_session_error(e)),
+            }
+        }
         Command::Tui {
             inventory,
             runbook,
@@ -264,12 +290,20 @@ fn report_session_error(e: session::SessionError) -> ExitCode {
     }
 }
 
+/// How far a headless run goes: `--yes`, `--through STEP`, `--step STEP`.
+struct Yes {
+    yes: bool,
+    through: Option<plan::StepId>,
+    /// `--step`: `through` must be the next step.
+    only: bool,
+}
+
 async fn run_command(
     file: &std::path::Path,
     runbook: &RunbookChoice,
     run: &RunOptions,
     expect: Option<String>,
-    yes: bool,
+    yes: Yes,
     json: bool,
 ) -> Result<ExitCode> {
     warn_unverified(file);
@@ -288,13 +322,55 @@ async fn run_command(
         runner.plan.runbook,
         runner.plan.fingerprint()
     );
-    if !yes {
+    if !yes.yes {
         eprintln!(
             "cutover: interactive runs use the cockpit: cutover tui {} {} ...; pass --yes for a headless run",
             file.display(),
             runbook.name
         );
         return Ok(ExitCode::from(INVALID_INPUT));
+    }
+    if let Some(through) = &yes.through {
+        let next = runner.state.next_step(&runner.plan).map(|s| s.id.clone());
+        if runner.plan.step(through).is_none() {
+            eprintln!("cutover: this plan has no step `{through}`");
+            return Ok(ExitCode::from(INVALID_INPUT));
+        }
+        let behind = runner
+            .plan
+            .index_of(through)
+            .is_some_and(|i| i < runner.state.cursor);
+        if behind {
+            eprintln!(
+                "cutover: `{through}` is behind run {}: it is already done or skipped",
+                runner.run_id
+            );
+            return Ok(ExitCode::from(INVALID_INPUT));
+        }
+        if yes.only && next.as_ref() != Some(through) {
+            eprintln!(
+                "cutover: --step {through}: the next step of run {} is {}",
+                runner.run_id,
+                next.map_or("none (the run is complete)".to_string(), |s| format!(
+                    "`{s}`"
+                ))
+            );
+            return Ok(ExitCode::from(INVALID_INPUT));
+        }
+        if let Some(spec) = runner
+            .plan
+            .step(through)
+            .filter(|s| s.flags.removes_way_back)
+        {
+            eprintln!(
+                "cutover: `{through}` removes the way back; it runs: {}",
+                spec.commands
+                    .iter()
+                    .map(|c| format!("[{}] {}", c.target, c.text))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
     }
     cutover::executor::signals::stop_on_signals(runner.stop_handle());
     cutover::guard::spawn_on_pause(&mut runner, invocation(file, runbook, run, None));
@@ -303,13 +379,41 @@ async fn run_command(
             emit!("{}", journal::entry_json_line(run_id, entry));
         }));
     }
-    match runner.run_headless(&run.operator).await {
-        Ok(_) if json => {
-            eprintln!("run {} completed", runner.run_id);
+    // With --json, stdout carries only the journal's lines; what people read goes to stderr.
+    let say = |line: String| {
+        if json {
+            eprintln!("{line}");
+        } else {
+            emit!("{line}");
+        }
+    };
+    match runner
+        .run_headless_through(&run.operator, yes.through.as_ref())
+        .await
+    {
+        Ok(cutover::executor::Progress::HeldBefore { step }) => {
+            let what = runner
+                .plan
+                .step(&step)
+                .map(|s| s.title.clone())
+                .unwrap_or_default();
+            say(format!(
+                "run {} stopped before `{step}` ({what}): it removes the way back and runs only when named: cutover run {} {} --yes --step {step}",
+                runner.run_id,
+                file.display(),
+                runbook.name
+            ));
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(cutover::executor::Progress::StoppedAfter { step }) => {
+            say(format!(
+                "run {} stopped after `{step}` as asked",
+                runner.run_id
+            ));
             Ok(ExitCode::SUCCESS)
         }
         Ok(_) => {
-            emit!("run {} completed", runner.run_id);
+            say(format!("run {} completed", runner.run_id));
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

@@ -1,7 +1,9 @@
 //! The major upgrade from the lab, as README tells it: `cutover lab up --with-target 18`, then
 //! `cutover run INV major-upgrade --from pg1 --to pg1new --method dumpall --yes`. pg1 holds the
 //! PL/Proxy database, so this needs PL/Proxy for PostgreSQL 18 (`scripts/bootstrap`); after
-//! the run, application calls through pgbouncer route through pg1new.
+//! the run, application calls through pgbouncer route through pg1new. `--yes` stops before
+//! `retire-old-cluster`, which removes the way back: pg1's data directory stays, and asking for
+//! the step by name is refused until the plan's soak has passed.
 
 use cutover::lab::{self, proc::free_port, LabConfig, TargetConfig};
 use cutover::pg::{self, Endpoint, SessionSettings};
@@ -58,6 +60,34 @@ async fn the_lab_upgrades_pg1_to_18_and_the_proxy_routes_through_pg1new() {
         out.status.success(),
         "the upgrade from the lab completes:\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("stopped before `retire-old-cluster`"),
+        "--yes holds before the step that removes the way back:\n{stdout}"
+    );
+    let old_data = dir.join("pg1");
+    assert!(
+        old_data.join("PG_VERSION").exists(),
+        "the old cluster's data directory is intact"
+    );
+    let retire = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .arg("run")
+        .arg(&report.inventory)
+        .args(["major-upgrade", "--yes", "--step", "retire-old-cluster"])
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&retire.stderr);
+    assert!(!retire.status.success(), "refused during the soak");
+    assert!(
+        stderr.contains("removes the way back") && stderr.contains("1800 s"),
+        "says what it deletes and why it waits:\n{stderr}"
+    );
+    assert!(
+        old_data.join("PG_VERSION").exists(),
+        "still intact after the refused retire"
     );
 
     // An application call through the entry alias lands on pg1new (PostgreSQL 18).

@@ -270,8 +270,10 @@ fn readings_panes_mark_ages_stale_and_unreachable() {
         screen.contains("pg1 primary · WAL 0/5000060 · <1s"),
         "{screen}"
     );
+    // The reason is given in full, on its own line.
+    assert!(screen.contains("pg3 UNREACHABLE tried 2s ago"), "{screen}");
     assert!(
-        screen.contains("pg3 UNREACHABLE connection refused"),
+        screen.contains("  connection refused (127.0.0.1:5434)"),
         "{screen}"
     );
     assert!(screen.contains("lag 1.0 MB / 850 ms"), "{screen}");
@@ -485,4 +487,56 @@ fn secrets_never_reach_the_log_pane() {
         "curl -H token=*** api"
     );
     assert_eq!(redact_secrets("SELECT 1"), "SELECT 1");
+}
+
+#[test]
+fn paused_window_dialog_and_shard_strips() {
+    let theme = Theme::builtin("dark").expect("dark");
+    let t0 = Instant::now();
+    // Before the pause: steps 1–3 done, stop-traffic next.
+    let mut model = fixtures::model(t0);
+    if let Some(r) = model.runbook.as_mut() {
+        r.steps[3].status = cutover::ui::StepStatusView::Pending;
+        r.steps[3].started_at = None;
+        r.steps[3].finished_at = None;
+        r.traffic_paused_since = None;
+    }
+    update(
+        &mut model,
+        Action::Command {
+            command: Command::RunNext,
+            at: t0,
+        },
+    );
+    let screen = text(&draw(&model, &theme, 200, 60));
+    assert!(
+        screen.contains("Run the paused window, steps 4–9?"),
+        "{screen}"
+    );
+    for expected in [
+        "[pgbouncer pgb1] PAUSE proxy;",
+        "gate: standby replay ≥ primary current WAL",
+        "-- then poll pg_is_in_recovery() every 10 ms",
+        "Pause bound 10.0s",
+        "x aborts while it runs",
+        "POINT OF NO RETURN: a promoted standby cannot follow pg1 again",
+        "type pg2 to confirm the whole window",
+        "Shift+Y",
+    ] {
+        assert!(screen.contains(expected), "lacks {expected:?}:\n{screen}");
+    }
+    assert!(!screen.contains("holds ()"), "{screen}");
+    insta::assert_snapshot!("dialog_paused_window_200x60", screen);
+    let compact = text(&draw(&model, &theme, 80, 24));
+    assert!(compact.contains("PgDn/PgUp scroll"), "{compact}");
+    insta::assert_snapshot!("dialog_paused_window_80x24", compact);
+
+    let model = fixtures::model(t0);
+    for (width, height) in [(80, 24), (200, 60)] {
+        let shards = text(&draw_pane(&model, Pane::Shards, &theme, width, height));
+        assert!(shards.contains("shards █"), "{shards}");
+        assert!(shards.contains("▚"), "moving shards marked:\n{shards}");
+        assert!(shards.contains("rows   █"), "{shards}");
+        insta::assert_snapshot!(format!("pane_shards_drawn_{width}x{height}"), shards);
+    }
 }

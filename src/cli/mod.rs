@@ -51,11 +51,19 @@ pub enum Command {
         #[arg(long, global = true)]
         expect_fingerprint: Option<String>,
         /// Run every step without prompts (rehearsals, CI); preconditions and gates still hold.
+        /// Steps that remove the way back run only when named by --through or --step.
         #[arg(long, global = true)]
         yes: bool,
         /// Print every journal entry as it is written, one JSON object per line (NDJSON).
         #[arg(long, global = true)]
         json: bool,
+        /// With --yes: stop after this step; names a step that removes the way back to run it.
+        #[arg(long, global = true, value_name = "STEP", conflicts_with = "step")]
+        through: Option<String>,
+        /// With --yes: run only this step, which must be the next one (e.g. retire-old-cluster
+        /// after the soak).
+        #[arg(long, global = true, value_name = "STEP")]
+        step: Option<String>,
     },
     /// Undo completed steps of the unfinished run, in reverse order, back to a step. The
     /// run's own parameters are used when none are given.
@@ -70,6 +78,18 @@ pub enum Command {
         back_to: Option<String>,
         #[arg(long, global = true, default_value = "operator rollback")]
         reason: String,
+    },
+    /// Give up the unfinished run of this environment and runbook: journaled, never resumed.
+    /// Refused while traffic is paused or a step may be half-run (roll back first).
+    Abandon {
+        inventory: PathBuf,
+        #[command(subcommand)]
+        runbook: RunbookChoice,
+        #[command(flatten)]
+        run: RunOptions,
+        /// Why, for the journal (required).
+        #[arg(long, global = true)]
+        reason: Option<String>,
     },
     /// The cockpit: live panes and the runbook, step by step with confirmations.
     Tui {

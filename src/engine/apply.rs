@@ -183,6 +183,9 @@ fn start(
     if spec.flags.needs_traffic_stopped && t.state.traffic_pause.is_none() {
         return Err(Refusal::TrafficNotStopped { step: step.clone() });
     }
+    if spec.flags.removes_way_back {
+        check_soak(t, i)?;
+    }
     for pre in &spec.preconditions {
         let result = precondition_results
             .iter()
@@ -261,6 +264,30 @@ fn start(
         step: step.clone(),
         resume_recheck,
     });
+    Ok(())
+}
+
+/// A step that removes the way back starts only once the last traffic-resuming step before it
+/// finished at least `min_soak_secs` ago; a plan with no such step has nothing to soak.
+fn check_soak(t: &Transition<'_>, i: usize) -> Result<(), Refusal> {
+    let spec = &t.plan.steps[i];
+    let Some(resumed) = t.plan.steps[..i]
+        .iter()
+        .rposition(|s| s.flags.resumes_traffic)
+    else {
+        return Ok(());
+    };
+    let ran_for = match &t.state.steps[resumed] {
+        StepStatus::Done { finished_at, .. } => (t.at - *finished_at).num_seconds().max(0) as u64,
+        _ => 0,
+    };
+    if ran_for < spec.flags.min_soak_secs {
+        return Err(Refusal::SoakNotOver {
+            step: spec.id.clone(),
+            ran_for_secs: ran_for,
+            min_soak_secs: spec.flags.min_soak_secs,
+        });
+    }
     Ok(())
 }
 

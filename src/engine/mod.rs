@@ -37,6 +37,19 @@ use crate::plan::StepId;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+/// The paused window that starting step `from` opens: `from` pauses traffic, and the window
+/// runs through the first later step that resumes it (both included). `None` when `from` does
+/// not pause traffic or nothing after it resumes.
+pub fn paused_window(plan: &crate::plan::Plan, from: usize) -> Option<(usize, usize)> {
+    if !plan.steps.get(from)?.flags.pauses_traffic {
+        return None;
+    }
+    let end = plan.steps[from + 1..]
+        .iter()
+        .position(|s| s.flags.resumes_traffic)?;
+    Some((from, from + 1 + end))
+}
+
 /// A reading the operator was shown and the decision depends on, e.g.
 /// `standby.caught_up = true`, `target.dbname = commcarehq_p2`, or an exact LSN for a gate.
 /// Confirmations are bound to the set of observations: if one changes, the confirmation is stale.
@@ -300,6 +313,12 @@ pub enum Refusal {
         step: StepId,
         item: ItemId,
         status: &'static str,
+    },
+    #[error("step `{step}` removes the way back and the new side has served traffic for {ran_for_secs} s of the {min_soak_secs} s the plan asks before it")]
+    SoakNotOver {
+        step: StepId,
+        ran_for_secs: u64,
+        min_soak_secs: u64,
     },
     #[error("step `{step}` cannot be verified: {unfinished} of its {total} items are not done")]
     ItemsUnfinished {

@@ -21,6 +21,8 @@ use tokio_postgres::Client;
 pub const LOCAL_HOST: &str = "@local";
 /// The run-dir file that keeps the inventory as it was before the run rewrote it.
 const INVENTORY_BACKUP: &str = "inventory.before.yaml";
+/// The inventory as this run last rewrote it: the one change to the file a resumed run expects.
+pub const INVENTORY_REWRITTEN: &str = "inventory.rewritten.yaml";
 /// How long writing a small file (a pgbouncer config) to a host may take.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -258,6 +260,8 @@ impl ExecContext {
                 inventory_path.display(),
                 unified_diff(&before, &after)
             ));
+            // Recorded first: a crash between the two leaves a file the run still recognizes.
+            write_durably(&self.path(INVENTORY_REWRITTEN), after.as_bytes())?;
             write_durably(inventory_path, after.as_bytes())?;
         }
         Ok(())

@@ -102,6 +102,12 @@ pub trait Actions: Send {
     fn baseline(&self) -> Vec<BaselineCount> {
         Vec::new()
     }
+    /// Nodes the plan expects stopped at this point of the run, each with why (e.g. a spare
+    /// that a later step starts); the cockpit shows them as stopped, not unreachable.
+    fn expected_stopped(&self, plan: &Plan, state: &EngineState) -> Vec<(String, String)> {
+        let _ = (plan, state);
+        Vec::new()
+    }
     /// Whether traffic may resume before the rollback runs: true while nothing that changes
     /// where writes go has started. Otherwise the rollback restores routing first, then resumes.
     fn resume_is_safe(&self, plan: &Plan, state: &EngineState) -> bool;
@@ -155,6 +161,8 @@ pub enum RunError {
     PauseBoundExceeded { bound_ms: u128 },
     #[error("stopped ({reason}); traffic is not left paused, and `cutover run` resumes the run")]
     Stopped { reason: String },
+    #[error("the operator aborted the paused window; traffic was resumed and the run rolled back to before the pause")]
+    WindowAborted,
 }
 
 /// Asks a [`Runner`] to stop: the process is about to exit. Cloneable, so that a signal task
@@ -177,12 +185,31 @@ impl StopHandle {
     }
 }
 
+/// Asks a [`Runner`] to abort the paused window: the pause ends now as its bound would end
+/// it (traffic resumes, the run rolls back to before the pause). Outside a pause it does nothing.
+#[derive(Clone)]
+pub struct AbortHandle(std::sync::Arc<watch::Sender<bool>>);
+
+impl AbortHandle {
+    pub fn abort(&self) {
+        self.0.send_replace(true);
+    }
+}
+
 /// How a run ended up after a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Progress {
     Completed,
     /// Stopped at a step that needs an operator (refused, failed, or rolled back).
     Stopped,
+    /// Stopped before `step`, which removes the way back and was not asked for by name.
+    HeldBefore {
+        step: StepId,
+    },
+    /// Stopped after `step`, the last one asked for.
+    StoppedAfter {
+        step: StepId,
+    },
 }
 
 pub struct Runner<A: Actions> {
@@ -205,6 +232,27 @@ pub struct Runner<A: Actions> {
     on_pause: Option<PauseHook>,
     /// Called with every journal entry once it is durable (`cutover run --json`).
     on_entry: Option<EntryHook>,
+    abort: std::sync::Arc<watch::Sender<bool>>,
+    abort_requested: watch::Receiver<bool>,
+    /// Set when the pause ended because of an abort, so `perform` reports it as such.
+    aborted: bool,
+    /// The state after every committed command, for a cockpit showing a long call as it runs.
+    state_tx: watch::Sender<EngineState>,
+    /// Whether the run is in the journal. A new run is recorded with its first entry (the
+    /// first confirmed step), so opening and closing a cockpit leaves no run behind.
+    recorded: bool,
+    /// Called on drop when the run was never recorded (removes its run directory).
+    discard: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl<A: Actions> Drop for Runner<A> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            if let Some(discard) = self.discard.take() {
+                discard();
+            }
+        }
+    }
 }
 
 /// See [`Runner::on_entry`].
@@ -244,13 +292,16 @@ impl<A: Actions> Runner<A> {
                     fingerprint: meta.fingerprint,
                 })
             }
-            None => {
-                let run_id = journal.create_run(&plan)?;
-                (run_id, EngineState::new(&plan, settings), false)
-            }
+            None => (
+                Journal::new_run_id(),
+                EngineState::new(&plan, settings),
+                false,
+            ),
         };
         let actions = make_actions(&run_id).map_err(RunError::Setup)?;
         let (stop_tx, stop_requested) = watch::channel(None);
+        let (abort_tx, abort_requested) = watch::channel(false);
+        let (state_tx, _) = watch::channel(state.clone());
         // A pause that survived a crash counts from now: we cannot know how long it has been.
         let pause_started = state.traffic_paused().then(Instant::now);
         Ok(Runner {
@@ -268,7 +319,78 @@ impl<A: Actions> Runner<A> {
             stop_requested,
             on_pause: None,
             on_entry: None,
+            abort: std::sync::Arc::new(abort_tx),
+            abort_requested,
+            aborted: false,
+            state_tx,
+            recorded: resumed,
+            discard: None,
         })
+    }
+
+    /// Whether the run is recorded in the journal (a new run is, from its first confirmed step).
+    pub fn is_recorded(&self) -> bool {
+        self.recorded
+    }
+
+    /// Run `discard` when this runner is dropped without its run ever being recorded.
+    pub fn on_discard(&mut self, discard: Box<dyn FnOnce() + Send>) {
+        self.discard = Some(discard);
+    }
+
+    /// Follows the engine state: a new value after every committed command.
+    pub fn watch_state(&self) -> watch::Receiver<EngineState> {
+        self.state_tx.subscribe()
+    }
+
+    /// Journal a free-text note on the run.
+    pub fn note(
+        &mut self,
+        step: Option<&StepId>,
+        text: &str,
+        by: Vec<String>,
+    ) -> Result<(), RunError> {
+        self.commit(Command::Note {
+            step: step.cloned(),
+            text: text.to_string(),
+            by,
+        })?;
+        Ok(())
+    }
+
+    /// Start `step` with `confirmation`; a failure while traffic is paused rolls back to before
+    /// the pause and resumes, as a headless run does.
+    pub async fn start_recovering(
+        &mut self,
+        step: &StepId,
+        confirmation: Confirmation,
+    ) -> Result<(), RunError> {
+        let by = confirmation.by.join(" + ");
+        if let Err(error) = Box::pin(self.start(step, Some(confirmation))).await {
+            self.recover_in_pause(&by, &error).await?;
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// A handle that aborts the paused window (see [`AbortHandle`]).
+    pub fn abort_handle(&self) -> AbortHandle {
+        AbortHandle(self.abort.clone())
+    }
+
+    fn abort_pending(&self) -> bool {
+        *self.abort_requested.borrow()
+    }
+
+    fn note_abort(&mut self) -> Result<(), RunError> {
+        self.abort.send_replace(false);
+        self.aborted = true;
+        self.commit(Command::Note {
+            step: None,
+            text: "the operator aborted the paused window: the pause ends now, as if its bound had run out".into(),
+            by: vec!["cutover:abort".into()],
+        })?;
+        Ok(())
     }
 
     /// Call `hook` whenever traffic pauses, and now if it already is (a resumed run). The CLI
@@ -338,7 +460,12 @@ impl<A: Actions> Runner<A> {
         self.on_entry = Some(hook);
     }
 
+    /// Write `entry` durably; a new run is recorded with its first entry.
     fn append(&mut self, entry: &JournalEntry) -> Result<(), RunError> {
+        if !self.recorded {
+            self.journal.insert_run(&self.run_id, &self.plan)?;
+            self.recorded = true;
+        }
         self.journal.append(&self.run_id, entry)?;
         if let Some(hook) = self.on_entry.as_mut() {
             hook(&self.run_id, entry);
@@ -363,6 +490,7 @@ impl<A: Actions> Runner<A> {
         }
         let was_paused = self.state.traffic_paused();
         self.state = state;
+        self.state_tx.send_replace(self.state.clone());
         match (was_paused, self.state.traffic_paused()) {
             (false, true) => {
                 self.pause_started = Some(Instant::now());
@@ -371,7 +499,11 @@ impl<A: Actions> Runner<A> {
                     hook(&self.run_id, bound);
                 }
             }
-            (true, false) => self.pause_started = None,
+            (true, false) => {
+                self.pause_started = None;
+                // An abort was for the pause that just ended, never for a later one.
+                self.abort.send_replace(false);
+            }
             _ => {}
         }
         Ok(rest)
@@ -400,6 +532,10 @@ impl<A: Actions> Runner<A> {
         });
         let effects = match effects {
             Ok(effects) => effects,
+            Err(RunError::Refused { step, refusal }) if !self.recorded => {
+                // A run begins with its first confirmed step: a refused one leaves no run.
+                return Err(RunError::Refused { step, refusal });
+            }
             Err(RunError::Refused { step, refusal }) => {
                 // A refusal changes no state; record it for the change ticket all the same.
                 let _ = self.commit(Command::Note {
@@ -441,22 +577,24 @@ impl<A: Actions> Runner<A> {
     async fn preconditions_of(&mut self, spec: &Step) -> Result<Vec<PreconditionResult>, RunError> {
         let deadline = self.pause_deadline();
         let mut stop = self.stop_requested.clone();
+        let mut abort = self.abort_requested.clone();
         let read = Box::pin(crate::pg::in_step(
             spec.id.as_str(),
             self.actions.preconditions(spec),
         ));
-        let outcome = within_pause(deadline, &mut stop, read).await;
+        let outcome = within_pause(deadline, &mut stop, &mut abort, read).await;
         self.finish_read(outcome).await
     }
 
     async fn observations_of(&mut self, spec: &Step) -> Result<Vec<Observation>, RunError> {
         let deadline = self.pause_deadline();
         let mut stop = self.stop_requested.clone();
+        let mut abort = self.abort_requested.clone();
         let read = Box::pin(crate::pg::in_step(
             spec.id.as_str(),
             self.actions.observations(spec),
         ));
-        let outcome = within_pause(deadline, &mut stop, read).await;
+        let outcome = within_pause(deadline, &mut stop, &mut abort, read).await;
         self.finish_read(outcome).await
     }
 
@@ -476,6 +614,10 @@ impl<A: Actions> Runner<A> {
             ReadOutcome::Stop => {
                 let reason = self.stop_reason().unwrap_or_default();
                 self.note_stop_while_paused(&reason)?;
+                Err(self.end_pause_now().await)
+            }
+            ReadOutcome::Abort => {
+                self.note_abort()?;
                 Err(self.end_pause_now().await)
             }
         }
@@ -582,8 +724,10 @@ impl<A: Actions> Runner<A> {
             self.pause_bound_hit = false;
             self.resumed_after_bound = false;
             self.ensure_resumed().await?;
+            let aborted = std::mem::take(&mut self.aborted);
             return Err(match self.stop_reason() {
                 Some(reason) => RunError::Stopped { reason },
+                None if aborted => RunError::WindowAborted,
                 None => RunError::PauseBoundExceeded {
                     bound_ms: self.actions.pause_bound().as_millis(),
                 },
@@ -646,6 +790,8 @@ impl<A: Actions> Runner<A> {
         let spec = self.step_spec(step)?;
         let deadline = self.pause_deadline();
         let mut stop = self.stop_requested.clone();
+        let mut abort = self.abort_requested.clone();
+        let paused = deadline.is_some();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let outcome = {
             // Boxed: runbook actions are large futures; on the stack they overflow it.
@@ -660,6 +806,7 @@ impl<A: Actions> Runner<A> {
                     Some(report) = rx.recv() => reports.push(report),
                     _ = sleep_until(deadline) => break ActionOutcome::PauseBound,
                     _ = stop.wait_for(Option::is_some) => break ActionOutcome::Stop,
+                    _ = abort.wait_for(|a| *a), if paused => break ActionOutcome::Abort,
                 }
             };
             (outcome, reports)
@@ -693,6 +840,10 @@ impl<A: Actions> Runner<A> {
                 ))
             }
             ActionOutcome::PauseBound => Ok((self.pause_bound_exceeded(Some(step)).await?, None)),
+            ActionOutcome::Abort => {
+                self.note_abort()?;
+                Ok((self.pause_bound_exceeded(Some(step)).await?, None))
+            }
             ActionOutcome::Stop => {
                 let reason = self.stop_reason().unwrap_or_default();
                 if self.state.traffic_paused() {
@@ -799,33 +950,76 @@ impl<A: Actions> Runner<A> {
 
     /// `--yes`: run every remaining step with headless confirmations, enforcing every
     /// precondition and gate. A failure while traffic is paused rolls back to before the pause.
+    /// A step that removes the way back is never run this way (see [`Self::run_headless_through`]).
     pub async fn run_headless(&mut self, user: &str) -> Result<Progress, RunError> {
+        self.run_headless_through(user, None).await
+    }
+
+    /// As [`Self::run_headless`], stopping after `through` when given. A step that removes the
+    /// way back runs only when it is `through` itself: otherwise the run holds before it.
+    pub async fn run_headless_through(
+        &mut self,
+        user: &str,
+        through: Option<&StepId>,
+    ) -> Result<Progress, RunError> {
+        let by = vec![format!("headless:{user}")];
         loop {
             if let Some(reason) = self.stop_reason() {
                 self.end_pause_before_exit(&reason).await?;
                 return Err(RunError::Stopped { reason });
             }
-            let Some(step) = self.state.next_step(&self.plan).map(|s| s.id.clone()) else {
+            let Some(step) = self.state.next_step(&self.plan).cloned() else {
                 return Ok(Progress::Completed);
             };
-            let requirement = Box::pin(self.requirement(&step)).await?;
-            let confirmation = Confirmation::headless(user, &requirement);
-            if let Err(error) = Box::pin(self.start(&step, Some(confirmation))).await {
-                if let Some(pause_step) = self.state.traffic_pause.as_ref().map(|p| p.by_step) {
-                    let target = self.plan.steps[pause_step].id.clone();
-                    let reason = format!("automatic: {error}");
-                    if let Err(rollback_error) =
-                        Box::pin(self.rollback_to(&target, &format!("headless:{user}"), &reason))
-                            .await
-                    {
-                        tracing::error!(target: "cutover::cmd", "rollback after failure: {rollback_error}");
-                    }
-                    self.ensure_resumed().await?;
-                }
-                // The run stays unfinished: `cutover run` retries (re-checking), `cutover rollback` undoes.
-                return Err(error);
+            if step.flags.removes_way_back && through != Some(&step.id) {
+                return Ok(Progress::HeldBefore { step: step.id });
+            }
+            Box::pin(self.confirmed_step(by.clone())).await?;
+            if through == Some(&step.id) {
+                return Ok(Progress::StoppedAfter { step: step.id });
             }
         }
+    }
+
+    /// Start the next step confirmed by `by` against readings taken now, exactly as a headless
+    /// run does; a failure while traffic is paused rolls back to before the pause and resumes.
+    /// Returns the step started, or `None` when every step is done.
+    pub async fn confirmed_step(&mut self, by: Vec<String>) -> Result<Option<StepId>, RunError> {
+        let Some(step) = self.state.next_step(&self.plan).map(|s| s.id.clone()) else {
+            return Ok(None);
+        };
+        if self.abort_pending() && self.state.traffic_paused() {
+            self.note_abort()?;
+            return Err(self.end_pause_now().await);
+        }
+        let requirement = match Box::pin(self.requirement(&step)).await {
+            Ok(requirement) => requirement,
+            Err(error) => {
+                self.recover_in_pause(&by.join(" + "), &error).await?;
+                return Err(error);
+            }
+        };
+        let confirmation = Confirmation {
+            by,
+            seen: requirement.seen,
+        };
+        // The run stays unfinished on failure: `cutover run` retries (re-checking), `cutover rollback` undoes.
+        self.start_recovering(&step, confirmation).await?;
+        Ok(Some(step))
+    }
+
+    /// After `error` while traffic is still paused: roll back to before the pause, then make
+    /// sure traffic flows.
+    async fn recover_in_pause(&mut self, by: &str, error: &RunError) -> Result<(), RunError> {
+        let Some(pause_step) = self.state.traffic_pause.as_ref().map(|p| p.by_step) else {
+            return Ok(());
+        };
+        let target = self.plan.steps[pause_step].id.clone();
+        let reason = format!("automatic: {error}");
+        if let Err(rollback_error) = Box::pin(self.rollback_to(&target, by, &reason)).await {
+            tracing::error!(target: "cutover::cmd", "rollback after failure: {rollback_error}");
+        }
+        self.ensure_resumed().await
     }
 }
 
@@ -836,6 +1030,8 @@ enum ActionOutcome {
     PauseBound,
     /// A stop was requested first; the action's future was dropped.
     Stop,
+    /// The operator aborted the paused window; the action's future was dropped.
+    Abort,
 }
 
 /// How a read of live state (preconditions, observations) ended.
@@ -845,6 +1041,8 @@ enum ReadOutcome<T> {
     PauseBound,
     /// A stop was requested while traffic was paused; the read's future was dropped.
     Stop,
+    /// The operator aborted the paused window; the read's future was dropped.
+    Abort,
 }
 
 /// Await `read`; while traffic is paused (`deadline` is set) no longer than the deadline, and
@@ -852,6 +1050,7 @@ enum ReadOutcome<T> {
 async fn within_pause<T>(
     deadline: Option<Instant>,
     stop: &mut watch::Receiver<Option<String>>,
+    abort: &mut watch::Receiver<bool>,
     read: impl Future<Output = T>,
 ) -> ReadOutcome<T> {
     if deadline.is_none() {
@@ -861,6 +1060,7 @@ async fn within_pause<T>(
         value = read => ReadOutcome::Done(value),
         _ = sleep_until(deadline) => ReadOutcome::PauseBound,
         _ = stop.wait_for(Option::is_some) => ReadOutcome::Stop,
+        _ = abort.wait_for(|a| *a) => ReadOutcome::Abort,
     }
 }
 

@@ -57,6 +57,16 @@ fn step_markdown(out: &mut String, number: usize, step: &Step) {
         push_line(out, &format!("**Flags:** {}", flags.join(" · ")));
         out.push('\n');
     }
+    if step.flags.removes_way_back {
+        push_line(
+            out,
+            &format!(
+                "**Soak:** refused until traffic has run on the new side for {} s; a headless run stops before this step unless it is named (`--through {}` or `--step {}`).",
+                step.flags.min_soak_secs, step.id, step.id
+            ),
+        );
+        out.push('\n');
+    }
     if !step.commands.is_empty() {
         push_line(out, "**Runs:**");
         out.push('\n');
@@ -110,6 +120,9 @@ fn flag_labels(step: &Step) -> Vec<&'static str> {
     }
     if step.flags.resumes_traffic {
         labels.push("resumes traffic");
+    }
+    if step.flags.removes_way_back {
+        labels.push("⚠ removes the way back: runs only when named");
     }
     labels
 }

@@ -169,6 +169,14 @@ pub struct StepFlags {
     pub pauses_traffic: bool,
     /// The step lets application traffic flow again (`RESUME`).
     pub resumes_traffic: bool,
+    /// The step removes the way back (e.g. deletes the old cluster): headless runs stop before
+    /// it unless it is named, and the engine refuses it until the side that replaced it has
+    /// served traffic for `min_soak_secs`.
+    #[serde(default)]
+    pub removes_way_back: bool,
+    /// With `removes_way_back`: the least time since the last `resumes_traffic` step finished.
+    #[serde(default)]
+    pub min_soak_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -415,6 +423,8 @@ fn encode_step(enc: &mut CanonicalEncoder, step: &Step) {
         destructive,
         pauses_traffic,
         resumes_traffic,
+        removes_way_back,
+        min_soak_secs,
     } = step.flags;
     for flag in [
         needs_traffic_stopped,
@@ -423,6 +433,11 @@ fn encode_step(enc: &mut CanonicalEncoder, step: &Step) {
         resumes_traffic,
     ] {
         enc.bytes(&[u8::from(flag)]);
+    }
+    // Encoded only when set, so plans without such a step keep their fingerprints.
+    if removes_way_back {
+        enc.str("removes_way_back");
+        enc.str(&min_soak_secs.to_string());
     }
 }
 

@@ -278,6 +278,7 @@ pub trait DynActions: Send {
     fn pause_bound(&self) -> Duration;
     fn baseline(&self) -> Vec<BaselineCount>;
     fn resume_is_safe(&self, plan: &Plan, state: &EngineState) -> bool;
+    fn expected_stopped(&self, plan: &Plan, state: &EngineState) -> Vec<(String, String)>;
 }
 
 impl<A: Actions> DynActions for A {
@@ -332,6 +333,9 @@ impl<A: Actions> DynActions for A {
     fn resume_is_safe(&self, plan: &Plan, state: &EngineState) -> bool {
         Actions::resume_is_safe(self, plan, state)
     }
+    fn expected_stopped(&self, plan: &Plan, state: &EngineState) -> Vec<(String, String)> {
+        Actions::expected_stopped(self, plan, state)
+    }
 }
 
 impl Actions for Box<dyn DynActions> {
@@ -380,5 +384,8 @@ impl Actions for Box<dyn DynActions> {
     }
     fn resume_is_safe(&self, plan: &Plan, state: &EngineState) -> bool {
         DynActions::resume_is_safe(self.as_ref(), plan, state)
+    }
+    fn expected_stopped(&self, plan: &Plan, state: &EngineState) -> Vec<(String, String)> {
+        DynActions::expected_stopped(self.as_ref(), plan, state)
     }
 }

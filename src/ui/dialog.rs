@@ -18,9 +18,20 @@ pub enum Layer {
 /// What a confirmation dialog confirms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Intent {
-    RunStep { step: usize },
-    Rollback { to: usize },
-    Skip { step: usize },
+    RunStep {
+        step: usize,
+    },
+    /// The paused window from `from` through `through`, confirmed once.
+    RunWindow {
+        from: usize,
+        through: usize,
+    },
+    Rollback {
+        to: usize,
+    },
+    Skip {
+        step: usize,
+    },
     Quit,
 }
 
@@ -102,6 +113,8 @@ pub struct ConfirmDialog {
     pub focus: DialogFocus,
     /// Why the last confirm attempt was refused.
     pub error: Option<String>,
+    /// First body line shown (PageUp/PageDown scroll a body taller than the screen).
+    pub scroll: u16,
 }
 
 impl ConfirmDialog {
@@ -130,6 +143,7 @@ impl ConfirmDialog {
             fields,
             focus,
             error: None,
+            scroll: 0,
         }
     }
 

@@ -255,6 +255,10 @@ fn step(id: &str, title: &str, status: StepStatusView) -> StepView {
         confirm_word: None,
         needs_traffic_stopped: false,
         undo: None,
+        pauses_traffic: false,
+        resumes_traffic: false,
+        verification: String::new(),
+        binding: String::new(),
     }
 }
 
@@ -323,6 +327,8 @@ pub fn runbook(now: DateTime<Utc>) -> RunbookView {
     steps[3].commands = vec![cmd("pgbouncer pgb1", "PAUSE proxy;")];
     steps[3].undo = Some("RESUME proxy".into());
     steps[3].needs_traffic_stopped = true;
+    steps[3].pauses_traffic = true;
+    steps[8].resumes_traffic = true;
     let gate = &mut steps[4];
     gate.needs_traffic_stopped = true;
     gate.commands = vec![
@@ -373,6 +379,10 @@ pub fn runbook(now: DateTime<Utc>) -> RunbookView {
             table: "form_data".into(),
             total: 99_000,
         }],
+        rolling_back: None,
+        window_running: None,
+        expected_stopped: vec![],
+        moving_shards: Some([512, 1023]),
     }
 }
 

@@ -7,6 +7,10 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     RunNext,
+    /// Run the next step alone even when it opens a paused window (palette only).
+    RunNextStepwise,
+    /// Abort the paused window running now: traffic resumes and the run rolls back.
+    AbortWindow,
     RollbackToSelected,
     SkipSelected,
     ToggleFreeze,
@@ -221,6 +225,13 @@ pub static KEYMAP: &[KeyBinding] = &[
         None,
     ),
     bind(
+        &[KeySpec::char('x')],
+        Command::AbortWindow,
+        "abort the running paused window (resume, roll back)",
+        Context::Main,
+        None,
+    ),
+    bind(
         &[KeySpec::char('?')],
         Command::ToggleHelp,
         "help",
@@ -326,6 +337,12 @@ pub fn bindings(context: Context) -> impl Iterator<Item = &'static KeyBinding> {
 /// Palette commands: name, argument hint, description.
 pub static PALETTE_COMMANDS: &[(&str, &str, &str)] = &[
     ("run", "", "run the next step (asks to confirm)"),
+    (
+        "step",
+        "",
+        "walk a paused window step by step (its bound still runs)",
+    ),
+    ("abort", "", "abort the running paused window"),
     ("rollback", "", "roll back to the selected step"),
     ("skip", "", "skip the selected step"),
     ("freeze", "", "freeze/unfreeze readings"),
@@ -341,6 +358,8 @@ pub fn parse_palette(line: &str) -> Result<Command, String> {
     let arg = words.next();
     let command = match (name, arg) {
         ("run", None) => Command::RunNext,
+        ("step", None) => Command::RunNextStepwise,
+        ("abort", None) => Command::AbortWindow,
         ("rollback", None) => Command::RollbackToSelected,
         ("skip", None) => Command::SkipSelected,
         ("freeze", None) => Command::ToggleFreeze,

@@ -67,6 +67,15 @@ pub struct StepView {
     pub needs_traffic_stopped: bool,
     /// How the step is undone, for the reviewer.
     pub undo: Option<String>,
+    /// The step pauses application traffic: it opens a paused window.
+    pub pauses_traffic: bool,
+    /// The step lets traffic flow again: it closes a paused window.
+    pub resumes_traffic: bool,
+    /// How the engine proves the step took effect.
+    pub verification: String,
+    /// Short fingerprint of the engine's readings the confirmation is bound to; empty until
+    /// the engine evaluated the step.
+    pub binding: String,
 }
 
 impl StepView {
@@ -108,9 +117,29 @@ pub struct RunbookView {
     pub running: Option<usize>,
     /// Per-table baseline; empty when none was recorded.
     pub baseline: Vec<BaselineRow>,
+    /// Set while a rollback is under way: why it runs (e.g. the pause bound ran out).
+    pub rolling_back: Option<String>,
+    /// Set while a confirmed paused window runs at machine speed: its first and last steps.
+    pub window_running: Option<(usize, usize)>,
+    /// Nodes the run expects stopped now, each with why (shown stopped, not unreachable).
+    pub expected_stopped: Vec<(String, String)>,
+    /// The shards the run moves (its `shards` parameter), marked in the Shards pane.
+    pub moving_shards: Option<[u32; 2]>,
 }
 
 impl RunbookView {
+    /// The paused window starting `from` opens: `from` pauses traffic and the window runs
+    /// through the first later step that resumes it (both included).
+    pub fn paused_window(&self, from: usize) -> Option<(usize, usize)> {
+        if !self.steps.get(from)?.pauses_traffic {
+            return None;
+        }
+        let end = self.steps[from + 1..]
+            .iter()
+            .position(|s| s.resumes_traffic)?;
+        Some((from, from + 1 + end))
+    }
+
     /// The step Enter runs: the first one that still has to run.
     pub fn next_step(&self) -> Option<usize> {
         self.steps.iter().position(|s| {
@@ -141,6 +170,14 @@ pub enum UiRequest {
         step: usize,
         confirmation: ConfirmationView,
     },
+    /// Run the paused window that `step` opens, through the step that resumes traffic, at
+    /// machine speed with every gate enforced; confirmed once, bound to what was seen of `step`.
+    RunWindow {
+        step: usize,
+        confirmation: ConfirmationView,
+    },
+    /// End the running paused window now, as its bound would: resume and roll back.
+    AbortWindow,
     Rollback {
         to: usize,
         by: Vec<String>,
@@ -187,11 +224,15 @@ pub fn default_seen(step: &StepView, snapshot: &Snapshot) -> String {
             Some(false) => "does not hold",
             None => "not evaluated",
         };
-        let _ = writeln!(
-            out,
-            "precondition {}: {holds} ({})",
-            p.description, p.detail
-        );
+        if p.detail.is_empty() {
+            let _ = writeln!(out, "precondition {}: {holds}", p.description);
+        } else {
+            let _ = writeln!(
+                out,
+                "precondition {}: {holds} ({})",
+                p.description, p.detail
+            );
+        }
     }
     for reading in &snapshot.replication {
         let node = &reading.source;
@@ -239,6 +280,9 @@ pub fn default_seen(step: &StepView, snapshot: &Snapshot) -> String {
             }
             out.push('\n');
         }
+    }
+    if !step.binding.is_empty() {
+        let _ = writeln!(out, "bound to engine readings {}", step.binding);
     }
     out
 }

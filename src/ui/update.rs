@@ -134,7 +134,9 @@ fn handle_key(model: &mut Model, key: KeyEvent) -> Vec<UiRequest> {
 /// Runs a command on the main screen (from a key or the palette).
 pub fn run_command(model: &mut Model, command: Command) -> Vec<UiRequest> {
     match command {
-        Command::RunNext => return open_run_dialog(model),
+        Command::RunNext => return open_run_dialog(model, false),
+        Command::RunNextStepwise => return open_run_dialog(model, true),
+        Command::AbortWindow => return abort_window(model),
         Command::RollbackToSelected => return open_rollback_dialog(model),
         Command::SkipSelected => return open_skip_dialog(model),
         Command::ToggleFreeze => {
@@ -360,11 +362,150 @@ fn refuse(model: &mut Model, why: String) -> Vec<UiRequest> {
     vec![]
 }
 
-fn open_run_dialog(model: &mut Model) -> Vec<UiRequest> {
+fn abort_window(model: &mut Model) -> Vec<UiRequest> {
+    if model.session.readonly {
+        return refuse(model, "read-only session: nothing runs".into());
+    }
+    let paused = model
+        .runbook
+        .as_ref()
+        .is_some_and(|r| r.traffic_paused_since.is_some() || r.window_running.is_some());
+    if !paused {
+        return refuse(model, "no paused window is running".into());
+    }
+    model.notify(
+        NoticeLevel::Info,
+        "abort sent: traffic resumes and the run rolls back to before the pause",
+    );
+    vec![UiRequest::AbortWindow]
+}
+
+/// The confirmation of a whole paused window: every command of every step, the gates, the
+/// bound and what rollback does.
+fn open_window_dialog(model: &mut Model, from: usize, through: usize) -> Vec<UiRequest> {
+    let Some(runbook) = model.runbook.clone() else {
+        return vec![];
+    };
+    let Some(first) = runbook.steps.get(from).cloned() else {
+        return vec![];
+    };
+    let total = runbook.steps.len();
+    let window = &runbook.steps[from..=through];
+    let bound = runbook.pause_bound.as_secs_f64();
+    let mut body = vec![
+        format!(
+            "Steps {}–{} of {total} run as one, at machine speed: traffic is paused from “{}” until “{}”.",
+            from + 1,
+            through + 1,
+            first.title,
+            window.last().map_or("", |s| s.title.as_str()),
+        ),
+        format!(
+            "Pause bound {bound:.1}s: if it runs out, traffic resumes and the run rolls back to before step {}.",
+            from + 1
+        ),
+        "x aborts while it runs: traffic resumes and the run rolls back, as the bound would.".into(),
+    ];
+    for (offset, step) in window.iter().enumerate() {
+        let i = from + offset;
+        let mut flags = Vec::new();
+        if step.destructive {
+            flags.push("DESTRUCTIVE");
+        }
+        if step.point_of_no_return.is_some() {
+            flags.push("POINT OF NO RETURN");
+        }
+        let flags = if flags.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", flags.join(", "))
+        };
+        body.push(String::new());
+        body.push(format!("{}. {}{flags}", i + 1, step.title));
+        for c in &step.commands {
+            for (n, line) in c.text.lines().enumerate() {
+                if n == 0 {
+                    body.push(format!("  [{}] {line}", c.target));
+                } else {
+                    body.push(format!(
+                        "  {:width$} {line}",
+                        "",
+                        width = c.target.len() + 2
+                    ));
+                }
+            }
+        }
+        for p in &step.preconditions {
+            body.push(format!("  gate: {}", p.description));
+        }
+        if !step.verification.is_empty() {
+            body.push(format!("  proves: {}", step.verification));
+        }
+    }
+    body.push(String::new());
+    body.push("Rollback (on failure, abort or the bound), newest first:".into());
+    let mut past_no_return = None;
+    for (offset, step) in window.iter().enumerate().rev() {
+        match (&step.point_of_no_return, &step.undo) {
+            (Some(reason), _) => {
+                past_no_return = Some((from + offset, reason.clone()));
+                body.push(format!(
+                    "  {}. POINT OF NO RETURN: {reason}",
+                    from + offset + 1
+                ));
+            }
+            (None, Some(undo)) => body.push(format!("  {}. {undo}", from + offset + 1)),
+            (None, None) => {}
+        }
+    }
+    if let Some((i, _)) = past_no_return {
+        body.push(format!(
+            "Once step {} has started, a failure can no longer roll back past it: traffic resumes and the run stops for you.",
+            i + 1
+        ));
+    }
+    let mut fields = Vec::new();
+    if let Some(step) = window.iter().find(|s| s.point_of_no_return.is_some()) {
+        let word = step.required_word().to_string();
+        fields.push(TextField::new(
+            FieldKind::ConfirmWord,
+            format!("type {word} to confirm the whole window"),
+            Some(word),
+        ));
+    }
+    let dangerous = window
+        .iter()
+        .any(|s| s.destructive || s.point_of_no_return.is_some());
+    if model.session.pair && dangerous {
+        fields.push(TextField::new(
+            FieldKind::SecondOperator,
+            "second operator (pair mode)",
+            None,
+        ));
+    }
+    let seen = (model.session.seen)(&first, &model.latest);
+    let dialog = ConfirmDialog::new(
+        Intent::RunWindow { from, through },
+        format!("Run the paused window, steps {}–{}?", from + 1, through + 1),
+        body,
+        Severity::Dangerous,
+        model.instant,
+        seen,
+        fields,
+    );
+    model.layers.push(Layer::Confirm(dialog));
+    vec![]
+}
+
+fn open_run_dialog(model: &mut Model, stepwise: bool) -> Vec<UiRequest> {
     let index = match run_next_availability(model) {
         Ok(i) => i,
         Err(why) => return refuse(model, why),
     };
+    let window = model.runbook.as_ref().and_then(|r| r.paused_window(index));
+    if let (Some((from, through)), false) = (window, stepwise) {
+        return open_window_dialog(model, from, through);
+    }
     let Some(step) = model.step(index).cloned() else {
         return vec![];
     };
@@ -387,10 +528,24 @@ fn open_run_dialog(model: &mut Model) -> Vec<UiRequest> {
         ));
     }
     let seen = (model.session.seen)(&step, &model.latest);
+    let mut body = step_body(&step, index, total);
+    let paused = model
+        .runbook
+        .as_ref()
+        .is_some_and(|r| r.traffic_paused_since.is_some());
+    if window.is_some() || paused {
+        let bound = model
+            .runbook
+            .as_ref()
+            .map_or(0.0, |r| r.pause_bound.as_secs_f64());
+        body.push(format!(
+            "STEP BY STEP: the pause bound of {bound:.1}s runs while you confirm each step; raise it (--pause-bound-ms) if you need the time."
+        ));
+    }
     let dialog = ConfirmDialog::new(
         Intent::RunStep { step: index },
         format!("Run step {}?", index + 1),
-        step_body(&step, index, total),
+        body,
         if dangerous {
             Severity::Dangerous
         } else {
@@ -513,6 +668,17 @@ fn dialog_key(model: &mut Model, key: KeyEvent) -> Vec<UiRequest> {
     let typing = !key
         .modifiers
         .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT);
+    match key.code {
+        KeyCode::PageDown => {
+            dialog.scroll = dialog.scroll.saturating_add(10);
+            return vec![];
+        }
+        KeyCode::PageUp => {
+            dialog.scroll = dialog.scroll.saturating_sub(10);
+            return vec![];
+        }
+        _ => {}
+    }
     match dialog.focus {
         DialogFocus::Field(i) => {
             let count = dialog.fields.len();
@@ -636,7 +802,7 @@ fn try_confirm(model: &mut Model) -> Vec<UiRequest> {
             model.should_quit = true;
             return vec![UiRequest::Quit];
         }
-        Intent::RunStep { step } => (
+        Intent::RunStep { step } | Intent::RunWindow { from: step, .. } => (
             step,
             run_next_availability(model).and_then(|next| {
                 if next == step {
@@ -683,6 +849,13 @@ fn try_confirm(model: &mut Model) -> Vec<UiRequest> {
     let request = match dialog.intent {
         Intent::RunStep { step } => UiRequest::RunStep {
             step,
+            confirmation: ConfirmationView {
+                by,
+                seen: dialog.seen.clone(),
+            },
+        },
+        Intent::RunWindow { from, .. } => UiRequest::RunWindow {
+            step: from,
             confirmation: ConfirmationView {
                 by,
                 seen: dialog.seen.clone(),

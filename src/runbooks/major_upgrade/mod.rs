@@ -45,6 +45,10 @@ pub struct UpgradeArgs {
     /// Longest write pause before traffic resumes on the source and the run rolls back.
     #[arg(long, value_name = "MS")]
     pub pause_bound_ms: Option<u64>,
+    /// Least time traffic runs on the new cluster before retire-old-cluster may start
+    /// (default 1800).
+    #[arg(long, value_name = "SECONDS")]
+    pub min_soak_s: Option<u64>,
 }
 
 impl Runbook for MajorUpgrade {

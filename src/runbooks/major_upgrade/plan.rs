@@ -19,6 +19,9 @@ use std::time::Duration;
 pub const RUNBOOK: &str = "major-upgrade";
 /// The write pause (the downtime window) an upgrade allows unless `--pause-bound-ms` says otherwise.
 pub const DEFAULT_PAUSE_BOUND: Duration = Duration::from_secs(600);
+/// How long the new cluster serves traffic before the old one may be retired, unless
+/// `--min-soak-s` says otherwise.
+pub const DEFAULT_MIN_SOAK: Duration = Duration::from_secs(1800);
 
 /// Errors a restore may raise that are known to be harmless. Anything else fails the step.
 /// Matched against the text after `ERROR:` in psql's or pg_restore's message.
@@ -130,6 +133,8 @@ pub struct UpgradeParams {
     /// Restore into a scratch cluster of the target version before the real restore.
     pub test_restore: bool,
     pub traffic: TrafficMode,
+    /// Least time traffic runs on the new cluster before `retire-old-cluster` may start.
+    pub min_soak: Duration,
 }
 
 impl UpgradeParams {
@@ -169,6 +174,13 @@ impl UpgradeParams {
             Some("hooks") => TrafficMode::HooksOnly,
             Some(other) => return Err(invalid("traffic", other, "expected pause or hooks")),
         };
+        let min_soak = match params.get("min-soak-s") {
+            None => DEFAULT_MIN_SOAK,
+            Some(s) => s
+                .parse()
+                .map(Duration::from_secs)
+                .map_err(|_| invalid("min-soak-s", s, "expected whole seconds"))?,
+        };
         let dump_dir = params.get("dump-dir").cloned();
         if let Some(dir) = &dump_dir {
             if !dir.starts_with('/') {
@@ -184,6 +196,7 @@ impl UpgradeParams {
             dump_dir,
             test_restore,
             traffic,
+            min_soak,
         })
     }
 
@@ -212,6 +225,10 @@ impl UpgradeParams {
         ]);
         if let Some(dir) = &self.dump_dir {
             map.insert("dump-dir".into(), dir.clone());
+        }
+        // Recorded only when given, so plans made before the flag keep their fingerprints.
+        if self.min_soak != DEFAULT_MIN_SOAK {
+            map.insert("min-soak-s".into(), self.min_soak.as_secs().to_string());
         }
         map
     }
@@ -1164,6 +1181,8 @@ impl Upgrade {
                 })
                 .flags(StepFlags {
                     destructive: true,
+                    removes_way_back: true,
+                    min_soak_secs: self.params.min_soak.as_secs(),
                     ..StepFlags::default()
                 }),
         );

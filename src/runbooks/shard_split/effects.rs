@@ -1568,6 +1568,18 @@ impl Actions for ShardSplitActions {
             .collect()
     }
 
+    fn expected_stopped(&self, plan: &Plan, state: &EngineState) -> Vec<(String, String)> {
+        // The spare stays stopped until the base backup starts it.
+        if not_begun(plan, state, SplitStep::BaseBackup.into()) {
+            vec![(
+                self.split.target.name.clone(),
+                "spare: the base-backup step starts it".to_string(),
+            )]
+        } else {
+            Vec::new()
+        }
+    }
+
     fn resume_is_safe(&self, plan: &Plan, state: &EngineState) -> bool {
         // Until the re-route starts, the routing is the original one: resuming first is safe.
         not_begun(plan, state, SplitStep::Reroute.into())

@@ -233,6 +233,16 @@ fn render_header(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
             if r.traffic_paused_since.is_some() {
                 second.push(Span::raw(" · "));
                 second.push(Span::styled(" TRAFFIC PAUSED ", theme.paused));
+                if r.window_running.is_some() {
+                    second.push(Span::styled(" x aborts the window ", theme.key));
+                }
+            } else if let Some(reason) = &r.rolling_back {
+                second.push(Span::raw(" · "));
+                second.push(Span::styled(
+                    " TRAFFIC RESUMED · ROLLBACK RUNNING ",
+                    theme.warn,
+                ));
+                second.push(Span::styled(format!(" {reason}"), theme.text));
             }
         }
         None => second.push(Span::styled(" watching readings", theme.dim)),

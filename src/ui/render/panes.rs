@@ -72,24 +72,51 @@ fn age_title<'a, T>(
     }
 }
 
-/// The line naming a source: its name, its age (stale marked) or why it is unreachable.
+/// The node a source reads (`pg2/postgres` reads `pg2`).
+fn source_node(source: &str) -> &str {
+    source.split('/').next().unwrap_or(source)
+}
+
+/// The lines naming a source: its name, its age (stale marked), or why it cannot be read: a
+/// node the run expects stopped is shown stopped, in a neutral colour; any other failure is
+/// unreachable, its reason in full, wrapped to `width`.
 fn source_line<'a, T>(
+    width: u16,
     model: &Model,
     theme: &Theme,
     reading: &Reading<T>,
     interval: Duration,
     what: String,
-) -> Line<'a> {
+) -> Vec<Line<'a>> {
     let age = age_of(model, reading.at);
     let mut spans = vec![Span::styled(reading.source.clone(), theme.title)];
     match &reading.outcome {
         Outcome::Unreachable(why) => {
+            let expected = model.runbook.as_ref().and_then(|r| {
+                r.expected_stopped
+                    .iter()
+                    .find(|(node, _)| node == source_node(&reading.source))
+            });
+            if let Some((_, because)) = expected {
+                spans.push(Span::styled(" STOPPED ", theme.dim));
+                spans.push(Span::styled(format!("as planned ({because})"), theme.dim));
+                return vec![Line::from(spans)];
+            }
             spans.push(Span::styled(" UNREACHABLE ", theme.unreachable));
-            spans.push(Span::styled(why.clone(), theme.danger));
             spans.push(Span::styled(
-                format!(" · tried {} ago", format_age(age)),
+                format!("tried {} ago", format_age(age)),
                 theme.dim,
             ));
+            let mut lines = vec![Line::from(spans)];
+            let room = (width as usize).saturating_sub(4).max(20);
+            let chars: Vec<char> = why.chars().collect();
+            for chunk in chars.chunks(room) {
+                lines.push(Line::styled(
+                    format!("  {}", chunk.iter().collect::<String>()),
+                    theme.danger,
+                ));
+            }
+            return lines;
         }
         Outcome::Ok(_) => {
             if !what.is_empty() {
@@ -105,7 +132,7 @@ fn source_line<'a, T>(
             }
         }
     }
-    Line::from(spans)
+    vec![Line::from(spans)]
 }
 
 fn opt(value: &Option<String>) -> &str {
@@ -147,14 +174,23 @@ pub fn render_replication(frame: &mut Frame, area: Rect, model: &Model, theme: &
     let mut lines: Vec<Line> = Vec::new();
     for reading in &snapshot.replication {
         let Some(node) = reading.value() else {
-            lines.push(source_line(model, theme, reading, interval, String::new()));
+            lines.extend(source_line(
+                area.width,
+                model,
+                theme,
+                reading,
+                interval,
+                String::new(),
+            ));
             continue;
         };
         let role = match (&node.receiver, node.in_recovery) {
             (Some(_), _) | (None, true) => "standby".to_string(),
             (None, false) => format!("primary · WAL {}", opt(&node.current_wal_lsn)),
         };
-        lines.push(source_line(model, theme, reading, interval, role));
+        lines.extend(source_line(
+            area.width, model, theme, reading, interval, role,
+        ));
         for s in &node.senders {
             let key = format!("{}/{}", reading.source, s.application_name);
             let spark = model
@@ -289,7 +325,8 @@ pub fn render_connections(frame: &mut Frame, area: Rect, model: &Model, theme: &
     let interval = model.session.intervals.fast;
     let mut lines: Vec<Line> = Vec::new();
     for reading in &snapshot.connections {
-        lines.push(source_line(
+        lines.extend(source_line(
+            area.width,
             model,
             theme,
             reading,
@@ -324,7 +361,8 @@ pub fn render_connections(frame: &mut Frame, area: Rect, model: &Model, theme: &
         }
     }
     for reading in &snapshot.pgbouncer {
-        lines.push(source_line(
+        lines.extend(source_line(
+            area.width,
             model,
             theme,
             reading,
@@ -406,6 +444,82 @@ pub fn thousands(n: i64) -> String {
     }
 }
 
+/// One cell of a node's shard strip: the shards `[first, last]` folded into it.
+fn strip_cell<'a>(
+    theme: &Theme,
+    dist: &crate::readings::types::PartitionDistribution,
+    moving: Option<[u32; 2]>,
+    first: u32,
+    last: u32,
+) -> Span<'a> {
+    let owned = |s: u32| s >= dist.owns[0] && s <= dist.owns[1];
+    let in_moving = |s: u32| moving.is_some_and(|[a, b]| s >= a && s <= b);
+    let has_rows = |s: u32| {
+        dist.tables
+            .iter()
+            .any(|t| t.per_shard.iter().any(|c| c.shard == s && c.rows > 0))
+    };
+    let shards = first..=last;
+    if shards
+        .clone()
+        .any(|s| !owned(s) && has_rows(s) && !in_moving(s))
+    {
+        Span::styled("✗", theme.danger)
+    } else if shards
+        .clone()
+        .any(|s| in_moving(s) && (owned(s) || has_rows(s)))
+    {
+        Span::styled("▚", theme.warn)
+    } else if shards.clone().any(owned) {
+        Span::styled("█", theme.ok)
+    } else {
+        Span::styled("·", theme.dim)
+    }
+}
+
+/// The strip of the shards a node owns (every shard folded into `width` cells: owned `█`,
+/// moving `▚`, rows it does not own `✗`) and a bar of its rows against the largest node.
+fn shard_strip_lines<'a>(
+    theme: &Theme,
+    dist: &crate::readings::types::PartitionDistribution,
+    shard_count: u32,
+    moving: Option<[u32; 2]>,
+    max_rows: i64,
+    width: u16,
+) -> Vec<Line<'a>> {
+    let cells = (width as u32)
+        .saturating_sub(12)
+        .clamp(8, 128)
+        .min(shard_count.max(1));
+    let mut strip = vec![Span::styled("  shards ", theme.dim)];
+    for cell in 0..cells {
+        let first = cell * shard_count / cells;
+        let last = ((cell + 1) * shard_count / cells)
+            .saturating_sub(1)
+            .max(first);
+        strip.push(strip_cell(theme, dist, moving, first, last));
+    }
+    let rows: i64 = dist.tables.iter().map(|t| t.total).sum();
+    let filled = if max_rows > 0 {
+        ((rows.max(0) as f64 / max_rows as f64) * cells as f64).round() as usize
+    } else {
+        0
+    };
+    let bar = format!(
+        "{}{}",
+        "█".repeat(filled),
+        "░".repeat((cells as usize).saturating_sub(filled))
+    );
+    vec![
+        Line::from(strip),
+        Line::from(vec![
+            Span::styled("  rows   ", theme.dim),
+            Span::styled(bar, theme.text),
+            Span::styled(format!(" {}", thousands(rows)), theme.text),
+        ]),
+    ]
+}
+
 pub fn render_shards(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
     let snapshot = &model.shown;
     let interval = model.session.intervals.distribution;
@@ -414,17 +528,51 @@ pub fn render_shards(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme
         .as_ref()
         .map(|r| r.baseline.as_slice())
         .unwrap_or(&[]);
+    let moving = model.runbook.as_ref().and_then(|r| r.moving_shards);
+    let dists: Vec<&crate::readings::types::PartitionDistribution> = snapshot
+        .distribution
+        .iter()
+        .filter_map(|r| r.value())
+        .collect();
+    let shard_count = dists
+        .iter()
+        .map(|d| d.owns[1] + 1)
+        .chain(moving.map(|m| m[1] + 1))
+        .max()
+        .unwrap_or(1);
+    let max_rows = dists
+        .iter()
+        .map(|d| d.tables.iter().map(|t| t.total).sum::<i64>())
+        .max()
+        .unwrap_or(0);
     let mut lines: Vec<Line> = Vec::new();
     for reading in &snapshot.distribution {
         let Some(dist) = reading.value() else {
-            lines.push(source_line(model, theme, reading, interval, String::new()));
+            lines.extend(source_line(
+                area.width,
+                model,
+                theme,
+                reading,
+                interval,
+                String::new(),
+            ));
             continue;
         };
         let what = format!(
             "on {} · {} · owns {}–{}",
             dist.node, dist.database, dist.owns[0], dist.owns[1]
         );
-        lines.push(source_line(model, theme, reading, interval, what));
+        lines.extend(source_line(
+            area.width, model, theme, reading, interval, what,
+        ));
+        lines.extend(shard_strip_lines(
+            theme,
+            dist,
+            shard_count,
+            moving,
+            max_rows,
+            area.width,
+        ));
         for t in &dist.tables {
             let mut spans = vec![Span::styled(
                 format!(
@@ -483,7 +631,7 @@ pub fn render_shards(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme
             }
         }
     }
-    citus_lines(model, theme, &mut lines);
+    citus_lines(area.width, model, theme, &mut lines);
     let block = pane_block(
         Pane::Shards,
         model,
@@ -498,11 +646,12 @@ const CITUS_BAR: usize = 24;
 
 /// The Citus clusters: a bar of rows per worker (exact counts where the slow reading has
 /// them, estimates otherwise), so that skew is seen, not read; then shards and bytes per table.
-fn citus_lines<'a>(model: &Model, theme: &Theme, lines: &mut Vec<Line<'a>>) {
+fn citus_lines<'a>(width: u16, model: &Model, theme: &Theme, lines: &mut Vec<Line<'a>>) {
     let snapshot = &model.shown;
     for reading in &snapshot.citus {
         let Some(citus) = reading.value() else {
-            lines.push(source_line(
+            lines.extend(source_line(
+                width,
                 model,
                 theme,
                 reading,
@@ -522,7 +671,8 @@ fn citus_lines<'a>(model: &Model, theme: &Theme, lines: &mut Vec<Line<'a>>) {
         } else {
             format!("Citus · {} · not bootstrapped", citus.database)
         };
-        lines.push(source_line(
+        lines.extend(source_line(
+            width,
             model,
             theme,
             reading,

@@ -40,16 +40,28 @@ fn render_confirm(
     theme: &Theme,
 ) {
     let dangerous = dialog.severity == Severity::Dangerous;
+    let window = matches!(
+        dialog.intent,
+        super::super::dialog::Intent::RunWindow { .. }
+    );
+    let width: u16 = if window { 120 } else { 90 };
+    // A window's body is read in full: its lines wrap to the dialog instead of being cut.
+    let inner = width.min(area.width.saturating_sub(2)).saturating_sub(2) as usize;
     let body: Vec<Line> = dialog
         .body
         .iter()
-        .map(|l| {
-            let style = if l.starts_with("POINT OF NO RETURN") || l.contains("DESTRUCTIVE") {
+        .flat_map(|l| {
+            let style = if l.contains("POINT OF NO RETURN") || l.contains("DESTRUCTIVE") {
                 theme.danger
             } else {
                 theme.dialog
             };
-            Line::styled(l.clone(), style)
+            let parts = if window {
+                wrap(l, inner)
+            } else {
+                vec![l.clone()]
+            };
+            parts.into_iter().map(move |p| Line::styled(p, style))
         })
         .collect();
     let mut changes: Vec<Line> = Vec::new();
@@ -113,8 +125,25 @@ fn render_confirm(
         Span::styled(dialog.severity.confirm_label(), theme.key),
         Span::styled(" confirms", theme.dialog),
     ]));
-    // What the operator confirms gets the room that is left, up to SEEN_LINES_SHOWN lines.
+    // The body gets the room the changes and the buttons leave; a longer body scrolls.
     let max_inner = area.height.saturating_sub(4) as usize;
+    let fixed = changes.len() + tail.len();
+    let body_room = max_inner.saturating_sub(fixed).max(3);
+    let mut body = body;
+    if body.len() > body_room {
+        let shown = body_room.saturating_sub(1);
+        let last_start = body.len().saturating_sub(shown);
+        let start = (dialog.scroll as usize).min(last_start);
+        let more = format!(
+            "  … lines {}–{} of {} · PgDn/PgUp scroll",
+            start + 1,
+            start + shown,
+            body.len()
+        );
+        body = body.into_iter().skip(start).take(shown).collect();
+        body.push(Line::styled(more, theme.key));
+    }
+    // What the operator confirms gets the room that is left, up to SEEN_LINES_SHOWN lines.
     let fixed = body.len() + changes.len() + tail.len();
     let seen: Vec<&str> = dialog.seen.lines().collect();
     let mut lines = body;
@@ -139,7 +168,6 @@ fn render_confirm(
     }
     lines.extend(changes);
     lines.extend(tail);
-    let width = 90;
     let height = lines.len() as u16 + 2;
     let rect = centered(area, width, height);
     let border = if dangerous {
@@ -155,10 +183,38 @@ fn render_confirm(
     frame.render_widget(Paragraph::new(lines).block(block).style(theme.dialog), rect);
 }
 
+/// `text` in lines of at most `width` characters, broken at spaces where one is near, with
+/// continuation lines indented like the first.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(16);
+    let indent: String = text.chars().take_while(|c| *c == ' ').collect();
+    let mut out = Vec::new();
+    let mut rest: Vec<char> = text.chars().collect();
+    while rest.len() > width {
+        let cut = rest[..width]
+            .iter()
+            .rposition(|c| *c == ' ')
+            .filter(|&i| i > width / 2)
+            .unwrap_or(width);
+        out.push(
+            rest[..cut]
+                .iter()
+                .collect::<String>()
+                .trim_end()
+                .to_string(),
+        );
+        let tail: String = rest[cut..].iter().collect();
+        rest = format!("{indent}  {}", tail.trim_start()).chars().collect();
+    }
+    out.push(rest.into_iter().collect());
+    out
+}
+
 fn intent_step(dialog: &ConfirmDialog) -> Option<usize> {
     use super::super::dialog::Intent;
     match dialog.intent {
         Intent::RunStep { step } | Intent::Skip { step } => Some(step),
+        Intent::RunWindow { from, .. } => Some(from),
         Intent::Rollback { to } => Some(to),
         Intent::Quit => None,
     }
