@@ -331,30 +331,8 @@ async fn run_command(
         return Ok(ExitCode::from(INVALID_INPUT));
     }
     if let Some(through) = &yes.through {
-        let next = runner.state.next_step(&runner.plan).map(|s| s.id.clone());
-        if runner.plan.step(through).is_none() {
-            eprintln!("cutover: this plan has no step `{through}`");
-            return Ok(ExitCode::from(INVALID_INPUT));
-        }
-        let behind = runner
-            .plan
-            .index_of(through)
-            .is_some_and(|i| i < runner.state.cursor);
-        if behind {
-            eprintln!(
-                "cutover: `{through}` is behind run {}: it is already done or skipped",
-                runner.run_id
-            );
-            return Ok(ExitCode::from(INVALID_INPUT));
-        }
-        if yes.only && next.as_ref() != Some(through) {
-            eprintln!(
-                "cutover: --step {through}: the next step of run {} is {}",
-                runner.run_id,
-                next.map_or("none (the run is complete)".to_string(), |s| format!(
-                    "`{s}`"
-                ))
-            );
+        if let Err(reason) = runner.check_stop_step(through, yes.only) {
+            eprintln!("cutover: {reason}");
             return Ok(ExitCode::from(INVALID_INPUT));
         }
         if let Some(spec) = runner

@@ -328,6 +328,31 @@ impl<A: Actions> Runner<A> {
         })
     }
 
+    /// Whether `step` can end a headless run (`--through`), or with `only` be the one step it
+    /// runs (`--step`): it is in the plan, not behind the run, and with `only` the next step.
+    pub fn check_stop_step(&self, step: &StepId, only: bool) -> Result<(), String> {
+        let Some(index) = self.plan.index_of(step) else {
+            return Err(format!("this plan has no step `{step}`"));
+        };
+        if index < self.state.cursor {
+            return Err(format!(
+                "`{step}` is behind run {}: it is already done or skipped",
+                self.run_id
+            ));
+        }
+        let next = self.state.next_step(&self.plan).map(|s| s.id.clone());
+        if only && next.as_ref() != Some(step) {
+            return Err(format!(
+                "--step {step}: the next step of run {} is {}",
+                self.run_id,
+                next.map_or("none (the run is complete)".to_string(), |s| format!(
+                    "`{s}`"
+                ))
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether the run is recorded in the journal (a new run is, from its first confirmed step).
     pub fn is_recorded(&self) -> bool {
         self.recorded
