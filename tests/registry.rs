@@ -151,30 +151,3 @@ fn every_planned_step_is_a_typed_step_of_its_runbook() {
         assert_typed::<runbooks::major_upgrade::MajorUpgrade>(&plan);
     }
 }
-
-#[test]
-fn a_bad_runbook_parameter_is_invalid_input_for_plan_and_run() {
-    let state = tempfile::tempdir().unwrap();
-    let upgrade = [
-        "major-upgrade",
-        "--from",
-        "pg1",
-        "--to",
-        "pg2",
-        "--method",
-        "nope",
-    ];
-    let run_options = ["--yes", "--state-dir", state.path().to_str().unwrap()];
-    let plan: Vec<&str> = ["plan", LAB].into_iter().chain(upgrade).collect();
-    let run: Vec<&str> = ["run", LAB]
-        .into_iter()
-        .chain(upgrade)
-        .chain(run_options)
-        .collect();
-    for args in [plan, run] {
-        let out = cutover(&args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains("--method nope"), "{args:?}: {stderr}");
-    }
-}

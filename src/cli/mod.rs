@@ -159,6 +159,29 @@ fn runbook_command(runbook: &dyn Registered) -> clap::Command {
         .about(runbook.about())
 }
 
+/// The runbook named on the command line and its own matches.
+fn chosen_runbook(matches: &clap::ArgMatches) -> Result<(&str, &clap::ArgMatches), clap::Error> {
+    matches.subcommand().ok_or_else(|| {
+        clap::Error::raw(
+            clap::error::ErrorKind::MissingSubcommand,
+            format!("name a runbook: {}\n", runbooks::names().join(", ")),
+        )
+    })
+}
+
+/// `command` with one subcommand per runbook of the registry, each made by `subcommand`.
+fn one_subcommand_per_runbook(
+    command: clap::Command,
+    subcommand: impl Fn(&dyn Registered) -> clap::Command,
+) -> clap::Command {
+    runbooks::REGISTRY
+        .iter()
+        .fold(command, |command, runbook| {
+            command.subcommand(subcommand(*runbook))
+        })
+        .subcommand_value_name("RUNBOOK")
+}
+
 fn unknown_runbook(name: &str) -> clap::Error {
     clap::Error::raw(
         clap::error::ErrorKind::InvalidSubcommand,
@@ -171,12 +194,7 @@ fn unknown_runbook(name: &str) -> clap::Error {
 
 impl clap::FromArgMatches for RunbookChoice {
     fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
-        let (name, sub) = matches.subcommand().ok_or_else(|| {
-            clap::Error::raw(
-                clap::error::ErrorKind::MissingSubcommand,
-                format!("name a runbook: {}\n", runbooks::names().join(", ")),
-            )
-        })?;
+        let (name, sub) = chosen_runbook(matches)?;
         let runbook = runbooks::find(name).map_err(|_| unknown_runbook(name))?;
         Ok(RunbookChoice {
             name: name.to_string(),
@@ -191,12 +209,7 @@ impl clap::FromArgMatches for RunbookChoice {
 
 impl clap::Subcommand for RunbookChoice {
     fn augment_subcommands(command: clap::Command) -> clap::Command {
-        runbooks::REGISTRY
-            .iter()
-            .fold(command, |command, runbook| {
-                command.subcommand(runbook_command(*runbook))
-            })
-            .subcommand_value_name("RUNBOOK")
+        one_subcommand_per_runbook(command, runbook_command)
     }
     fn augment_subcommands_for_update(command: clap::Command) -> clap::Command {
         Self::augment_subcommands(command)
@@ -215,12 +228,7 @@ pub struct RehearsalChoice {
 
 impl clap::FromArgMatches for RehearsalChoice {
     fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
-        let (name, sub) = matches.subcommand().ok_or_else(|| {
-            clap::Error::raw(
-                clap::error::ErrorKind::MissingSubcommand,
-                format!("name a runbook: {}\n", runbooks::names().join(", ")),
-            )
-        })?;
+        let (name, sub) = chosen_runbook(matches)?;
         Ok(RehearsalChoice {
             name: name.to_string(),
             matches: sub.clone(),
@@ -234,15 +242,11 @@ impl clap::FromArgMatches for RehearsalChoice {
 
 impl clap::Subcommand for RehearsalChoice {
     fn augment_subcommands(command: clap::Command) -> clap::Command {
-        runbooks::REGISTRY
-            .iter()
-            .fold(command, |command, runbook| {
-                command.subcommand(
-                    runbook
-                        .rehearse_args(clap::Command::new(runbook.name()).about(runbook.about())),
-                )
-            })
-            .subcommand_value_name("RUNBOOK")
+        one_subcommand_per_runbook(command, |runbook| {
+            runbook
+                .rehearse_args(clap::Command::new(runbook.name()))
+                .about(runbook.about())
+        })
     }
     fn augment_subcommands_for_update(command: clap::Command) -> clap::Command {
         Self::augment_subcommands(command)

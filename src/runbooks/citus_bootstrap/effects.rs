@@ -397,11 +397,7 @@ impl CitusBootstrapActions {
         }
         Ok(format!(
             "`{db}` exists on every node (created on {})",
-            if created.is_empty() {
-                "none".to_string()
-            } else {
-                created.join(", ")
-            }
+            listing(&created)
         ))
     }
 
@@ -429,11 +425,7 @@ impl CitusBootstrapActions {
         }
         Ok(format!(
             "dropped `{db}` where this run created it: {}",
-            if dropped.is_empty() {
-                "none".to_string()
-            } else {
-                dropped.join(", ")
-            }
+            listing(&dropped)
         ))
     }
 
@@ -498,11 +490,7 @@ impl CitusBootstrapActions {
         }
         Ok(format!(
             "dropped citus where this run created it: {}",
-            if dropped.is_empty() {
-                "none".to_string()
-            } else {
-                dropped.join(", ")
-            }
+            listing(&dropped)
         ))
     }
 
@@ -613,11 +601,7 @@ impl CitusBootstrapActions {
         }
         Ok(format!(
             "removed the workers this run added: {}",
-            if removed.is_empty() {
-                "none".to_string()
-            } else {
-                removed.join(", ")
-            }
+            listing(&removed)
         ))
     }
 
@@ -781,11 +765,7 @@ impl CitusBootstrapActions {
         }
         Ok(format!(
             "dropped the tables this run created: {}",
-            if created.is_empty() {
-                "none".to_string()
-            } else {
-                created.join(", ")
-            }
+            listing(&created)
         ))
     }
 
@@ -869,14 +849,7 @@ impl CitusBootstrapActions {
             self.memory.distributed.remove(table);
             self.remember()?;
         }
-        Ok(format!(
-            "undistributed: {}",
-            if distributed.is_empty() {
-                "none".to_string()
-            } else {
-                distributed.join(", ")
-            }
-        ))
+        Ok(format!("undistributed: {}", listing(&distributed)))
     }
 
     async fn verify_distribution(&self, sink: &Sink) -> Result<String, StepError> {
@@ -941,6 +914,15 @@ impl CitusBootstrapActions {
         };
         sink.gate(detail.clone(), true);
         Ok(detail)
+    }
+}
+
+/// Names as a list for a detail line, `none` when there are none.
+fn listing(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
     }
 }
 
