@@ -148,6 +148,18 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             }
         },
         Command::Journal { command } => journal_command(command),
+        Command::Copy {
+            command: cli::CopyCommand::Status(args),
+        } => match cutover::runbooks::table_copy::status_command(&args) {
+            Ok(text) => {
+                print!("{text}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("cutover: {e}");
+                Ok(ExitCode::from(INVALID_INPUT))
+            }
+        },
         Command::Tui {
             inventory,
             runbook,

@@ -87,6 +87,11 @@ pub enum Command {
         #[command(subcommand)]
         command: JournalCommand,
     },
+    /// Table copies (`table-copy`): per-table state, stats and list.
+    Copy {
+        #[command(subcommand)]
+        command: CopyCommand,
+    },
     /// The local lab of real servers.
     Lab {
         #[command(subcommand)]
@@ -253,6 +258,12 @@ impl RunOptions {
 pub enum Format {
     Md,
     Json,
+}
+
+#[derive(Subcommand)]
+pub enum CopyCommand {
+    /// Totals (migrated, errored, in percent) and the tables, filtered.
+    Status(runbooks::table_copy::StatusArgs),
 }
 
 #[derive(Subcommand)]

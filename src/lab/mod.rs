@@ -4,6 +4,7 @@
 //! Every server runs as the unprivileged service user when we are root; `down` stops them by PID.
 
 pub mod citus;
+pub mod copy_source;
 pub mod load;
 pub mod postgres;
 pub mod proc;
