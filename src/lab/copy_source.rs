@@ -4,7 +4,7 @@
 
 use super::citus::{CitusLab, DATABASE};
 use super::postgres::{self, InitOptions};
-use super::{LabError, PG15_BIN};
+use super::{LabConfig, LabError, PG15_BIN};
 use crate::inventory::{CitusTable, Distribution};
 use crate::pg::{self, Endpoint, SessionSettings};
 use crate::sql::{quote_ident, quote_literal};
@@ -161,10 +161,10 @@ pub async fn create_source(pg1_port: u16, shape: &SourceShape) -> Result<(), Lab
 }
 
 /// Make the lab's spare pg2 a plain PostgreSQL 15 primary (the lab's `down` stops it).
-pub fn start_plain_target(lab: &CitusLab) -> Result<(), LabError> {
-    let dir = &lab.config.dir;
+pub fn start_plain_target(config: &LabConfig) -> Result<(), LabError> {
+    let dir = &config.dir;
     let data = dir.join("pg2");
-    let port = lab.config.pg2_port;
+    let port = config.pg2_port;
     if !data.join("PG_VERSION").exists() {
         postgres::initdb(PG15_BIN, &data, InitOptions::default())?;
         postgres::configure_primary(&data, port, dir)?;

@@ -296,7 +296,7 @@ pub async fn table_copy(options: &CopyRehearsalOptions) -> Result<CopyRehearsal,
         ..CopyRehearsal::default()
     };
     let started = Instant::now();
-    copy_source::start_plain_target(&lab)?;
+    copy_source::start_plain_target(&lab.config)?;
     copy_source::create_source(pg1, &shape).await?;
     if !options.no_citus {
         copy_source::setup_citus(&lab, &shape).await?;
