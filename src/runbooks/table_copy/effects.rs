@@ -205,6 +205,31 @@ impl TableCopyActions {
                     ranges = split_ranges(min, max, parts);
                 }
             }
+            let mut rebuild = Vec::new();
+            if !citus && ranges.is_empty() {
+                let empty: bool = tgt
+                    .query_one(&format!("SELECT NOT EXISTS (SELECT 1 FROM {quoted})"), &[])
+                    .await
+                    .map_err(|e| command(&t_label, e))?
+                    .get(0);
+                let referenced: i64 = tgt
+                    .query_one(plan::REFERENCED_SQL, &[&quoted])
+                    .await
+                    .map_err(|e| command(&t_label, e))?
+                    .get(0);
+                if empty && referenced == 0 {
+                    for r in tgt
+                        .query(plan::INDEXES_SQL, &[&quoted])
+                        .await
+                        .map_err(|e| command(&t_label, e))?
+                    {
+                        let (index, def): (String, String) = (r.get(0), r.get(1));
+                        let (con, condef): (Option<String>, Option<String>) = (r.get(2), r.get(3));
+                        let constraint = con.as_deref().zip(condef.as_deref());
+                        rebuild.push(plan::rebuild_of(&qualified, &index, &def, constraint));
+                    }
+                }
+            }
             let frozen = matches!((date, copy.params.frozen_before), (Some(d), Some(f)) if d < f);
             tables.push(CopyTable {
                 source: qualified.clone(),
@@ -218,6 +243,7 @@ impl TableCopyActions {
                 citus,
                 ranges,
                 frozen,
+                rebuild,
             });
         }
         for named in &copy.params.tables {
@@ -265,6 +291,12 @@ impl TableCopyActions {
                 },
                 if t.frozen { ", frozen" } else { "" }
             ));
+            for r in &t.rebuild {
+                sink.output(format!(
+                    "  {} is empty: in the copy's transaction `{}`, then after the load `{}`",
+                    t.target, r.drop, r.create
+                ));
+            }
         }
         let live: Vec<&str> = tables
             .iter()
@@ -697,6 +729,16 @@ async fn stream_part(
     tx.batch_execute(&table.cleanup_sql(range))
         .await
         .map_err(|e| command(&t_label, e))?;
+    let rebuild = if range.is_none() {
+        table.rebuild.as_slice()
+    } else {
+        &[]
+    };
+    for r in rebuild {
+        tx.batch_execute(&r.drop)
+            .await
+            .map_err(|e| command(&t_label, e))?;
+    }
     let stream = src
         .copy_out(&table.copy_out_sql(range))
         .await
@@ -721,6 +763,11 @@ async fn stream_part(
         .finish()
         .await
         .map_err(|e| command(&t_label, e))?;
+    for r in rebuild {
+        tx.batch_execute(&r.create)
+            .await
+            .map_err(|e| command(&t_label, e))?;
+    }
     tx.batch_execute(&plan::ledger_upsert_sql(
         &table.target,
         part_key,

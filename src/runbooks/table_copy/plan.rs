@@ -376,7 +376,7 @@ impl TableCopy {
             .step(format!("Verify every table or range on {s}/{sdb} and {t}/{tdb}, N at a time"))
             .command(RenderedCommand::internal(
                 format!("{s}/{sdb} and {t}/{tdb}"),
-                "per table or range, on both sides at once: SELECT count(*), sum(hashtextextended(ROW(columns)::text, 0)) FROM T [WHERE key range]; equal: mark verified in the ledger; else compare per key-hash bucket and name the first differing keys, mark the table errored (a retry copies it again)",
+                "per table or range, on both sides at once: SELECT count(*), sum(hash_record_extended(ROW(columns), 0)) FROM T [WHERE key range] (columns without an extended hash as text); equal: mark verified in the ledger; else compare per key-hash bucket and name the first differing keys, mark the table errored (a retry copies it again)",
             ))
             .verification("per table or range: rows and the sum of 64-bit row hashes agree on both sides (TimeZone, DateStyle, IntervalStyle, extra_float_digits, bytea_output pinned)")
             .undo(Undo::NothingToUndo);
@@ -420,6 +420,42 @@ WHERE i.indrelid = $1::text::regclass AND i.indisprimary ORDER BY k.ord";
 /// How Citus spreads table `$1`: `distributed`, `reference` or `local`; no row: a plain table.
 pub const CITUS_TABLE_SQL: &str =
     "SELECT citus_table_type FROM citus_tables WHERE table_name = $1::text::regclass";
+
+/// Indexes of table `$1`: name, definition, and the constraint each backs (if any).
+pub const INDEXES_SQL: &str = "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid), c.conname::text, \
+pg_get_constraintdef(c.oid) FROM pg_index i LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid \
+AND c.conrelid = i.indrelid AND c.contype IN ('p', 'u', 'x') WHERE i.indrelid = $1::text::regclass ORDER BY 1";
+
+/// Foreign keys referencing table `$1`: its indexes then stay during the load.
+pub const REFERENCED_SQL: &str =
+    "SELECT count(*)::bigint FROM pg_constraint WHERE confrelid = $1::text::regclass AND contype = 'f'";
+
+/// How an index (or the constraint it backs) of `table` is dropped and rebuilt.
+pub fn rebuild_of(
+    table: &str,
+    index: &str,
+    indexdef: &str,
+    constraint: Option<(&str, &str)>,
+) -> Rebuild {
+    match constraint {
+        Some((name, def)) => Rebuild {
+            drop: format!(
+                "ALTER TABLE {} DROP CONSTRAINT {}",
+                quote_qualified(table),
+                quote_ident(name)
+            ),
+            create: format!(
+                "ALTER TABLE {} ADD CONSTRAINT {} {def}",
+                quote_qualified(table),
+                quote_ident(name)
+            ),
+        },
+        None => Rebuild {
+            drop: format!("DROP INDEX {index}"),
+            create: indexdef.to_string(),
+        },
+    }
+}
 
 pub const LEDGER_DDL: &str = "CREATE TABLE IF NOT EXISTS public.cutover_copy_ledger (\
 target_table text NOT NULL, part text NOT NULL, source_table text NOT NULL, run_id text NOT NULL, \
@@ -487,6 +523,18 @@ pub struct CopyTable {
     pub ranges: Vec<Range>,
     /// Dated before `--frozen-before`.
     pub frozen: bool,
+    /// Indexes dropped before and rebuilt after the load, inside the copy's transaction, with
+    /// the exact definitions the target had: only for a whole plain target table that was
+    /// empty when the preflight ran and that no foreign key references.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rebuild: Vec<Rebuild>,
+}
+
+/// One index (or the constraint it backs) rebuilt after the load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rebuild {
+    pub drop: String,
+    pub create: String,
 }
 
 impl CopyTable {
@@ -616,9 +664,22 @@ impl CopyTable {
         }
     }
 
-    /// A row's 64-bit hash over its text form (settings pinned), columns in the source's order.
+    /// A row's 64-bit hash, columns in the source's order: through each type's own extended
+    /// hash where both sides have the same types and the type has one, else over the text
+    /// form (settings pinned).
     fn row_hash(&self) -> String {
-        format!("hashtextextended(ROW({})::text, 0)", self.column_list())
+        let columns: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| {
+                if self.binary && hashable(&c.type_name) {
+                    quote_ident(&c.name)
+                } else {
+                    format!("{}::text", quote_ident(&c.name))
+                }
+            })
+            .collect();
+        format!("hash_record_extended(ROW({}), 0)", columns.join(", "))
     }
 
     /// Rows and the sum of their 64-bit hashes (numeric: never overflows, order-independent).
@@ -670,6 +731,28 @@ impl CopyTable {
             filter.join(" AND ")
         )
     }
+}
+
+/// Types whose extended hash agrees with their equality on both sides of a copy.
+fn hashable(type_name: &str) -> bool {
+    let base = type_name.split('(').next().unwrap_or(type_name).trim();
+    matches!(
+        base,
+        "smallint"
+            | "integer"
+            | "bigint"
+            | "numeric"
+            | "text"
+            | "character varying"
+            | "character"
+            | "boolean"
+            | "date"
+            | "timestamp with time zone"
+            | "timestamp without time zone"
+            | "jsonb"
+            | "uuid"
+            | "bytea"
+    )
 }
 
 /// `n` contiguous ranges covering every value, cut evenly between `min` and `max`.
