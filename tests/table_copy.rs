@@ -349,3 +349,46 @@ async fn errors_retry_filters_split_and_mismatch() {
         "{error}"
     );
 }
+
+/// No servers: the plan's steps are typed, the tables named with `--table` are shown with
+/// their exact SQL, and the policy flags leave the fingerprint alone (a resumed run may add
+/// `--retry-errors`) while the selection changes it.
+#[test]
+fn plan_is_typed_and_its_fingerprint_covers_the_selection_not_the_policy() {
+    use cutover::runbooks::{table_copy::TableCopy, Runbook, StepKind};
+    let lab = concat!(env!("CARGO_MANIFEST_DIR"), "/inventories/lab.yaml");
+    let inventory = cutover::inventory::load(Path::new(lab)).unwrap();
+    let params = |extra: &[(&str, &str)]| {
+        let mut map = BTreeMap::from([
+            ("from".to_string(), "pg1/reporting_src".to_string()),
+            ("to".to_string(), "pg2/copy_target".to_string()),
+        ]);
+        for (k, v) in extra {
+            map.insert(k.to_string(), v.to_string());
+        }
+        cutover::session::plan(&inventory, "table-copy", &map).unwrap()
+    };
+    let plan = params(&[("table", "report_2023_01")]);
+    for step in &plan.steps {
+        let kind = <TableCopy as Runbook>::Step::of(step).unwrap();
+        assert_eq!(kind.id(), step.id);
+    }
+    let markdown = plan.to_markdown();
+    assert!(
+        markdown.contains("TRUNCATE \"public\".\"report_2023_01\""),
+        "{markdown}"
+    );
+    let base = plan.fingerprint();
+    let policy = params(&[
+        ("table", "report_2023_01"),
+        ("jobs", "4"),
+        ("retry-errors", "yes"),
+        ("no-stop-on-error", "yes"),
+    ]);
+    assert_eq!(policy.fingerprint(), base);
+    assert_ne!(params(&[("table", "report_2023_02")]).fingerprint(), base);
+    assert_ne!(
+        params(&[("table", "report_2023_01"), ("start-date", "2023-01-01")]).fingerprint(),
+        base
+    );
+}
