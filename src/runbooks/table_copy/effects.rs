@@ -251,6 +251,8 @@ impl TableCopyActions {
                 problems.push(format!("source table {named} does not exist on {s_label}"));
             }
         }
+        // Largest first: the last table to start is a small one, so no job idles at the end.
+        tables.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.source.cmp(&b.source)));
         let total: i64 = tables.iter().map(|t| t.bytes).sum();
         match self.free_kb(&copy.target).await {
             Ok(free_kb) => {
