@@ -42,6 +42,8 @@ const HOST_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 const BUCKETS: u32 = 256;
 /// Most differing keys a mismatch names.
 const KEYS_NAMED: usize = 5;
+/// Bytes handed to the target's COPY at once.
+const BATCH: usize = 64 * 1024;
 
 pub struct TableCopyActions {
     shared: Arc<Shared>,
@@ -728,9 +730,14 @@ async fn stream_part(
     let started = Instant::now();
     let bytes = AtomicU64::new(0);
     let tx = tgt.transaction().await.map_err(|e| command(&t_label, e))?;
-    tx.batch_execute(&table.cleanup_sql(range))
-        .await
-        .map_err(|e| command(&t_label, e))?;
+    // Asynchronous commit: the rows and their ledger row are lost or kept together, and a
+    // part the ledger lacks is copied again, so only durability lag is traded, never a row.
+    tx.batch_execute(&format!(
+        "SET LOCAL synchronous_commit = off; {}",
+        table.cleanup_sql(range)
+    ))
+    .await
+    .map_err(|e| command(&t_label, e))?;
     let rebuild = if range.is_none() {
         table.rebuild.as_slice()
     } else {
@@ -751,15 +758,27 @@ async fn stream_part(
         .map_err(|e| command(&t_label, e))?;
     futures_util::pin_mut!(stream);
     futures_util::pin_mut!(target_sink);
-    let mut counted = stream.as_mut().map_ok(|chunk| {
+    // The source sends a message per row; the target gets them in batches of BATCH bytes.
+    let mut batch = bytes::BytesMut::with_capacity(2 * BATCH);
+    let stream_err = |e| command(&format!("{s_label} → {t_label}"), e);
+    while let Some(chunk) = stream.as_mut().try_next().await.map_err(stream_err)? {
         bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        chunk
-    });
-    target_sink
-        .as_mut()
-        .send_all(&mut counted)
-        .await
-        .map_err(|e| command(&format!("{s_label} → {t_label}"), e))?;
+        batch.extend_from_slice(&chunk);
+        if batch.len() >= BATCH {
+            target_sink
+                .as_mut()
+                .feed(batch.split().freeze())
+                .await
+                .map_err(stream_err)?;
+        }
+    }
+    if !batch.is_empty() {
+        target_sink
+            .as_mut()
+            .feed(batch.split().freeze())
+            .await
+            .map_err(stream_err)?;
+    }
     let rows = target_sink
         .as_mut()
         .finish()

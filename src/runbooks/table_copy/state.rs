@@ -160,9 +160,14 @@ impl Store {
         })
     }
 
+    /// Replaced whole (write, then rename) but not fsynced: this file follows the ledger, so
+    /// an update lost to a power cut is reconciled from the ledger like one lost to a crash.
     fn save(&self, state: &CopyState) -> Result<(), String> {
         let bytes = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
-        crate::executor::context::write_durably(&self.path, &bytes).map_err(|e| e.to_string())
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(&tmp, &bytes)
+            .and_then(|()| std::fs::rename(&tmp, &self.path))
+            .map_err(|e| format!("{}: {e}", self.path.display()))
     }
 
     /// Record the discovered list: new tables pending, known ones keep their state.
