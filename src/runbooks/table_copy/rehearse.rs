@@ -305,10 +305,12 @@ pub async fn table_copy(options: &CopyRehearsalOptions) -> Result<CopyRehearsal,
     // the next method is timed.
     for port in [pg1, pg2] {
         let admin = copy_source::connect(port, "postgres").await?;
-        admin
-            .batch_execute("ALTER SYSTEM SET autovacuum = off; SELECT pg_reload_conf()")
-            .await
-            .map_err(lab_err)?;
+        for sql in [
+            "ALTER SYSTEM SET autovacuum = off",
+            "SELECT pg_reload_conf()",
+        ] {
+            admin.batch_execute(sql).await.map_err(lab_err)?;
+        }
     }
     for db in ["seed_target", "pgcopydb_target", "copy_target"] {
         copy_source::create_database(pg2, db, &shape).await?;
