@@ -182,6 +182,18 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 Err(e) => Ok(report_session_error(e)),
             }
         }
+        Command::Copy {
+            command: cli::CopyCommand::Status(args),
+        } => match cutover::runbooks::table_copy::status_command(&args) {
+            Ok(text) => {
+                print!("{text}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("cutover: {e}");
+                Ok(ExitCode::from(INVALID_INPUT))
+            }
+        },
         Command::Tui {
             inventory,
             runbook,

@@ -110,6 +110,11 @@ pub enum Command {
         #[command(subcommand)]
         command: JournalCommand,
     },
+    /// Table copies (`table-copy`): per-table state, stats and list.
+    Copy {
+        #[command(subcommand)]
+        command: CopyCommand,
+    },
     /// The local lab of real servers.
     Lab {
         #[command(subcommand)]
@@ -294,6 +299,12 @@ pub enum CompletionShell {
 pub enum Format {
     Md,
     Json,
+}
+
+#[derive(Subcommand)]
+pub enum CopyCommand {
+    /// Totals (migrated, errored, in percent) and the tables, filtered.
+    Status(runbooks::table_copy::StatusArgs),
 }
 
 #[derive(Subcommand)]

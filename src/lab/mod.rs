@@ -5,6 +5,7 @@
 
 pub mod certs;
 pub mod citus;
+pub mod copy_source;
 pub mod load;
 pub mod postgres;
 pub mod proc;

@@ -6,6 +6,7 @@
 pub mod citus_bootstrap;
 pub mod major_upgrade;
 pub mod shard_split;
+pub mod table_copy;
 
 use crate::engine::ItemId;
 use crate::engine::{EngineState, Observation, PreconditionResult};
@@ -120,6 +121,7 @@ pub static REGISTRY: &[&dyn Registered] = &[
     &Entry::<shard_split::ShardSplit>(PhantomData),
     &Entry::<major_upgrade::MajorUpgrade>(PhantomData),
     &Entry::<citus_bootstrap::CitusBootstrap>(PhantomData),
+    &Entry::<table_copy::TableCopy>(PhantomData),
 ];
 
 pub fn names() -> Vec<&'static str> {

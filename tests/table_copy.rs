@@ -1,0 +1,394 @@
+//! The `table-copy` runbook against real servers on loopback, with small data: a full copy
+//! into a Citus cluster verified row for row; `kill -9` right after a target commit and at a
+//! random moment, then resume without a duplicate or a lost row and without copying a
+//! verified table again; an errored table retried with `--retry-errors` after the fix; the
+//! date and table filters; a split table; a checksum mismatch that names the differing keys.
+
+use cutover::lab::citus::{CitusLab, COORDINATOR, DATABASE};
+use cutover::lab::copy_source::{self, SourceShape, SOURCE_DB};
+use cutover::lab::TestLab;
+use cutover::runbooks::table_copy::effects::KILL_AFTER_COMMIT_ENV;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+use tokio_postgres::Client;
+
+const SHAPE: SourceShape = SourceShape {
+    months: 4,
+    rows_per_month: 1_500,
+    big_rows: 3_000,
+};
+
+fn cutover(inventory: &Path, state: &Path, from: &str, to: &str, extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cutover"));
+    command
+        .arg("run")
+        .arg(inventory)
+        .args(["table-copy", "--from", from, "--to", to])
+        .args(extra)
+        .args(["--yes", "--state-dir"])
+        .arg(state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().expect("cutover runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn status_json(inventory: &Path, state: &Path, extra: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["copy", "status"])
+        .arg(inventory)
+        .arg("--json")
+        .args(extra)
+        .arg("--state-dir")
+        .arg(state)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every row of `table` as text, ordered by id.
+async fn rows(client: &Client, table: &str) -> Vec<String> {
+    client
+        .batch_execute("SET TimeZone = 'UTC'; SET extra_float_digits = 3")
+        .await
+        .unwrap();
+    client
+        .query(&format!("SELECT t::text FROM {table} t ORDER BY id"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// (rows, duplicated ids) per table.
+async fn counts(client: &Client, tables: &[String]) -> BTreeMap<String, (i64, i64)> {
+    let mut out = BTreeMap::new();
+    for t in tables {
+        out.insert(
+            t.clone(),
+            copy_source::count_with_duplicates(client, t).await.unwrap(),
+        );
+    }
+    out
+}
+
+/// `copied_at` of every ledger row, by table and part.
+async fn ledger(client: &Client) -> BTreeMap<(String, String), String> {
+    client
+        .query(
+            "SELECT target_table, part, copied_at::text FROM cutover_copy_ledger",
+            &[],
+        )
+        .await
+        .map(|rows| {
+            rows.iter()
+                .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn plain_lab(shape: &SourceShape) -> TestLab {
+    let lab = TestLab::start(500).await.expect("lab");
+    copy_source::start_plain_target(&lab.config).unwrap();
+    copy_source::create_source(lab.config.pg1_port, shape)
+        .await
+        .unwrap();
+    copy_source::create_database(lab.config.pg2_port, "copy_target", shape)
+        .await
+        .unwrap();
+    lab
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_copy_into_citus_is_verified_row_for_row() {
+    let lab = CitusLab::start(500, 15).await.expect("citus lab");
+    copy_source::create_source(lab.config.pg1_port, &SHAPE)
+        .await
+        .unwrap();
+    copy_source::setup_citus(&lab, &SHAPE).await.unwrap();
+    let state = lab.config.dir.join("state");
+    let from = format!("pg1/{SOURCE_DB}");
+    let to = format!("{COORDINATOR}/{DATABASE}");
+    let out = run(&mut cutover(
+        &lab.inventory_path(),
+        &state,
+        &from,
+        &to,
+        &["--jobs", "2"],
+    ));
+    assert!(out.status.success(), "{}", text(&out));
+
+    let source = copy_source::connect(lab.config.pg1_port, SOURCE_DB)
+        .await
+        .unwrap();
+    let target = lab.coordinator(DATABASE).await.unwrap();
+    for table in SHAPE.tables() {
+        let (s, t) = (rows(&source, &table).await, rows(&target, &table).await);
+        assert_eq!(s.len(), t.len(), "{table}");
+        assert!(s == t, "{table}: rows differ");
+    }
+    // The rows landed on the workers' shards, not in a local table on the coordinator.
+    let spread: i64 = target
+        .query_one(
+            "SELECT count(DISTINCT nodeport)::bigint FROM citus_shards WHERE table_name = 'events'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(spread, 2);
+
+    let status = status_json(&lab.inventory_path(), &state, &[]);
+    let pair = status.as_object().unwrap().values().next().unwrap();
+    assert_eq!(pair["stats"]["total"], SHAPE.tables().len());
+    assert_eq!(pair["stats"]["migrated"], SHAPE.tables().len());
+    assert_eq!(pair["stats"]["errored"], 0);
+
+    // A second run finds every table verified in the ledger and copies nothing again.
+    let before = ledger(&target).await;
+    let out = run(&mut cutover(&lab.inventory_path(), &state, &from, &to, &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(ledger(&target).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_then_resume_never_duplicates_nor_loses_a_row() {
+    let lab = plain_lab(&SHAPE).await;
+    let inventory = lab.config.inventory_path();
+    let state = lab.config.dir.join("state");
+    let from = format!("pg1/{SOURCE_DB}");
+    let to = "pg2/copy_target";
+    let target = copy_source::connect(lab.config.pg2_port, "copy_target")
+        .await
+        .unwrap();
+    let source = copy_source::connect(lab.config.pg1_port, SOURCE_DB)
+        .await
+        .unwrap();
+    let tables = SHAPE.tables();
+    let expected = counts(&source, &tables).await;
+
+    // Killed exactly between the target's commit of one table and the local state update.
+    let victim = "public.report_2023_02";
+    let out =
+        run(cutover(&inventory, &state, &from, to, &["--jobs", "1"])
+            .env(KILL_AFTER_COMMIT_ENV, victim));
+    assert!(!out.status.success(), "{}", text(&out));
+    let after_kill = ledger(&target).await;
+    let key = (victim.to_string(), "all".to_string());
+    assert!(after_kill.contains_key(&key), "the victim committed");
+    let local = status_json(&inventory, &state, &[]);
+    let local = local.as_object().unwrap().values().next().unwrap();
+    let victim_state = local["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == victim)
+        .unwrap();
+    assert_eq!(
+        victim_state["status"], "copying",
+        "killed before the state update"
+    );
+
+    // Killed at a random moment of the resumed run.
+    let mut child = cutover(&inventory, &state, &from, to, &["--jobs", "2"])
+        .spawn()
+        .unwrap();
+    let wait = 150 + rand::random::<u64>() % 600;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = child.wait();
+    let after_random = ledger(&target).await;
+
+    let out = run(&mut cutover(
+        &inventory,
+        &state,
+        &from,
+        to,
+        &["--jobs", "2"],
+    ));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(counts(&target, &tables).await, expected);
+    let end = ledger(&target).await;
+    assert_eq!(
+        end.get(&key),
+        after_kill.get(&key),
+        "the victim was not copied again"
+    );
+    for (part, copied_at) in &after_random {
+        assert_eq!(end.get(part), Some(copied_at), "{part:?} was copied again");
+    }
+    let status = status_json(&inventory, &state, &["--migrated"]);
+    let pair = status.as_object().unwrap().values().next().unwrap();
+    assert_eq!(pair["stats"]["migrated"], tables.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_retry_filters_split_and_mismatch() {
+    let lab = plain_lab(&SHAPE).await;
+    let inventory = lab.config.inventory_path();
+    let state = lab.config.dir.join("state");
+    let from = format!("pg1/{SOURCE_DB}");
+    let to = "pg2/copy_target";
+    let target = copy_source::connect(lab.config.pg2_port, "copy_target")
+        .await
+        .unwrap();
+    // A target column that refuses the source's values ('pending', 'closed').
+    target
+        .batch_execute("ALTER TABLE report_2023_03 ALTER state TYPE varchar(4)")
+        .await
+        .unwrap();
+    let dates = ["--start-date", "2023-02-01", "--end-date", "2023-04-01"];
+
+    let out = run(&mut cutover(&inventory, &state, &from, to, &dates));
+    assert!(!out.status.success(), "{}", text(&out));
+    let errored = status_json(&inventory, &state, &["--errored"]);
+    let pair = errored.as_object().unwrap().values().next().unwrap();
+    let listed = pair["tables"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{pair}");
+    assert_eq!(listed[0]["table"], "public.report_2023_03");
+    assert!(
+        listed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("character varying(4)"),
+        "{}",
+        listed[0]["error"]
+    );
+    assert_eq!(
+        pair["stats"]["total"], 2,
+        "the date filter selects two months"
+    );
+    let count = |t: &'static str| {
+        let target = &target;
+        async move {
+            copy_source::count_with_duplicates(target, t)
+                .await
+                .unwrap()
+                .0
+        }
+    };
+    assert_eq!(count("report_2023_01").await, 0, "outside the dates");
+    assert_eq!(count("report_2023_03").await, 0, "rolled back");
+
+    target
+        .batch_execute("ALTER TABLE report_2023_03 ALTER state TYPE text")
+        .await
+        .unwrap();
+    let before = ledger(&target).await;
+    let out = run(&mut cutover(&inventory, &state, &from, to, &dates));
+    assert!(!out.status.success(), "without --retry-errors");
+    assert!(text(&out).contains("--retry-errors"), "{}", text(&out));
+    let mut retry = dates.to_vec();
+    retry.push("--retry-errors");
+    let out = run(&mut cutover(&inventory, &state, &from, to, &retry));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(count("report_2023_03").await, 1_500);
+    let key = ("public.report_2023_02".to_string(), "all".to_string());
+    assert_eq!(ledger(&target).await.get(&key), before.get(&key));
+
+    // The table filter and a split: 3,000 rows in ranges of at most 1,000.
+    let out = run(&mut cutover(
+        &inventory,
+        &state,
+        &from,
+        to,
+        &["--table", "events", "--split-rows", "1000", "--jobs", "3"],
+    ));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(count("events").await, 3_000);
+    let parts: Vec<String> = ledger(&target)
+        .await
+        .keys()
+        .filter(|(t, _)| t == "public.events")
+        .map(|(_, p)| p.clone())
+        .collect();
+    assert_eq!(parts, ["1/3", "2/3", "3/3"]);
+    assert_eq!(count("report_2023_04").await, 0, "not named");
+
+    // A mismatch injected on the target names the differing keys.
+    target
+        .batch_execute(
+            "CREATE FUNCTION corrupt() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.id IN (17, 523) THEN NEW.amount := NEW.amount + 1; END IF; RETURN NEW; END $$; \
+             CREATE TRIGGER corrupt BEFORE INSERT ON report_2023_01 FOR EACH ROW EXECUTE FUNCTION corrupt()",
+        )
+        .await
+        .unwrap();
+    let out = run(&mut cutover(
+        &inventory,
+        &state,
+        &from,
+        to,
+        &["--table", "report_2023_01"],
+    ));
+    assert!(!out.status.success(), "{}", text(&out));
+    let errored = status_json(&inventory, &state, &["--errored"]);
+    let pair = errored.as_object().unwrap().values().next().unwrap();
+    let error = pair["tables"][0]["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("17 (differs)") && error.contains("523 (differs)"),
+        "{error}"
+    );
+}
+
+/// No servers: the plan's steps are typed, the tables named with `--table` are shown with
+/// their exact SQL, and the policy flags leave the fingerprint alone (a resumed run may add
+/// `--retry-errors`) while the selection changes it.
+#[test]
+fn plan_is_typed_and_its_fingerprint_covers_the_selection_not_the_policy() {
+    use cutover::runbooks::{table_copy::TableCopy, Runbook, StepKind};
+    let lab = concat!(env!("CARGO_MANIFEST_DIR"), "/inventories/lab.yaml");
+    let inventory = cutover::inventory::load(Path::new(lab)).unwrap();
+    let params = |extra: &[(&str, &str)]| {
+        let mut map = BTreeMap::from([
+            ("from".to_string(), "pg1/reporting_src".to_string()),
+            ("to".to_string(), "pg2/copy_target".to_string()),
+        ]);
+        for (k, v) in extra {
+            map.insert(k.to_string(), v.to_string());
+        }
+        cutover::session::plan(&inventory, "table-copy", &map).unwrap()
+    };
+    let plan = params(&[("table", "report_2023_01")]);
+    for step in &plan.steps {
+        let kind = <TableCopy as Runbook>::Step::of(step).unwrap();
+        assert_eq!(kind.id(), step.id);
+    }
+    let markdown = plan.to_markdown();
+    assert!(
+        markdown.contains("TRUNCATE \"public\".\"report_2023_01\""),
+        "{markdown}"
+    );
+    let base = plan.fingerprint();
+    let policy = params(&[
+        ("table", "report_2023_01"),
+        ("jobs", "4"),
+        ("retry-errors", "yes"),
+        ("no-stop-on-error", "yes"),
+    ]);
+    assert_eq!(policy.fingerprint(), base);
+    assert_ne!(params(&[("table", "report_2023_02")]).fingerprint(), base);
+    assert_ne!(
+        params(&[("table", "report_2023_01"), ("start-date", "2023-01-01")]).fingerprint(),
+        base
+    );
+}
