@@ -353,7 +353,11 @@ impl<M: Method> Subject for Upgrade<M> {
             ("method", M::NAME),
             ("jobs", "2"),
             ("pause-bound-ms", "10000"),
+            ("min-soak-s", "0"),
         ])
+    }
+    fn through(&self) -> Option<&'static str> {
+        Some("retire-old-cluster")
     }
     fn long_steps(&self) -> Vec<(&'static str, u64)> {
         M::long_steps()

@@ -103,6 +103,11 @@ pub trait Subject: Sized {
     fn inventory_path(&self) -> PathBuf;
     /// The run's parameters (long flag name → value); the same on every run.
     fn params(&self) -> BTreeMap<String, String>;
+    /// A step that removes the way back, named with `--through` as an operator runs it after
+    /// the soak; `--yes` alone stops before it.
+    fn through(&self) -> Option<&'static str> {
+        None
+    }
     /// Steps long enough to be killed inside, with the span (ms) a seeded delay is drawn from.
     fn long_steps(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
@@ -207,6 +212,9 @@ pub fn run_command<S: Subject>(subject: &S, state: &Path) -> Command {
         .arg(S::RUNBOOK);
     for (name, value) in subject.params() {
         command.arg(format!("--{name}")).arg(value);
+    }
+    if let Some(step) = subject.through() {
+        command.arg("--through").arg(step);
     }
     command.arg("--yes").arg("--state-dir").arg(state);
     command
