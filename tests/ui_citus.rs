@@ -1,5 +1,6 @@
 //! The Citus section of the Shards pane: a bar of rows per worker, scaled to the fullest, so
-//! skew is seen; exact counts when the slow reading has them; an unhealthy link in red.
+//! skew is seen; exact counts when the slow reading has them; an unhealthy link in red. And
+//! the header naming connections that TLS does not verify.
 
 use cutover::ui::fixtures;
 use cutover::ui::model::Pane;
@@ -61,4 +62,28 @@ fn each_worker_has_a_bar_scaled_to_the_fullest() {
 fn snapshots_at_80x24_and_200x60() {
     insta::assert_snapshot!("citus_80x24", pane_text(80, 24));
     insta::assert_snapshot!("citus_200x60", pane_text(200, 60));
+}
+
+/// An inventory whose connections TLS does not verify says so in the cockpit header, as
+/// `check` and `plan` do on stderr.
+#[test]
+fn unverified_connections_are_named_in_the_header() {
+    let mut model = fixtures::model(Instant::now());
+    model.session.tls_warnings = vec![
+        "connections to pg1 are not verified (sslmode prefer, no root certificate)".into(),
+        "connections to pg2 are not verified (sslmode prefer, no root certificate)".into(),
+    ];
+    let theme = Theme::builtin("dark").unwrap();
+    let mut terminal = Terminal::new(TestBackend::new(200, 60)).unwrap();
+    terminal
+        .draw(|frame| render::render(frame, &model, &theme))
+        .unwrap();
+    let buffer = terminal.backend().buffer().clone();
+    let header: String = (0..buffer.area.width)
+        .map(|x| buffer[(x, 0)].symbol().to_string())
+        .collect();
+    assert!(
+        header.contains("⚠ connections to pg1 are not verified") && header.contains("(+1 more)"),
+        "{header}"
+    );
 }

@@ -99,6 +99,7 @@ pub async fn run(opts: TuiOptions) -> Result<(), UiError> {
         readonly,
         intervals,
         seen,
+        tls_warnings: crate::tls::inventory_warnings(&inventory),
     };
     let empty = Snapshot {
         environment: inventory.environment.clone(),

@@ -394,6 +394,7 @@ pub fn session(operator: &str) -> Session {
         readonly: false,
         intervals: PollIntervals::default(),
         seen: default_seen,
+        tls_warnings: Vec::new(),
     }
 }
 

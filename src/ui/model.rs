@@ -375,6 +375,8 @@ pub struct Session {
     pub readonly: bool,
     pub intervals: PollIntervals,
     pub seen: SeenFn,
+    /// Connections that TLS does not verify (`tls::inventory_warnings`), shown in the header.
+    pub tls_warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -199,6 +199,15 @@ fn render_header(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
     if model.frozen {
         top.push(Span::styled(" FROZEN ", theme.warn));
     }
+    if let Some(first) = model.session.tls_warnings.first() {
+        let more = model.session.tls_warnings.len() - 1;
+        let text = if more == 0 {
+            format!(" ⚠ {first} ")
+        } else {
+            format!(" ⚠ {first} (+{more} more) ")
+        };
+        top.push(Span::styled(text, theme.warn));
+    }
     let mut second = Vec::new();
     match &model.runbook {
         Some(r) => {
