@@ -512,6 +512,7 @@ fn state_view(
                     .get(&i)
                     .map(|seen| seen[..12.min(seen.len())].to_string())
                     .unwrap_or_default(),
+                items: items_view(state.items(i)),
             }
         })
         .collect();
@@ -725,4 +726,21 @@ pub async fn launch(launch: Launch) -> Result<(), LaunchError> {
         let _ = bridge.await;
     }
     Ok(ui?)
+}
+
+/// A step's item table as the cockpit shows it.
+fn items_view(items: &[crate::engine::ItemState]) -> crate::ui::model::ItemsView {
+    use crate::engine::ItemStatus;
+    let mut view = crate::ui::model::ItemsView::default();
+    for item in items {
+        match &item.status {
+            ItemStatus::Pending => view.pending += 1,
+            ItemStatus::Running { .. } => view.running.push((item.id.to_string(), item.attempts)),
+            ItemStatus::Done { .. } => view.done += 1,
+            ItemStatus::Failed { reason, .. } | ItemStatus::NeedsRecheck { reason } => {
+                view.failed.push((item.id.to_string(), reason.clone()))
+            }
+        }
+    }
+    view
 }

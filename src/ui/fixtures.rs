@@ -259,6 +259,7 @@ fn step(id: &str, title: &str, status: StepStatusView) -> StepView {
         resumes_traffic: false,
         verification: String::new(),
         binding: String::new(),
+        items: Default::default(),
     }
 }
 

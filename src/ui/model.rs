@@ -76,6 +76,26 @@ pub struct StepView {
     /// Short fingerprint of the engine's readings the confirmation is bound to; empty until
     /// the engine evaluated the step.
     pub binding: String,
+    /// The step's items (tables, key ranges, shard groups) as the engine journaled them; empty
+    /// for a step without items.
+    pub items: ItemsView,
+}
+
+/// How far a step's items are, from the engine's item table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ItemsView {
+    pub done: usize,
+    pub pending: usize,
+    /// Items running now, with their attempt.
+    pub running: Vec<(String, u32)>,
+    /// Items that failed (or were cut off) and will be re-checked, with why.
+    pub failed: Vec<(String, String)>,
+}
+
+impl ItemsView {
+    pub fn is_empty(&self) -> bool {
+        self.done + self.pending + self.running.len() + self.failed.len() == 0
+    }
 }
 
 impl StepView {

@@ -97,6 +97,69 @@ fn step_row<'a>(
     ])
 }
 
+/// Failed items listed with their reason, at most this many.
+const FAILED_ITEMS_SHOWN: usize = 5;
+
+/// A step's items: counts, the running ones, and the failed ones with why.
+fn item_lines<'a>(
+    theme: &Theme,
+    items: &super::super::model::ItemsView,
+    lines: &mut Vec<Line<'a>>,
+) {
+    if items.is_empty() {
+        return;
+    }
+    lines.push(Line::from(vec![
+        Span::styled("Items ", theme.title),
+        Span::styled(
+            format!(
+                "{} done · {} running · {} pending · {} failed",
+                items.done,
+                items.running.len(),
+                items.pending,
+                items.failed.len()
+            ),
+            if items.failed.is_empty() {
+                theme.text
+            } else {
+                theme.danger
+            },
+        ),
+    ]));
+    if !items.running.is_empty() {
+        let running: Vec<String> = items
+            .running
+            .iter()
+            .map(|(id, attempt)| {
+                if *attempt > 1 {
+                    format!("{id} (attempt {attempt})")
+                } else {
+                    id.clone()
+                }
+            })
+            .collect();
+        lines.push(Line::from(Span::styled(
+            format!(" running: {}", running.join(", ")),
+            theme.text,
+        )));
+    }
+    for (id, reason) in items.failed.iter().take(FAILED_ITEMS_SHOWN) {
+        lines.push(Line::from(vec![
+            Span::styled(format!(" ✗ {id}: "), theme.danger),
+            Span::styled(reason.clone(), theme.dim),
+        ]));
+    }
+    if items.failed.len() > FAILED_ITEMS_SHOWN {
+        lines.push(Line::from(Span::styled(
+            format!(
+                " … and {} more failed",
+                items.failed.len() - FAILED_ITEMS_SHOWN
+            ),
+            theme.danger,
+        )));
+    }
+}
+
 fn details<'a>(model: &Model, theme: &Theme, index: usize, step: &StepView) -> Vec<Line<'a>> {
     let mut lines = vec![
         Line::from(Span::styled(
@@ -159,6 +222,7 @@ fn details<'a>(model: &Model, theme: &Theme, index: usize, step: &StepView) -> V
             ),
         ]));
     }
+    item_lines(theme, &step.items, &mut lines);
     if !step.commands.is_empty() {
         lines.push(Line::from(Span::styled("Runs exactly", theme.title)));
     }
