@@ -201,16 +201,14 @@ where
     let settings = EngineSettings {
         oversight: invocation.oversight,
     };
-    let discard_dir = std::sync::Arc::new(std::sync::Mutex::new(None::<PathBuf>));
-    let discard_slot = discard_dir.clone();
+    // The run directory this call made: removed again if no step is ever confirmed.
+    let mut made_dir = None;
     let mut runner = Runner::open(journal, plan, settings, |run_id| {
         let dir = run_dir(&state_dir, run_id);
         let existed = dir.exists();
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         if !existed {
-            if let Ok(mut slot) = discard_slot.lock() {
-                *slot = Some(dir.clone());
-            }
+            made_dir = Some(dir.clone());
         }
         let saved = dir.join(PLAN_INVENTORY);
         if !saved.exists() {
@@ -224,8 +222,7 @@ where
         })
     })?;
     // A run never recorded (no step confirmed) leaves no directory behind either.
-    let made = discard_dir.lock().ok().and_then(|mut slot| slot.take());
-    if let (Some(dir), false) = (made, runner.is_recorded()) {
+    if let (Some(dir), false) = (made_dir, runner.is_recorded()) {
         runner.on_discard(Box::new(move || {
             let _ = std::fs::remove_dir_all(&dir);
         }));

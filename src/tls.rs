@@ -77,24 +77,17 @@ pub fn is_loopback(address: &str) -> bool {
 /// non-loopback address when a root certificate is configured, `prefer` otherwise. A Unix
 /// socket never uses TLS (libpq does not negotiate it there either).
 pub fn resolve(tls: &Tls, address: &str, env: &TlsEnv) -> Result<Resolved, String> {
-    let rootcert = tls
-        .sslrootcert
-        .clone()
-        .or(env.sslrootcert.clone())
-        .map(PathBuf::from)
-        .or_else(|| env.default_file("root.crt"));
-    let cert = tls
-        .sslcert
-        .clone()
-        .or(env.sslcert.clone())
-        .map(PathBuf::from)
-        .or_else(|| env.default_file("postgresql.crt"));
-    let key = tls
-        .sslkey
-        .clone()
-        .or(env.sslkey.clone())
-        .map(PathBuf::from)
-        .or_else(|| env.default_file("postgresql.key"));
+    // Each file as libpq finds it: the inventory's, else the variable's, else its default.
+    let file = |inventory: &Option<String>, variable: &Option<String>, default: &str| {
+        inventory
+            .clone()
+            .or(variable.clone())
+            .map(PathBuf::from)
+            .or_else(|| env.default_file(default))
+    };
+    let rootcert = file(&tls.sslrootcert, &env.sslrootcert, "root.crt");
+    let cert = file(&tls.sslcert, &env.sslcert, "postgresql.crt");
+    let key = file(&tls.sslkey, &env.sslkey, "postgresql.key");
     let from_env = match env.sslmode.as_deref() {
         None => None,
         Some(text) => Some(SslMode::parse(text).ok_or_else(|| {
