@@ -200,17 +200,11 @@ impl<A: Actions> Runner<A> {
         match interruption {
             Interruption::PauseBound => Ok((self.pause_bound_exceeded(Some(step)).await?, None)),
             Interruption::Stop => {
-                let reason = self.stop_reason().unwrap_or_default();
-                if self.state.traffic_paused() {
-                    self.note_stop_while_paused(&reason)?;
-                    return Ok((self.pause_bound_exceeded(Some(step)).await?, None));
-                }
-                self.commit(Command::Note {
-                    step: Some(step.clone()),
-                    text: format!("{reason} during this step: items that were running stopped half-run; a resumed run re-checks them before acting"),
-                    by: vec!["cutover:stop".into()],
-                })?;
-                Err(RunError::Stopped { reason })
+                self.stopped_during(
+                    step,
+                    "items that were running stopped half-run; a resumed run re-checks them",
+                )
+                .await
             }
         }
     }

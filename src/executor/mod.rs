@@ -870,21 +870,31 @@ impl<A: Actions> Runner<A> {
                 Ok((self.pause_bound_exceeded(Some(step)).await?, None))
             }
             ActionOutcome::Stop => {
-                let reason = self.stop_reason().unwrap_or_default();
-                if self.state.traffic_paused() {
-                    self.note_stop_while_paused(&reason)?;
-                    return Ok((self.pause_bound_exceeded(Some(step)).await?, None));
-                }
-                // Outside the pause, stopping mid-step is what a crash does: the step stays
-                // started, and a resumed run re-checks it before acting.
-                self.commit(Command::Note {
-                    step: Some(step.clone()),
-                    text: format!("{reason} during this step: it stopped half-run; a resumed run re-checks it before acting"),
-                    by: vec!["cutover:stop".into()],
-                })?;
-                Err(RunError::Stopped { reason })
+                self.stopped_during(step, "it stopped half-run; a resumed run re-checks it")
+                    .await
             }
         }
+    }
+
+    /// A stop request came while `step` ran. Inside a pause it is handled as the bound running
+    /// out now; outside, stopping mid-step is what a crash does: the step stays started, and
+    /// a resumed run re-checks before acting. `half_run` says what was left half-run.
+    async fn stopped_during(
+        &mut self,
+        step: &StepId,
+        half_run: &str,
+    ) -> Result<(VecDeque<Effect>, Option<RunError>), RunError> {
+        let reason = self.stop_reason().unwrap_or_default();
+        if self.state.traffic_paused() {
+            self.note_stop_while_paused(&reason)?;
+            return Ok((self.pause_bound_exceeded(Some(step)).await?, None));
+        }
+        self.commit(Command::Note {
+            step: Some(step.clone()),
+            text: format!("{reason} during this step: {half_run} before acting"),
+            by: vec!["cutover:stop".into()],
+        })?;
+        Err(RunError::Stopped { reason })
     }
 
     /// The pause outlived its bound: resume first when routing is untouched, then roll back
