@@ -324,13 +324,11 @@ impl CitusBootstrapActions {
         value: &str,
         sink: &Sink,
     ) -> Result<(), StepError> {
-        let client = self.client(node, &node.maintenance_db).await?;
         let sql = format!(
             "ALTER SYSTEM SET shared_preload_libraries = {}",
             quote_literal(value)
         );
-        sink.output(format!("{}: {sql}", node.name));
-        pg::simple_execute(&client, &node.name, &sql).await?;
+        self.execute(node, &node.maintenance_db, &sql, sink).await?;
         self.ctx.forget_clients();
         for command in [&node.control.stop, &node.control.start] {
             self.ctx
@@ -382,10 +380,13 @@ impl CitusBootstrapActions {
             }
             self.memory.created_databases.insert(node.name.clone());
             self.remember()?;
-            let client = self.client(node, &node.maintenance_db).await?;
-            let sql = plan::create_database_sql(&db);
-            sink.output(format!("{}: {sql}", node.name));
-            pg::simple_execute(&client, &node.name, &sql).await?;
+            self.execute(
+                node,
+                &node.maintenance_db,
+                &plan::create_database_sql(&db),
+                sink,
+            )
+            .await?;
             created.push(node.name.clone());
         }
         for node in &nodes {
@@ -410,10 +411,13 @@ impl CitusBootstrapActions {
                 continue;
             }
             self.ctx.forget_clients();
-            let client = self.client(node, &node.maintenance_db).await?;
-            let sql = plan::drop_database_sql(&db);
-            sink.output(format!("{}: {sql}", node.name));
-            pg::simple_execute(&client, &node.name, &sql).await?;
+            self.execute(
+                node,
+                &node.maintenance_db,
+                &plan::drop_database_sql(&db),
+                sink,
+            )
+            .await?;
             if self.database_exists(node).await? {
                 return Err(
                     format!("{}: `{db}` still exists after DROP DATABASE", node.name).into(),
@@ -448,9 +452,13 @@ impl CitusBootstrapActions {
             if self.citus_version(node).await?.is_none() {
                 self.memory.created_extension.insert(node.name.clone());
                 self.remember()?;
-                let client = self.client(node, self.bootstrap.database()).await?;
-                sink.output(format!("{}: {}", node.name, plan::CREATE_EXTENSION_SQL));
-                pg::simple_execute(&client, &node.name, plan::CREATE_EXTENSION_SQL).await?;
+                self.execute(
+                    node,
+                    self.bootstrap.database(),
+                    plan::CREATE_EXTENSION_SQL,
+                    sink,
+                )
+                .await?;
             }
             match self.citus_version(node).await? {
                 Some(version) => versions.insert(version),
@@ -480,9 +488,13 @@ impl CitusBootstrapActions {
                 continue;
             }
             if self.database_exists(node).await? && self.citus_version(node).await?.is_some() {
-                let client = self.client(node, self.bootstrap.database()).await?;
-                sink.output(format!("{}: {}", node.name, plan::DROP_EXTENSION_SQL));
-                pg::simple_execute(&client, &node.name, plan::DROP_EXTENSION_SQL).await?;
+                self.execute(
+                    node,
+                    self.bootstrap.database(),
+                    plan::DROP_EXTENSION_SQL,
+                    sink,
+                )
+                .await?;
             }
             self.memory.created_extension.remove(&node.name);
             self.remember()?;
@@ -492,6 +504,26 @@ impl CitusBootstrapActions {
             "dropped citus where this run created it: {}",
             listing(&dropped)
         ))
+    }
+
+    /// Send `sql` to `db` on `node`, journaled first as `node: sql`.
+    async fn execute(
+        &self,
+        node: &Node,
+        db: &str,
+        sql: &str,
+        sink: &Sink,
+    ) -> Result<(), StepError> {
+        sink.output(format!("{}: {sql}", node.name));
+        let client = self.client(node, db).await?;
+        pg::simple_execute(&client, &node.name, sql).await?;
+        Ok(())
+    }
+
+    /// [`Self::execute`] on the coordinator's copy of the cluster's database.
+    async fn on_coordinator(&self, sql: &str, sink: &Sink) -> Result<(), StepError> {
+        let b = &self.bootstrap;
+        self.execute(&b.coordinator, b.database(), sql, sink).await
     }
 
     async fn coordinator(&self) -> Result<Arc<Client>, StepError> {
@@ -516,12 +548,7 @@ impl CitusBootstrapActions {
     async fn set_coordinator(&self, sink: &Sink) -> Result<String, StepError> {
         let c = &self.bootstrap.coordinator;
         let sql = plan::set_coordinator_sql(c);
-        sink.output(sql.clone());
-        self.coordinator()
-            .await?
-            .simple_query(&sql)
-            .await
-            .map_err(|e| pg::error_chain(&e))?;
+        self.on_coordinator(&sql, sink).await?;
         let nodes = self.dist_nodes().await?;
         if nodes.iter().any(|(name, port, group, _)| {
             *group == 0 && name == &c.address && *port == i32::from(c.port)
@@ -555,12 +582,7 @@ impl CitusBootstrapActions {
             self.memory.added_workers.insert(worker.name.clone());
             self.remember()?;
             let sql = plan::add_node_sql(worker);
-            sink.output(sql.clone());
-            self.coordinator()
-                .await?
-                .simple_query(&sql)
-                .await
-                .map_err(|e| pg::error_chain(&e))?;
+            self.on_coordinator(&sql, sink).await?;
         }
         let nodes = self.dist_nodes().await?;
         for worker in &workers {
@@ -588,12 +610,7 @@ impl CitusBootstrapActions {
             });
             if present {
                 let sql = plan::remove_node_sql(worker);
-                sink.output(sql.clone());
-                self.coordinator()
-                    .await?
-                    .simple_query(&sql)
-                    .await
-                    .map_err(|e| pg::error_chain(&e))?;
+                self.on_coordinator(&sql, sink).await?;
             }
             self.memory.added_workers.remove(&worker.name);
             self.remember()?;
@@ -612,11 +629,8 @@ impl CitusBootstrapActions {
         } else {
             plan::shard_count_sql(b.database(), b.cluster.shard_count)
         };
-        sink.output(sql.clone());
-        let client = self
-            .client(&b.coordinator, &b.coordinator.maintenance_db)
+        self.execute(&b.coordinator, &b.coordinator.maintenance_db, &sql, sink)
             .await?;
-        pg::simple_execute(&client, &b.coordinator.name, &sql).await?;
         Ok(if reset {
             "citus.shard_count reset".to_string()
         } else {
@@ -753,12 +767,7 @@ impl CitusBootstrapActions {
         for table in created.iter().rev() {
             if self.database_ready().await? {
                 let sql = format!("DROP TABLE IF EXISTS {}", quote_qualified(table));
-                sink.output(sql.clone());
-                self.coordinator()
-                    .await?
-                    .simple_query(&sql)
-                    .await
-                    .map_err(|e| pg::error_chain(&e))?;
+                self.on_coordinator(&sql, sink).await?;
             }
             self.memory.created_tables.remove(table);
             self.remember()?;
@@ -798,12 +807,9 @@ impl CitusBootstrapActions {
             if self.citus_kind(&table.table).await?.is_none() {
                 self.memory.distributed.insert(table.table.clone());
                 self.remember()?;
-                sink.output(sql.clone());
-                self.coordinator()
-                    .await?
-                    .simple_query(&sql)
+                self.on_coordinator(&sql, sink)
                     .await
-                    .map_err(|e| format!("{}: {}", table.table, pg::error_chain(&e)))?;
+                    .map_err(|e| format!("{}: {}", table.table, e.detail()))?;
             }
             let kind = self.citus_kind(&table.table).await?.unwrap_or_default();
             let expected = match table.distribution {
@@ -839,12 +845,9 @@ impl CitusBootstrapActions {
         for table in &distributed {
             if self.database_ready().await? && self.citus_kind(table).await?.is_some() {
                 let sql = plan::undistribute_sql(table);
-                sink.output(sql.clone());
-                self.coordinator()
-                    .await?
-                    .simple_query(&sql)
+                self.on_coordinator(&sql, sink)
                     .await
-                    .map_err(|e| format!("{table}: {}", pg::error_chain(&e)))?;
+                    .map_err(|e| format!("{table}: {}", e.detail()))?;
             }
             self.memory.distributed.remove(table);
             self.remember()?;
