@@ -696,7 +696,16 @@ async fn lab_command(command: LabCommand) -> Result<ExitCode> {
             };
             let endpoint = lab::load::entry_endpoint(&inv)
                 .context("the lab inventory has no proxy alias on a pgbouncer")?;
-            let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            // A load started in the background (the demo tape) ends with its lab: once the
+            // lab's inventory is gone there is nothing left to call.
+            let lab_file = dir.join("lab.yaml");
+            tokio::spawn(async move {
+                while tokio::fs::try_exists(&lab_file).await.unwrap_or(true) {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                let _ = stop_tx.send(true);
+            });
             let report = lab::load::run(
                 lab::load::LoadOptions {
                     endpoint,
