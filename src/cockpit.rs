@@ -272,9 +272,11 @@ async fn handle<A: Actions>(
             let seen = evaluated.seen.get(&step).cloned().ok_or_else(|| {
                 "the step's readings were not evaluated yet; confirm again in a moment".to_string()
             })?;
+            let approval = runner.pair_approval(&id).await.map_err(|e| e.to_string())?;
             let confirmation = Confirmation {
                 by: confirmation.by,
                 seen,
+                approval,
             };
             runner
                 .start(&id, Some(confirmation))
@@ -329,9 +331,11 @@ async fn run_window<A: Actions>(
             by.clone(),
         )
         .map_err(|e| e.to_string())?;
+    let approval = runner.pair_approval(&id).await.map_err(|e| e.to_string())?;
     let confirmation = Confirmation {
         by: by.clone(),
         seen,
+        approval,
     };
     runner
         .start_recovering(&id, confirmation)
