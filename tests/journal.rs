@@ -4,7 +4,7 @@
 use chrono::{DateTime, TimeZone, Utc};
 use cutover::engine::{
     apply, required_confirmation, Command, Confirmation, Effect, EngineSettings, EngineState,
-    EntryKind, JournalEntry, Oversight, PreconditionResult, StepStatus,
+    EntryKind, JournalEntry, Oversight, PairApproval, PreconditionResult, StepStatus,
 };
 use cutover::journal::{redact, state_dir_from, Journal, JournalError, RunId, RunStatus};
 use cutover::plan::{Plan, RenderedCommand, Step, StepFlags, StepId, Undo};
@@ -92,7 +92,21 @@ impl Executor<'_> {
         self.send(Command::Start {
             step,
             confirmation: Some(Confirmation {
-                by: by.iter().map(|s| s.to_string()).collect(),
+                by: by[..1].iter().map(|s| s.to_string()).collect(),
+                approval: requirement
+                    .approval_of
+                    .clone()
+                    .zip(by.get(1))
+                    .map(|(step, second)| PairApproval {
+                        request_id: 1,
+                        step,
+                        fingerprint: self.plan.fingerprint(),
+                        seen: requirement.seen.clone(),
+                        driver_uid: 1000,
+                        approver_uid: 1001,
+                        approver: second.to_string(),
+                        approver_terminal: "test".into(),
+                    }),
                 seen: requirement.seen,
             }),
             precondition_results,
