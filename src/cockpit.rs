@@ -641,6 +641,8 @@ pub struct Launch {
     pub operator: String,
     pub pair: bool,
     pub readonly: bool,
+    /// `--second`: read-only, and the second operator of a pair review (approve, object).
+    pub second: bool,
     /// The runbook to drive, or to follow when `readonly`; `None` shows the readings only.
     pub runbook: Option<crate::session::Invocation>,
 }

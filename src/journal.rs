@@ -614,6 +614,18 @@ impl Journal {
             &mut out,
             &format!("| plan fingerprint | `{}` |", meta.fingerprint),
         );
+        for verdict in self.plan_verdicts(&meta.fingerprint)? {
+            line(
+                &mut out,
+                &format!(
+                    "| plan {} by | {} from {} at {} |",
+                    verdict.verdict.as_str(),
+                    cell(&verdict.by.label),
+                    cell(&verdict.by.terminal),
+                    display_time(verdict.at)
+                ),
+            );
+        }
         let operators = operators_of(&entries);
         if !operators.is_empty() {
             line(
@@ -658,6 +670,8 @@ impl Journal {
                 ),
             );
         }
+
+        self.pair_review_markdown(run_id, &mut out)?;
 
         let gates: Vec<_> = entries
             .iter()
@@ -712,7 +726,29 @@ impl Journal {
     /// The run's record as JSON: every entry with its time, step, kind, detail and actors.
     pub fn export_json(&self, run_id: &RunId) -> Result<serde_json::Value, JournalError> {
         let rows: Vec<serde_json::Value> = self.entries(run_id)?.iter().map(entry_json).collect();
-        Ok(serde_json::json!({"run": run_id.0, "entries": rows}))
+        let mut pair_review = Vec::new();
+        for request in self.approval_requests_of_run(run_id)? {
+            let verdicts = self.verdicts_on_request(request.id)?;
+            pair_review.push(serde_json::json!({
+                "request": request.id,
+                "step": request.step.to_string(),
+                "covers": request.covers,
+                "requested_at": request.requested_at,
+                "driver": request.driver,
+                "seen": request.seen,
+                "observations": request.observations,
+                "shown": request.shown,
+                "closed": request.closed,
+                "verdicts": verdicts.iter().map(|v| serde_json::json!({
+                    "verdict": v.verdict,
+                    "by": v.by,
+                    "at": v.at,
+                    "seen": v.seen,
+                    "reason": v.reason,
+                })).collect::<Vec<_>>(),
+            }));
+        }
+        Ok(serde_json::json!({"run": run_id.0, "entries": rows, "pair_review": pair_review}))
     }
 
     pub fn show_text(&self, run_id: &RunId) -> Result<String, JournalError> {
@@ -1083,6 +1119,85 @@ fn into_verdict(raw: RawVerdict) -> Result<VerdictRecord, JournalError> {
 
 fn uid_of(value: i64) -> Result<u32, JournalError> {
     u32::try_from(value).map_err(|_| JournalError::Corrupt(format!("uid {value}")))
+}
+
+impl Journal {
+    /// Per step that waited for a second person: who drove and from which terminal, what the
+    /// driver saw (the seen hash and the observations behind it), and each verdict with who
+    /// gave it, from where, and on which seen hash.
+    fn pair_review_markdown(&self, run_id: &RunId, out: &mut String) -> Result<(), JournalError> {
+        let requests = self.approval_requests_of_run(run_id)?;
+        if requests.is_empty() {
+            return Ok(());
+        }
+        out.push('\n');
+        line(out, "## Pair review");
+        out.push('\n');
+        for request in requests {
+            let status = match request.closed {
+                Some(Closed::Used) => "the step ran with this approval",
+                Some(Closed::Superseded) => "superseded: the readings changed after the approval",
+                Some(Closed::Cancelled) => "cancelled: the driver stopped waiting",
+                None => "still waiting",
+            };
+            line(
+                out,
+                &format!(
+                    "- `{}` · {} · request {} · {status}",
+                    request.step,
+                    cell(&request.covers),
+                    request.id
+                ),
+            );
+            line(
+                out,
+                &format!(
+                    "  - driven by **{}** from {}, waiting since {}",
+                    request.driver.label,
+                    request.driver.terminal,
+                    display_time(request.requested_at)
+                ),
+            );
+            let observed = request
+                .observations
+                .iter()
+                .map(|o| format!("{}={}", o.name, o.value))
+                .collect::<Vec<_>>()
+                .join(", ");
+            line(
+                out,
+                &format!("  - the driver saw: seen `{}` ({observed})", request.seen),
+            );
+            let verdicts = self.verdicts_on_request(request.id)?;
+            if verdicts.is_empty() {
+                line(out, "  - no verdict");
+            }
+            for verdict in verdicts {
+                let what = match verdict.verdict {
+                    Verdict::Approve => format!(
+                        "approved by **{}**, who saw seen `{}`",
+                        verdict.by.label,
+                        verdict.seen.as_deref().unwrap_or("-")
+                    ),
+                    Verdict::Object => format!(
+                        "objected to by **{}**: {}",
+                        verdict.by.label,
+                        cell(&verdict.reason)
+                    ),
+                    Verdict::Withdraw => format!("withdrawn by **{}**", verdict.by.label),
+                };
+                line(
+                    out,
+                    &format!(
+                        "  - {} · {what} · from {}",
+                        display_time(verdict.at),
+                        verdict.by.terminal
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Pair review: requests and verdicts, shared by the driver's and the second person's
