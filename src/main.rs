@@ -152,6 +152,10 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             withdraw,
             wait_s,
         } => {
+            let Some(step) = step else {
+                eprintln!("cutover: approve needs --step STEP (the step the driver waits on)");
+                return Ok(ExitCode::from(INVALID_INPUT));
+            };
             let asked = Asked {
                 step: plan::StepId::new(step),
                 seen,

@@ -61,7 +61,7 @@ pub enum Command {
         run: RunOptions,
         /// The step the driver waits on (for a paused window: the step that pauses traffic).
         #[arg(long, global = true, value_name = "STEP")]
-        step: String,
+        step: Option<String>,
         /// Approve exactly this seen hash (at least its first 12 hex digits), as shown.
         #[arg(long, global = true, value_name = "HASH", conflicts_with_all = ["object", "withdraw"])]
         seen: Option<String>,
