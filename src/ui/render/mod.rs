@@ -76,6 +76,9 @@ pub fn render(frame: &mut Frame, model: &Model, theme: &Theme) {
     }
     render_status_line(frame, rows[4], model, theme);
     render_hint_bar(frame, rows[5], model, theme);
+    if model.layers.is_empty() {
+        popups::render_pair(frame, area, model, theme);
+    }
     for layer in &model.layers {
         popups::render_layer(frame, area, layer, model, theme);
     }
