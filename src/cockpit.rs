@@ -275,6 +275,8 @@ async fn handle<A: Actions>(
                 "the step's readings were not evaluated yet; confirm again in a moment".to_string()
             })?;
             let approval = runner.pair_approval(&id).await.map_err(|e| e.to_string())?;
+            // After a wait for a second person, the approval holds the readings taken last.
+            let seen = approval.as_ref().map_or(seen, |a| a.seen.clone());
             let confirmation = Confirmation {
                 by: confirmation.by,
                 seen,
@@ -337,6 +339,7 @@ async fn run_window<A: Actions>(
         )
         .map_err(|e| e.to_string())?;
     let approval = runner.pair_approval(&id).await.map_err(|e| e.to_string())?;
+    let seen = approval.as_ref().map_or(seen, |a| a.seen.clone());
     let confirmation = Confirmation {
         by: by.clone(),
         seen,
