@@ -502,3 +502,219 @@ async fn a_pair_split_waits_for_another_os_user_and_records_both_people() {
         .any(|v| v["by"]["uid"] == approver_uid && v["verdict"] == "approve")));
     assert!(reviews.iter().all(|r| r["driver"]["uid"] == 0));
 }
+
+/// A tmux server of its own (killed on drop) running one window, 160×48.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(command: &str) -> Tmux {
+        let tmux = Tmux {
+            socket: format!("cutover-pair-{}", uuid::Uuid::new_v4().simple()),
+        };
+        let status = tmux
+            .cmd()
+            .args(["new-session", "-d", "-s", "c", "-x", "160", "-y", "48"])
+            .arg(command)
+            .status()
+            .expect("tmux");
+        assert!(status.success(), "tmux starts");
+        tmux
+    }
+    fn cmd(&self) -> Command {
+        let mut cmd = Command::new("tmux");
+        cmd.arg("-L").arg(&self.socket);
+        cmd
+    }
+    fn send(&self, keys: &[&str]) {
+        let status = self
+            .cmd()
+            .args(["send-keys", "-t", "c"])
+            .args(keys)
+            .status()
+            .expect("tmux send-keys");
+        assert!(status.success());
+    }
+    fn screen(&self) -> String {
+        let out = self
+            .cmd()
+            .args(["capture-pane", "-p", "-t", "c"])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    fn wait_for(&self, what: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let screen = self.screen();
+            if screen.contains(what) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what:?} never appeared; screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    /// Type the point of no return's word, move to the buttons, and press Shift+Y after the
+    /// dialog's guard until `done` shows (a dialog whose readings changed asks again).
+    fn confirm_typed(&self, word: &str, done: &str, timeout: Duration) -> String {
+        std::thread::sleep(Duration::from_millis(500));
+        self.send(&["-l", word]);
+        self.send(&["Tab"]);
+        let deadline = Instant::now() + timeout;
+        std::thread::sleep(Duration::from_millis(500));
+        self.send(&["-l", "Y"]);
+        loop {
+            let screen = self.screen();
+            if screen.contains(done) {
+                return screen;
+            }
+            if screen.contains("confirm again") {
+                std::thread::sleep(Duration::from_millis(500));
+                self.send(&["-l", "Y"]);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{done:?} never appeared; screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_second_operator_approves_and_objects_from_their_own_cockpit() {
+    let people = People::create();
+    let lab = lab(2_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = shared_state_dir(dir.path(), &people.group);
+    let state_arg = state.to_str().unwrap();
+    let inventory = dir.path().join("lab.yaml");
+    std::fs::copy(lab.config.inventory_path(), &inventory).unwrap();
+    std::fs::set_permissions(&inventory, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let inv = inventory.to_str().unwrap();
+    let mut plan_args = vec!["plan", inv, "shard-split"];
+    plan_args.extend(SPLIT);
+    plan_args.extend(["--approve", "--state-dir", state_arg]);
+    let out = cutover_as(Some(&people.approver), &plan_args);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let driver_inv = lab.config.inventory_path();
+    let mut run_args = vec!["run", driver_inv.to_str().unwrap(), "shard-split"];
+    run_args.extend(SPLIT);
+    run_args.extend(["--yes", "--pair", "--state-dir", state_arg]);
+    let log = dir.path().join("driver.log");
+    let mut driver = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(&run_args)
+        .env("USER", "root")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let window = wait_for_request(&state, "stop-traffic", &mut driver, &log);
+    let run = Journal::open(&state)
+        .unwrap()
+        .runs()
+        .unwrap()
+        .remove(0)
+        .run_id;
+
+    // The second person's own cockpit, as their own OS user.
+    let second = format!(
+        "runuser -u {} -- {} tui {inv} shard-split {} --second --state-dir {state_arg} --operator {}; sleep 0.2",
+        people.approver,
+        env!("CARGO_BIN_EXE_cutover"),
+        SPLIT.join(" "),
+        people.approver,
+    );
+    let tmux = Tmux::start(&second);
+    let long = Duration::from_secs(120);
+    let screen = tmux.wait_for("waits for you to approve", long);
+    assert!(screen.contains("root (uid 0)"), "{screen}");
+    tmux.send(&["-l", "a"]);
+    let dialog = tmux.wait_for("as the second operator?", long);
+    let request = Journal::open(&state)
+        .unwrap()
+        .approval_request(window)
+        .unwrap();
+    for needle in [
+        "root (uid 0) waits since",
+        &request.seen[..40],
+        "Run the paused window",
+        "stop-traffic",
+    ] {
+        let needle = needle.replace("Run the paused window", "PAUSE");
+        assert!(dialog.contains(&needle), "lacks {needle:?}:\n{dialog}");
+    }
+    tmux.confirm_typed("p2", "approve recorded on request", long);
+    let delete = wait_for_request(&state, "delete-invalid", &mut driver, &log);
+    assert!(started(&state, &run, "resume-traffic").is_some());
+
+    // An objection from the cockpit blocks the driver, with its reason, until withdrawn.
+    tmux.wait_for("waits for you to approve step `delete-invalid`", long);
+    tmux.send(&["-l", "o"]);
+    tmux.wait_for("Object to step `delete-invalid`?", long);
+    std::thread::sleep(Duration::from_millis(500));
+    tmux.send(&["-l", "the vacuum window is not open yet"]);
+    tmux.send(&["Tab"]);
+    std::thread::sleep(Duration::from_millis(500));
+    tmux.send(&["-l", "Y"]);
+    tmux.wait_for("object recorded on request", long);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log_text = std::fs::read_to_string(&log).unwrap();
+        if log_text.contains("BLOCKED") && log_text.contains("the vacuum window is not open yet") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no objection shown:\n{log_text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tmux.wait_for("your verdict: object", long);
+    assert_eq!(started(&state, &run, "delete-invalid"), None);
+    tmux.send(&["-l", "w"]);
+    tmux.wait_for("withdraw recorded on request", long);
+    tmux.send(&["-l", "a"]);
+    tmux.wait_for("as the second operator?", long);
+    tmux.confirm_typed("p2", "approve recorded on request", long);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = driver.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the driver did not finish:\n{}\n{}",
+            std::fs::read_to_string(&log).unwrap(),
+            tmux.screen()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    tmux.send(&["-l", "q"]);
+
+    let journal = Journal::open(&state).unwrap();
+    let verdicts = journal.verdicts_on_request(delete).unwrap();
+    let kinds: Vec<&str> = verdicts.iter().map(|v| v.verdict.as_str()).collect();
+    assert_eq!(kinds, ["object", "withdraw", "approve"]);
+    assert!(verdicts
+        .iter()
+        .all(|v| v.by.uid == people.uid(&people.approver)));
+    assert!(
+        verdicts[0].by.terminal.contains("tty /dev/pts/"),
+        "the cockpit's terminal is recorded: {}",
+        verdicts[0].by.terminal
+    );
+}
