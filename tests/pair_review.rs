@@ -718,3 +718,111 @@ async fn the_second_operator_approves_and_objects_from_their_own_cockpit() {
         verdicts[0].by.terminal
     );
 }
+
+/// Press `key` after the dialog's guard until `done` shows, confirming again when asked.
+fn confirm_until(tmux: &Tmux, key: &str, done: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    std::thread::sleep(Duration::from_millis(500));
+    tmux.send(&["-l", key]);
+    loop {
+        let screen = tmux.screen();
+        if screen.contains(done) {
+            return screen;
+        }
+        if screen.contains("confirm again") {
+            std::thread::sleep(Duration::from_millis(500));
+            tmux.send(&["-l", key]);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done:?} never appeared; screen:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drivers_cockpit_waits_visibly_and_runs_the_window_once_approved() {
+    let people = People::create();
+    let lab = lab(2_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = shared_state_dir(dir.path(), &people.group);
+    let state_arg = state.to_str().unwrap();
+    let inventory = dir.path().join("lab.yaml");
+    std::fs::copy(lab.config.inventory_path(), &inventory).unwrap();
+    std::fs::set_permissions(&inventory, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let inv = inventory.to_str().unwrap();
+    let mut plan_args = vec!["plan", inv, "shard-split"];
+    plan_args.extend(SPLIT);
+    plan_args.extend(["--approve", "--state-dir", state_arg]);
+    let out = cutover_as(Some(&people.approver), &plan_args);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let driver = format!(
+        "{} tui {} shard-split {} --pair --operator alice --state-dir {state_arg}; sleep 0.2",
+        env!("CARGO_BIN_EXE_cutover"),
+        lab.config.inventory_path().display(),
+        SPLIT.join(" "),
+    );
+    let tmux = Tmux::start(&driver);
+    let long = Duration::from_secs(120);
+    tmux.wait_for("0/14 steps done", long);
+    std::thread::sleep(Duration::from_secs(1));
+    for done in 1..=3 {
+        tmux.send(&["Enter"]);
+        confirm_until(&tmux, "y", &format!("{done}/14 steps done"), long);
+        if done == 2 {
+            tmux.wait_for("pg2 standby", long);
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+    tmux.send(&["Enter"]);
+    tmux.wait_for("Run the paused window, steps 4–9?", long);
+    tmux.confirm_typed(
+        "p2",
+        "Waiting for a second operator to approve the paused window",
+        long,
+    );
+    let screen = tmux.wait_for("another OS user than root (uid 0) \"alice\"", long);
+    assert!(screen.contains("3/14 steps done"), "{screen}");
+    assert!(
+        paused_aliases(&lab).await.is_empty(),
+        "not paused while waiting"
+    );
+
+    let mut approve_args = vec!["approve", inv, "shard-split"];
+    approve_args.extend(SPLIT);
+    approve_args.extend(["--step", "stop-traffic", "--state-dir", state_arg]);
+    let shown = cutover_as(Some(&people.approver), &approve_args);
+    let seen = shown_seen(&shown);
+    approve_args.extend(["--seen", &seen]);
+    let out = cutover_as(Some(&people.approver), &approve_args);
+    assert!(out.status.success(), "{}", text(&out));
+    let screen = tmux.wait_for("9/14 steps done", long);
+    assert!(
+        !screen.contains("Waiting for a second operator"),
+        "{screen}"
+    );
+    tmux.send(&["-l", "q"]);
+
+    let journal = Journal::open(&state).unwrap();
+    let run = journal.runs().unwrap().remove(0).run_id;
+    let confirmed = journal
+        .entries(&run)
+        .unwrap()
+        .into_iter()
+        .find(|e| {
+            e.kind == EntryKind::Confirmed
+                && e.step
+                    .as_ref()
+                    .is_some_and(|s| s.as_str() == "stop-traffic")
+        })
+        .expect("the window was confirmed");
+    assert_eq!(
+        confirmed.actors,
+        vec![
+            "alice".to_string(),
+            format!("{} (uid {})", people.approver, people.uid(&people.approver))
+        ]
+    );
+}

@@ -74,6 +74,7 @@ enum Woke {
     Poll,
     Stop,
     PauseBound,
+    Abort,
 }
 
 /// See [`Runner::on_approval`].
@@ -112,21 +113,27 @@ impl<A: Actions> Runner<A> {
         if self.state.settings.oversight != Oversight::Pair {
             return Ok(None);
         }
+        let refused = |refusal| RunError::Refused {
+            step: step.clone(),
+            refusal,
+        };
+        // Which approval the step needs depends on the plan and the state alone: no reads
+        // (inside a paused window every read would lengthen the pause).
+        let needs = engine::required_confirmation(&self.state, &self.plan, step, &[])
+            .map_err(refused)?
+            .approval_of;
+        let Some(of) = needs else {
+            return Ok(None);
+        };
+        if &of != step {
+            return self.window_approval(step, &of).map(Some);
+        }
         loop {
             let spec = self.step_spec(step)?;
             let observations = self.observations_of(&spec).await?;
             let requirement =
                 engine::required_confirmation(&self.state, &self.plan, step, &observations)
-                    .map_err(|refusal| RunError::Refused {
-                        step: step.clone(),
-                        refusal,
-                    })?;
-            let Some(of) = requirement.approval_of.clone() else {
-                return Ok(None);
-            };
-            if &of != step {
-                return self.window_approval(step, &of).map(Some);
-            }
+                    .map_err(refused)?;
             let shown = self.shown(step).await?;
             let covers = match engine::paused_window(&self.plan, self.plan_index(step)?) {
                 Some((from, to)) => format!(
@@ -223,6 +230,7 @@ impl<A: Actions> Runner<A> {
         request: &ApprovalRequest,
     ) -> Result<VerdictRecord, RunError> {
         let mut stop = self.stop_requested.clone();
+        let mut abort = self.abort_requested.clone();
         let mut shown: Option<Decision> = None;
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -234,6 +242,9 @@ impl<A: Actions> Runner<A> {
                     if stopped.is_ok() { Woke::Stop } else { Woke::Poll }
                 }
                 _ = super::sleep_until(deadline) => Woke::PauseBound,
+                aborted = abort.wait_for(|a| *a) => {
+                    if aborted.is_ok() { Woke::Abort } else { Woke::Poll }
+                }
             };
             match woke {
                 Woke::Poll => {}
@@ -242,6 +253,21 @@ impl<A: Actions> Runner<A> {
                         .close_approval_request(request.id, Closed::Cancelled)?;
                     let reason = self.stop_reason().unwrap_or_default();
                     return Err(RunError::Stopped { reason });
+                }
+                Woke::Abort if !self.state.traffic_paused() => {
+                    // The operator gave up waiting (quit, or x on a window): nothing started.
+                    self.abort.send_replace(false);
+                    self.journal
+                        .close_approval_request(request.id, Closed::Cancelled)?;
+                    return Err(RunError::Stopped {
+                        reason: "the operator stopped waiting for a second operator".into(),
+                    });
+                }
+                Woke::Abort => {
+                    self.journal
+                        .close_approval_request(request.id, Closed::Cancelled)?;
+                    self.note_abort()?;
+                    return Err(self.end_pause_now().await);
                 }
                 Woke::PauseBound => {
                     self.journal

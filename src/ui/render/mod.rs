@@ -190,8 +190,13 @@ fn render_header(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
         None => top.push(Span::styled("runbook — (monitoring only)", theme.header)),
     }
     top.push(sep());
-    let operators = if model.session.pair {
-        format!("operator {} + second (pair)", model.session.operator)
+    let operators = if model.session.second {
+        format!("second operator {}", model.session.operator)
+    } else if model.session.pair {
+        format!(
+            "operator {} (pair: another OS user approves)",
+            model.session.operator
+        )
     } else {
         format!("operator {}", model.session.operator)
     };
