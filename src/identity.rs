@@ -13,7 +13,7 @@ pub struct Identity {
     pub user: String,
     /// `--operator`, shown next to the user name when it differs from it.
     pub display: Option<String>,
-    /// Where the process was started from: tty and SSH connection (see [`Terminal`]).
+    /// Where the process was started from: tty, SSH connection, sudo (see [`Terminal`]).
     pub terminal: Terminal,
 }
 
@@ -24,6 +24,8 @@ pub struct Terminal {
     pub tty: Option<String>,
     /// `SSH_CONNECTION` (client address and port, server address and port), else `SSH_CLIENT`.
     pub ssh: Option<String>,
+    /// `SUDO_USER`: the login user who became this one through sudo.
+    pub sudo_from: Option<String>,
 }
 
 impl Terminal {
@@ -35,6 +37,9 @@ impl Terminal {
         }
         if let Some(ssh) = &self.ssh {
             parts.push(format!("ssh {ssh}"));
+        }
+        if let Some(login) = &self.sudo_from {
+            parts.push(format!("sudo from {login}"));
         }
         if parts.is_empty() {
             "local, no tty".to_string()
@@ -97,7 +102,14 @@ impl Terminal {
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty())
             .map(|v| ssh_text(&v));
-        Terminal { tty, ssh }
+        let sudo_from = std::env::var("SUDO_USER")
+            .ok()
+            .filter(|v| !v.trim().is_empty());
+        Terminal {
+            tty,
+            ssh,
+            sudo_from,
+        }
     }
 }
 
@@ -133,10 +145,11 @@ mod tests {
         let terminal = Terminal {
             tty: Some("/dev/pts/3".into()),
             ssh: Some(ssh_text("10.0.0.5 51234 10.0.0.1 22")),
+            sudo_from: Some("alice".into()),
         };
         assert_eq!(
             terminal.describe(),
-            "tty /dev/pts/3, ssh 10.0.0.5 51234 → 10.0.0.1 22"
+            "tty /dev/pts/3, ssh 10.0.0.5 51234 → 10.0.0.1 22, sudo from alice"
         );
         assert_eq!(Terminal::default().describe(), "local, no tty");
     }
