@@ -494,6 +494,57 @@ async fn a_pair_split_waits_for_another_os_user_and_records_both_people() {
         ],
     );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // For the record (not asserted): how long traffic was paused, and from the verdict that
+    // let a step go to its start.
+    let entries = Journal::open(&state).unwrap().entries(&run).unwrap();
+    let at = |kind: EntryKind, step: &str| {
+        entries
+            .iter()
+            .find(|e| e.kind == kind && e.step.as_ref().is_some_and(|s| s.as_str() == step))
+            .map(|e| e.at)
+            .unwrap()
+    };
+    let journal = Journal::open(&state).unwrap();
+    let timer = Instant::now();
+    for _ in 0..100 {
+        let used = journal
+            .used_approval_request(&run, &StepId::new("stop-traffic"))
+            .unwrap()
+            .unwrap();
+        journal.verdicts_on_request(used.id).unwrap();
+    }
+    println!(
+        "the window's approval looked up inside the pause in {:.3} ms",
+        timer.elapsed().as_secs_f64() * 1000.0 / 100.0
+    );
+    println!(
+        "paused for {} ms (stop-traffic started → resume-traffic verified)",
+        (at(EntryKind::Verified, "resume-traffic") - at(EntryKind::Started, "stop-traffic"))
+            .num_milliseconds()
+    );
+    let journal = Journal::open(&state).unwrap();
+    for request in journal.approval_requests_of_run(&run).unwrap() {
+        if request.closed != Some(Closed::Used) {
+            continue;
+        }
+        let last_verdict = journal
+            .verdicts_on_request(request.id)
+            .unwrap()
+            .into_iter()
+            .map(|v| v.at)
+            .max()
+            .unwrap();
+        let confirmed = confirmed
+            .iter()
+            .find(|e| e.step.as_ref() == Some(&request.step))
+            .unwrap()
+            .at;
+        println!(
+            "{}: last verdict → confirmed in {} ms",
+            request.step,
+            (confirmed - last_verdict).num_milliseconds()
+        );
+    }
     let reviews = json["pair_review"].as_array().unwrap();
     assert!(reviews.iter().any(|r| r["verdicts"]
         .as_array()
