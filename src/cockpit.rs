@@ -853,10 +853,15 @@ pub async fn second_operator(
             };
             let _ = updates.send(message).await;
         }
+        // Only a running driver waits: a request its dead driver left is not shown.
+        let driving = journal
+            .driver(&reviewed.environment, &reviewed.runbook)
+            .is_some();
         let view = journal
             .open_approval_request(&reviewed.environment, &reviewed.runbook, None)
             .ok()
             .flatten()
+            .filter(|_| driving)
             .map(|open| request_view(&journal, &reviewed, &me, open));
         if published.as_ref() != Some(&view) {
             if updates

@@ -360,7 +360,13 @@ async fn approve_command(
     let me = cutover::identity::Identity::current(Some(&run.operator));
     let until = std::time::Instant::now() + asked.wait;
     let request = loop {
-        match journal.open_approval_request(&plan.environment, &plan.runbook, Some(&asked.step))? {
+        // A request is answered only while its driver runs (it holds the driver lock); one
+        // left by a driver that died is answered by nobody.
+        let driving = journal.driver(&plan.environment, &plan.runbook).is_some();
+        let open = journal
+            .open_approval_request(&plan.environment, &plan.runbook, Some(&asked.step))?
+            .filter(|_| driving);
+        match open {
             Some(request) => break request,
             None if std::time::Instant::now() < until => {
                 tokio::time::sleep(Duration::from_millis(250)).await
