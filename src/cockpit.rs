@@ -175,6 +175,8 @@ pub async fn serve<A: Actions>(
                 if let Err(message) = result {
                     let _ = updates.send(RunbookUpdate::Refused(message)).await;
                 }
+                // Whatever the call did, it no longer waits for a second person.
+                let _ = updates.send(RunbookUpdate::PairWait(None)).await;
                 if quit {
                     end_pause_before_exit(&mut runner, "the operator quit the cockpit").await;
                     return;
@@ -272,9 +274,13 @@ async fn handle<A: Actions>(
             let seen = evaluated.seen.get(&step).cloned().ok_or_else(|| {
                 "the step's readings were not evaluated yet; confirm again in a moment".to_string()
             })?;
+            let approval = runner.pair_approval(&id).await.map_err(|e| e.to_string())?;
+            // After a wait for a second person, the approval holds the readings taken last.
+            let seen = approval.as_ref().map_or(seen, |a| a.seen.clone());
             let confirmation = Confirmation {
                 by: confirmation.by,
                 seen,
+                approval,
             };
             runner
                 .start(&id, Some(confirmation))
@@ -298,6 +304,9 @@ async fn handle<A: Actions>(
                 .skip(&id, &by.join(" + "), &reason)
                 .await
                 .map_err(|e| e.to_string())
+        }
+        UiRequest::Approve { .. } | UiRequest::Object { .. } | UiRequest::Withdraw { .. } => {
+            Err("the driver's cockpit does not approve: the second operator approves from their own session (tui --second)".into())
         }
         UiRequest::Quit => Ok(()),
     }
@@ -329,9 +338,12 @@ async fn run_window<A: Actions>(
             by.clone(),
         )
         .map_err(|e| e.to_string())?;
+    let approval = runner.pair_approval(&id).await.map_err(|e| e.to_string())?;
+    let seen = approval.as_ref().map_or(seen, |a| a.seen.clone());
     let confirmation = Confirmation {
         by: by.clone(),
         seen,
+        approval,
     };
     runner
         .start_recovering(&id, confirmation)
@@ -637,6 +649,8 @@ pub struct Launch {
     pub operator: String,
     pub pair: bool,
     pub readonly: bool,
+    /// `--second`: read-only, and the second operator of a pair review (approve, object).
+    pub second: bool,
     /// The runbook to drive, or to follow when `readonly`; `None` shows the readings only.
     pub runbook: Option<crate::session::Invocation>,
 }
@@ -677,10 +691,27 @@ pub async fn launch(launch: Launch) -> Result<(), LaunchError> {
             let bound = crate::runbooks::find(&plan.runbook)
                 .map_err(session::SessionError::from)?
                 .pause_bound(&plan);
+            if launch.second {
+                let (reviewed, journal) = session::review_plan(&invocation)?;
+                let me = crate::identity::Identity::current(Some(&launch.operator));
+                tokio::spawn(second_operator(
+                    journal,
+                    reviewed,
+                    me,
+                    requests_rx,
+                    updates_tx.clone(),
+                ));
+            }
             tokio::spawn(follow(journal, plan, bound, updates_tx));
         } else {
             let mut runner = session::open(&invocation)?;
             crate::guard::spawn_on_pause(&mut runner, invocation);
+            runner.set_identity(crate::identity::Identity::current(Some(&launch.operator)));
+            let waits = updates_tx.clone();
+            runner.on_approval(Box::new(move |status| {
+                // The UI drains its channel every frame; a full one only delays the banner.
+                let _ = waits.try_send(RunbookUpdate::PairWait(pair_wait_view(status)));
+            }));
             let bound = Actions::pause_bound(runner.actions());
             initial = Some(initial_view(&runner, bound));
             let stop = runner.stop_handle();
@@ -703,6 +734,7 @@ pub async fn launch(launch: Launch) -> Result<(), LaunchError> {
         operator: launch.operator,
         pair: launch.pair,
         readonly: launch.readonly,
+        second: launch.second,
         requests_tx,
         updates_rx,
         initial,
@@ -743,4 +775,193 @@ fn items_view(items: &[crate::engine::ItemState]) -> crate::ui::model::ItemsView
         }
     }
     view
+}
+
+/// The driver's cockpit banner for a wait on a second person (`None` once approved).
+fn pair_wait_view(
+    status: &crate::executor::ApprovalStatus,
+) -> Option<crate::ui::model::PairWaitView> {
+    use crate::executor::ApprovalStatus;
+    let (request, objection, note) = match status {
+        ApprovalStatus::Approved { .. } => return None,
+        ApprovalStatus::Waiting { request } => (request, None, None),
+        ApprovalStatus::Objected { request, by } => (
+            request,
+            Some((by.by.label.clone(), by.reason.clone())),
+            None,
+        ),
+        ApprovalStatus::Stale { request } => (
+            request,
+            None,
+            Some("the readings changed after the approval: it is stale, asking again".to_string()),
+        ),
+    };
+    Some(crate::ui::model::PairWaitView {
+        request: request.id,
+        covers: request.covers.clone(),
+        driver: request.driver.label.clone(),
+        since: request.requested_at,
+        seen: request.seen.clone(),
+        objection,
+        note,
+    })
+}
+
+/// The second operator's session (`tui --second`): publishes the request the driver waits on
+/// (with why this person cannot approve it, if so) and records this person's verdicts, each
+/// checked by the same rules as `cutover approve`. Never opens or drives a run.
+pub async fn second_operator(
+    journal: Journal,
+    reviewed: Plan,
+    me: crate::identity::Identity,
+    mut requests: mpsc::Receiver<UiRequest>,
+    updates: mpsc::Sender<RunbookUpdate>,
+) {
+    use crate::approval::{self, Verdict};
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut published: Option<Option<crate::ui::model::PairRequestView>> = None;
+    loop {
+        let request = tokio::select! {
+            _ = tick.tick() => None,
+            request = requests.recv() => match request {
+                None | Some(UiRequest::Quit) => return,
+                Some(request) => Some(request),
+            },
+        };
+        if let Some(request) = request {
+            let (id, verdict, seen, reason) = match request {
+                UiRequest::Approve { request, seen } => {
+                    (request, Verdict::Approve, Some(seen), String::new())
+                }
+                UiRequest::Object { request, reason } => (request, Verdict::Object, None, reason),
+                UiRequest::Withdraw { request } => {
+                    (request, Verdict::Withdraw, None, String::new())
+                }
+                _ => {
+                    let _ = updates
+                        .send(RunbookUpdate::Refused(
+                            "read-only session: nothing runs".into(),
+                        ))
+                        .await;
+                    continue;
+                }
+            };
+            let message = match record(&journal, &reviewed, &me, id, verdict, seen, reason) {
+                Ok(text) => RunbookUpdate::Info(text),
+                Err(text) => RunbookUpdate::Refused(text),
+            };
+            let _ = updates.send(message).await;
+        }
+        // Only a running driver waits: a request its dead driver left is not shown.
+        let driving = journal
+            .driver(&reviewed.environment, &reviewed.runbook)
+            .is_some();
+        let view = journal
+            .open_approval_request(&reviewed.environment, &reviewed.runbook, None)
+            .ok()
+            .flatten()
+            .filter(|_| driving)
+            .map(|open| request_view(&journal, &reviewed, &me, open));
+        if published.as_ref() != Some(&view) {
+            if updates
+                .send(RunbookUpdate::PairRequest(view.clone()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            published = Some(view);
+        }
+    }
+
+    fn record(
+        journal: &Journal,
+        reviewed: &Plan,
+        me: &crate::identity::Identity,
+        id: i64,
+        verdict: Verdict,
+        seen: Option<String>,
+        reason: String,
+    ) -> Result<String, String> {
+        let request = journal.approval_request(id).map_err(|e| e.to_string())?;
+        approval::check_verdict(
+            &request,
+            &reviewed.fingerprint(),
+            me,
+            verdict,
+            seen.as_deref(),
+            &reason,
+        )
+        .map_err(|e| format!("refused: {e}"))?;
+        journal
+            .record_verdict(&approval::VerdictRecord {
+                request_id: Some(request.id),
+                environment: request.environment.clone(),
+                runbook: request.runbook.clone(),
+                fingerprint: request.fingerprint.clone(),
+                step: Some(request.step.clone()),
+                seen: Some(request.seen.clone()),
+                verdict,
+                reason,
+                by: approval::Person::from(me),
+                at: chrono::Utc::now(),
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(format!(
+            "{} recorded on request {} ({}) as {}",
+            verdict.as_str(),
+            request.id,
+            request.covers,
+            me.label()
+        ))
+    }
+
+    fn request_view(
+        journal: &Journal,
+        reviewed: &Plan,
+        me: &crate::identity::Identity,
+        open: crate::approval::ApprovalRequest,
+    ) -> crate::ui::model::PairRequestView {
+        let refusal = if !me.is_other_than(open.driver.uid) {
+            Some(format!(
+                "you ({}) drive this run: another OS user must approve it",
+                me.label()
+            ))
+        } else if open.fingerprint != reviewed.fingerprint() {
+            Some(format!(
+                "the driver runs plan {}, not the plan you reviewed ({})",
+                open.fingerprint,
+                reviewed.fingerprint()
+            ))
+        } else {
+            None
+        };
+        let mine = journal
+            .verdicts_on_request(open.id)
+            .ok()
+            .and_then(|verdicts| verdicts.into_iter().rev().find(|v| v.by.uid == me.uid))
+            .and_then(|v| match v.verdict {
+                Verdict::Withdraw => None,
+                other => Some(other.as_str().to_string()),
+            });
+        let mut shown: Vec<String> = open
+            .observations
+            .iter()
+            .map(|o| format!("observed {} = {}", o.name, o.value))
+            .collect();
+        shown.extend(open.shown.lines().map(str::to_string));
+        crate::ui::model::PairRequestView {
+            request: open.id,
+            step: reviewed.index_of(&open.step).unwrap_or(0),
+            covers: open.covers,
+            driver: open.driver.label,
+            driver_terminal: open.driver.terminal,
+            since: open.requested_at,
+            seen: open.seen,
+            shown,
+            refusal,
+            mine,
+        }
+    }
 }

@@ -4,7 +4,8 @@
 //!
 //! Invariant: every entry's detail passes through [`redact`] before it is stored.
 
-use crate::engine::{EngineSettings, EngineState, EntryKind, ItemId, JournalEntry};
+use crate::approval::{ApprovalRequest, Closed, Person, Verdict, VerdictRecord};
+use crate::engine::{EngineSettings, EngineState, EntryKind, ItemId, JournalEntry, Observation};
 use crate::plan::{Plan, StepId};
 /// The journal's redactor is the cockpit's: see [`crate::redact`].
 pub use crate::redact::redact;
@@ -43,6 +44,39 @@ CREATE TABLE IF NOT EXISTS entries (
     PRIMARY KEY (run_id, seq)
 );
 CREATE INDEX IF NOT EXISTS runs_by_target ON runs(environment, runbook, status);
+CREATE TABLE IF NOT EXISTS approval_requests (
+    request_id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id            TEXT NOT NULL,
+    environment       TEXT NOT NULL,
+    runbook           TEXT NOT NULL,
+    fingerprint       TEXT NOT NULL,
+    step_id           TEXT NOT NULL,
+    covers            TEXT NOT NULL,
+    seen              TEXT NOT NULL,
+    observations_json TEXT NOT NULL,
+    shown             TEXT NOT NULL,
+    driver_uid        INTEGER NOT NULL,
+    driver            TEXT NOT NULL,
+    driver_terminal   TEXT NOT NULL,
+    requested_at      TEXT NOT NULL,
+    closed            TEXT
+);
+CREATE TABLE IF NOT EXISTS approval_verdicts (
+    verdict_id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id        INTEGER REFERENCES approval_requests(request_id),
+    environment       TEXT NOT NULL,
+    runbook           TEXT NOT NULL,
+    fingerprint       TEXT NOT NULL,
+    step_id           TEXT,
+    seen              TEXT,
+    verdict           TEXT NOT NULL,
+    reason            TEXT NOT NULL,
+    approver_uid      INTEGER NOT NULL,
+    approver          TEXT NOT NULL,
+    approver_terminal TEXT NOT NULL,
+    at                TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS approval_requests_open ON approval_requests(environment, runbook, closed);
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +235,38 @@ pub fn state_dir_from(
         .ok_or(JournalError::NoStateDir)
 }
 
+/// A state dir its group may write (`chmod g+ws DIR`) is shared by the operators of one jump
+/// host: files this process creates from now on (the journal, its `-wal`/`-shm`, run files,
+/// locks) are made group-writable too, by clearing the group-write bit of the umask. Returns
+/// whether the dir is shared.
+fn share_with_group(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let shared = std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o020 != 0);
+    if shared {
+        let current = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        nix::sys::stat::umask(
+            current & !nix::sys::stat::Mode::S_IWGRP & !nix::sys::stat::Mode::S_IRGRP,
+        );
+    }
+    shared
+}
+
+/// `chmod g+rw` on a file this process owns; others' files are left as they are (their
+/// owner's process made them group-writable when it created them).
+fn make_group_writable(path: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    if meta.uid() != nix::unistd::getuid().as_raw() {
+        return;
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o060 != 0o060 {
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode | 0o060));
+    }
+}
+
 /// An open journal database.
 pub struct Journal {
     conn: Connection,
@@ -214,6 +280,7 @@ impl Journal {
             path: dir.to_path_buf(),
             source,
         })?;
+        let shared = share_with_group(dir);
         let path = dir.join(JOURNAL_FILE);
         let conn = Connection::open(&path).map_err(|source| JournalError::Sqlite {
             path: path.clone(),
@@ -226,6 +293,13 @@ impl Journal {
         journal.sql(journal.conn.busy_timeout(std::time::Duration::from_secs(5)))?;
         journal.sql(journal.conn.execute_batch(SCHEMA))?;
         journal.add_item_column()?;
+        if shared {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut file = journal.path.clone().into_os_string();
+                file.push(suffix);
+                make_group_writable(Path::new(&file));
+            }
+        }
         Ok(journal)
     }
 
@@ -540,6 +614,18 @@ impl Journal {
             &mut out,
             &format!("| plan fingerprint | `{}` |", meta.fingerprint),
         );
+        for verdict in self.plan_verdicts(&meta.fingerprint)? {
+            line(
+                &mut out,
+                &format!(
+                    "| plan {} by | {} from {} at {} |",
+                    verdict.verdict.as_str(),
+                    cell(&verdict.by.label),
+                    cell(&verdict.by.terminal),
+                    display_time(verdict.at)
+                ),
+            );
+        }
         let operators = operators_of(&entries);
         if !operators.is_empty() {
             line(
@@ -584,6 +670,8 @@ impl Journal {
                 ),
             );
         }
+
+        self.pair_review_markdown(run_id, &mut out)?;
 
         let gates: Vec<_> = entries
             .iter()
@@ -638,7 +726,29 @@ impl Journal {
     /// The run's record as JSON: every entry with its time, step, kind, detail and actors.
     pub fn export_json(&self, run_id: &RunId) -> Result<serde_json::Value, JournalError> {
         let rows: Vec<serde_json::Value> = self.entries(run_id)?.iter().map(entry_json).collect();
-        Ok(serde_json::json!({"run": run_id.0, "entries": rows}))
+        let mut pair_review = Vec::new();
+        for request in self.approval_requests_of_run(run_id)? {
+            let verdicts = self.verdicts_on_request(request.id)?;
+            pair_review.push(serde_json::json!({
+                "request": request.id,
+                "step": request.step.to_string(),
+                "covers": request.covers,
+                "requested_at": request.requested_at,
+                "driver": request.driver,
+                "seen": request.seen,
+                "observations": request.observations,
+                "shown": request.shown,
+                "closed": request.closed,
+                "verdicts": verdicts.iter().map(|v| serde_json::json!({
+                    "verdict": v.verdict,
+                    "by": v.by,
+                    "at": v.at,
+                    "seen": v.seen,
+                    "reason": v.reason,
+                })).collect::<Vec<_>>(),
+            }));
+        }
+        Ok(serde_json::json!({"run": run_id.0, "entries": rows, "pair_review": pair_review}))
     }
 
     pub fn show_text(&self, run_id: &RunId) -> Result<String, JournalError> {
@@ -836,4 +946,423 @@ pub fn entry_json_line(run_id: &RunId, entry: &JournalEntry) -> String {
     let mut value = entry_json(entry);
     value["run"] = serde_json::Value::String(run_id.0.clone());
     value.to_string()
+}
+
+/// What a driver asks a second person to approve (see [`Journal::request_approval`]).
+#[derive(Debug, Clone)]
+pub struct NewApprovalRequest<'a> {
+    pub run_id: &'a RunId,
+    pub environment: &'a str,
+    pub runbook: &'a str,
+    pub fingerprint: &'a str,
+    pub step: &'a StepId,
+    pub covers: &'a str,
+    pub seen: &'a str,
+    pub observations: &'a [Observation],
+    pub shown: &'a str,
+    pub driver: &'a Person,
+}
+
+const REQUEST_COLUMNS: &str = "SELECT request_id, run_id, environment, runbook, fingerprint, step_id, covers, seen, observations_json, shown, driver_uid, driver, driver_terminal, requested_at, closed FROM approval_requests";
+const VERDICT_COLUMNS: &str = "SELECT request_id, environment, runbook, fingerprint, step_id, seen, verdict, reason, approver_uid, approver, approver_terminal, at FROM approval_verdicts";
+
+type RawRequest = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+);
+
+fn raw_request(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRequest> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+        row.get(8)?,
+        row.get(9)?,
+        row.get(10)?,
+        row.get(11)?,
+        row.get(12)?,
+        row.get(13)?,
+        row.get(14)?,
+    ))
+}
+
+fn into_request(raw: RawRequest) -> Result<ApprovalRequest, JournalError> {
+    let (
+        id,
+        run_id,
+        environment,
+        runbook,
+        fingerprint,
+        step,
+        covers,
+        seen,
+        observations,
+        shown,
+        driver_uid,
+        driver,
+        driver_terminal,
+        requested_at,
+        closed,
+    ) = raw;
+    Ok(ApprovalRequest {
+        id,
+        run_id,
+        environment,
+        runbook,
+        fingerprint,
+        step: StepId(step),
+        covers,
+        seen,
+        observations: serde_json::from_str(&observations).map_err(|e| {
+            JournalError::Corrupt(format!("observations of approval request {id}: {e}"))
+        })?,
+        shown,
+        driver: Person {
+            uid: uid_of(driver_uid)?,
+            label: driver,
+            terminal: driver_terminal,
+        },
+        requested_at: parse_time(&requested_at)?,
+        closed: closed
+            .map(|c| {
+                Closed::parse(&c).ok_or_else(|| {
+                    JournalError::Corrupt(format!("approval request {id} closed as `{c}`"))
+                })
+            })
+            .transpose()?,
+    })
+}
+
+type RawVerdict = (
+    Option<i64>,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    i64,
+    String,
+    String,
+    String,
+);
+
+fn raw_verdict(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawVerdict> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+        row.get(8)?,
+        row.get(9)?,
+        row.get(10)?,
+        row.get(11)?,
+    ))
+}
+
+fn into_verdict(raw: RawVerdict) -> Result<VerdictRecord, JournalError> {
+    let (
+        request_id,
+        environment,
+        runbook,
+        fingerprint,
+        step,
+        seen,
+        verdict,
+        reason,
+        uid,
+        approver,
+        terminal,
+        at,
+    ) = raw;
+    Ok(VerdictRecord {
+        request_id,
+        environment,
+        runbook,
+        fingerprint,
+        step: step.map(StepId),
+        seen,
+        verdict: Verdict::parse(&verdict)
+            .ok_or_else(|| JournalError::Corrupt(format!("unknown verdict `{verdict}`")))?,
+        reason,
+        by: Person {
+            uid: uid_of(uid)?,
+            label: approver,
+            terminal,
+        },
+        at: parse_time(&at)?,
+    })
+}
+
+fn uid_of(value: i64) -> Result<u32, JournalError> {
+    u32::try_from(value).map_err(|_| JournalError::Corrupt(format!("uid {value}")))
+}
+
+impl Journal {
+    /// Per step that waited for a second person: who drove and from which terminal, what the
+    /// driver saw (the seen hash and the observations behind it), and each verdict with who
+    /// gave it, from where, and on which seen hash.
+    fn pair_review_markdown(&self, run_id: &RunId, out: &mut String) -> Result<(), JournalError> {
+        let requests = self.approval_requests_of_run(run_id)?;
+        if requests.is_empty() {
+            return Ok(());
+        }
+        out.push('\n');
+        line(out, "## Pair review");
+        out.push('\n');
+        for request in requests {
+            let status = match request.closed {
+                Some(Closed::Used) => "the step ran with this approval",
+                Some(Closed::Superseded) => "superseded: the readings changed after the approval",
+                Some(Closed::Cancelled) => "cancelled: the driver stopped waiting",
+                None => "still waiting",
+            };
+            line(
+                out,
+                &format!(
+                    "- `{}` · {} · request {} · {status}",
+                    request.step,
+                    cell(&request.covers),
+                    request.id
+                ),
+            );
+            line(
+                out,
+                &format!(
+                    "  - driven by **{}** from {}, waiting since {}",
+                    request.driver.label,
+                    request.driver.terminal,
+                    display_time(request.requested_at)
+                ),
+            );
+            let observed = request
+                .observations
+                .iter()
+                .map(|o| format!("{}={}", o.name, o.value))
+                .collect::<Vec<_>>()
+                .join(", ");
+            line(
+                out,
+                &format!("  - the driver saw: seen `{}` ({observed})", request.seen),
+            );
+            let verdicts = self.verdicts_on_request(request.id)?;
+            if verdicts.is_empty() {
+                line(out, "  - no verdict");
+            }
+            for verdict in verdicts {
+                let what = match verdict.verdict {
+                    Verdict::Approve => format!(
+                        "approved by **{}**, who saw seen `{}`",
+                        verdict.by.label,
+                        verdict.seen.as_deref().unwrap_or("-")
+                    ),
+                    Verdict::Object => format!(
+                        "objected to by **{}**: {}",
+                        verdict.by.label,
+                        cell(&verdict.reason)
+                    ),
+                    Verdict::Withdraw => format!("withdrawn by **{}**", verdict.by.label),
+                };
+                line(
+                    out,
+                    &format!(
+                        "  - {} · {what} · from {}",
+                        display_time(verdict.at),
+                        verdict.by.terminal
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Pair review: requests and verdicts, shared by the driver's and the second person's
+/// processes through this database (see `crate::approval`).
+impl Journal {
+    /// Records that the driver waits for a second person on `request.step`; any earlier open
+    /// request of this environment and runbook is cancelled (one driver waits on one step).
+    pub fn request_approval(
+        &self,
+        request: &NewApprovalRequest<'_>,
+    ) -> Result<ApprovalRequest, JournalError> {
+        self.sql(self.conn.execute(
+            "UPDATE approval_requests SET closed = ?3 WHERE environment = ?1 AND runbook = ?2 AND closed IS NULL",
+            params![request.environment, request.runbook, Closed::Cancelled.as_str()],
+        ))?;
+        let observations = serde_json::to_string(request.observations)
+            .map_err(|e| JournalError::Corrupt(format!("observations: {e}")))?;
+        let id: i64 = self.sql(self.conn.query_row(
+            "INSERT INTO approval_requests (run_id, environment, runbook, fingerprint, step_id, covers, seen, observations_json, shown, driver_uid, driver, driver_terminal, requested_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) RETURNING request_id",
+            params![
+                request.run_id.0,
+                request.environment,
+                request.runbook,
+                request.fingerprint,
+                request.step.as_str(),
+                request.covers,
+                request.seen,
+                redact(&observations),
+                redact(request.shown),
+                i64::from(request.driver.uid),
+                request.driver.label,
+                request.driver.terminal,
+                format_time(Utc::now()),
+            ],
+            |row| row.get(0),
+        ))?;
+        self.approval_request(id)
+    }
+
+    pub fn approval_request(&self, id: i64) -> Result<ApprovalRequest, JournalError> {
+        let raw = self.sql(self.conn.query_row(
+            &format!("{REQUEST_COLUMNS} WHERE request_id = ?1"),
+            params![id],
+            raw_request,
+        ))?;
+        into_request(raw)
+    }
+
+    /// The open request of this environment and runbook (on `step`, when given), if any.
+    pub fn open_approval_request(
+        &self,
+        environment: &str,
+        runbook: &str,
+        step: Option<&StepId>,
+    ) -> Result<Option<ApprovalRequest>, JournalError> {
+        let raw = self.sql(
+            self.conn
+                .query_row(
+                    &format!(
+                        "{REQUEST_COLUMNS} WHERE environment = ?1 AND runbook = ?2 AND closed IS NULL
+                         AND (?3 IS NULL OR step_id = ?3) ORDER BY request_id DESC LIMIT 1"
+                    ),
+                    params![environment, runbook, step.map(StepId::as_str)],
+                    raw_request,
+                )
+                .optional(),
+        )?;
+        raw.map(into_request).transpose()
+    }
+
+    pub fn close_approval_request(&self, id: i64, closed: Closed) -> Result<(), JournalError> {
+        self.sql(self.conn.execute(
+            "UPDATE approval_requests SET closed = ?2 WHERE request_id = ?1 AND closed IS NULL",
+            params![id, closed.as_str()],
+        ))?;
+        Ok(())
+    }
+
+    /// Every request of a run, oldest first (for the record).
+    pub fn approval_requests_of_run(
+        &self,
+        run_id: &RunId,
+    ) -> Result<Vec<ApprovalRequest>, JournalError> {
+        let mut statement = self.sql(self.conn.prepare(&format!(
+            "{REQUEST_COLUMNS} WHERE run_id = ?1 ORDER BY request_id"
+        )))?;
+        let rows = self.sql(
+            statement
+                .query_map(params![run_id.0], raw_request)
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>()),
+        )?;
+        rows.into_iter().map(into_request).collect()
+    }
+
+    /// The request of `run_id` on `step` the driver started the step with, if any.
+    pub fn used_approval_request(
+        &self,
+        run_id: &RunId,
+        step: &StepId,
+    ) -> Result<Option<ApprovalRequest>, JournalError> {
+        let raw = self.sql(
+            self.conn
+                .query_row(
+                    &format!(
+                        "{REQUEST_COLUMNS} WHERE run_id = ?1 AND step_id = ?2 AND closed = ?3
+                         ORDER BY request_id DESC LIMIT 1"
+                    ),
+                    params![run_id.0, step.as_str(), Closed::Used.as_str()],
+                    raw_request,
+                )
+                .optional(),
+        )?;
+        raw.map(into_request).transpose()
+    }
+
+    /// Records a verdict as given; the caller checked it (`approval::check_verdict`).
+    pub fn record_verdict(&self, verdict: &VerdictRecord) -> Result<(), JournalError> {
+        self.sql(self.conn.execute(
+            "INSERT INTO approval_verdicts (request_id, environment, runbook, fingerprint, step_id, seen, verdict, reason, approver_uid, approver, approver_terminal, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                verdict.request_id,
+                verdict.environment,
+                verdict.runbook,
+                verdict.fingerprint,
+                verdict.step.as_ref().map(StepId::as_str),
+                verdict.seen,
+                verdict.verdict.as_str(),
+                redact(&verdict.reason),
+                i64::from(verdict.by.uid),
+                verdict.by.label,
+                verdict.by.terminal,
+                format_time(verdict.at),
+            ],
+        ))?;
+        Ok(())
+    }
+
+    /// Every verdict on request `id`, in the order recorded.
+    pub fn verdicts_on_request(&self, id: i64) -> Result<Vec<VerdictRecord>, JournalError> {
+        self.verdicts_where("request_id = ?1", params![id])
+    }
+
+    /// Every verdict on the plan with this fingerprint (`cutover plan --approve`).
+    pub fn plan_verdicts(&self, fingerprint: &str) -> Result<Vec<VerdictRecord>, JournalError> {
+        self.verdicts_where(
+            "request_id IS NULL AND step_id IS NULL AND fingerprint = ?1",
+            params![fingerprint],
+        )
+    }
+
+    fn verdicts_where(
+        &self,
+        condition: &str,
+        values: impl rusqlite::Params,
+    ) -> Result<Vec<VerdictRecord>, JournalError> {
+        let mut statement = self.sql(self.conn.prepare(&format!(
+            "{VERDICT_COLUMNS} WHERE {condition} ORDER BY verdict_id"
+        )))?;
+        let rows = self.sql(
+            statement
+                .query_map(values, raw_verdict)
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>()),
+        )?;
+        rows.into_iter().map(into_verdict).collect()
+    }
 }

@@ -4,11 +4,13 @@
 //! executor (effects over tokio-postgres, pgbouncer admin, russh) → journal.
 //! See `docs/ARCHITECTURE.md`.
 
+pub mod approval;
 pub mod cockpit;
 pub mod effects;
 pub mod engine;
 pub mod executor;
 pub mod guard;
+pub mod identity;
 pub mod inventory;
 pub mod journal;
 pub mod lab;

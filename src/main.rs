@@ -36,6 +36,7 @@ fn main() -> ExitCode {
                 run: RunOptions::from_env(),
                 theme: None,
                 readonly: false,
+                second: false,
             }
         }
         (None, Some(_)) => {
@@ -131,7 +132,39 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             inventory,
             runbook,
             format,
-        } => plan_command(&inventory, &runbook, format),
+            approve,
+            state_dir,
+            operator,
+        } => {
+            let approve = approve.then_some(PlanApproval {
+                state_dir,
+                operator,
+            });
+            plan_command(&inventory, &runbook, format, approve)
+        }
+        Command::Approve {
+            inventory,
+            runbook,
+            run,
+            step,
+            seen,
+            object,
+            withdraw,
+            wait_s,
+        } => {
+            let Some(step) = step else {
+                eprintln!("cutover: approve needs --step STEP (the step the driver waits on)");
+                return Ok(ExitCode::from(INVALID_INPUT));
+            };
+            let asked = Asked {
+                step: plan::StepId::new(step),
+                seen,
+                object,
+                withdraw,
+                wait: Duration::from_secs(wait_s),
+            };
+            approve_command(&inventory, &runbook, &run, asked).await
+        }
         Command::Run {
             inventory,
             runbook,
@@ -200,7 +233,8 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             run,
             theme,
             readonly,
-        } => tui_command(&inventory, runbook, &run, theme, readonly).await,
+            second,
+        } => tui_command(&inventory, runbook, &run, theme, readonly, second).await,
     }
 }
 
@@ -210,6 +244,7 @@ async fn tui_command(
     run: &RunOptions,
     theme: Option<String>,
     readonly: bool,
+    second: bool,
 ) -> Result<ExitCode> {
     let inv = match load_inventory(file)? {
         Ok(inv) => inv,
@@ -230,7 +265,8 @@ async fn tui_command(
         theme,
         operator: run.operator.clone(),
         pair: run.pair,
-        readonly,
+        readonly: readonly || second,
+        second,
         runbook: runbook.map(|runbook| invocation(file, &runbook, run, None)),
     };
     match cutover::cockpit::launch(launch).await {
@@ -240,10 +276,17 @@ async fn tui_command(
     }
 }
 
+/// `cutover plan --approve`: where to record the approval, and the display name.
+struct PlanApproval {
+    state_dir: Option<std::path::PathBuf>,
+    operator: String,
+}
+
 fn plan_command(
     file: &std::path::Path,
     runbook: &RunbookChoice,
     format: Format,
+    approve: Option<PlanApproval>,
 ) -> Result<ExitCode> {
     let inv = match load_inventory(file)? {
         Ok(inv) => inv,
@@ -265,6 +308,129 @@ fn plan_command(
         }
     }
     eprintln!("fingerprint: {}", plan.fingerprint());
+    if let Some(approve) = approve {
+        let me = cutover::identity::Identity::current(Some(&approve.operator));
+        let journal =
+            journal::Journal::open(&journal::resolve_state_dir(approve.state_dir.as_deref())?)?;
+        journal.record_verdict(&cutover::approval::VerdictRecord {
+            request_id: None,
+            environment: plan.environment.clone(),
+            runbook: plan.runbook.clone(),
+            fingerprint: plan.fingerprint(),
+            step: None,
+            seen: None,
+            verdict: cutover::approval::Verdict::Approve,
+            reason: String::new(),
+            by: cutover::approval::Person::from(&me),
+            at: chrono::Utc::now(),
+        })?;
+        eprintln!(
+            "plan {} approved by {} from {}",
+            plan.fingerprint(),
+            me.label(),
+            me.terminal.describe()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `cutover approve` was asked to do.
+struct Asked {
+    step: plan::StepId,
+    seen: Option<String>,
+    object: Option<String>,
+    withdraw: bool,
+    wait: Duration,
+}
+
+/// Exit code of a verdict the pair-review rules refuse (same user, stale, other plan).
+const REFUSED: u8 = 3;
+
+async fn approve_command(
+    file: &std::path::Path,
+    runbook: &RunbookChoice,
+    run: &RunOptions,
+    asked: Asked,
+) -> Result<ExitCode> {
+    use cutover::approval::{self, Verdict};
+    let (plan, journal) = match session::review_plan(&invocation(file, runbook, run, None)) {
+        Ok(reviewed) => reviewed,
+        Err(e) => return Ok(report_session_error(e)),
+    };
+    let me = cutover::identity::Identity::current(Some(&run.operator));
+    let until = std::time::Instant::now() + asked.wait;
+    let request = loop {
+        // A request is answered only while its driver runs (it holds the driver lock); one
+        // left by a driver that died is answered by nobody.
+        let driving = journal.driver(&plan.environment, &plan.runbook).is_some();
+        let open = journal
+            .open_approval_request(&plan.environment, &plan.runbook, Some(&asked.step))?
+            .filter(|_| driving);
+        match open {
+            Some(request) => break request,
+            None if std::time::Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            None => {
+                eprintln!(
+                    "cutover: no driver of {} on {} waits for an approval of `{}`",
+                    plan.runbook, plan.environment, asked.step
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    };
+    emit!("{}", approval::describe_request(&request).trim_end());
+    let (verdict, reason) = match (&asked.object, asked.withdraw, &asked.seen) {
+        (Some(reason), _, _) => (Verdict::Object, reason.clone()),
+        (None, true, _) => (Verdict::Withdraw, String::new()),
+        (None, false, Some(_)) => (Verdict::Approve, String::new()),
+        (None, false, None) => {
+            emit!(
+                "to approve exactly this: cutover approve {} {} --step {} --seen {}",
+                file.display(),
+                plan.runbook,
+                asked.step,
+                request.seen
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    if let Err(refusal) = approval::check_verdict(
+        &request,
+        &plan.fingerprint(),
+        &me,
+        verdict,
+        asked.seen.as_deref(),
+        &reason,
+    ) {
+        eprintln!("cutover: refused: {refusal}");
+        return Ok(ExitCode::from(REFUSED));
+    }
+    journal.record_verdict(&approval::VerdictRecord {
+        request_id: Some(request.id),
+        environment: request.environment.clone(),
+        runbook: request.runbook.clone(),
+        fingerprint: request.fingerprint.clone(),
+        step: Some(request.step.clone()),
+        seen: Some(request.seen.clone()),
+        verdict,
+        reason,
+        by: approval::Person::from(&me),
+        at: chrono::Utc::now(),
+    })?;
+    emit!(
+        "{} request {} ({}) as {} from {}",
+        match verdict {
+            Verdict::Approve => "approved",
+            Verdict::Object => "objected to",
+            Verdict::Withdraw => "withdrew your verdict on",
+        },
+        request.id,
+        request.covers,
+        me.label(),
+        me.terminal.describe()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -364,6 +530,10 @@ async fn run_command(
     }
     cutover::executor::signals::stop_on_signals(runner.stop_handle());
     cutover::guard::spawn_on_pause(&mut runner, invocation(file, runbook, run, None));
+    runner.set_identity(cutover::identity::Identity::current(Some(&run.operator)));
+    runner.on_approval(Box::new(|status| {
+        eprintln!("cutover: {}", status.describe());
+    }));
     if json {
         runner.on_entry(Box::new(|run_id, entry| {
             emit!("{}", journal::entry_json_line(run_id, entry));

@@ -39,6 +39,8 @@ pub enum SessionError {
     },
     #[error("run {run_id} has traffic paused or a step half-run; roll it back (`cutover rollback`) before abandoning it")]
     AbandonWhileLive { run_id: RunId },
+    #[error("pair mode: no second operator (another OS user) approved plan {fingerprint}; they review it with `cutover plan INV RUNBOOK ...` and approve it with `--approve`")]
+    PlanNotApproved { fingerprint: String },
 }
 
 /// The unfinished run started from an inventory whose content differs from the one given.
@@ -104,7 +106,8 @@ impl SessionError {
             | SessionError::FingerprintMismatch { .. }
             | SessionError::InventoryDiffers(_)
             | SessionError::NothingToAbandon { .. }
-            | SessionError::AbandonWhileLive { .. } => true,
+            | SessionError::AbandonWhileLive { .. }
+            | SessionError::PlanNotApproved { .. } => true,
             SessionError::Runbook(e) => e.is_invalid_input(),
             SessionError::Journal(_) | SessionError::Run(_) => false,
         }
@@ -164,31 +167,14 @@ where
 {
     let state_dir = journal::resolve_state_dir(invocation.state_dir.as_deref())?;
     let journal = Journal::open(&state_dir)?;
-    let current = inventory::load(&invocation.inventory_path)?;
-    let unfinished = journal.latest_unfinished_run(&current.environment, &invocation.runbook)?;
-    let planned_from = match &unfinished {
-        Some(meta) => {
-            let dir = run_dir(&state_dir, &meta.run_id);
-            match std::fs::read_to_string(dir.join(PLAN_INVENTORY)) {
-                Ok(text) => {
-                    let recorded = inventory::parse(&text, PLAN_INVENTORY)?;
-                    check_same_inventory(invocation, meta, &dir, &recorded, &current)?;
-                    recorded
-                }
-                Err(_) => current.clone(),
-            }
-        }
-        None => current.clone(),
-    };
-    // Given no parameters, an unfinished run goes on (or rolls back) with its own.
-    let params = match &unfinished {
-        Some(meta) if invocation.params.is_empty() => &meta.params,
-        _ => &invocation.params,
-    };
+    let (planned_from, params) = planned_inventory(invocation, &state_dir, &journal)?;
     let Built {
         plan,
         effects: make_effects,
-    } = build(&planned_from, params)?;
+    } = build(&planned_from, &params)?;
+    if invocation.oversight == Oversight::Pair {
+        check_plan_approved(&journal, &plan)?;
+    }
     if let Some(expected) = &invocation.expect_fingerprint {
         let actual = plan.fingerprint();
         if &actual != expected {
@@ -228,6 +214,57 @@ where
         }));
     }
     Ok(runner)
+}
+
+/// The inventory and parameters a run of `invocation` is planned from: those of the unfinished
+/// run (the inventory it started with, which must match the given one but for the run's own
+/// rewrite; its parameters when none are given), else the given ones.
+fn planned_inventory(
+    invocation: &Invocation,
+    state_dir: &Path,
+    journal: &Journal,
+) -> Result<(Inventory, BTreeMap<String, String>), SessionError> {
+    let current = inventory::load(&invocation.inventory_path)?;
+    let unfinished = journal.latest_unfinished_run(&current.environment, &invocation.runbook)?;
+    let planned_from = match &unfinished {
+        Some(meta) => {
+            let dir = run_dir(state_dir, &meta.run_id);
+            match std::fs::read_to_string(dir.join(PLAN_INVENTORY)) {
+                Ok(text) => {
+                    let recorded = inventory::parse(&text, PLAN_INVENTORY)?;
+                    check_same_inventory(invocation, meta, &dir, &recorded, &current)?;
+                    recorded
+                }
+                Err(_) => current.clone(),
+            }
+        }
+        None => current.clone(),
+    };
+    let params = match unfinished {
+        Some(meta) if invocation.params.is_empty() => meta.params,
+        _ => invocation.params.clone(),
+    };
+    Ok((planned_from, params))
+}
+
+/// The plan a run of `invocation` drives, exactly as `open` would plan it, without opening,
+/// locking or creating a run: what the second operator reviews and approves.
+pub fn review_plan(invocation: &Invocation) -> Result<(Plan, Journal), SessionError> {
+    let state_dir = journal::resolve_state_dir(invocation.state_dir.as_deref())?;
+    let journal = Journal::open(&state_dir)?;
+    let (planned_from, params) = planned_inventory(invocation, &state_dir, &journal)?;
+    Ok((plan(&planned_from, &invocation.runbook, &params)?, journal))
+}
+
+/// Pair mode drives only a plan another OS user approved (`cutover plan ... --approve`).
+fn check_plan_approved(journal: &Journal, plan: &Plan) -> Result<(), SessionError> {
+    let fingerprint = plan.fingerprint();
+    let verdicts = journal.plan_verdicts(&fingerprint)?;
+    let me = nix::unistd::getuid().as_raw();
+    match crate::approval::plan_approved_by_other(&fingerprint, me, &verdicts) {
+        Some(_) => Ok(()),
+        None => Err(SessionError::PlanNotApproved { fingerprint }),
+    }
 }
 
 /// Normalized text of an inventory (what it means, not how the file spells it).

@@ -4,8 +4,8 @@
 use chrono::{DateTime, TimeZone, Utc};
 use cutover::engine::{
     apply, required_confirmation, Command, Confirmation, Effect, EngineSettings, EngineState,
-    EntryKind, JournalEntry, Observation, Oversight, PreconditionResult, Refusal, Severity,
-    StepStatus,
+    EntryKind, JournalEntry, Observation, Oversight, PairApproval, PreconditionResult, Refusal,
+    Severity, StepStatus,
 };
 use cutover::plan::{Plan, RenderedCommand, Step, StepFlags, StepId, Undo};
 use std::collections::BTreeMap;
@@ -160,14 +160,38 @@ fn start_command(
     observations: Vec<Observation>,
 ) -> Command {
     let requirement = required_confirmation(state, plan, &id(plan, index), &observations).unwrap();
+    // The second name, when given, is another OS user's approval of what the engine asks for.
+    let approval = match (by, &requirement.approval_of) {
+        ([_, second, ..], Some(of)) => Some(approval(plan, of, &requirement.seen, 1001, second)),
+        _ => None,
+    };
+    let by = match approval {
+        Some(_) => vec![by[0].to_string()],
+        None => by.iter().map(|s| s.to_string()).collect(),
+    };
     Command::Start {
         step: id(plan, index),
         confirmation: Some(Confirmation {
-            by: by.iter().map(|s| s.to_string()).collect(),
+            by,
             seen: requirement.seen,
+            approval,
         }),
         precondition_results: all_hold(plan, index),
         observations,
+    }
+}
+
+/// An approval of `step` by uid `approver_uid` for a driver of uid 1000.
+fn approval(plan: &Plan, step: &StepId, seen: &str, approver_uid: u32, name: &str) -> PairApproval {
+    PairApproval {
+        request_id: 1,
+        step: step.clone(),
+        fingerprint: plan.fingerprint(),
+        seen: seen.to_string(),
+        driver_uid: 1000,
+        approver_uid,
+        approver: name.to_string(),
+        approver_terminal: "tty /dev/pts/9".into(),
     }
 }
 
@@ -438,6 +462,7 @@ fn a_confirmation_is_bound_to_the_observations_it_was_given_for() {
     let confirmation = Confirmation {
         by: vec!["alice".into()],
         seen: requirement.seen.clone(),
+        approval: None,
     };
     let now = vec![
         Observation::new("standby.lag_bytes", "5242880"),
@@ -484,79 +509,134 @@ fn a_confirmation_is_bound_to_the_observations_it_was_given_for() {
 }
 
 #[test]
-fn pair_mode_needs_two_distinct_operators_for_destructive_steps() {
-    struct Case {
-        oversight: Oversight,
-        by: &'static [&'static str],
-        accepted: bool,
-    }
-    let cases = [
-        Case {
-            oversight: Oversight::Pair,
-            by: &["alice"],
-            accepted: false,
-        },
-        Case {
-            oversight: Oversight::Pair,
-            by: &["alice", " Alice "],
-            accepted: false,
-        },
-        Case {
-            oversight: Oversight::Pair,
-            by: &["headless:ci"],
-            accepted: false,
-        },
-        Case {
-            oversight: Oversight::Pair,
-            by: &["alice", "bob"],
-            accepted: true,
-        },
-        Case {
-            oversight: Oversight::Solo,
-            by: &["alice"],
-            accepted: true,
-        },
-    ];
-    for case in cases {
-        let mut run = Run::new(EngineSettings {
-            oversight: case.oversight,
-        });
-        run.walk_through(PAUSE);
-        let requirement =
-            required_confirmation(&run.state, &run.plan, &id(&run.plan, PROMOTE), &[]).unwrap();
-        assert_eq!(requirement.severity, Severity::Destructive);
-        let command = start_command(&run.state, &run.plan, PROMOTE, case.by, vec![]);
-        let result = run.apply(command);
-        if case.accepted {
-            result.unwrap();
-            let confirmed = run
-                .journal()
-                .into_iter()
-                .rfind(|e| e.kind == EntryKind::Confirmed)
-                .unwrap();
-            assert_eq!(confirmed.step, Some(id(&run.plan, PROMOTE)));
-            assert_eq!(
-                confirmed.actors.len(),
-                case.by.len(),
-                "both names are journaled"
-            );
-        } else {
-            let refusal = result.unwrap_err();
-            assert!(
-                matches!(refusal, Refusal::SecondOperatorRequired { needed: 2, .. }),
-                "{:?} by {:?}: {refusal:?}",
-                case.oversight,
-                case.by
-            );
-        }
-    }
-
-    // Routine steps need one operator even in pair mode.
-    let mut run = Run::new(EngineSettings {
+fn pair_mode_needs_another_os_users_approval_of_exactly_what_was_seen() {
+    let pair = EngineSettings {
         oversight: Oversight::Pair,
-    });
-    let command = start_command(&run.state, &run.plan, PREFLIGHT, &["alice"], vec![]);
-    run.apply(command).unwrap();
+    };
+    let seen_now = |run: &Run, step: usize| {
+        required_confirmation(&run.state, &run.plan, &id(&run.plan, step), &[])
+            .unwrap()
+            .seen
+    };
+    let start_with = |run: &Run, step: usize, approval: Option<PairApproval>| Command::Start {
+        step: id(&run.plan, step),
+        confirmation: Some(Confirmation {
+            by: vec!["alice (uid 1000)".into()],
+            seen: seen_now(run, step),
+            approval,
+        }),
+        precondition_results: all_hold(&run.plan, step),
+        observations: vec![],
+    };
+    let mut run = Run::new(pair);
+    run.walk_through(BASELINE);
+
+    // The pausing step opens a window holding a destructive step: the window is one unit,
+    // approved before traffic pauses.
+    let requirement =
+        required_confirmation(&run.state, &run.plan, &id(&run.plan, PAUSE), &[]).unwrap();
+    assert_eq!(requirement.severity, Severity::Routine);
+    assert_eq!(requirement.approval_of, Some(id(&run.plan, PAUSE)));
+    let seen = seen_now(&run, PAUSE);
+    let pause = id(&run.plan, PAUSE);
+    let refusals = [
+        (None, "no approval"),
+        (
+            Some(approval(&run.plan, &pause, &seen, 1000, "alice")),
+            "same uid",
+        ),
+        (
+            Some(approval(&run.plan, &pause, &"0".repeat(64), 1001, "bob")),
+            "stale seen",
+        ),
+        (
+            Some(approval(
+                &run.plan,
+                &id(&run.plan, DELETE),
+                &seen,
+                1001,
+                "bob",
+            )),
+            "another step",
+        ),
+        (
+            Some(PairApproval {
+                fingerprint: "f".repeat(64),
+                ..approval(&run.plan, &pause, &seen, 1001, "bob")
+            }),
+            "another plan",
+        ),
+    ];
+    for (given, case) in refusals {
+        let refusal = run.apply(start_with(&run, PAUSE, given)).unwrap_err();
+        let expected = match case {
+            "no approval" => matches!(refusal, Refusal::SecondOperatorRequired { .. }),
+            "same uid" => matches!(refusal, Refusal::ApprovalBySameUser { uid: 1000, .. }),
+            "stale seen" => matches!(refusal, Refusal::StaleApproval { .. }),
+            _ => matches!(refusal, Refusal::ApprovalMismatch { .. }),
+        };
+        assert!(expected, "{case}: {refusal:?}");
+        assert_eq!(run.state.steps[PAUSE], StepStatus::Pending, "{case}");
+    }
+    let window = approval(&run.plan, &pause, &seen, 1001, "bob (uid 1001)");
+    run.apply(start_with(&run, PAUSE, Some(window.clone())))
+        .unwrap();
+    let confirmed = run
+        .journal()
+        .into_iter()
+        .rfind(|e| e.kind == EntryKind::Confirmed)
+        .unwrap();
+    assert_eq!(
+        confirmed.actors,
+        vec!["alice (uid 1000)".to_string(), "bob (uid 1001)".to_string()],
+        "both people are journaled"
+    );
+    assert!(confirmed
+        .detail
+        .contains("approved by bob (uid 1001) from tty /dev/pts/9"));
+    run.succeed(PAUSE);
+
+    // Inside the window the destructive step is covered by the window's approval, without
+    // waiting for a person while traffic is paused; nothing else covers it.
+    let requirement =
+        required_confirmation(&run.state, &run.plan, &id(&run.plan, PROMOTE), &[]).unwrap();
+    assert_eq!(requirement.severity, Severity::Destructive);
+    assert_eq!(requirement.approval_of, Some(pause.clone()));
+    let refusal = run.apply(start_with(&run, PROMOTE, None)).unwrap_err();
+    assert!(
+        matches!(refusal, Refusal::SecondOperatorRequired { .. }),
+        "{refusal:?}"
+    );
+    run.apply(start_with(&run, PROMOTE, Some(window))).unwrap();
+    run.succeed(PROMOTE);
+    let requirement =
+        required_confirmation(&run.state, &run.plan, &id(&run.plan, RESUME), &[]).unwrap();
+    assert_eq!(
+        requirement.approval_of, None,
+        "a routine step in the window"
+    );
+    run.apply(start_with(&run, RESUME, None)).unwrap();
+    run.succeed(RESUME);
+
+    // Past the window, a destructive step needs its own approval.
+    let requirement =
+        required_confirmation(&run.state, &run.plan, &id(&run.plan, DELETE), &[]).unwrap();
+    assert_eq!(requirement.approval_of, Some(id(&run.plan, DELETE)));
+    let stale_window = approval(&run.plan, &pause, &seen, 1001, "bob");
+    let refusal = run
+        .apply(start_with(&run, DELETE, Some(stale_window)))
+        .unwrap_err();
+    assert!(
+        matches!(refusal, Refusal::ApprovalMismatch { .. }),
+        "{refusal:?}"
+    );
+
+    // Routine steps need one person even in pair mode, and solo mode needs no approval.
+    let mut run = Run::new(pair);
+    run.apply(start_with(&run, PREFLIGHT, None)).unwrap();
+    let mut solo = Run::new(EngineSettings::default());
+    solo.walk_through(BASELINE);
+    solo.apply(start_with(&solo, PAUSE, None)).unwrap();
 }
 
 #[test]

@@ -103,6 +103,7 @@ impl Run {
             confirmation: Some(Confirmation {
                 by: vec!["alice".into()],
                 seen: requirement.seen,
+                approval: None,
             }),
             precondition_results,
             observations,

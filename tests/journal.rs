@@ -4,7 +4,7 @@
 use chrono::{DateTime, TimeZone, Utc};
 use cutover::engine::{
     apply, required_confirmation, Command, Confirmation, Effect, EngineSettings, EngineState,
-    EntryKind, JournalEntry, Oversight, PreconditionResult, StepStatus,
+    EntryKind, JournalEntry, Oversight, PairApproval, PreconditionResult, StepStatus,
 };
 use cutover::journal::{redact, state_dir_from, Journal, JournalError, RunId, RunStatus};
 use cutover::plan::{Plan, RenderedCommand, Step, StepFlags, StepId, Undo};
@@ -92,7 +92,21 @@ impl Executor<'_> {
         self.send(Command::Start {
             step,
             confirmation: Some(Confirmation {
-                by: by.iter().map(|s| s.to_string()).collect(),
+                by: by[..1].iter().map(|s| s.to_string()).collect(),
+                approval: requirement
+                    .approval_of
+                    .clone()
+                    .zip(by.get(1))
+                    .map(|(step, second)| PairApproval {
+                        request_id: 1,
+                        step,
+                        fingerprint: self.plan.fingerprint(),
+                        seen: requirement.seen.clone(),
+                        driver_uid: 1000,
+                        approver_uid: 1001,
+                        approver: second.to_string(),
+                        approver_terminal: "test".into(),
+                    }),
                 seen: requirement.seen,
             }),
             precondition_results,
@@ -480,4 +494,127 @@ fn the_driver_lock_names_its_holders_pid() {
         Some(std::process::id())
     );
     assert_eq!(journal.driver_holder_pid("env", "major-upgrade"), None);
+}
+
+#[test]
+fn approval_requests_and_verdicts_round_trip_and_one_driver_waits_on_one_step() {
+    use cutover::approval::{decide, Closed, Decision, Person, Verdict, VerdictRecord};
+    use cutover::engine::{seen_hash, Observation};
+    use cutover::journal::NewApprovalRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let plan = plan("lab", "shard-split");
+    let run_id = Journal::new_run_id();
+    let step = StepId::new("promote");
+    let observations = vec![Observation::new("standby.caught_up", "true")];
+    let seen = seen_hash(&plan.fingerprint(), &step, &observations);
+    let driver = Person {
+        uid: 1000,
+        label: "alice (uid 1000)".into(),
+        terminal: "tty /dev/pts/1".into(),
+    };
+    let ask = |shown: &str| {
+        journal
+            .request_approval(&NewApprovalRequest {
+                run_id: &run_id,
+                environment: "lab",
+                runbook: "shard-split",
+                fingerprint: &plan.fingerprint(),
+                step: &step,
+                covers: "step `promote`",
+                seen: &seen,
+                observations: &observations,
+                shown,
+                driver: &driver,
+            })
+            .unwrap()
+    };
+    let first = ask("precondition caught-up holds: PGPASSWORD=hunter2");
+    assert!(
+        !first.shown.contains("hunter2"),
+        "secrets are masked: {}",
+        first.shown
+    );
+    assert_eq!(first.observations, observations);
+    let second = ask("");
+    assert_eq!(
+        journal.approval_request(first.id).unwrap().closed,
+        Some(Closed::Cancelled),
+        "a new request cancels the open one"
+    );
+    let open = journal
+        .open_approval_request("lab", "shard-split", Some(&step))
+        .unwrap()
+        .unwrap();
+    assert_eq!(open, second);
+    let verdict = |uid: u32, verdict: Verdict| VerdictRecord {
+        request_id: Some(second.id),
+        environment: "lab".into(),
+        runbook: "shard-split".into(),
+        fingerprint: plan.fingerprint(),
+        step: Some(step.clone()),
+        seen: Some(seen.clone()),
+        verdict,
+        reason: "why".into(),
+        by: Person {
+            uid,
+            label: format!("user (uid {uid})"),
+            terminal: "ssh 10.0.0.5 51234 → 10.0.0.1 22".into(),
+        },
+        at: Utc::now(),
+    };
+    journal
+        .record_verdict(&verdict(1000, Verdict::Approve))
+        .unwrap();
+    let stored = journal.verdicts_on_request(second.id).unwrap();
+    assert_eq!(
+        decide(&open, &stored),
+        Decision::Waiting,
+        "the driver's own uid"
+    );
+    journal
+        .record_verdict(&verdict(1001, Verdict::Approve))
+        .unwrap();
+    let stored = journal.verdicts_on_request(second.id).unwrap();
+    assert!(matches!(decide(&open, &stored), Decision::Approved(v) if v.by.uid == 1001));
+    journal
+        .close_approval_request(second.id, Closed::Used)
+        .unwrap();
+    assert_eq!(
+        journal
+            .used_approval_request(&run_id, &step)
+            .unwrap()
+            .map(|r| r.id),
+        Some(second.id)
+    );
+    assert!(journal
+        .open_approval_request("lab", "shard-split", None)
+        .unwrap()
+        .is_none());
+    assert_eq!(journal.approval_requests_of_run(&run_id).unwrap().len(), 2);
+}
+
+#[test]
+fn a_group_writable_state_dir_gets_a_group_writable_journal() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o2775)).unwrap();
+    let journal = Journal::open(&shared).unwrap();
+    journal.create_run(&plan("lab", "shard-split")).unwrap();
+    let runs = shared.join("runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    for file in [
+        "journal.sqlite",
+        "journal.sqlite-wal",
+        "journal.sqlite-shm",
+        "runs",
+    ] {
+        let mode = std::fs::metadata(shared.join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o060, 0o060, "{file} is group-writable: {mode:o}");
+    }
 }

@@ -224,7 +224,11 @@ impl Bridge {
                     }
                 }
                 Some(RunbookUpdate::Refused(message)) => refused.push(message),
-                Some(RunbookUpdate::Info(_)) => {}
+                Some(
+                    RunbookUpdate::Info(_)
+                    | RunbookUpdate::PairWait(_)
+                    | RunbookUpdate::PairRequest(_),
+                ) => {}
                 None => return Err(format!("the bridge ended; refusals: {refused:?}")),
             }
         }

@@ -4,7 +4,9 @@
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use cutover::ui::dialog::{DialogFocus, Layer};
 use cutover::ui::fixtures;
-use cutover::ui::model::{Model, NoticeLevel, RunbookUpdate, StepStatusView, UiRequest};
+use cutover::ui::model::{
+    Model, NoticeLevel, PairRequestView, PairWaitView, RunbookUpdate, StepStatusView, UiRequest,
+};
 use cutover::ui::update::{update, Action};
 use std::time::{Duration, Instant};
 
@@ -431,48 +433,137 @@ fn quit_is_refused_while_a_step_runs_and_immediate_when_idle() {
     assert!(idle.model.should_quit);
 }
 
+/// The screen as text, drawn by the real renderer.
+fn screen_text(model: &Model, width: u16, height: u16) -> String {
+    let mut terminal = ratatui::Terminal::new(ratatui::backend::TestBackend::new(width, height))
+        .expect("test backend");
+    let theme = cutover::ui::Theme::builtin("dark").expect("theme");
+    cutover::ui::render::draw(&mut terminal, model, &theme).expect("draw");
+    let buffer = terminal.backend().buffer().clone();
+    let mut out = String::new();
+    for y in 0..height {
+        for x in 0..width {
+            out.push_str(buffer[(x, y)].symbol());
+        }
+        out.push('\n');
+    }
+    out
+}
+
 #[test]
-fn pair_mode_needs_two_distinct_names() {
+fn pair_mode_asks_no_typed_name_and_says_who_approves() {
     let mut app = App::at_step(6); // destructive
     app.model.session.pair = true;
     app.key(press(KeyCode::Enter));
-    assert_eq!(app.dialog().expect("dialog").fields.len(), 1);
-    app.think();
-    app.key(press(KeyCode::Enter)); // empty second name
-    assert!(app.key(ch('Y')).is_empty(), "no second operator");
-    app.type_text("Alice");
-    app.key(press(KeyCode::Enter));
+    let dialog = app.dialog().expect("dialog");
+    assert!(dialog.fields.is_empty(), "no second name is typed");
     assert!(
-        app.key(ch('Y')).is_empty(),
-        "same operator (any case) refused"
+        dialog
+            .body
+            .iter()
+            .any(|l| l.contains("another OS user approves")),
+        "{:?}",
+        dialog.body
     );
-    assert!(app
-        .dialog()
-        .and_then(|d| d.error.clone())
-        .unwrap_or_default()
-        .contains("must differ"));
-    for _ in 0..5 {
-        app.key(press(KeyCode::Backspace));
-    }
-    app.type_text("bob");
-    app.key(press(KeyCode::Enter));
+    app.think();
     match app.key(ch('Y')).as_slice() {
         [UiRequest::RunStep {
             step: 6,
             confirmation,
-        }] => {
-            assert_eq!(
-                confirmation.by,
-                vec!["alice".to_string(), "bob".to_string()]
-            );
-        }
+        }] => assert_eq!(confirmation.by, vec!["alice".to_string()]),
         other => panic!("expected RunStep, got {other:?}"),
     }
-    // A plain step needs no second name even in pair mode.
-    let mut plain = App::at_passing_gate();
-    plain.model.session.pair = true;
-    plain.key(press(KeyCode::Enter));
-    assert!(plain.dialog().expect("dialog").fields.is_empty());
+    // The driver's cockpit says who it waits for and since when, and shows an objection.
+    let since = app.model.now - chrono::Duration::seconds(42);
+    update(
+        &mut app.model,
+        Action::Runbook(RunbookUpdate::PairWait(Some(PairWaitView {
+            request: 3,
+            covers: "step `delete-invalid`".into(),
+            driver: "alice (uid 1000)".into(),
+            since,
+            seen: "ab".repeat(32),
+            objection: Some(("bob (uid 1001)".into(), "not before the backup".into())),
+            note: None,
+        }))),
+    );
+    let screen = screen_text(&app.model, 120, 40);
+    for needle in [
+        "Waiting for a second operator to approve step `delete-invalid`",
+        "another OS user than alice (uid 1000)",
+        "(42 s)",
+        "BLOCKED: bob (uid 1001) objects: not before the backup",
+    ] {
+        assert!(screen.contains(needle), "lacks {needle:?}:\n{screen}");
+    }
+}
+
+#[test]
+fn the_second_session_approves_or_objects_to_what_the_driver_waits_on() {
+    let mut app = App::at_step(6);
+    app.model.session.readonly = true;
+    app.model.session.second = true;
+    assert!(app.key(ch('a')).is_empty());
+    assert!(app.dialog().is_none(), "nothing to approve yet");
+    let request = PairRequestView {
+        request: 9,
+        step: 6,
+        covers: "step `delete-invalid`".into(),
+        driver: "alice (uid 1000)".into(),
+        driver_terminal: "tty /dev/pts/1".into(),
+        since: app.model.now,
+        seen: "cd".repeat(32),
+        shown: vec!["observed routing = true".into()],
+        refusal: None,
+        mine: None,
+    };
+    update(
+        &mut app.model,
+        Action::Runbook(RunbookUpdate::PairRequest(Some(request.clone()))),
+    );
+    app.key(ch('a'));
+    let dialog = app.dialog().expect("approval dialog");
+    let body = dialog.body.join("\n");
+    for needle in [
+        "alice (uid 1000) waits since",
+        &"cd".repeat(32),
+        "observed routing = true",
+    ] {
+        assert!(body.contains(needle), "lacks {needle:?}:\n{body}");
+    }
+    app.think();
+    match app.key(ch('Y')).as_slice() {
+        [UiRequest::Approve { request: 9, seen }] => assert_eq!(seen, &"cd".repeat(32)),
+        other => panic!("expected Approve, got {other:?}"),
+    }
+    // An objection needs a reason.
+    app.key(ch('o'));
+    app.think();
+    app.key(press(KeyCode::Enter));
+    assert!(app.key(ch('Y')).is_empty(), "no reason, no objection");
+    app.type_text("wait");
+    app.key(press(KeyCode::Enter));
+    match app.key(ch('Y')).as_slice() {
+        [UiRequest::Object { request: 9, reason }] => assert_eq!(reason, "wait"),
+        other => panic!("expected Object, got {other:?}"),
+    }
+    assert_eq!(app.key(ch('w')), vec![UiRequest::Withdraw { request: 9 }]);
+    // The driver's own OS user is told why it cannot approve.
+    update(
+        &mut app.model,
+        Action::Runbook(RunbookUpdate::PairRequest(Some(PairRequestView {
+            request: 10,
+            refusal: Some("you (alice (uid 1000)) drive this run".into()),
+            ..request
+        }))),
+    );
+    assert!(app.key(ch('a')).is_empty());
+    assert!(app.dialog().is_none());
+    assert!(
+        app.last_notice().contains("drive this run"),
+        "{}",
+        app.last_notice()
+    );
 }
 
 #[test]
@@ -671,6 +762,7 @@ fn tmux_cockpit_process() {
             operator: "alice".into(),
             pair: false,
             readonly: false,
+            second: false,
             requests_tx,
             updates_rx,
             initial: Some(initial),

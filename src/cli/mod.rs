@@ -39,6 +39,46 @@ pub enum Command {
         runbook: RunbookChoice,
         #[arg(long, value_enum, default_value = "md", global = true)]
         format: Format,
+        /// Pair review: record in the journal that you (this OS user) approve this plan's
+        /// fingerprint; `cutover run --pair` drives only a plan another user approved.
+        #[arg(long, global = true)]
+        approve: bool,
+        /// Where the journal lives (with --approve).
+        #[arg(long, global = true)]
+        state_dir: Option<PathBuf>,
+        /// Display name recorded next to your OS user (with --approve).
+        #[arg(long, global = true, env = "USER", default_value = "operator")]
+        operator: String,
+    },
+    /// Pair review, headless: show what the driver waits on at STEP, and approve it (with the
+    /// seen hash you were shown), object to it (with a reason), or withdraw your verdict.
+    /// Only another OS user than the driver can approve.
+    Approve {
+        inventory: PathBuf,
+        #[command(subcommand)]
+        runbook: RunbookChoice,
+        #[command(flatten)]
+        run: RunOptions,
+        /// The step the driver waits on (for a paused window: the step that pauses traffic).
+        #[arg(long, global = true, value_name = "STEP")]
+        step: Option<String>,
+        /// Approve exactly this seen hash (at least its first 12 hex digits), as shown.
+        #[arg(long, global = true, value_name = "HASH", conflicts_with_all = ["object", "withdraw"])]
+        seen: Option<String>,
+        /// Object, with this reason: the step is blocked until you withdraw.
+        #[arg(
+            long,
+            global = true,
+            value_name = "REASON",
+            conflicts_with = "withdraw"
+        )]
+        object: Option<String>,
+        /// Withdraw your earlier approval or objection of the request.
+        #[arg(long, global = true)]
+        withdraw: bool,
+        /// Wait up to this many seconds for the driver to reach STEP.
+        #[arg(long, global = true, default_value_t = 0)]
+        wait_s: u64,
     },
     /// Run (or resume) a runbook.
     Run {
@@ -104,6 +144,10 @@ pub enum Command {
         /// Show everything, run nothing.
         #[arg(long, global = true)]
         readonly: bool,
+        /// Pair review: follow the run read-only, and approve or object when the driver waits
+        /// for a second operator (you must be another OS user than the driver).
+        #[arg(long, global = true, conflicts_with = "readonly")]
+        second: bool,
     },
     /// Show or export the record of a run.
     Journal {
@@ -266,10 +310,12 @@ pub struct RunOptions {
     /// Where the journal lives (default: $CUTOVER_STATE_DIR, $XDG_STATE_HOME/cutover, ~/.local/state/cutover).
     #[arg(long, global = true)]
     pub state_dir: Option<PathBuf>,
-    /// Operator name recorded in the journal.
+    /// Display name recorded in the journal next to your OS user (who you are is the OS user).
     #[arg(long, global = true, env = "USER", default_value = "operator")]
     pub operator: String,
-    /// Destructive and point-of-no-return steps need a second, different operator.
+    /// Destructive and point-of-no-return steps (and a paused window holding one) need an
+    /// approval from another OS user's session (`cutover approve`, `cutover tui --second`),
+    /// and the plan an approval from `cutover plan --approve`.
     #[arg(long, global = true)]
     pub pair: bool,
     /// Accept and record an SSH host key never seen before (logged). Changed keys are always refused.

@@ -148,26 +148,106 @@ pub fn required_confirmation(
     } else {
         Severity::Routine
     };
-    let distinct_operators = match (state.settings.oversight, severity) {
-        (Oversight::Pair, Severity::Destructive | Severity::PointOfNoReturn) => 2,
-        _ => 1,
+    let approval_of = match state.settings.oversight {
+        Oversight::Pair => approval_of(state, plan, i),
+        Oversight::Solo => None,
     };
+    Ok(ConfirmationRequirement {
+        step: step.clone(),
+        seen: seen_hash(&plan.fingerprint(), step, observations),
+        distinct_operators: if approval_of.is_some() { 2 } else { 1 },
+        approval_of,
+        severity,
+    })
+}
+
+/// Lowercase hex sha256 over the plan fingerprint, the step id and the sorted observations:
+/// what a confirmation (and a pair approval) of `step` is bound to. Another session holding
+/// the same observations computes the same hash.
+pub fn seen_hash(fingerprint: &str, step: &StepId, observations: &[Observation]) -> String {
     let mut sorted: Vec<&Observation> = observations.iter().collect();
     sorted.sort();
     let mut enc = CanonicalEncoder::new("cutover-confirmation-v1");
-    enc.str(&plan.fingerprint());
+    enc.str(fingerprint);
     enc.str(step.as_str());
     enc.count(sorted.len());
     for observation in sorted {
         enc.str(&observation.name);
         enc.str(&observation.value);
     }
-    Ok(ConfirmationRequirement {
-        step: step.clone(),
-        seen: enc.finish_hex(),
-        distinct_operators,
-        severity,
-    })
+    enc.finish_hex()
+}
+
+fn is_dangerous(step: &crate::plan::Step) -> bool {
+    step.flags.destructive || step.is_point_of_no_return()
+}
+
+/// In pair mode, the step whose approval step `i` needs, if any. The paused window is one
+/// unit: its opening step is approved (before traffic pauses, so no bound is spent waiting for
+/// a person) when the window holds a dangerous step, and that approval covers the window's
+/// dangerous steps while the window it opened is the one in effect.
+fn approval_of(state: &EngineState, plan: &Plan, i: usize) -> Option<StepId> {
+    let step = &plan.steps[i];
+    if let Some(pause) = state.traffic_pause {
+        let window = super::paused_window(plan, pause.by_step);
+        if pause.by_step < i && window.is_some_and(|(from, to)| from < i && i <= to) {
+            return is_dangerous(step).then(|| plan.steps[pause.by_step].id.clone());
+        }
+    }
+    if let Some((from, to)) = super::paused_window(plan, i) {
+        if plan.steps[from..=to].iter().any(is_dangerous) {
+            return Some(step.id.clone());
+        }
+    }
+    is_dangerous(step).then(|| step.id.clone())
+}
+
+/// Pair mode: the confirmation carries an approval from another uid, for this plan and the
+/// step the requirement names; an approval of the step itself must be of exactly the `seen`
+/// the readings give now.
+fn check_pair_approval(
+    plan: &Plan,
+    step: &StepId,
+    requirement: &ConfirmationRequirement,
+    confirmation: &Confirmation,
+    operators: &[String],
+) -> Result<(), Refusal> {
+    let Some(approval_of) = &requirement.approval_of else {
+        return Ok(());
+    };
+    let Some(approval) = &confirmation.approval else {
+        return Err(Refusal::SecondOperatorRequired {
+            step: step.clone(),
+            approval_of: approval_of.clone(),
+            by: operators.to_vec(),
+        });
+    };
+    if approval.approver_uid == approval.driver_uid {
+        return Err(Refusal::ApprovalBySameUser {
+            step: step.clone(),
+            uid: approval.approver_uid,
+        });
+    }
+    if approval.fingerprint != plan.fingerprint() {
+        return Err(Refusal::ApprovalMismatch {
+            step: step.clone(),
+            what: format!("plan {}", approval.fingerprint),
+        });
+    }
+    if &approval.step != approval_of {
+        return Err(Refusal::ApprovalMismatch {
+            step: step.clone(),
+            what: format!("step `{}`", approval.step),
+        });
+    }
+    if approval_of == step && approval.seen != requirement.seen {
+        return Err(Refusal::StaleApproval {
+            step: step.clone(),
+            approved: approval.seen.clone(),
+            now: requirement.seen.clone(),
+        });
+    }
+    Ok(())
 }
 
 fn start(
@@ -217,12 +297,12 @@ fn start(
             got: confirmation.seen,
         });
     }
-    if operators.len() < requirement.distinct_operators {
-        return Err(Refusal::SecondOperatorRequired {
-            step: step.clone(),
-            needed: requirement.distinct_operators,
-            by: operators,
-        });
+    check_pair_approval(t.plan, step, &requirement, &confirmation, &operators)?;
+    let mut operators = operators;
+    if let Some(approval) = &confirmation.approval {
+        if requirement.approval_of.is_some() && !operators.contains(&approval.approver) {
+            operators.push(approval.approver.clone());
+        }
     }
 
     let previous = t.state.steps[i].clone();
@@ -235,11 +315,17 @@ fn start(
         .map(|o| format!("{}={}", o.name, o.value))
         .collect::<Vec<_>>()
         .join(", ");
-    let confirmed_detail = if observed.is_empty() {
+    let mut confirmed_detail = if observed.is_empty() {
         format!("seen {}", requirement.seen)
     } else {
         format!("seen {} ({observed})", requirement.seen)
     };
+    if let (Some(approval), Some(of)) = (&confirmation.approval, &requirement.approval_of) {
+        confirmed_detail.push_str(&format!(
+            "; approved by {} from {} (request {}, approval of `{of}`, seen {})",
+            approval.approver, approval.approver_terminal, approval.request_id, approval.seen
+        ));
+    }
     t.journal(Some(i), EntryKind::Confirmed, confirmed_detail, operators)?;
     for result in precondition_results {
         let verdict = if result.holds {

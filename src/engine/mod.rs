@@ -26,7 +26,7 @@ mod entry;
 mod items;
 mod state;
 
-pub use apply::{apply, required_confirmation};
+pub use apply::{apply, required_confirmation, seen_hash};
 pub use entry::{EntryKind, JournalEntry, UnknownEntryKind};
 pub use items::{ItemId, ItemState, ItemStatus, OnItemFailure};
 pub use state::{
@@ -81,21 +81,42 @@ pub struct PreconditionResult {
 /// Operators' confirmation of a step, bound to what they saw.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Confirmation {
-    /// Operator names; pair mode needs two distinct ones for destructive steps.
+    /// Who drives: the driver's label (see `crate::identity::Identity::label`).
     pub by: Vec<String>,
     /// `ConfirmationRequirement::seen` as computed when the dialog was shown.
     pub seen: String,
+    /// Pair mode: the second person's approval from the journal, for steps that need two.
+    pub approval: Option<PairApproval>,
 }
 
 impl Confirmation {
     /// Headless (`--yes`) confirmation from the current readings: `by = ["headless:<user>"]`.
-    /// In pair mode this single name is refused for destructive steps, by design.
+    /// In pair mode this alone is refused for destructive steps, by design.
     pub fn headless(user: &str, requirement: &ConfirmationRequirement) -> Self {
         Confirmation {
             by: vec![format!("headless:{user}")],
             seen: requirement.seen.clone(),
+            approval: None,
         }
     }
+}
+
+/// A second person's approval as the driver found it in the journal (`crate::approval`): who
+/// approved what, bound to the step, the plan fingerprint and the `seen` hash they were shown.
+/// Two people are two OS users: the engine refuses an approval whose uid is the driver's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairApproval {
+    /// The approval request in the journal.
+    pub request_id: i64,
+    /// The step approved: the step itself, or the step opening the paused window it is in.
+    pub step: StepId,
+    pub fingerprint: String,
+    pub seen: String,
+    pub driver_uid: u32,
+    pub approver_uid: u32,
+    /// The approver's label and terminal, for the journal.
+    pub approver: String,
+    pub approver_terminal: String,
 }
 
 /// How much a confirmation must weigh; the cockpit maps it to the dialog
@@ -114,9 +135,12 @@ pub struct ConfirmationRequirement {
     pub step: StepId,
     /// Lowercase hex sha256 over the plan fingerprint, the step id and the sorted observations.
     pub seen: String,
-    /// Distinct operator names needed: 2 for destructive or point-of-no-return steps in pair
-    /// mode, else 1.
+    /// People needed: 2 in pair mode for destructive or point-of-no-return steps and for a step
+    /// opening a paused window that holds one, else 1.
     pub distinct_operators: usize,
+    /// Pair mode: the step whose approval covers this one (itself, or the step that opened the
+    /// paused window it is in), when two people are needed.
+    pub approval_of: Option<StepId>,
     pub severity: Severity,
 }
 
@@ -278,11 +302,21 @@ pub enum Refusal {
         expected: String,
         got: String,
     },
-    #[error("step `{step}` needs {needed} distinct operators in pair mode; confirmed by: {}", by.join(", "))]
+    #[error("step `{step}` needs a second operator in pair mode: an approval of `{approval_of}` from another OS user (cutover approve / cutover tui --second); confirmed by: {}", by.join(", "))]
     SecondOperatorRequired {
         step: StepId,
-        needed: usize,
+        approval_of: StepId,
         by: Vec<String>,
+    },
+    #[error("the approval of step `{step}` comes from the driver's own OS user (uid {uid}); pair mode needs another person")]
+    ApprovalBySameUser { step: StepId, uid: u32 },
+    #[error("the approval given for step `{step}` is for {what}, not for this")]
+    ApprovalMismatch { step: StepId, what: String },
+    #[error("the approval of step `{step}` is stale: it approved seen {approved}, the readings now give {now}")]
+    StaleApproval {
+        step: StepId,
+        approved: String,
+        now: String,
     },
     #[error("a reason is required to {action} step `{step}`")]
     ReasonRequired { step: StepId, action: &'static str },

@@ -13,10 +13,12 @@
 pub mod context;
 pub mod error;
 pub mod items;
+pub mod pair;
 pub mod signals;
 
 pub use error::{StepError, StepErrorKind};
 pub use items::{ItemAttempt, ItemFuture, StepItems};
+pub use pair::{ApprovalHook, ApprovalStatus};
 
 use crate::engine::{
     self, Command, Confirmation, Effect, EngineSettings, EngineState, JournalEntry, Observation,
@@ -243,6 +245,10 @@ pub struct Runner<A: Actions> {
     recorded: bool,
     /// Called on drop when the run was never recorded (removes its run directory).
     discard: Option<Box<dyn FnOnce() + Send>>,
+    /// Who drives: the OS user of this process (pair mode binds approvals to it).
+    identity: crate::identity::Identity,
+    /// Called whenever a wait for a second person changes (see [`pair`]).
+    on_approval: Option<ApprovalHook>,
 }
 
 impl<A: Actions> Drop for Runner<A> {
@@ -325,6 +331,8 @@ impl<A: Actions> Runner<A> {
             state_tx,
             recorded: resumed,
             discard: None,
+            identity: crate::identity::Identity::current(None),
+            on_approval: None,
         })
     }
 
@@ -997,7 +1005,10 @@ impl<A: Actions> Runner<A> {
         user: &str,
         through: Option<&StepId>,
     ) -> Result<Progress, RunError> {
-        let by = vec![format!("headless:{user}")];
+        let by = match self.state.settings.oversight {
+            engine::Oversight::Pair => vec![format!("headless:{}", self.identity.label())],
+            engine::Oversight::Solo => vec![format!("headless:{user}")],
+        };
         loop {
             if let Some(reason) = self.stop_reason() {
                 self.end_pause_before_exit(&reason).await?;
@@ -1027,6 +1038,13 @@ impl<A: Actions> Runner<A> {
             self.note_abort()?;
             return Err(self.end_pause_now().await);
         }
+        let approval = match Box::pin(self.pair_approval(&step)).await {
+            Ok(approval) => approval,
+            Err(error) => {
+                self.recover_in_pause(&by.join(" + "), &error).await?;
+                return Err(error);
+            }
+        };
         let requirement = match Box::pin(self.requirement(&step)).await {
             Ok(requirement) => requirement,
             Err(error) => {
@@ -1037,6 +1055,7 @@ impl<A: Actions> Runner<A> {
         let confirmation = Confirmation {
             by,
             seen: requirement.seen,
+            approval,
         };
         // The run stays unfinished on failure: `cutover run` retries (re-checking), `cutover rollback` undoes.
         self.start_recovering(&step, confirmation).await?;

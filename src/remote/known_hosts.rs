@@ -132,9 +132,12 @@ pub fn append(path: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::R
         line.push('\n');
     }
     line.push_str(&format!("{} {key_text}\n", host_field(host, port)));
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never group-writable, even when a shared state dir relaxed the umask.
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o644)
         .open(path)?;
     file.write_all(line.as_bytes())
 }

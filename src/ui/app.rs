@@ -42,6 +42,8 @@ pub struct TuiOptions {
     pub operator: String,
     pub pair: bool,
     pub readonly: bool,
+    /// `--second`: the second operator of a pair review (implies read-only).
+    pub second: bool,
     /// Requests to the engine. Sent with `try_send`: the UI never waits on the engine; a full
     /// channel is reported in the status line and the request is dropped (nothing was confirmed
     /// to the engine, so the operator just confirms again).
@@ -82,6 +84,7 @@ pub async fn run(opts: TuiOptions) -> Result<(), UiError> {
         operator,
         pair,
         readonly,
+        second,
         requests_tx,
         mut updates_rx,
         initial,
@@ -96,7 +99,8 @@ pub async fn run(opts: TuiOptions) -> Result<(), UiError> {
         environment: inventory.environment.clone(),
         operator,
         pair,
-        readonly,
+        readonly: readonly || second,
+        second,
         intervals,
         seen,
         tls_warnings: crate::tls::inventory_warnings(&inventory),

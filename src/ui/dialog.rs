@@ -32,6 +32,16 @@ pub enum Intent {
     Skip {
         step: usize,
     },
+    /// Second operator (`tui --second`): approve the driver's request on `step`.
+    Approve {
+        request: i64,
+        step: usize,
+    },
+    /// Second operator: object to the driver's request, with a reason.
+    Object {
+        request: i64,
+        step: usize,
+    },
     Quit,
 }
 
@@ -39,8 +49,6 @@ pub enum Intent {
 pub enum FieldKind {
     /// Must equal the word exactly (point of no return).
     ConfirmWord,
-    /// Pair mode: a second operator name, different from the first.
-    SecondOperator,
     /// Free text, not empty (skip reason).
     Reason,
 }

@@ -392,6 +392,7 @@ pub fn session(operator: &str) -> Session {
         environment: "lab".into(),
         operator: operator.into(),
         pair: false,
+        second: false,
         readonly: false,
         intervals: PollIntervals::default(),
         seen: default_seen,

@@ -13,6 +13,12 @@ pub enum Command {
     AbortWindow,
     RollbackToSelected,
     SkipSelected,
+    /// Second operator (`tui --second`): approve what the driver waits on.
+    ApproveRequest,
+    /// Second operator: object to what the driver waits on, with a reason.
+    ObjectRequest,
+    /// Second operator: withdraw my approval or objection.
+    WithdrawVerdict,
     ToggleFreeze,
     OpenPalette,
     ToggleHelp,
@@ -173,6 +179,27 @@ pub static KEYMAP: &[KeyBinding] = &[
         "skip selected step (typed reason)",
         Context::Main,
         Some("skip"),
+    ),
+    bind(
+        &[KeySpec::char('a')],
+        Command::ApproveRequest,
+        "second operator: approve what the driver waits on (tui --second)",
+        Context::Main,
+        None,
+    ),
+    bind(
+        &[KeySpec::char('o')],
+        Command::ObjectRequest,
+        "second operator: object to it, with a reason (blocks the driver)",
+        Context::Main,
+        None,
+    ),
+    bind(
+        &[KeySpec::char('w')],
+        Command::WithdrawVerdict,
+        "second operator: withdraw your approval or objection",
+        Context::Main,
+        None,
     ),
     bind(
         &[KeySpec::char('f')],

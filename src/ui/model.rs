@@ -207,7 +207,57 @@ pub enum UiRequest {
         reason: String,
         by: Vec<String>,
     },
+    /// Second operator: approve request `request`, exactly the engine `seen` it showed.
+    Approve {
+        request: i64,
+        seen: String,
+    },
+    /// Second operator: object to request `request`; it blocks until withdrawn.
+    Object {
+        request: i64,
+        reason: String,
+    },
+    /// Second operator: withdraw my approval or objection of request `request`.
+    Withdraw {
+        request: i64,
+    },
     Quit,
+}
+
+/// The driver waits for a second person (pair mode): what its cockpit shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairWaitView {
+    pub request: i64,
+    /// `step `x``, or the paused window it opens.
+    pub covers: String,
+    /// Who drives (the second person must be another OS user).
+    pub driver: String,
+    pub since: DateTime<Utc>,
+    pub seen: String,
+    /// Who objects and why: the step is blocked until they withdraw.
+    pub objection: Option<(String, String)>,
+    /// E.g. "the readings changed after the approval: asking again".
+    pub note: Option<String>,
+}
+
+/// What the driver waits on, as the second operator's cockpit (`tui --second`) shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairRequestView {
+    pub request: i64,
+    /// Index of the step in the runbook view (for a window: the step that pauses traffic).
+    pub step: usize,
+    pub covers: String,
+    pub driver: String,
+    pub driver_terminal: String,
+    pub since: DateTime<Utc>,
+    /// The engine's seen hash the approval is bound to.
+    pub seen: String,
+    /// The observations behind `seen` and the preconditions the driver was shown.
+    pub shown: Vec<String>,
+    /// Why this session cannot approve it (the driver's own OS user, another plan), if so.
+    pub refusal: Option<String>,
+    /// This person's standing verdict on it (`approve`, `object`), if any.
+    pub mine: Option<String>,
 }
 
 /// What the engine tells the cockpit.
@@ -218,6 +268,10 @@ pub enum RunbookUpdate {
     Refused(String),
     /// Anything else worth a line in the status bar.
     Info(String),
+    /// Pair mode, driver: waiting for a second person (`None`: not waiting).
+    PairWait(Option<PairWaitView>),
+    /// Pair mode, second operator: the request the driver waits on (`None`: none open).
+    PairRequest(Option<PairRequestView>),
 }
 
 /// Computes the fingerprint of what the operator sees when confirming `step`.
@@ -389,10 +443,12 @@ pub struct LagHistory {
 pub struct Session {
     pub environment: String,
     pub operator: String,
-    /// `--pair`: destructive steps and rollbacks need a second, different operator name.
+    /// `--pair`: steps that need two people wait for another OS user's approval.
     pub pair: bool,
     /// `--readonly`: everything is shown, nothing runs.
     pub readonly: bool,
+    /// `--second`: read-only, and this person approves or objects to what the driver waits on.
+    pub second: bool,
     pub intervals: PollIntervals,
     pub seen: SeenFn,
     /// Connections that TLS does not verify (`tls::inventory_warnings`), shown in the header.
@@ -428,6 +484,10 @@ pub struct Model {
     pub theme_request: Option<String>,
     pub size: (u16, u16),
     pub should_quit: bool,
+    /// Driver in pair mode: the approval it waits for.
+    pub pair_wait: Option<PairWaitView>,
+    /// Second operator: the request the driver waits on.
+    pub pair_request: Option<PairRequestView>,
 }
 
 impl Model {
@@ -457,6 +517,8 @@ impl Model {
             theme_request: None,
             size: (80, 24),
             should_quit: false,
+            pair_wait: None,
+            pair_request: None,
         };
         model.sample_lag();
         model
@@ -504,13 +566,10 @@ impl Model {
         }
     }
 
-    /// Operator names for a request, in confirmation order.
-    pub fn operators(&self, second: Option<&str>) -> Vec<String> {
-        let mut by = vec![self.session.operator.clone()];
-        if let Some(second) = second {
-            by.push(second.trim().to_string());
-        }
-        by
+    /// Who confirms a request: this cockpit's operator (in pair mode the second person is
+    /// another OS user, approving from their own session).
+    pub fn operators(&self) -> Vec<String> {
+        vec![self.session.operator.clone()]
     }
 
     pub fn step(&self, index: usize) -> Option<&StepView> {

@@ -100,6 +100,30 @@ fn apply_runbook_update(model: &mut Model, update: RunbookUpdate) {
         }
         RunbookUpdate::Refused(message) => model.notify(NoticeLevel::Refused, message),
         RunbookUpdate::Info(message) => model.notify(NoticeLevel::Info, message),
+        RunbookUpdate::PairWait(wait) => model.pair_wait = wait,
+        RunbookUpdate::PairRequest(request) => {
+            let new = request.as_ref().map(|r| r.request);
+            let old = model.pair_request.as_ref().map(|r| r.request);
+            if new != old {
+                // A dialog about a request the driver no longer waits on answers nothing.
+                model.layers.retain(|layer| {
+                    !matches!(
+                        layer,
+                        Layer::Confirm(d) if matches!(d.intent, Intent::Approve { .. } | Intent::Object { .. })
+                    )
+                });
+                if let Some(open) = &request {
+                    model.notify(
+                        NoticeLevel::Info,
+                        format!(
+                            "{} waits for your approval of {} (a approves, o objects)",
+                            open.driver, open.covers
+                        ),
+                    );
+                }
+            }
+            model.pair_request = request;
+        }
     }
 }
 
@@ -139,6 +163,9 @@ pub fn run_command(model: &mut Model, command: Command) -> Vec<UiRequest> {
         Command::AbortWindow => return abort_window(model),
         Command::RollbackToSelected => return open_rollback_dialog(model),
         Command::SkipSelected => return open_skip_dialog(model),
+        Command::ApproveRequest => return open_approval_dialog(model, false),
+        Command::ObjectRequest => return open_approval_dialog(model, true),
+        Command::WithdrawVerdict => return withdraw_verdict(model),
         Command::ToggleFreeze => {
             model.frozen = !model.frozen;
             if model.frozen {
@@ -383,12 +410,25 @@ fn abort_window(model: &mut Model) -> Vec<UiRequest> {
 /// The confirmation of a whole paused window: every command of every step, the gates, the
 /// bound and what rollback does.
 fn open_window_dialog(model: &mut Model, from: usize, through: usize) -> Vec<UiRequest> {
-    let Some(runbook) = model.runbook.clone() else {
-        return vec![];
-    };
-    let Some(first) = runbook.steps.get(from).cloned() else {
-        return vec![];
-    };
+    if let Some(dialog) = window_dialog(model, from, through) {
+        model.layers.push(Layer::Confirm(dialog));
+    }
+    vec![]
+}
+
+/// What pair mode adds to the driver's dialog of a step that needs two people.
+fn pair_note(model: &Model, step: &StepView, dangerous: bool) -> Option<String> {
+    (model.session.pair && dangerous).then(|| {
+        format!(
+            "PAIR MODE: once you confirm, this waits until another OS user approves exactly what you see from their own session (cutover tui INV RUNBOOK --second, or cutover approve INV RUNBOOK ... --step {}); traffic is never paused while it waits.",
+            step.id
+        )
+    })
+}
+
+fn window_dialog(model: &Model, from: usize, through: usize) -> Option<ConfirmDialog> {
+    let runbook = model.runbook.clone()?;
+    let first = runbook.steps.get(from).cloned()?;
     let total = runbook.steps.len();
     let window = &runbook.steps[from..=through];
     let bound = runbook.pause_bound.as_secs_f64();
@@ -476,15 +516,12 @@ fn open_window_dialog(model: &mut Model, from: usize, through: usize) -> Vec<UiR
     let dangerous = window
         .iter()
         .any(|s| s.destructive || s.point_of_no_return.is_some());
-    if model.session.pair && dangerous {
-        fields.push(TextField::new(
-            FieldKind::SecondOperator,
-            "second operator (pair mode)",
-            None,
-        ));
+    if let Some(note) = pair_note(model, &first, dangerous) {
+        body.push(String::new());
+        body.push(note);
     }
     let seen = (model.session.seen)(&first, &model.latest);
-    let dialog = ConfirmDialog::new(
+    Some(ConfirmDialog::new(
         Intent::RunWindow { from, through },
         format!("Run the paused window, steps {}–{}?", from + 1, through + 1),
         body,
@@ -492,9 +529,7 @@ fn open_window_dialog(model: &mut Model, from: usize, through: usize) -> Vec<UiR
         model.instant,
         seen,
         fields,
-    );
-    model.layers.push(Layer::Confirm(dialog));
-    vec![]
+    ))
 }
 
 fn open_run_dialog(model: &mut Model, stepwise: bool) -> Vec<UiRequest> {
@@ -506,9 +541,15 @@ fn open_run_dialog(model: &mut Model, stepwise: bool) -> Vec<UiRequest> {
     if let (Some((from, through)), false) = (window, stepwise) {
         return open_window_dialog(model, from, through);
     }
-    let Some(step) = model.step(index).cloned() else {
-        return vec![];
-    };
+    if let Some(dialog) = step_dialog(model, index, window.is_some()) {
+        model.layers.push(Layer::Confirm(dialog));
+    }
+    vec![]
+}
+
+/// The confirmation of one step; `in_window`: it opens a paused window run step by step.
+fn step_dialog(model: &Model, index: usize, in_window: bool) -> Option<ConfirmDialog> {
+    let step = model.step(index).cloned()?;
     let total = model.runbook.as_ref().map_or(0, |r| r.steps.len());
     let dangerous = step.destructive || step.point_of_no_return.is_some();
     let mut fields = Vec::new();
@@ -520,20 +561,16 @@ fn open_run_dialog(model: &mut Model, stepwise: bool) -> Vec<UiRequest> {
             Some(word),
         ));
     }
-    if model.session.pair && dangerous {
-        fields.push(TextField::new(
-            FieldKind::SecondOperator,
-            "second operator (pair mode)",
-            None,
-        ));
-    }
     let seen = (model.session.seen)(&step, &model.latest);
     let mut body = step_body(&step, index, total);
+    if let Some(note) = pair_note(model, &step, dangerous) {
+        body.push(note);
+    }
     let paused = model
         .runbook
         .as_ref()
         .is_some_and(|r| r.traffic_paused_since.is_some());
-    if window.is_some() || paused {
+    if in_window || paused {
         let bound = model
             .runbook
             .as_ref()
@@ -542,7 +579,7 @@ fn open_run_dialog(model: &mut Model, stepwise: bool) -> Vec<UiRequest> {
             "STEP BY STEP: the pause bound of {bound:.1}s runs while you confirm each step; raise it (--pause-bound-ms) if you need the time."
         ));
     }
-    let dialog = ConfirmDialog::new(
+    Some(ConfirmDialog::new(
         Intent::RunStep { step: index },
         format!("Run step {}?", index + 1),
         body,
@@ -554,9 +591,102 @@ fn open_run_dialog(model: &mut Model, stepwise: bool) -> Vec<UiRequest> {
         model.instant,
         seen,
         fields,
-    );
+    ))
+}
+
+/// Second operator: the driver's own dialog of the step it waits on (the same commands,
+/// gates and typed word), with who waits since when and the exact seen hash, as an approval.
+fn open_approval_dialog(model: &mut Model, object: bool) -> Vec<UiRequest> {
+    if !model.session.second {
+        return refuse(
+            model,
+            "only a second operator's session (tui --second) approves".into(),
+        );
+    }
+    let Some(request) = model.pair_request.clone() else {
+        return refuse(model, "the driver waits for no approval now".into());
+    };
+    if let Some(why) = &request.refusal {
+        return refuse(model, why.clone());
+    }
+    let window = model
+        .runbook
+        .as_ref()
+        .and_then(|r| r.paused_window(request.step));
+    let dialog = match window {
+        Some((from, through)) => window_dialog(model, from, through),
+        None => step_dialog(model, request.step, false),
+    };
+    let Some(mut dialog) = dialog else {
+        return refuse(model, format!("no step {} in this plan", request.step + 1));
+    };
+    let mut head = vec![
+        format!(
+            "{} waits since {} for a second operator to approve {}.",
+            request.driver,
+            request.since.format("%H:%M:%S UTC"),
+            request.covers
+        ),
+        format!("Driver's terminal: {}", request.driver_terminal),
+        format!(
+            "Seen (what the driver saw; your approval is bound to it): {}",
+            request.seen
+        ),
+    ];
+    head.extend(request.shown.iter().map(|line| format!("  {line}")));
+    if let Some(mine) = &request.mine {
+        head.push(format!("Your standing verdict: {mine} (w withdraws it)"));
+    }
+    head.push(String::new());
+    head.append(&mut dialog.body);
+    dialog.body = head;
+    dialog.severity = Severity::Dangerous;
+    if object {
+        dialog.intent = Intent::Object {
+            request: request.request,
+            step: request.step,
+        };
+        dialog.title = format!(
+            "Object to {}? The driver stays blocked until you withdraw.",
+            request.covers
+        );
+        dialog.fields = vec![TextField::new(FieldKind::Reason, "why you object", None)];
+    } else {
+        dialog.intent = Intent::Approve {
+            request: request.request,
+            step: request.step,
+        };
+        dialog.title = format!("Approve {} as the second operator?", request.covers);
+        dialog.body.push(String::new());
+        dialog.body.push(
+            "Approving records your OS user, this terminal and exactly this seen hash; the driver then runs it."
+                .into(),
+        );
+    }
+    dialog.focus = if dialog.fields.is_empty() {
+        DialogFocus::Buttons
+    } else {
+        DialogFocus::Field(0)
+    };
     model.layers.push(Layer::Confirm(dialog));
     vec![]
+}
+
+fn withdraw_verdict(model: &mut Model) -> Vec<UiRequest> {
+    match (&model.pair_request, model.session.second) {
+        (Some(request), true) => {
+            let request = request.request;
+            model.notify(
+                NoticeLevel::Info,
+                format!("withdrawing your verdict on request {request}"),
+            );
+            vec![UiRequest::Withdraw { request }]
+        }
+        _ => refuse(
+            model,
+            "no request of the driver to withdraw a verdict from".into(),
+        ),
+    }
 }
 
 fn open_rollback_dialog(model: &mut Model) -> Vec<UiRequest> {
@@ -587,15 +717,7 @@ fn open_rollback_dialog(model: &mut Model) -> Vec<UiRequest> {
             }
         }
     }
-    let fields = if model.session.pair {
-        vec![TextField::new(
-            FieldKind::SecondOperator,
-            "second operator (pair mode)",
-            None,
-        )]
-    } else {
-        vec![]
-    };
+    let fields = vec![];
     let seen = (model.session.seen)(&step, &model.latest);
     let dialog = ConfirmDialog::new(
         Intent::Rollback { to },
@@ -735,7 +857,7 @@ fn dialog_key(model: &mut Model, key: KeyEvent) -> Vec<UiRequest> {
 }
 
 /// Checks every field of `dialog`; on failure returns the field index and why.
-fn validate_fields(dialog: &ConfirmDialog, operator: &str) -> Result<(), (usize, String)> {
+fn validate_fields(dialog: &ConfirmDialog) -> Result<(), (usize, String)> {
     for (i, field) in dialog.fields.iter().enumerate() {
         let value = field.value.trim();
         match field.kind {
@@ -745,20 +867,6 @@ fn validate_fields(dialog: &ConfirmDialog, operator: &str) -> Result<(), (usize,
                     return Err((
                         i,
                         format!("typed {value:?}, but this step needs exactly {expected:?}"),
-                    ));
-                }
-            }
-            FieldKind::SecondOperator => {
-                if value.is_empty() {
-                    return Err((
-                        i,
-                        "pair mode: a second operator must type their name".into(),
-                    ));
-                }
-                if value.eq_ignore_ascii_case(operator.trim()) {
-                    return Err((
-                        i,
-                        format!("pair mode: the second operator must differ from {operator:?}"),
                     ));
                 }
             }
@@ -773,7 +881,6 @@ fn validate_fields(dialog: &ConfirmDialog, operator: &str) -> Result<(), (usize,
 }
 
 fn try_confirm(model: &mut Model) -> Vec<UiRequest> {
-    let operator = model.session.operator.clone();
     let readonly = model.session.readonly;
     let seen_fn = model.session.seen;
     let at = model.instant;
@@ -785,14 +892,18 @@ fn try_confirm(model: &mut Model) -> Vec<UiRequest> {
             d.error = Some(error);
         }
     };
-    if let Err((field, why)) = validate_fields(&dialog, &operator) {
+    if let Err((field, why)) = validate_fields(&dialog) {
         if let Some(d) = top_dialog(model) {
             d.error = Some(why);
             d.focus = DialogFocus::Field(field);
         }
         return vec![];
     }
-    if readonly && dialog.intent != Intent::Quit {
+    let second_verdict = matches!(
+        dialog.intent,
+        Intent::Approve { .. } | Intent::Object { .. }
+    );
+    if readonly && dialog.intent != Intent::Quit && !second_verdict {
         set_error(model, "read-only session: nothing runs".into());
         return vec![];
     }
@@ -818,6 +929,16 @@ fn try_confirm(model: &mut Model) -> Vec<UiRequest> {
         ),
         Intent::Rollback { to } => (to, rollback_availability(model, to)),
         Intent::Skip { step } => (step, skip_availability(model, step)),
+        Intent::Approve { request, step } | Intent::Object { request, step } => (
+            step,
+            match &model.pair_request {
+                Some(open) if open.request == request => Ok(()),
+                _ => Err(
+                    "the driver no longer waits on this request (it moved on or asked again)"
+                        .into(),
+                ),
+            },
+        ),
     };
     if let Err(why) = available {
         set_error(model, format!("cannot confirm: {why}"));
@@ -841,10 +962,7 @@ fn try_confirm(model: &mut Model) -> Vec<UiRequest> {
         }
         return vec![];
     }
-    let second = dialog
-        .field(FieldKind::SecondOperator)
-        .map(|f| f.value.trim().to_string());
-    let by = model.operators(second.as_deref());
+    let by = model.operators();
     model.layers.pop();
     let request = match dialog.intent {
         Intent::RunStep { step } => UiRequest::RunStep {
@@ -869,6 +987,21 @@ fn try_confirm(model: &mut Model) -> Vec<UiRequest> {
                 .map(|f| f.value.trim().to_string())
                 .unwrap_or_default(),
             by,
+        },
+        Intent::Approve { request, .. } => UiRequest::Approve {
+            request,
+            seen: model
+                .pair_request
+                .as_ref()
+                .map(|r| r.seen.clone())
+                .unwrap_or_default(),
+        },
+        Intent::Object { request, .. } => UiRequest::Object {
+            request,
+            reason: dialog
+                .field(FieldKind::Reason)
+                .map(|f| f.value.trim().to_string())
+                .unwrap_or_default(),
         },
         Intent::Quit => UiRequest::Quit,
     };

@@ -76,6 +76,9 @@ pub fn render(frame: &mut Frame, model: &Model, theme: &Theme) {
     }
     render_status_line(frame, rows[4], model, theme);
     render_hint_bar(frame, rows[5], model, theme);
+    if model.layers.is_empty() {
+        popups::render_pair(frame, area, model, theme);
+    }
     for layer in &model.layers {
         popups::render_layer(frame, area, layer, model, theme);
     }
@@ -187,8 +190,13 @@ fn render_header(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
         None => top.push(Span::styled("runbook — (monitoring only)", theme.header)),
     }
     top.push(sep());
-    let operators = if model.session.pair {
-        format!("operator {} + second (pair)", model.session.operator)
+    let operators = if model.session.second {
+        format!("second operator {}", model.session.operator)
+    } else if model.session.pair {
+        format!(
+            "operator {} (pair: another OS user approves)",
+            model.session.operator
+        )
     } else {
         format!("operator {}", model.session.operator)
     };

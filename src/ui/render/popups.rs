@@ -40,9 +40,12 @@ fn render_confirm(
     theme: &Theme,
 ) {
     let dangerous = dialog.severity == Severity::Dangerous;
+    // A window's (and an approval's) body is long: wide, and wrapped rather than cut.
     let window = matches!(
         dialog.intent,
         super::super::dialog::Intent::RunWindow { .. }
+            | super::super::dialog::Intent::Approve { .. }
+            | super::super::dialog::Intent::Object { .. }
     );
     let width: u16 = if window { 120 } else { 90 };
     // A window's body is read in full: its lines wrap to the dialog instead of being cut.
@@ -216,6 +219,7 @@ fn intent_step(dialog: &ConfirmDialog) -> Option<usize> {
         Intent::RunStep { step } | Intent::Skip { step } => Some(step),
         Intent::RunWindow { from, .. } => Some(from),
         Intent::Rollback { to } => Some(to),
+        Intent::Approve { step, .. } | Intent::Object { step, .. } => Some(step),
         Intent::Quit => None,
     }
 }
@@ -303,6 +307,98 @@ fn render_help(frame: &mut Frame, area: Rect, scroll: u16, theme: &Theme) {
                 .style(theme.dialog)
                 .title(Span::styled(" keys ", theme.title)),
         ),
+        rect,
+    );
+}
+
+/// Pair review boxes under the dialogs: the driver's "waiting for a second operator" (who it
+/// waits for, since when, an objection in full) and, in `tui --second`, what the driver waits
+/// on with the keys that answer it.
+pub fn render_pair(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
+    let since = |at: chrono::DateTime<chrono::Utc>| {
+        let waited = (model.now - at).num_seconds().max(0);
+        format!("since {} ({waited} s)", at.format("%H:%M:%S UTC"))
+    };
+    let (title, lines, danger) = if let Some(wait) = &model.pair_wait {
+        let mut lines = vec![
+            Line::styled(format!("Waiting for a second operator to approve {}", wait.covers), theme.dialog),
+            Line::styled(
+                format!("from another OS user than {}, in their own session, {}", wait.driver, since(wait.since)),
+                theme.dialog,
+            ),
+            Line::styled(format!("seen {} (request {})", &wait.seen[..16.min(wait.seen.len())], wait.request), theme.dim),
+            Line::styled(
+                "they run: cutover tui INV RUNBOOK --second  (or cutover approve ... --step STEP --seen HASH)",
+                theme.dim,
+            ),
+        ];
+        if let Some((who, reason)) = &wait.objection {
+            lines.push(Line::styled(
+                format!("BLOCKED: {who} objects: {reason}"),
+                theme.danger,
+            ));
+            lines.push(Line::styled(
+                "nothing runs until they withdraw",
+                theme.danger,
+            ));
+        }
+        if let Some(note) = &wait.note {
+            lines.push(Line::styled(note.clone(), theme.warn));
+        }
+        let danger = wait.objection.is_some();
+        (" pair review: waiting ", lines, danger)
+    } else if let (Some(request), true) = (&model.pair_request, model.session.second) {
+        let mut lines = vec![
+            Line::styled(
+                format!(
+                    "{} waits for you to approve {}",
+                    request.driver, request.covers
+                ),
+                theme.dialog,
+            ),
+            Line::styled(
+                format!("{} · {}", request.driver_terminal, since(request.since)),
+                theme.dim,
+            ),
+            Line::styled(format!("seen {}", request.seen), theme.dim),
+        ];
+        match (&request.refusal, &request.mine) {
+            (Some(why), _) => lines.push(Line::styled(why.clone(), theme.danger)),
+            (None, Some(mine)) => lines.push(Line::styled(
+                format!("your verdict: {mine} · w withdraws it"),
+                theme.warn,
+            )),
+            (None, None) => lines.push(Line::styled(
+                "a reviews and approves · o objects (with a reason)",
+                theme.key,
+            )),
+        }
+        (" pair review: your approval ", lines, false)
+    } else {
+        return;
+    };
+    let width = area.width.saturating_sub(4).min(110);
+    let height = (lines.len() as u16 + 2).min(area.height.saturating_sub(4));
+    let rect = Rect {
+        x: area.x + (area.width.saturating_sub(width)) / 2,
+        y: area.y + 3,
+        width,
+        height,
+    };
+    frame.render_widget(Clear, rect);
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(ratatui::widgets::Wrap { trim: false })
+            .block(
+                Block::bordered()
+                    .border_style(if danger {
+                        theme.danger
+                    } else {
+                        theme.border_focused
+                    })
+                    .style(theme.dialog)
+                    .title(Span::styled(title, theme.title)),
+            ),
         rect,
     );
 }
