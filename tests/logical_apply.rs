@@ -543,3 +543,84 @@ async fn a_native_subscription_into_citus_is_refused_by_its_canary() {
         .await
         .unwrap();
 }
+
+/// Throughput of the apply, printed (no timed assertion): 100 source transactions of 200
+/// inserts, then 100 of 50 updates and 20 deletes, drained in batches of 2000 changes.
+/// `cargo test --test logical_apply measure -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand"]
+async fn measure_apply_throughput() {
+    async fn measure(label: &str, source_port: u16, target_port: u16, target_db: &str) {
+        let src = source(source_port, "bench").await;
+        for t in 0..100i64 {
+            src.execute(
+                "INSERT INTO orders (tenant, id, note, doc, amount) SELECT g % 16, $1::bigint * 1000 + g, 'n', '{\"a\": 1}', g FROM generate_series(1, 200) g",
+                &[&t],
+            )
+            .await
+            .unwrap();
+        }
+        for t in 0..100i64 {
+            src.execute(
+                "UPDATE orders SET note = 'u' WHERE id BETWEEN $1::bigint * 1000 + 1 AND $1::bigint * 1000 + 50",
+                &[&t],
+            )
+            .await
+            .unwrap();
+            src.execute(
+                "DELETE FROM orders WHERE id BETWEEN $1::bigint * 1000 + 51 AND $1::bigint * 1000 + 70",
+                &[&t],
+            )
+            .await
+            .unwrap();
+        }
+        let mut config = ApplyConfig::new(SLOT);
+        config.batch_changes = 2000;
+        let mut apply = Applier::new(
+            connect(source_port, "bench").await,
+            connect(target_port, target_db).await,
+            config,
+        )
+        .await
+        .unwrap();
+        let started = std::time::Instant::now();
+        let mut changes = 0;
+        let mut batches = 0;
+        loop {
+            let outcome = apply.apply_batch().await.unwrap();
+            if outcome.transactions == 0 {
+                break;
+            }
+            changes += outcome.changes;
+            batches += 1;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        println!(
+            "{label}: {changes} changes in {batches} batches, {seconds:.2} s, {:.0} changes/s",
+            changes as f64 / seconds
+        );
+    }
+    let lab = CitusLab::start(100, 15).await.expect("a Citus lab");
+    let coordinator = citus_target(&lab).await;
+    drop(coordinator);
+    measure("citus", lab.config.pg1_port, lab.citus.ports[0], "postgres").await;
+    let target = fresh_db(lab.config.pg1_port, "bench_target").await;
+    target.batch_execute(SCHEMA).await.unwrap();
+    connect(lab.config.pg1_port, "bench")
+        .await
+        .batch_execute("SELECT pg_drop_replication_slot('cutover_move'); DROP TABLE orders, tiers; DROP TABLE cutover_canary")
+        .await
+        .unwrap();
+    connect(lab.config.pg1_port, "postgres")
+        .await
+        .batch_execute("DROP DATABASE bench")
+        .await
+        .unwrap();
+    measure(
+        "plain",
+        lab.config.pg1_port,
+        lab.config.pg1_port,
+        "bench_target",
+    )
+    .await;
+}
