@@ -430,6 +430,38 @@ async fn applies_through_a_citus_coordinator_exactly_once() {
         .unwrap()
         .get(0);
     assert_eq!(both, 2);
+
+    // ... but that transaction committed one-phase (no 2PC record), while one that also writes
+    // the reference progress table is a two-phase commit (Citus records it).
+    for statement in [
+        "ALTER SYSTEM SET citus.recover_2pc_interval = -1",
+        "SELECT pg_reload_conf()",
+    ] {
+        target.batch_execute(statement).await.unwrap();
+    }
+    let records = || async {
+        target
+            .query_one("SELECT count(*) FROM pg_dist_transaction", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let before = records().await;
+    target
+        .batch_execute(
+            "BEGIN; INSERT INTO local_probe VALUES (2); INSERT INTO orders (tenant, id) VALUES (3, 999998); COMMIT;",
+        )
+        .await
+        .unwrap();
+    assert_eq!(records().await, before, "local + one worker: one-phase");
+    target
+        .batch_execute(
+            "BEGIN; INSERT INTO orders (tenant, id) VALUES (3, 999997); \
+             UPDATE cutover_apply_progress SET changes = changes WHERE origin = 'cutover_move'; COMMIT;",
+        )
+        .await
+        .unwrap();
+    assert!(records().await > before, "with the reference progress table: two-phase");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
