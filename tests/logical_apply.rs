@@ -461,7 +461,10 @@ async fn applies_through_a_citus_coordinator_exactly_once() {
         )
         .await
         .unwrap();
-    assert!(records().await > before, "with the reference progress table: two-phase");
+    assert!(
+        records().await > before,
+        "with the reference progress table: two-phase"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -655,4 +658,82 @@ async fn measure_apply_throughput() {
         "bench_target",
     )
     .await;
+}
+
+/// Copy both tables from `source` to `target` under one REPEATABLE READ snapshot (as an initial
+/// copy without an exported snapshot would); the source's WAL position read inside it.
+async fn copy_under_snapshot(source: &mut Client, target: &Client) -> Lsn {
+    let txn = source
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .await
+        .unwrap();
+    for table in ["orders", "tiers"] {
+        let rows = txn
+            .query(&format!("SELECT row_to_json(t)::text FROM {table} t"), &[])
+            .await
+            .unwrap();
+        for row in rows {
+            let json: String = row.get(0);
+            target
+                .execute(
+                    &format!(
+                        "INSERT INTO {table} SELECT * FROM json_populate_record(NULL::{table}, $1::text::json)"
+                    ),
+                    &[&json],
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let lsn: String = txn
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    txn.commit().await.unwrap();
+    lsn.parse().unwrap()
+}
+
+/// Without an exported snapshot the copy already holds changes the slot replays: strict apply
+/// refuses (a duplicate key), tolerant apply through the copy's LSN converges row for row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_taken_after_the_slot_converges_under_tolerant_apply() {
+    let lab = TestLab::start(100).await.expect("a lab");
+    let port = lab.config.pg1_port;
+    let src = source(port, "shop").await;
+    write_changes(&src, 1).await;
+    let target = fresh_db(port, "late_target").await;
+    target.batch_execute(SCHEMA).await.unwrap();
+    let mut copier = connect(port, "shop").await;
+    let copied_at = copy_under_snapshot(&mut copier, &target).await;
+    write_changes(&src, 2).await;
+
+    let mut strict = applier(port, "shop", port, "late_target").await;
+    match strict.apply_batch().await {
+        Err(ApplyError::Change { kind, error, .. }) => {
+            assert_eq!(kind, "INSERT");
+            assert!(error.contains("duplicate key"), "{error}");
+        }
+        other => panic!("strict apply over a later copy must refuse: {other:?}"),
+    }
+    drop(strict);
+
+    let mut config = ApplyConfig::new(SLOT);
+    config.batch_changes = 150;
+    config.tolerant_through = Some(copied_at);
+    let mut tolerant = Applier::new(
+        connect(port, "shop").await,
+        connect(port, "late_target").await,
+        config,
+    )
+    .await
+    .unwrap();
+    drain(&mut tolerant).await;
+    assert_same_rows(&src, &target).await;
+    assert!(
+        tolerant.applied_lsn() > copied_at,
+        "strict again after the copy's LSN"
+    );
 }

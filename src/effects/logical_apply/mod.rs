@@ -24,7 +24,7 @@ pub use objects::{
     subscribed_citus_tables, uninstall_source, CanaryProof, DdlEvent, TargetKind, CANARY_TABLE,
     DDL_TABLE, PROGRESS_TABLE,
 };
-pub use statements::{Statement, TargetColumn, TargetTable};
+pub use statements::{Mode, Statement, TargetColumn, TargetTable};
 
 use crate::pg::{self, Endpoint, SessionSettings};
 use crate::sql::{quote_ident, quote_qualified};
@@ -102,6 +102,12 @@ pub struct ApplyConfig {
     pub tables: Vec<String>,
     /// How long the loop waits when a peek finds nothing.
     pub idle_wait: Duration,
+    /// Transactions committed at or before this LSN may already be in the target, because the
+    /// initial copy's snapshot was taken after the slot's start (no exported snapshot): they
+    /// are applied tolerantly (inserts upsert on the key, updates and deletes accept a missing
+    /// row), which converges once the apply passes it. Set it to the source's
+    /// `pg_current_wal_lsn()` read inside the copy's snapshot. `None`: strict throughout.
+    pub tolerant_through: Option<Lsn>,
 }
 
 impl ApplyConfig {
@@ -112,6 +118,7 @@ impl ApplyConfig {
             batch_changes: 2000,
             tables: Vec::new(),
             idle_wait: Duration::from_millis(50),
+            tolerant_through: None,
         }
     }
 }
@@ -520,18 +527,26 @@ impl Applier {
         }
         // Statements in source order, each with the change it applies.
         let mut work: Vec<(&Change, Arc<TargetTable>, Statement)> = Vec::new();
-        for change in pending.iter().flat_map(|t| &t.changes) {
-            let table = self.table(&change.qualified_table()).await?;
-            let statements =
-                statements::statements_for(change, &table).map_err(|error| ApplyError::Change {
-                    kind: change.kind.as_str(),
-                    table: change.qualified_table(),
-                    key: describe_key(change, Some(&table)),
-                    lsn: change.lsn.to_string(),
-                    error,
-                })?;
-            for statement in statements {
-                work.push((change, table.clone(), statement));
+        for source_txn in &pending {
+            let mode = match self.config.tolerant_through {
+                Some(through) if source_txn.commit_lsn <= through => Mode::Tolerant,
+                _ => Mode::Strict,
+            };
+            for change in &source_txn.changes {
+                let table = self.table(&change.qualified_table()).await?;
+                let statements =
+                    statements::statements_for(change, &table, mode).map_err(|error| {
+                        ApplyError::Change {
+                            kind: change.kind.as_str(),
+                            table: change.qualified_table(),
+                            key: describe_key(change, Some(&table)),
+                            lsn: change.lsn.to_string(),
+                            error,
+                        }
+                    })?;
+                for statement in statements {
+                    work.push((change, table.clone(), statement));
+                }
             }
         }
         let mut prepared = Vec::with_capacity(work.len());

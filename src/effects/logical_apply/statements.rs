@@ -161,13 +161,57 @@ fn new_values<'a>(
     Ok(out)
 }
 
-fn insert(table: &TargetTable, values: &[(&ColumnValue, &TargetColumn)]) -> Statement {
+/// How strictly a change must find the target as the source left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The target holds exactly what the source had before the change: an insert never meets
+    /// its key, an update or delete finds its row.
+    Strict,
+    /// The change may already be in the target (the initial copy's snapshot was taken after
+    /// the slot's start): inserts become upserts on the key, updates and deletes accept a
+    /// missing row. Replaying in commit order converges to the source's rows.
+    Tolerant,
+}
+
+/// `ON CONFLICT (key) DO UPDATE SET <other written columns> = excluded...` (or `DO NOTHING`),
+/// for an insert of `written` column names in tolerant mode; empty for a table without a key.
+fn on_conflict(table: &TargetTable, written: &[&str]) -> String {
+    if table.key.is_empty() {
+        return String::new();
+    }
+    let key: Vec<String> = table.key.iter().map(|k| quote_ident(k)).collect();
+    let set: Vec<String> = written
+        .iter()
+        .filter(|c| {
+            !table.key.iter().any(|k| k == *c) && table.distribution_column.as_deref() != Some(**c)
+        })
+        .map(|c| format!("{q} = excluded.{q}", q = quote_ident(c)))
+        .collect();
+    if set.is_empty() {
+        format!(" ON CONFLICT ({}) DO NOTHING", key.join(", "))
+    } else {
+        format!(
+            " ON CONFLICT ({}) DO UPDATE SET {}",
+            key.join(", "),
+            set.join(", ")
+        )
+    }
+}
+
+fn insert(table: &TargetTable, values: &[(&ColumnValue, &TargetColumn)], mode: Mode) -> Statement {
     let mut builder = Builder { params: Vec::new() };
     let names: Vec<String> = values.iter().map(|(_, c)| quote_ident(&c.name)).collect();
     let exprs: Vec<String> = values.iter().map(|(v, c)| builder.push(v, c)).collect();
+    let conflict = match mode {
+        Mode::Strict => String::new(),
+        Mode::Tolerant => {
+            let written: Vec<&str> = values.iter().map(|(_, c)| c.name.as_str()).collect();
+            on_conflict(table, &written)
+        }
+    };
     Statement {
         sql: format!(
-            "INSERT INTO {} ({}) VALUES ({})",
+            "INSERT INTO {} ({}) VALUES ({}){conflict}",
             table.quoted(),
             names.join(", "),
             exprs.join(", ")
@@ -188,9 +232,27 @@ fn delete(table: &TargetTable, key: &[(&ColumnValue, &TargetColumn, bool)]) -> S
 }
 
 /// The statements that apply `change` to `table`, in order.
-pub fn statements_for(change: &Change, table: &TargetTable) -> Result<Vec<Statement>, String> {
+pub fn statements_for(
+    change: &Change,
+    table: &TargetTable,
+    mode: Mode,
+) -> Result<Vec<Statement>, String> {
+    let mut statements = strict_statements(change, table, mode)?;
+    if mode == Mode::Tolerant {
+        for statement in &mut statements {
+            statement.expect_one_row = false;
+        }
+    }
+    Ok(statements)
+}
+
+fn strict_statements(
+    change: &Change,
+    table: &TargetTable,
+    mode: Mode,
+) -> Result<Vec<Statement>, String> {
     match change.kind {
-        ChangeKind::Insert => Ok(vec![insert(table, &new_values(change, table)?)]),
+        ChangeKind::Insert => Ok(vec![insert(table, &new_values(change, table)?, mode)]),
         ChangeKind::Delete => Ok(vec![delete(table, &old_key(change, table)?)]),
         ChangeKind::Update => {
             let key = old_key(change, table)?;
@@ -203,7 +265,7 @@ pub fn statements_for(change: &Change, table: &TargetTable) -> Result<Vec<Statem
                     .filter(|c| !c.generated && !written.contains(&c.name.as_str()))
                     .collect();
                 if missing.is_empty() {
-                    return Ok(vec![delete(table, &key), insert(table, &values)]);
+                    return Ok(vec![delete(table, &key), insert(table, &values, mode)]);
                 }
                 // Unchanged TOASTed columns are not in the change: carry them over from the old
                 // row, inserting the moved row before the old one is deleted.
@@ -221,9 +283,20 @@ pub fn statements_for(change: &Change, table: &TargetTable) -> Result<Vec<Statem
                         .map(|c| format!("r.{}", quote_ident(&c.name))),
                 );
                 let clause = where_clause(&mut builder, &key, "r.");
+                let conflict = match mode {
+                    Mode::Strict => String::new(),
+                    Mode::Tolerant => {
+                        let written: Vec<&str> = values
+                            .iter()
+                            .map(|(_, c)| c.name.as_str())
+                            .chain(missing.iter().map(|c| c.name.as_str()))
+                            .collect();
+                        on_conflict(table, &written)
+                    }
+                };
                 let carry = Statement {
                     sql: format!(
-                        "INSERT INTO {t} ({}) SELECT {} FROM {t} r WHERE {clause}",
+                        "INSERT INTO {t} ({}) SELECT {} FROM {t} r WHERE {clause}{conflict}",
                         names.join(", "),
                         exprs.join(", "),
                         t = table.quoted()
@@ -321,7 +394,7 @@ mod tests {
                 val("id", "bigint", Some("5")),
             ],
         );
-        let s = statements_for(&c, &orders()).unwrap();
+        let s = statements_for(&c, &orders(), Mode::Strict).unwrap();
         assert_eq!(s.len(), 1);
         assert_eq!(
             s[0].sql,
@@ -345,7 +418,7 @@ mod tests {
                 val("id", "bigint", Some("5")),
             ],
         );
-        let s = statements_for(&c, &orders()).unwrap();
+        let s = statements_for(&c, &orders(), Mode::Strict).unwrap();
         assert_eq!(s.len(), 2);
         assert!(s[0].sql.starts_with("DELETE FROM \"public\".\"orders\""));
         assert_eq!(s[0].params, vec![Some("1".into()), Some("5".into())]);
@@ -366,7 +439,7 @@ mod tests {
                 val("id", "bigint", Some("5")),
             ],
         );
-        let s = statements_for(&c, &orders()).unwrap();
+        let s = statements_for(&c, &orders(), Mode::Strict).unwrap();
         assert_eq!(
             s[0].sql,
             "INSERT INTO \"public\".\"orders\" (\"tenant\", \"id\", \"data\", \"note\") SELECT $1::text::integer, $2::text::bigint, r.\"data\", r.\"note\" FROM \"public\".\"orders\" r WHERE r.\"tenant\" = $3::text::integer AND r.\"id\" = $4::text::bigint"
@@ -386,11 +459,42 @@ mod tests {
                 val("note", "text", None),
             ],
         );
-        let s = statements_for(&c, &t).unwrap();
+        let s = statements_for(&c, &t, Mode::Strict).unwrap();
         assert_eq!(
             s[0].sql,
             "DELETE FROM \"public\".\"orders\" WHERE \"tenant\" IS NOT DISTINCT FROM $1::text::integer AND \"note\" IS NOT DISTINCT FROM $2::text::text"
         );
+    }
+
+    #[test]
+    fn tolerant_inserts_upsert_on_the_key_and_nothing_expects_a_row() {
+        let c = change(
+            ChangeKind::Insert,
+            vec![
+                val("tenant", "integer", Some("1")),
+                val("id", "bigint", Some("5")),
+                val("note", "text", Some("n")),
+            ],
+            vec![],
+        );
+        let s = statements_for(&c, &orders(), Mode::Tolerant).unwrap();
+        assert!(
+            s[0].sql.ends_with(
+                " ON CONFLICT (\"tenant\", \"id\") DO UPDATE SET \"note\" = excluded.\"note\""
+            ),
+            "{}",
+            s[0].sql
+        );
+        let d = change(
+            ChangeKind::Delete,
+            vec![],
+            vec![
+                val("tenant", "integer", Some("1")),
+                val("id", "bigint", Some("5")),
+            ],
+        );
+        assert!(!statements_for(&d, &orders(), Mode::Tolerant).unwrap()[0].expect_one_row);
+        assert!(statements_for(&d, &orders(), Mode::Strict).unwrap()[0].expect_one_row);
     }
 
     #[test]
@@ -400,7 +504,7 @@ mod tests {
             vec![val("extra", "text", Some("x"))],
             vec![],
         );
-        let e = statements_for(&c, &orders()).unwrap_err();
+        let e = statements_for(&c, &orders(), Mode::Strict).unwrap_err();
         assert!(e.contains("no column \"extra\""), "{e}");
     }
 }
