@@ -634,6 +634,24 @@ async fn measure_apply_throughput() {
             "{label}: {changes} changes in {batches} batches, {seconds:.2} s, {:.0} changes/s",
             changes as f64 / seconds
         );
+        // The gate as the cutover runs it: 30 single-row transactions (0.1 s at 300 writes/s)
+        // behind, then caught_up_to the source's LSN.
+        let mut gates = Vec::new();
+        for round in 0..5i64 {
+            for i in 0..30i64 {
+                src.execute(
+                    "INSERT INTO orders (tenant, id, note) VALUES (1, $1::bigint, 'g')",
+                    &[&(500_000 + round * 100 + i)],
+                )
+                .await
+                .unwrap();
+            }
+            let lsn = current_lsn(&src).await;
+            let started = std::time::Instant::now();
+            apply.caught_up_to(lsn).await.unwrap();
+            gates.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        println!("{label}: caught_up_to after 30 transactions: {gates:.0?} ms");
     }
     let lab = CitusLab::start(100, 15).await.expect("a Citus lab");
     let coordinator = citus_target(&lab).await;

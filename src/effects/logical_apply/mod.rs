@@ -483,7 +483,7 @@ impl Applier {
     async fn prepare(
         &mut self,
         sql: &str,
-        params: usize,
+        types: &[Type],
     ) -> Result<tokio_postgres::Statement, ApplyError> {
         if let Some(statement) = self.prepared.get(sql) {
             return Ok(statement.clone());
@@ -493,7 +493,7 @@ impl Applier {
         }
         let statement = self
             .target
-            .prepare_typed(sql, &vec![Type::TEXT; params])
+            .prepare_typed(sql, types)
             .await
             .map_err(target_err("preparing a statement"))?;
         self.prepared.insert(sql.to_string(), statement.clone());
@@ -549,9 +549,10 @@ impl Applier {
                 }
             }
         }
-        let mut prepared = Vec::with_capacity(work.len());
-        for (_, _, statement) in &work {
-            prepared.push(self.prepare(&statement.sql, statement.params.len()).await?);
+        let jobs = jobs(work);
+        let mut prepared = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            prepared.push(self.prepare(&job.sql, &job.types).await?);
         }
         let last = pending
             .last()
@@ -564,12 +565,12 @@ impl Applier {
             .transaction()
             .await
             .map_err(target_err("beginning the batch"))?;
-        for (chunk, statements) in work.chunks(PIPELINE).zip(prepared.chunks(PIPELINE)) {
+        for (chunk, statements) in jobs.chunks(PIPELINE).zip(prepared.chunks(PIPELINE)) {
             let results = futures_util::future::join_all(chunk.iter().zip(statements).map(
-                |((_, _, statement), prepared)| {
+                |(job, prepared)| {
                     let txn = &txn;
                     async move {
-                        let params: Vec<&(dyn ToSql + Sync)> = statement
+                        let params: Vec<&(dyn ToSql + Sync)> = job
                             .params
                             .iter()
                             .map(|p| p as &(dyn ToSql + Sync))
@@ -579,21 +580,28 @@ impl Applier {
                 },
             ))
             .await;
-            for ((change, table, statement), result) in chunk.iter().zip(results) {
+            for (job, result) in chunk.iter().zip(results) {
                 let failure = match result {
                     Err(e) => Some(pg::error_chain(&e)),
-                    Ok(rows) if statement.expect_one_row && rows != 1 => Some(if rows == 0 {
+                    Ok(rows) if job.expect_one_row && rows != 1 => Some(if rows == 0 {
                         "no row with this key on the target (the target has drifted from the source)".to_string()
                     } else {
                         format!("{rows} rows matched the key on the target, expected one")
                     }),
                     Ok(_) => None,
                 };
-                if let Some(error) = failure {
+                if let Some(mut error) = failure {
+                    let change = job.changes[0];
+                    if job.changes.len() > 1 {
+                        error = format!(
+                            "{error} (in one insert of {} rows; this is the first)",
+                            job.changes.len()
+                        );
+                    }
                     let error = ApplyError::Change {
                         kind: change.kind.as_str(),
                         table: change.qualified_table(),
-                        key: describe_key(change, Some(table)),
+                        key: describe_key(change, Some(&job.table)),
                         lsn: change.lsn.to_string(),
                         error,
                     };
@@ -746,6 +754,103 @@ impl Applier {
             transactions,
         })
     }
+}
+
+/// Rows merged into one insert at most.
+const MERGED_ROWS: usize = 1000;
+
+/// A statement parameter: one text value, or one text array per column of a merged insert.
+#[derive(Debug)]
+enum Param {
+    Text(Option<String>),
+    Array(Vec<Option<String>>),
+}
+
+impl ToSql for Param {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Param::Text(value) => value.to_sql(ty, out),
+            Param::Array(values) => values.to_sql(ty, out),
+        }
+    }
+    fn accepts(ty: &Type) -> bool {
+        <Option<String> as ToSql>::accepts(ty) || <Vec<Option<String>> as ToSql>::accepts(ty)
+    }
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// One statement to run for one or more changes (the first is named when it fails).
+struct Job<'a> {
+    changes: Vec<&'a Change>,
+    table: Arc<TargetTable>,
+    sql: String,
+    types: Vec<Type>,
+    params: Vec<Param>,
+    expect_one_row: bool,
+}
+
+/// The batch's statements as jobs, in order: runs of strict single-row inserts of one shape
+/// (consecutive in the source's order) merged into one `unnest` insert each.
+fn jobs<'a>(work: Vec<(&'a Change, Arc<TargetTable>, Statement)>) -> Vec<Job<'a>> {
+    fn single<'a>(change: &'a Change, table: Arc<TargetTable>, statement: Statement) -> Job<'a> {
+        Job {
+            changes: vec![change],
+            table,
+            types: vec![Type::TEXT; statement.params.len()],
+            params: statement.params.into_iter().map(Param::Text).collect(),
+            sql: statement.sql,
+            expect_one_row: statement.expect_one_row,
+        }
+    }
+    fn flush<'a>(
+        run: &mut Vec<(&'a Change, Arc<TargetTable>, Statement)>,
+        jobs: &mut Vec<Job<'a>>,
+    ) {
+        if run.len() == 1 {
+            if let Some((change, table, statement)) = run.pop() {
+                jobs.push(single(change, table, statement));
+            }
+            return;
+        }
+        let rows: Vec<statements::InsertRow> =
+            run.iter().filter_map(|(_, _, s)| s.row.clone()).collect();
+        let (sql, arrays) = statements::multi_row_insert(&rows);
+        if let Some((_, table, _)) = run.first() {
+            jobs.push(Job {
+                changes: run.iter().map(|(c, _, _)| *c).collect(),
+                table: table.clone(),
+                types: vec![Type::TEXT_ARRAY; arrays.len()],
+                params: arrays.into_iter().map(Param::Array).collect(),
+                sql,
+                expect_one_row: false,
+            });
+        }
+        run.clear();
+    }
+    let mut jobs = Vec::new();
+    let mut run: Vec<(&Change, Arc<TargetTable>, Statement)> = Vec::new();
+    for (change, table, statement) in work {
+        let joins = match (&statement.row, run.last()) {
+            (Some(row), Some((_, _, last))) => {
+                run.len() < MERGED_ROWS && last.row.as_ref().is_some_and(|l| l.same_shape(row))
+            }
+            _ => false,
+        };
+        if !joins {
+            flush(&mut run, &mut jobs);
+        }
+        if statement.row.is_some() {
+            run.push((change, table, statement));
+        } else {
+            jobs.push(single(change, table, statement));
+        }
+    }
+    flush(&mut run, &mut jobs);
+    jobs
 }
 
 /// Upsert of the progress row: `$1` origin, `$2` applied LSN (text), `$3` changes, `$4` the source

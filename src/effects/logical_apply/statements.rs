@@ -34,6 +34,71 @@ pub struct Statement {
     /// An update or delete that must touch exactly one row: zero rows means the target has
     /// drifted from the source, which the applier reports rather than hides.
     pub expect_one_row: bool,
+    /// Set on a strict single-row insert: the same row in a form that consecutive inserts into
+    /// the same columns can be merged in ([`multi_row_insert`]).
+    pub row: Option<InsertRow>,
+}
+
+/// How a text parameter becomes the column's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueForm {
+    /// Cast to the target column's type (`::text::<type>`).
+    Cast(String),
+    /// wal2json's bare-hex `bytea`, decoded.
+    Hex,
+}
+
+/// One row of a strict insert, by column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InsertRow {
+    /// The quoted target table.
+    pub table: String,
+    /// Quoted column names.
+    pub columns: Vec<String>,
+    pub forms: Vec<ValueForm>,
+    pub values: Vec<Option<String>>,
+}
+
+impl InsertRow {
+    /// Whether `other` inserts into the same columns the same way (so the two can be merged).
+    pub fn same_shape(&self, other: &InsertRow) -> bool {
+        self.table == other.table && self.columns == other.columns && self.forms == other.forms
+    }
+}
+
+/// One statement inserting `rows` (of one shape, at least one): `INSERT ... SELECT ... FROM
+/// unnest($1::text[], ...)`, one text array per column, so a single prepared statement serves
+/// any number of rows. Returns the SQL and the arrays.
+pub fn multi_row_insert(rows: &[InsertRow]) -> (String, Vec<Vec<Option<String>>>) {
+    let Some(first) = rows.first() else {
+        return (String::new(), Vec::new());
+    };
+    let n = first.columns.len();
+    let arrays: Vec<Vec<Option<String>>> = (0..n)
+        .map(|i| rows.iter().map(|r| r.values[i].clone()).collect())
+        .collect();
+    let exprs: Vec<String> = first
+        .forms
+        .iter()
+        .enumerate()
+        .map(|(i, form)| match form {
+            ValueForm::Cast(ty) => format!("u.c{i}::{ty}"),
+            ValueForm::Hex => format!("decode(u.c{i}, 'hex')"),
+        })
+        .collect();
+    let unnest: Vec<String> = (1..=n).map(|i| format!("${i}::text[]")).collect();
+    let aliases: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    (
+        format!(
+            "INSERT INTO {} ({}) SELECT {} FROM unnest({}) AS u({})",
+            first.table,
+            first.columns.join(", "),
+            exprs.join(", "),
+            unnest.join(", "),
+            aliases.join(", ")
+        ),
+        arrays,
+    )
 }
 
 impl TargetTable {
@@ -47,11 +112,18 @@ impl TargetTable {
 
 /// The SQL expression for parameter `$n` holding `value`, cast to the target column's type.
 /// wal2json prints `bytea` as bare hex (no `\x`), so that one is decoded rather than cast.
-fn value_sql(n: usize, value: &ColumnValue, column: &TargetColumn) -> String {
+fn value_form(value: &ColumnValue, column: &TargetColumn) -> ValueForm {
     if value.source_type == "bytea" && column.type_sql == "bytea" {
-        format!("decode(${n}::text, 'hex')")
+        ValueForm::Hex
     } else {
-        format!("${n}::text::{}", column.type_sql)
+        ValueForm::Cast(column.type_sql.clone())
+    }
+}
+
+fn value_sql(n: usize, value: &ColumnValue, column: &TargetColumn) -> String {
+    match value_form(value, column) {
+        ValueForm::Hex => format!("decode(${n}::text, 'hex')"),
+        ValueForm::Cast(ty) => format!("${n}::text::{ty}"),
     }
 }
 
@@ -209,6 +281,12 @@ fn insert(table: &TargetTable, values: &[(&ColumnValue, &TargetColumn)], mode: M
             on_conflict(table, &written)
         }
     };
+    let row = (mode == Mode::Strict).then(|| InsertRow {
+        table: table.quoted(),
+        columns: names.clone(),
+        forms: values.iter().map(|(v, c)| value_form(v, c)).collect(),
+        values: builder.params.clone(),
+    });
     Statement {
         sql: format!(
             "INSERT INTO {} ({}) VALUES ({}){conflict}",
@@ -218,6 +296,7 @@ fn insert(table: &TargetTable, values: &[(&ColumnValue, &TargetColumn)], mode: M
         ),
         params: builder.params,
         expect_one_row: false,
+        row,
     }
 }
 
@@ -228,6 +307,7 @@ fn delete(table: &TargetTable, key: &[(&ColumnValue, &TargetColumn, bool)]) -> S
         sql: format!("DELETE FROM {} WHERE {clause}", table.quoted()),
         params: builder.params,
         expect_one_row: true,
+        row: None,
     }
 }
 
@@ -303,6 +383,7 @@ fn strict_statements(
                     ),
                     params: builder.params,
                     expect_one_row: true,
+                    row: None,
                 };
                 return Ok(vec![carry, delete(table, &key)]);
             }
@@ -332,6 +413,7 @@ fn strict_statements(
                 ),
                 params: builder.params,
                 expect_one_row: true,
+                row: None,
             }])
         }
     }
@@ -495,6 +577,47 @@ mod tests {
         );
         assert!(!statements_for(&d, &orders(), Mode::Tolerant).unwrap()[0].expect_one_row);
         assert!(statements_for(&d, &orders(), Mode::Strict).unwrap()[0].expect_one_row);
+    }
+
+    #[test]
+    fn consecutive_strict_inserts_merge_into_one_unnest() {
+        let row = |id: &str, blob: Option<&str>| {
+            let c = change(
+                ChangeKind::Insert,
+                vec![
+                    val("tenant", "integer", Some("1")),
+                    val("id", "bigint", Some(id)),
+                    val("data", "bytea", blob),
+                ],
+                vec![],
+            );
+            statements_for(&c, &orders(), Mode::Strict).unwrap()[0]
+                .row
+                .clone()
+                .unwrap()
+        };
+        let (a, b) = (row("1", Some("00ff")), row("2", None));
+        assert!(a.same_shape(&b));
+        let (sql, arrays) = multi_row_insert(&[a, b]);
+        assert_eq!(
+            sql,
+            "INSERT INTO \"public\".\"orders\" (\"tenant\", \"id\", \"data\") SELECT u.c0::integer, u.c1::bigint, decode(u.c2, 'hex') FROM unnest($1::text[], $2::text[], $3::text[]) AS u(c0, c1, c2)"
+        );
+        assert_eq!(
+            arrays[1],
+            vec![Some("1".to_string()), Some("2".to_string())]
+        );
+        assert_eq!(arrays[2], vec![Some("00ff".to_string()), None]);
+        let tolerant = change(
+            ChangeKind::Insert,
+            vec![val("id", "bigint", Some("3"))],
+            vec![],
+        );
+        assert!(
+            statements_for(&tolerant, &orders(), Mode::Tolerant).unwrap()[0]
+                .row
+                .is_none()
+        );
     }
 
     #[test]
