@@ -315,7 +315,13 @@ async fn scenario(source_port: u16, target_port: u16, target_db: &str, target: &
     result.expect("the loop stops cleanly");
 
     // A schema change mid-stream: the insert before it is applied, the apply stops at it.
+    // The tool's own DDL is not a schema change of the application's...
+    src.batch_execute("CREATE PUBLICATION cutover_tool_pub FOR TABLE tiers")
+        .await
+        .unwrap();
+    // ... an operator's (any other application_name) is.
     for statement in [
+        "SET application_name = 'psql'",
         "INSERT INTO tiers VALUES ('before-ddl', 'x', 0)",
         "ALTER TABLE orders ADD COLUMN extra int",
         "INSERT INTO tiers VALUES ('after-ddl', 'y', 0)",

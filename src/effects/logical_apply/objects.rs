@@ -120,7 +120,8 @@ pub async fn install_target(target: &Client) -> Result<TargetKind, ApplyError> {
 
 /// The event trigger function: one `cutover.ddl` transactional message and one row in the DDL
 /// table per command, so a stream consumer sees the DDL at its LSN and a reader of the table
-/// (the native-subscription case, where messages are not seen) finds it too.
+/// (the native-subscription case, where messages are not seen) finds it too. DDL from the
+/// tool's own sessions (`application_name` `cutover` or `cutover/...`) is not recorded.
 fn ddl_capture_sql() -> String {
     let table = format!("public.{}", quote_ident(DDL_TABLE));
     let function = format!("public.{}", quote_ident(DDL_FUNCTION));
@@ -134,6 +135,11 @@ DECLARE
   what text;
   at_lsn pg_lsn;
 BEGIN
+  -- The tool's own sessions (its publication, its canary table) are not schema changes.
+  IF current_setting('application_name', true) = 'cutover'
+     OR current_setting('application_name', true) LIKE 'cutover/%' THEN
+    RETURN;
+  END IF;
   IF TG_EVENT = 'sql_drop' THEN
     FOR r IN SELECT * FROM pg_event_trigger_dropped_objects() WHERE original LOOP
       what := TG_TAG || ' ' || coalesce(r.object_type, '') || ' ' || coalesce(r.object_identity, '');
