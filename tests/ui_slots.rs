@@ -62,3 +62,28 @@ fn slot_watch_snapshots() {
     insta::assert_snapshot!("slots_80x24", pane_text(80, 24));
     insta::assert_snapshot!("slots_160x48", pane_text(160, 48));
 }
+
+#[test]
+fn plain_status_lists_slots_and_alarms_only_when_there_are_some() {
+    let text =
+        cutover::readings::text::render_snapshot(&fixtures::slots_snapshot(fixtures::fixed_now()));
+    assert!(
+        text.contains("\nSLOTS\n  ALARM slot cutover_move holds 3.2 GB; disk full in 41 min at the current rate\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "  pg1 slot cutover_move (inactive): lag 3.2 GB, retains 3.2 GB, disk 10.0 GB free"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "  pg2 apply cutover_move -> reporting: applied 2/40001A8, 1234567 changes, STOPPED"
+        ),
+        "{text}"
+    );
+    let plain =
+        cutover::readings::text::render_snapshot(&fixtures::snapshot(fixtures::fixed_now()));
+    assert!(!plain.contains("SLOTS"));
+}
