@@ -178,7 +178,7 @@ pub async fn read(
     } else {
         Vec::new()
     };
-    let applies = read_progress(client, target, node, memory).await?;
+    let applies = read_progress(client, target, inventory, node, memory).await?;
 
     let retained: i64 = slots.iter().filter_map(|s| s.retained_bytes).sum();
     let now = Instant::now();
@@ -239,11 +239,20 @@ pub async fn read_once(inventory: &Inventory, node: &Node) -> Reading<SlotWatch>
     .await
 }
 
-/// Progress rows from every database of the node that has the progress table. The databases
-/// are listed every 30 s; a connection is kept per database that has the table.
+/// Databases of this node where an apply may keep its progress: the inventory's Citus databases
+/// when the node is their coordinator, and databases where a session of the applier is (named
+/// `cutover/apply`, or whose last statement touched the progress table). Never every database:
+/// a monitoring session would block a rename or drop of a database it has no business in.
+const CANDIDATES_SQL: &str = "SELECT DISTINCT datname::text FROM pg_stat_activity \
+ WHERE datname IS NOT NULL AND pid <> pg_backend_pid() \
+ AND (application_name = 'cutover/apply' OR query LIKE '%cutover\\_apply\\_progress%') ORDER BY 1";
+
+/// Progress rows from the candidate databases of the node that have the progress table. The
+/// candidates are looked for every 30 s; a connection is kept per database that has the table.
 async fn read_progress(
     client: &Client,
     target: &str,
+    inventory: &Inventory,
     node: &Node,
     memory: &mut SlotMemory,
 ) -> Result<Vec<ToolApply>, PgError> {
@@ -252,19 +261,23 @@ async fn read_progress(
         .is_none_or(|at| at.elapsed() >= DATABASES_EVERY);
     if relist {
         memory.databases = Some(Instant::now());
-        let names: Vec<String> = client
-            .query(
-                "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
-                &[],
-            )
+        let mut names: Vec<String> = client
+            .query(CANDIDATES_SQL, &[])
             .await
             .map_err(query_err(target))?
             .iter()
             .map(|r| r.get(0))
             .collect();
-        memory
-            .progress
-            .retain(|db, c| names.contains(db) && !c.is_closed());
+        names.extend(
+            inventory
+                .citus
+                .iter()
+                .filter(|c| c.coordinator == node.name)
+                .map(|c| c.database.clone()),
+        );
+        names.sort();
+        names.dedup();
+        memory.progress.retain(|_, c| !c.is_closed());
         for db in names {
             if memory.progress.contains_key(&db) {
                 continue;
