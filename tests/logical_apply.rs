@@ -381,6 +381,18 @@ async fn scenario(source_port: u16, target_port: u16, target_db: &str, target: &
         .unwrap()
         .get(0);
     assert!(last_error.unwrap().contains("schema change"));
+
+    // A drop is recorded too (the sql_drop trigger), named as the command and the object.
+    src.batch_execute("SET application_name = 'psql'; DROP TABLE tiers")
+        .await
+        .unwrap();
+    let dropped = ddl_events(&src, events[0].id).await.unwrap();
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    assert_eq!(dropped[0].describe(), "DROP TABLE public.tiers");
+    assert_eq!(
+        dropped[0].command.as_deref(),
+        Some("SET application_name = 'psql'; DROP TABLE tiers")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -142,7 +142,7 @@ BEGIN
   END IF;
   IF TG_EVENT = 'sql_drop' THEN
     FOR r IN SELECT * FROM pg_event_trigger_dropped_objects() WHERE original LOOP
-      what := TG_TAG || ' ' || coalesce(r.object_type, '') || ' ' || coalesce(r.object_identity, '');
+      what := TG_TAG || ' ' || coalesce(r.object_identity, r.object_type, '');
       at_lsn := pg_logical_emit_message(true, {prefix}, what);
       INSERT INTO {table} (lsn, command_tag, object_type, object_identity, command)
         VALUES (at_lsn, TG_TAG, r.object_type, r.object_identity, current_query());
