@@ -606,7 +606,6 @@ impl Applier {
                         error,
                     };
                     drop(txn);
-                    self.record_error(&error).await;
                     return Err(error);
                 }
             }
@@ -681,7 +680,13 @@ impl Applier {
     }
 
     async fn apply_batch_upto(&mut self, upto: Option<Lsn>) -> Result<BatchOutcome, ApplyError> {
-        let mut outcome = self.apply_to_target(upto).await?;
+        let mut outcome = match self.apply_to_target(upto).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                self.record_error(&error).await;
+                return Err(error);
+            }
+        };
         if outcome.transactions > 0 || outcome.skipped > 0 {
             outcome.advanced_to = Some(self.advance_slot(self.applied).await?);
         }
