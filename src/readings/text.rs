@@ -171,5 +171,57 @@ pub fn render_snapshot(snapshot: &Snapshot) -> String {
             );
         }
     }
+    let watched = snapshot.slots.iter().any(|r| {
+        r.value().is_some_and(|w| {
+            !w.slots.is_empty() || !w.applies.is_empty() || !w.subscriptions.is_empty()
+        })
+    });
+    if watched {
+        let _ = writeln!(out, "\nSLOTS");
+        for alarm in super::slots::snapshot_alarms(&snapshot.slots, SLOT_ALARM_WITHIN) {
+            let _ = writeln!(out, "  ALARM {alarm}");
+        }
+        for reading in &snapshot.slots {
+            let Some(w) = reading.value() else { continue };
+            for slot in &w.slots {
+                let _ = writeln!(
+                    out,
+                    "  {} slot {} ({}): lag {}, retains {}{}",
+                    reading.source,
+                    slot.name,
+                    if slot.active { "active" } else { "inactive" },
+                    slot.lag_bytes
+                        .map(human_bytes)
+                        .unwrap_or_else(|| "-".into()),
+                    slot.retained_bytes
+                        .map(human_bytes)
+                        .unwrap_or_else(|| "-".into()),
+                    w.disk
+                        .as_ref()
+                        .map(|d| format!(", disk {} free", human_bytes(d.free_bytes)))
+                        .unwrap_or_default()
+                );
+            }
+            for a in &w.applies {
+                let _ = writeln!(
+                    out,
+                    "  {} apply {} -> {}: applied {}, {} changes{}",
+                    reading.source,
+                    a.origin,
+                    a.database,
+                    a.applied_lsn,
+                    a.changes,
+                    if a.last_error.is_some() {
+                        ", STOPPED"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+    }
     out
 }
+
+/// Retained WAL filling the disk within this long is an alarm in `status`.
+const SLOT_ALARM_WITHIN: std::time::Duration = std::time::Duration::from_secs(2 * 3600);
