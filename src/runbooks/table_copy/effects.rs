@@ -10,8 +10,8 @@
 //!   one is not even re-checked; the local state file follows the ledger, never leads it.
 
 use super::plan::{
-    self, date_of, parts_for, split_ranges, Column, CopyTable, Range, TableCopy, LEDGER_DDL,
-    PINNED_SETTINGS, WHOLE,
+    self, date_of, parts_for, split_ranges, Column, CopyTable, KeySpan, Range, TableCopy,
+    LEDGER_DDL, PINNED_SETTINGS, WHOLE,
 };
 use super::state::{pair_key, state_path, Status, Store};
 use super::CopyStep;
@@ -345,6 +345,41 @@ impl TableCopyActions {
             .ok_or_else(|| StepError::Failed(format!("unexpected df output: {out}")))
     }
 
+    /// The whole-run check after the items: every part of every table is verified in the
+    /// target's own ledger (not only in the local state), then the summary.
+    async fn confirm_ledger(&self) -> Result<String, StepError> {
+        let copy = &self.shared.copy;
+        let t_label = format!("{}/{}", copy.target.name, copy.target_db());
+        let tgt = connect(&copy.target, copy.target_db()).await?;
+        let verified: BTreeSet<(String, String)> = tgt
+            .query(plan::LEDGER_ALL_SQL, &[])
+            .await
+            .map_err(|e| command(&t_label, e))?
+            .iter()
+            .filter(|r| r.get::<_, bool>(3))
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let mut missing = Vec::new();
+        for t in self.tables().unwrap_or_default() {
+            for id in t.item_ids() {
+                let part = t
+                    .part_of(&id)
+                    .map_err(StepError::Failed)?
+                    .map_or(WHOLE.to_string(), |(k, _)| k);
+                if !verified.contains(&(t.target.clone(), part.clone())) {
+                    missing.push(id);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            return Err(StepError::gate(format!(
+                "not verified in {t_label}'s ledger: {}",
+                missing.join(", ")
+            )));
+        }
+        self.summary()
+    }
+
     fn summary(&self) -> Result<String, StepError> {
         let pair = self.shared.store.snapshot();
         let tables = self
@@ -456,10 +491,10 @@ impl Actions for TableCopyActions {
                 Ok(format!("{} exists", plan::LEDGER))
             }
             CopyStep::Copy => Ok(format!(
-                "{} tables copied, each in one target transaction with its ledger row",
+                "{} tables copied, each in one target transaction with its ledger row, each verified right after its commit",
                 self.tables().map_or(0, <[CopyTable]>::len)
             )),
-            CopyStep::Verify => self.summary(),
+            CopyStep::Verify => self.confirm_ledger().await,
         }
     }
 
@@ -498,8 +533,8 @@ impl Actions for TableCopyActions {
         _sink: Sink,
     ) -> Result<Option<StepItems>, String> {
         match CopyStep::of(step)? {
-            CopyStep::Preflight | CopyStep::Ledger => Ok(None),
-            CopyStep::Copy | CopyStep::Verify => {
+            CopyStep::Preflight | CopyStep::Ledger | CopyStep::Verify => Ok(None),
+            CopyStep::Copy => {
                 let tables = self
                     .tables
                     .as_ref()
@@ -531,7 +566,9 @@ impl Actions for TableCopyActions {
     ) -> ItemFuture {
         let shared = self.shared.clone();
         let tables = self.tables.clone();
-        let verify = matches!(CopyStep::of(step), Ok(CopyStep::Verify));
+        // Each part is verified right after its commit, in its own item: a mismatch errors
+        // that table at once, under the same stop-or-continue policy as a failed copy.
+        let verify = matches!(CopyStep::of(step), Ok(CopyStep::Copy));
         let item = item.as_str().to_string();
         Box::pin(async move {
             let tables = tables.ok_or("the preflight recorded no table list in this run")?;
@@ -842,9 +879,287 @@ async fn bucket_rows(
         .collect())
 }
 
-/// The first differing keys: compare per key-hash bucket, then the rows of the buckets that
-/// differ, key by key.
+/// Rows and hash sum of a span, the sum exact: a sum of at most 2^31 64-bit hashes fits i128.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct SpanSums {
+    rows: i64,
+    sum: i128,
+}
+
+impl std::ops::Sub for SpanSums {
+    type Output = SpanSums;
+    fn sub(self, other: SpanSums) -> SpanSums {
+        SpanSums {
+            rows: self.rows - other.rows,
+            sum: self.sum - other.sum,
+        }
+    }
+}
+
+async fn span_sums(client: &Client, label: &str, sql: String) -> Result<SpanSums, StepError> {
+    let row = client
+        .query_one(&sql, &[])
+        .await
+        .map_err(|e| command(label, e))?;
+    let sum: String = row.get(1);
+    Ok(SpanSums {
+        rows: row.get(0),
+        sum: sum.parse().map_err(|_| {
+            StepError::Failed(format!("{label}: hash sum `{sum}` is not an integer"))
+        })?,
+    })
+}
+
+/// Spans with at most this many rows on either side are listed row by row.
+const LEAF_ROWS: i64 = 32;
+/// Most spans compared while bisecting one mismatch (each costs one query per side).
+const SPANS_COMPARED: usize = 2_000;
+
+/// The two sides of a part being compared.
+struct Sides<'a> {
+    src: &'a Client,
+    tgt: &'a Client,
+    table: &'a CopyTable,
+    range: Option<Range>,
+    s_label: &'a str,
+    t_label: &'a str,
+}
+
+impl Sides<'_> {
+    async fn sums(&self, span: &KeySpan) -> Result<(SpanSums, SpanSums), StepError> {
+        let t = self.table;
+        let (s, d) = tokio::join!(
+            span_sums(
+                self.src,
+                self.s_label,
+                t.span_checksum_sql(&t.source, self.range, span)
+            ),
+            span_sums(
+                self.tgt,
+                self.t_label,
+                t.span_checksum_sql(&t.target, self.range, span)
+            ),
+        );
+        Ok((s?, d?))
+    }
+
+    /// The whole part's span: for a single integer key, the smallest and largest key of
+    /// either side (so arithmetic halving starts from real values); else unbounded.
+    async fn whole(&self) -> Result<KeySpan, StepError> {
+        let t = self.table;
+        let (Some(s_sql), Some(t_sql)) = (
+            t.key_min_max_sql(&t.source, self.range),
+            t.key_min_max_sql(&t.target, self.range),
+        ) else {
+            return Ok(KeySpan::default());
+        };
+        let (a, b) = tokio::join!(
+            min_max(self.src, self.s_label, s_sql),
+            min_max(self.tgt, self.t_label, t_sql)
+        );
+        let (a, b) = (a?, b?);
+        let lo = a.0.into_iter().chain(b.0).min();
+        let hi = a.1.into_iter().chain(b.1).max();
+        Ok(match (lo, hi) {
+            (Some(lo), Some(hi)) => KeySpan {
+                lo: Some(vec![lo.to_string()]),
+                hi: Some(vec![(hi as i128 + 1).to_string()]),
+            },
+            _ => KeySpan::default(),
+        })
+    }
+
+    /// Where to cut a span in two: the arithmetic middle of a single integer key, else the
+    /// median key of the side with more rows; `None` when the span cannot be cut further.
+    async fn cut(
+        &self,
+        span: &KeySpan,
+        sums: (SpanSums, SpanSums),
+    ) -> Result<Option<Vec<String>>, StepError> {
+        let t = self.table;
+        if t.integer_key().is_some() {
+            let bound = |b: &Option<Vec<String>>| {
+                b.as_ref()
+                    .and_then(|v| v.first())
+                    .and_then(|v| v.parse::<i128>().ok())
+            };
+            if let (Some(lo), Some(hi)) = (bound(&span.lo), bound(&span.hi)) {
+                let mid = lo + (hi - lo) / 2;
+                return Ok((mid > lo).then(|| vec![mid.to_string()]));
+            }
+        }
+        let (client, label, table, rows) = if sums.0.rows >= sums.1.rows {
+            (self.src, self.s_label, &t.source, sums.0.rows)
+        } else {
+            (self.tgt, self.t_label, &t.target, sums.1.rows)
+        };
+        if rows < 2 {
+            return Ok(None);
+        }
+        let row = client
+            .query_opt(&t.span_key_at_sql(table, self.range, span, rows / 2), &[])
+            .await
+            .map_err(|e| command(label, e))?;
+        let Some(row) = row else { return Ok(None) };
+        let mid: Vec<String> = (0..t.key.len()).map(|i| row.get(i)).collect();
+        Ok((span.lo.as_ref() != Some(&mid)).then_some(mid))
+    }
+
+    /// Every row of a small span on both sides, compared key by key in key order.
+    async fn leaf(&self, span: &KeySpan) -> Result<Vec<(String, &'static str)>, StepError> {
+        let t = self.table;
+        let (s, d) = tokio::join!(
+            span_rows(
+                self.src,
+                self.s_label,
+                t.span_rows_sql(&t.source, self.range, span)
+            ),
+            span_rows(
+                self.tgt,
+                self.t_label,
+                t.span_rows_sql(&t.target, self.range, span)
+            ),
+        );
+        let (s, d) = (s?, d?);
+        let target: BTreeMap<&str, &str> =
+            d.iter().map(|(k, h)| (k.as_str(), h.as_str())).collect();
+        let source: BTreeSet<&str> = s.iter().map(|(k, _)| k.as_str()).collect();
+        // Both lists are in the same key order: a key the other side lacks comes first.
+        let mut found = Vec::new();
+        let (mut i, mut j) = (0, 0);
+        loop {
+            match (s.get(i), d.get(j)) {
+                (Some((sk, sh)), Some((dk, dh))) if sk == dk => {
+                    if sh != dh {
+                        found.push((sk.clone(), "differs"));
+                    }
+                    i += 1;
+                    j += 1;
+                }
+                (Some((sk, _)), _) if !target.contains_key(sk.as_str()) => {
+                    found.push((sk.clone(), "missing on the target"));
+                    i += 1;
+                }
+                (_, Some((dk, _))) if !source.contains(dk.as_str()) => {
+                    found.push((dk.clone(), "only on the target"));
+                    j += 1;
+                }
+                (None, None) => break,
+                // Present on both sides but met out of step (the sides order keys
+                // differently, e.g. by collation): compared by lookup instead.
+                (Some((sk, sh)), _) => {
+                    if target.get(sk.as_str()) != Some(&sh.as_str()) {
+                        found.push((sk.clone(), "differs"));
+                    }
+                    i += 1;
+                }
+                (None, Some(_)) => j += 1,
+            }
+        }
+        Ok(found)
+    }
+}
+
+async fn min_max(
+    client: &Client,
+    label: &str,
+    sql: String,
+) -> Result<(Option<i64>, Option<i64>), StepError> {
+    let row = client
+        .query_one(&sql, &[])
+        .await
+        .map_err(|e| command(label, e))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+async fn span_rows(
+    client: &Client,
+    label: &str,
+    sql: String,
+) -> Result<Vec<(String, String)>, StepError> {
+    Ok(client
+        .query(&sql, &[])
+        .await
+        .map_err(|e| command(label, e))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// The first differing keys of a part, in key order, by bisecting its key span: each span's
+/// count and hash sum are compared on both sides, only the halves that differ are cut again
+/// (lower half first), and spans of at most [`LEAF_ROWS`] rows are compared row by row.
+async fn bisect_keys(sides: &Sides<'_>) -> Result<Vec<(String, &'static str)>, StepError> {
+    let whole = sides.whole().await?;
+    let sums = sides.sums(&whole).await?;
+    let mut stack = vec![(whole, sums)];
+    let mut found = Vec::new();
+    let mut compared = 1;
+    while let Some((span, sums)) = stack.pop() {
+        if found.len() >= KEYS_NAMED {
+            break;
+        }
+        if sums.0 == sums.1 {
+            continue;
+        }
+        let cut = if sums.0.rows.max(sums.1.rows) <= LEAF_ROWS || compared >= SPANS_COMPARED {
+            None
+        } else {
+            sides.cut(&span, sums).await?
+        };
+        let Some(mid) = cut else {
+            found.extend(sides.leaf(&span).await?);
+            continue;
+        };
+        let lower = KeySpan {
+            lo: span.lo.clone(),
+            hi: Some(mid.clone()),
+        };
+        let upper = KeySpan {
+            lo: Some(mid),
+            hi: span.hi,
+        };
+        let lower_sums = sides.sums(&lower).await?;
+        compared += 1;
+        let upper_sums = (sums.0 - lower_sums.0, sums.1 - lower_sums.1);
+        stack.push((upper, upper_sums));
+        stack.push((lower, lower_sums));
+    }
+    found.truncate(KEYS_NAMED);
+    Ok(found)
+}
+
+/// The first differing keys: by bisecting the key span where the table has a primary key;
+/// without one, rows have no order to bisect, so by key-hash bucket, then row by row.
 async fn differing_keys(
+    src: &Client,
+    tgt: &Client,
+    table: &CopyTable,
+    range: Option<Range>,
+    s_label: &str,
+    t_label: &str,
+) -> Result<Vec<String>, StepError> {
+    if table.bisectable() {
+        let sides = Sides {
+            src,
+            tgt,
+            table,
+            range,
+            s_label,
+            t_label,
+        };
+        return Ok(bisect_keys(&sides)
+            .await?
+            .into_iter()
+            .map(|(k, why)| format!("{k} ({why})"))
+            .collect());
+    }
+    bucket_keys(src, tgt, table, range, s_label, t_label).await
+}
+
+/// Without a primary key: compare per key-hash bucket, then the rows of the buckets that
+/// differ, row by row.
+async fn bucket_keys(
     src: &Client,
     tgt: &Client,
     table: &CopyTable,

@@ -340,7 +340,7 @@ impl TableCopy {
         if self.params.tables.is_empty() {
             copy = copy.command(RenderedCommand::internal(
                 format!("{s}/{sdb} → {t}/{tdb}"),
-                "per table T found by the preflight (T#i/n for a key range): skip if the ledger holds T; BEGIN; TRUNCATE T (DELETE the key range for a range); COPY T FROM STDIN (FORMAT binary[, FREEZE]) fed by COPY T TO STDOUT (FORMAT binary) on the source; INSERT the ledger row; COMMIT",
+                "per table T found by the preflight (T#i/n for a key range): skip if the ledger holds T; BEGIN; TRUNCATE T (DELETE the key range for a range); COPY T FROM STDIN (FORMAT binary[, FREEZE]) fed by COPY T TO STDOUT (FORMAT binary) on the source; INSERT the ledger row; COMMIT; then at once, on both sides: SELECT count(*), sum(hash_record_extended(ROW(columns), 0)) FROM T [WHERE key range] (columns without an extended hash as text); equal: mark verified in the ledger; else bisect the key range (count and hash sum per half on both sides) down to small ranges, name the first differing keys, and mark the table errored (a retry copies it again)",
             ));
         } else {
             for table in &self.params.tables {
@@ -364,7 +364,7 @@ impl TableCopy {
             }
         }
         let copy = copy
-            .verification("every table or range is in the target's ledger")
+            .verification("per table or range, right after its commit: rows and the sum of 64-bit row hashes agree on both sides (TimeZone, DateStyle, IntervalStyle, extra_float_digits, bytea_output pinned); a mismatch names the first differing keys and errors that table")
             .flags(StepFlags {
                 destructive: true,
                 ..StepFlags::default()
@@ -373,12 +373,13 @@ impl TableCopy {
                 reason: "copied rows stay on the target, recorded in its ledger; a new run copies only what the ledger lacks".into(),
             });
         let verify = CopyStep::Verify
-            .step(format!("Verify every table or range on {s}/{sdb} and {t}/{tdb}, N at a time"))
-            .command(RenderedCommand::internal(
-                format!("{s}/{sdb} and {t}/{tdb}"),
-                "per table or range, on both sides at once: SELECT count(*), sum(hash_record_extended(ROW(columns), 0)) FROM T [WHERE key range] (columns without an extended hash as text); equal: mark verified in the ledger; else compare per key-hash bucket and name the first differing keys, mark the table errored (a retry copies it again)",
+            .step(format!(
+                "Confirm every table or range is verified in {t}/{tdb}'s ledger"
             ))
-            .verification("per table or range: rows and the sum of 64-bit row hashes agree on both sides (TimeZone, DateStyle, IntervalStyle, extra_float_digits, bytea_output pinned)")
+            .command(RenderedCommand::sql(t, tdb, LEDGER_ALL_SQL))
+            .verification(
+                "every table or range of the list has a verified ledger row on the target",
+            )
             .undo(Undo::NothingToUndo);
         vec![preflight, ledger, copy, verify]
     }
@@ -729,6 +730,120 @@ impl CopyTable {
             self.row_hash(),
             quote_qualified(table),
             filter.join(" AND ")
+        )
+    }
+}
+
+/// A span of primary key values `[lo, hi)`, each bound the key columns' text in key order
+/// (`None`: unbounded); the unit the bisection of a mismatch halves.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeySpan {
+    pub lo: Option<Vec<String>>,
+    pub hi: Option<Vec<String>>,
+}
+
+impl CopyTable {
+    /// The key columns quoted, in key order: `"a", "b"`.
+    fn key_columns(&self) -> String {
+        self.key
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The key compared as a row with untyped literals, which take the columns' own types on
+    /// either side (so a bound read on one side applies on the other).
+    fn key_bound(&self, op: &str, values: &[String]) -> String {
+        let literals: Vec<String> = values.iter().map(|v| quote_literal(v)).collect();
+        format!(
+            "ROW({}) {op} ROW({})",
+            self.key_columns(),
+            literals.join(", ")
+        )
+    }
+
+    /// `WHERE` of a part's range and a key span.
+    fn span_where(&self, range: Option<Range>, span: &KeySpan) -> String {
+        let mut filters: Vec<String> = self.range_filter(range).into_iter().collect();
+        if let Some(lo) = &span.lo {
+            filters.push(self.key_bound(">=", lo));
+        }
+        if let Some(hi) = &span.hi {
+            filters.push(self.key_bound("<", hi));
+        }
+        if filters.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", filters.join(" AND "))
+        }
+    }
+
+    /// Whether a mismatch can be bisected: the table has a primary key to order by.
+    pub fn bisectable(&self) -> bool {
+        !self.key.is_empty()
+    }
+
+    /// The single integer key, if that is the key: bisected by arithmetic, not by medians.
+    pub fn integer_key(&self) -> Option<&Column> {
+        match self.key.as_slice() {
+            [k] if matches!(k.type_name.as_str(), "integer" | "bigint" | "smallint") => Some(k),
+            _ => None,
+        }
+    }
+
+    /// Rows and hash sum of a key span (see [`CopyTable::checksum_sql`]).
+    pub fn span_checksum_sql(&self, table: &str, range: Option<Range>, span: &KeySpan) -> String {
+        format!(
+            "SELECT count(*)::bigint, coalesce(sum({}), 0)::text FROM {}{}",
+            self.row_hash(),
+            quote_qualified(table),
+            self.span_where(range, span)
+        )
+    }
+
+    /// The smallest and largest single integer key of a part: the span bisection starts from.
+    pub fn key_min_max_sql(&self, table: &str, range: Option<Range>) -> Option<String> {
+        let key = quote_ident(&self.integer_key()?.name);
+        Some(format!(
+            "SELECT min({key})::bigint, max({key})::bigint FROM {}{}",
+            quote_qualified(table),
+            self.span_where(range, &KeySpan::default())
+        ))
+    }
+
+    /// The key columns' text of the row at `offset` in key order within a span: a median
+    /// that cuts a span of a non-integer key in two.
+    pub fn span_key_at_sql(
+        &self,
+        table: &str,
+        range: Option<Range>,
+        span: &KeySpan,
+        offset: i64,
+    ) -> String {
+        let texts: Vec<String> = self
+            .key
+            .iter()
+            .map(|c| format!("{}::text", quote_ident(&c.name)))
+            .collect();
+        format!(
+            "SELECT {} FROM {}{} ORDER BY {} OFFSET {offset} LIMIT 1",
+            texts.join(", "),
+            quote_qualified(table),
+            self.span_where(range, span),
+            self.key_columns()
+        )
+    }
+
+    /// Every row of a (small) span: its key text and row hash, in key order.
+    pub fn span_rows_sql(&self, table: &str, range: Option<Range>, span: &KeySpan) -> String {
+        format!(
+            "SELECT {}, {}::text FROM {}{} ORDER BY {}",
+            self.key_text(),
+            self.row_hash(),
+            quote_qualified(table),
+            self.span_where(range, span),
+            self.key_columns()
         )
     }
 }
