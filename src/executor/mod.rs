@@ -16,7 +16,7 @@ pub mod items;
 pub mod signals;
 
 pub use error::{StepError, StepErrorKind};
-pub use items::{ItemAttempt, ItemFuture, StepItems};
+pub use items::{ItemAttempt, ItemControl, ItemFuture, ItemRequests, StepItems};
 
 use crate::engine::{
     self, Command, Confirmation, Effect, EngineSettings, EngineState, JournalEntry, Observation,
@@ -137,6 +137,18 @@ pub trait Actions: Send {
         let reason = format!("step `{}` runs no items (asked for `{item}`)", step.id);
         Box::pin(std::future::ready(Err(reason)))
     }
+    /// Whether each item of `step` waits for the operator's confirmation before it starts
+    /// (table-copy's `--confirm`). Only a cockpit can give one ([`Runner::item_control`]); a
+    /// run without one fails such a step before any item starts.
+    fn confirm_each_item(&self, step: &Step) -> bool {
+        let _ = step;
+        false
+    }
+    /// The operator asked to retry these items of the running step after they failed (see
+    /// [`ItemRequests::retry`]); called before items start, so an attempt knows it was asked for.
+    fn allow_retry(&mut self, items: &std::collections::BTreeSet<engine::ItemId>) {
+        let _ = items;
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +255,10 @@ pub struct Runner<A: Actions> {
     recorded: bool,
     /// Called on drop when the run was never recorded (removes its run directory).
     discard: Option<Box<dyn FnOnce() + Send>>,
+    /// The operator's requests about a step's items (hold, confirm, retry).
+    item_requests: std::sync::Arc<watch::Sender<items::ItemRequests>>,
+    /// Someone (a cockpit) holds an [`ItemControl`] and can confirm items.
+    item_control_given: bool,
 }
 
 impl<A: Actions> Drop for Runner<A> {
@@ -325,6 +341,8 @@ impl<A: Actions> Runner<A> {
             state_tx,
             recorded: resumed,
             discard: None,
+            item_requests: std::sync::Arc::new(watch::channel(items::ItemRequests::default()).0),
+            item_control_given: false,
         })
     }
 
@@ -396,6 +414,13 @@ impl<A: Actions> Runner<A> {
             return Err(error);
         }
         Ok(())
+    }
+
+    /// The operator's say over a step's items (see [`ItemControl`]); taking it tells the runner
+    /// that someone can confirm items one by one.
+    pub fn item_control(&mut self) -> ItemControl {
+        self.item_control_given = true;
+        ItemControl(self.item_requests.clone())
     }
 
     /// A handle that aborts the paused window (see [`AbortHandle`]).

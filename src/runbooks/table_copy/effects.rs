@@ -57,6 +57,8 @@ struct Shared {
     copy: TableCopy,
     run_id: String,
     store: Store,
+    /// Items the operator asked to retry from the cockpit (as `--retry-errors` does for all).
+    retry_asked: std::sync::Mutex<BTreeSet<String>>,
 }
 
 fn command(target: &str, e: tokio_postgres::Error) -> StepError {
@@ -92,6 +94,7 @@ impl TableCopyActions {
                 copy,
                 run_id,
                 store,
+                retry_asked: std::sync::Mutex::default(),
             }),
             ctx,
             run_dir,
@@ -526,6 +529,16 @@ impl Actions for TableCopyActions {
         true
     }
 
+    fn confirm_each_item(&self, step: &Step) -> bool {
+        self.shared.copy.policy.confirm && matches!(CopyStep::of(step), Ok(CopyStep::Copy))
+    }
+
+    fn allow_retry(&mut self, items: &BTreeSet<ItemId>) {
+        if let Ok(mut asked) = self.shared.retry_asked.lock() {
+            asked.extend(items.iter().map(|i| i.as_str().to_string()));
+        }
+    }
+
     async fn items(
         &mut self,
         step: &Step,
@@ -615,7 +628,15 @@ async fn copy_item(
     let range = part.map(|(_, r)| r);
     let store = &shared.store;
     let previous = store.part(&table.source, &part_key).unwrap_or_default();
-    if previous.status == Status::Errored && !shared.copy.policy.retry_errors {
+    let item = match &range {
+        None => table.source.clone(),
+        Some(_) => format!("{}#{part_key}", table.source),
+    };
+    let asked = shared
+        .retry_asked
+        .lock()
+        .is_ok_and(|asked| asked.contains(&item));
+    if previous.status == Status::Errored && !shared.copy.policy.retry_errors && !asked {
         return Err(format!(
             "errored earlier ({}); fix the cause and run again with --retry-errors",
             previous.error.unwrap_or_default()

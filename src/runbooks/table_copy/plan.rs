@@ -55,6 +55,8 @@ pub struct CopyPolicy {
     pub jobs: usize,
     pub retry_errors: bool,
     pub stop_on_error: bool,
+    /// `--confirm`: each table (or range) waits for the operator's confirmation.
+    pub confirm: bool,
 }
 
 impl Default for CopyPolicy {
@@ -63,6 +65,7 @@ impl Default for CopyPolicy {
             jobs: 2,
             retry_errors: false,
             stop_on_error: true,
+            confirm: false,
         }
     }
 }
@@ -197,6 +200,7 @@ impl CopyPolicy {
             jobs: number(params, "jobs", 2)? as usize,
             retry_errors: switch(params, "retry-errors")?,
             stop_on_error: !switch(params, "no-stop-on-error")?,
+            confirm: switch(params, "confirm")?,
         })
     }
 }
