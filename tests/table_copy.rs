@@ -435,6 +435,88 @@ async fn a_mismatch_names_exactly_the_differing_keys_by_bisection() {
     );
 }
 
+/// A monthly source table the target has no table for goes into the target's parent
+/// partitioned by date; an earlier attempt's rows are deleted by period, never by TRUNCATE, so
+/// the parent's other rows survive a re-copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monthly_table_goes_into_the_targets_partitioned_parent() {
+    let lab = plain_lab(&SHAPE).await;
+    let inventory = lab.config.inventory_path();
+    let state = lab.config.dir.join("state");
+    let from = format!("pg1/{SOURCE_DB}");
+    let to = "pg2/copy_target";
+    let target = copy_source::connect(lab.config.pg2_port, "copy_target")
+        .await
+        .unwrap();
+    target
+        .batch_execute(
+            "DROP TABLE report_2023_01, report_2023_02; \
+             CREATE TABLE report (id bigint NOT NULL, owner_id integer NOT NULL, created timestamptz NOT NULL, \
+             amount numeric(12,2), state text NOT NULL, payload jsonb NOT NULL, PRIMARY KEY (id, created)) \
+             PARTITION BY RANGE (created); \
+             CREATE TABLE report_q1 PARTITION OF report FOR VALUES FROM ('2023-01-01') TO ('2023-04-01'); \
+             INSERT INTO report VALUES (1, 1, '2023-03-05 00:00:00+00', 1, 'open', '{}')",
+        )
+        .await
+        .unwrap();
+    let dates = ["--start-date", "2023-01-01", "--end-date", "2023-03-01"];
+    let out = run(&mut cutover(&inventory, &state, &from, to, &dates));
+    assert!(out.status.success(), "{}", text(&out));
+    let status = status_json(&inventory, &state, &[]);
+    let pair = status.as_object().unwrap().values().next().unwrap();
+    let targets: Vec<(&str, &str)> = pair["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["table"].as_str().unwrap(), t["target"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            ("public.report_2023_01", "public.report"),
+            ("public.report_2023_02", "public.report")
+        ]
+    );
+    let count = |sql: &'static str| {
+        let target = &target;
+        async move { target.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM report").await, 3_001);
+    let parts: Vec<(String, String)> = ledger(&target).await.into_keys().collect();
+    assert_eq!(
+        parts,
+        [
+            (
+                "public.report".to_string(),
+                "public.report_2023_01:all".to_string()
+            ),
+            (
+                "public.report".to_string(),
+                "public.report_2023_02:all".to_string()
+            ),
+        ]
+    );
+
+    // An attempt whose ledger row is lost (as if it never committed) copies January again:
+    // its period is deleted first, February's rows and the March row stay.
+    target
+        .batch_execute("DELETE FROM cutover_copy_ledger WHERE part = 'public.report_2023_01:all'")
+        .await
+        .unwrap();
+    let out = run(&mut cutover(&inventory, &state, &from, to, &dates));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(count("SELECT count(*) FROM report").await, 3_001);
+    assert_eq!(
+        count("SELECT count(*) FROM (SELECT id, created FROM report GROUP BY 1, 2 HAVING count(*) > 1) d").await,
+        0
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM report WHERE created >= '2023-03-01'").await,
+        1,
+        "the parent's other rows stay"
+    );
+}
+
 /// No servers: the plan's steps are typed, the tables named with `--table` are shown with
 /// their exact SQL, and the policy flags leave the fingerprint alone (a resumed run may add
 /// `--retry-errors`) while the selection changes it.

@@ -10,8 +10,8 @@
 //!   one is not even re-checked; the local state file follows the ledger, never leads it.
 
 use super::plan::{
-    self, date_of, parts_for, split_ranges, Column, CopyTable, KeySpan, Range, TableCopy,
-    LEDGER_DDL, PINNED_SETTINGS, WHOLE,
+    self, date_of, parts_for, split_ranges, Column, CopyTable, IntoParent, KeySpan, Range,
+    TableCopy, LEDGER_DDL, PINNED_SETTINGS, WHOLE,
 };
 use super::state::{pair_key, state_path, Status, Store};
 use super::CopyStep;
@@ -143,11 +143,20 @@ impl TableCopyActions {
                 .await
                 .map_err(|e| command(&t_label, e))?
                 .get(0);
-            if exists.is_none() {
-                problems.push(format!("{qualified} does not exist on {t_label}"));
-                continue;
-            }
-            let target_columns = columns_of(&tgt, &t_label, plan::COLUMNS_SQL, &quoted).await?;
+            let (target, into_parent) = if exists.is_some() {
+                (qualified.clone(), None)
+            } else {
+                match into_parent(&src, &tgt, (&s_label, &t_label), &qualified, date).await? {
+                    Ok((parent, mapping)) => (parent, Some(mapping)),
+                    Err(problem) => {
+                        problems.push(problem);
+                        continue;
+                    }
+                }
+            };
+            let target_quoted = quote_qualified(&target);
+            let target_columns =
+                columns_of(&tgt, &t_label, plan::COLUMNS_SQL, &target_quoted).await?;
             let by_name: BTreeMap<&str, &str> = target_columns
                 .iter()
                 .map(|c| (c.name.as_str(), c.type_name.as_str()))
@@ -172,12 +181,12 @@ impl TableCopyActions {
             let mut citus = false;
             if copy.citus.is_some() {
                 let kind: Option<String> = tgt
-                    .query_opt(plan::CITUS_TABLE_SQL, &[&quoted])
+                    .query_opt(plan::CITUS_TABLE_SQL, &[&target_quoted])
                     .await
                     .map_err(|e| command(&t_label, e))?
                     .map(|r| r.get(0));
                 citus = matches!(kind.as_deref(), Some("distributed" | "reference"));
-                let expected = copy.citus_distribution(&qualified);
+                let expected = copy.citus_distribution(&target);
                 let wanted = match expected {
                     Some(Distribution::Distributed) => Some("distributed"),
                     Some(Distribution::Reference) => Some("reference"),
@@ -186,7 +195,7 @@ impl TableCopyActions {
                 if let Some(wanted) = wanted {
                     if kind.as_deref() != Some(wanted) {
                         problems.push(format!(
-                            "{qualified} is {} on {t_label}; the inventory's citus section says {wanted}",
+                            "{target} is {} on {t_label}; the inventory's citus section says {wanted}",
                             kind.as_deref().unwrap_or("a plain local table")
                         ));
                     }
@@ -211,34 +220,37 @@ impl TableCopyActions {
                 }
             }
             let mut rebuild = Vec::new();
-            if !citus && ranges.is_empty() {
+            if !citus && ranges.is_empty() && into_parent.is_none() {
                 let empty: bool = tgt
-                    .query_one(&format!("SELECT NOT EXISTS (SELECT 1 FROM {quoted})"), &[])
+                    .query_one(
+                        &format!("SELECT NOT EXISTS (SELECT 1 FROM {target_quoted})"),
+                        &[],
+                    )
                     .await
                     .map_err(|e| command(&t_label, e))?
                     .get(0);
                 let referenced: i64 = tgt
-                    .query_one(plan::REFERENCED_SQL, &[&quoted])
+                    .query_one(plan::REFERENCED_SQL, &[&target_quoted])
                     .await
                     .map_err(|e| command(&t_label, e))?
                     .get(0);
                 if empty && referenced == 0 {
                     for r in tgt
-                        .query(plan::INDEXES_SQL, &[&quoted])
+                        .query(plan::INDEXES_SQL, &[&target_quoted])
                         .await
                         .map_err(|e| command(&t_label, e))?
                     {
                         let (index, def): (String, String) = (r.get(0), r.get(1));
                         let (con, condef): (Option<String>, Option<String>) = (r.get(2), r.get(3));
                         let constraint = con.as_deref().zip(condef.as_deref());
-                        rebuild.push(plan::rebuild_of(&qualified, &index, &def, constraint));
+                        rebuild.push(plan::rebuild_of(&target, &index, &def, constraint));
                     }
                 }
             }
             let frozen = matches!((date, copy.params.frozen_before), (Some(d), Some(f)) if d < f);
             tables.push(CopyTable {
                 source: qualified.clone(),
-                target: qualified,
+                target,
                 date,
                 bytes: row.get(2),
                 rows_estimate,
@@ -249,6 +261,7 @@ impl TableCopyActions {
                 ranges,
                 frozen,
                 rebuild,
+                into_parent,
             });
         }
         for named in &copy.params.tables {
@@ -298,6 +311,15 @@ impl TableCopyActions {
                 },
                 if t.frozen { ", frozen" } else { "" }
             ));
+            if let Some(p) = &t.into_parent {
+                sink.output(format!(
+                    "  {} is not on the target: copied into its parent {}, which other tables share; an earlier attempt's rows are removed by `DELETE FROM {} WHERE {}`, never by TRUNCATE",
+                    t.source,
+                    t.target,
+                    quote_qualified(&t.target),
+                    p.filter()
+                ));
+            }
             for r in &t.rebuild {
                 sink.output(format!(
                     "  {} is empty: in the copy's transaction `{}`, then after the load `{}`",
@@ -369,7 +391,7 @@ impl TableCopyActions {
                     .part_of(&id)
                     .map_err(StepError::Failed)?
                     .map_or(WHOLE.to_string(), |(k, _)| k);
-                if !verified.contains(&(t.target.clone(), part.clone())) {
+                if !verified.contains(&(t.target.clone(), t.ledger_part(&part))) {
                     missing.push(id);
                 }
             }
@@ -410,6 +432,64 @@ impl TableCopyActions {
             "{verified} tables copied and verified, {rows} rows"
         ))
     }
+}
+
+/// Where a source table missing on the target goes: its parent there (the name without its
+/// date), range-partitioned by a date column, with every source row inside the table's period.
+/// `Ok(Err(problem))`: it has nowhere to go.
+async fn into_parent(
+    src: &Client,
+    tgt: &Client,
+    (s_label, t_label): (&str, &str),
+    qualified: &str,
+    date: Option<chrono::NaiveDate>,
+) -> Result<Result<(String, IntoParent), String>, StepError> {
+    let missing = format!("{qualified} does not exist on {t_label}");
+    let Some(parent) = plan::parent_name(qualified) else {
+        return Ok(Err(missing));
+    };
+    let parent_quoted = quote_qualified(&parent);
+    let found: Option<String> = tgt
+        .query_one("SELECT to_regclass($1)::text", &[&parent_quoted])
+        .await
+        .map_err(|e| command(t_label, e))?
+        .get(0);
+    if found.is_none() {
+        return Ok(Err(format!("{missing}, nor does its parent {parent}")));
+    }
+    let column: Option<String> = tgt
+        .query_opt(plan::DATE_PARTITION_KEY_SQL, &[&parent_quoted])
+        .await
+        .map_err(|e| command(t_label, e))?
+        .map(|r| r.get(0));
+    let (Some(column), Some(date)) = (column, date) else {
+        return Ok(Err(format!(
+            "{missing}; its parent {parent} there is not range-partitioned by a date column, so the rows this copy owns in it could not be told apart"
+        )));
+    };
+    let Some(mapping) = IntoParent::period(&column, date) else {
+        return Ok(Err(format!("{missing}; {date} has no following period")));
+    };
+    let outside: i64 = src
+        .query_one(
+            &format!(
+                "SELECT count(*)::bigint FROM {} WHERE NOT ({}) OR {} IS NULL",
+                quote_qualified(qualified),
+                mapping.filter(),
+                crate::sql::quote_ident(&column)
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| command(s_label, e))?
+        .get(0);
+    if outside > 0 {
+        return Ok(Err(format!(
+            "{qualified} would go into {parent} on {t_label}, but {outside} of its rows have {column} outside [{}, {}): its rows there could not be told apart",
+            mapping.lo, mapping.hi
+        )));
+    }
+    Ok(Ok((parent, mapping)))
 }
 
 fn load_tables(run_dir: &std::path::Path) -> Result<Option<Vec<CopyTable>>, String> {
@@ -672,7 +752,10 @@ async fn copy_part(
     let s_label = format!("{}/{}", copy.source.name, copy.source_db());
     let mut tgt = connect(&copy.target, copy.target_db()).await?;
     let ledger = tgt
-        .query_opt(plan::LEDGER_LOOKUP_SQL, &[&table.target, &part_key])
+        .query_opt(
+            plan::LEDGER_LOOKUP_SQL,
+            &[&table.target, &table.ledger_part(part_key)],
+        )
         .await
         .map_err(|e| command(&t_label, e))?;
     let ledger: Option<(i64, bool, Option<String>)> =
@@ -729,7 +812,7 @@ async fn copy_part(
     if s == t {
         tgt.execute(
             plan::LEDGER_VERIFIED_SQL,
-            &[&table.target, &part_key, &t.sum],
+            &[&table.target, &table.ledger_part(part_key), &t.sum],
         )
         .await
         .map_err(|e| command(&t_label, e))?;
@@ -755,7 +838,7 @@ async fn copy_part(
     );
     tgt.execute(
         plan::LEDGER_MISMATCH_SQL,
-        &[&table.target, &part_key, &reason],
+        &[&table.target, &table.ledger_part(part_key), &reason],
     )
     .await
     .map_err(|e| command(&t_label, e))?;
@@ -849,7 +932,7 @@ async fn stream_part(
     }
     tx.batch_execute(&plan::ledger_upsert_sql(
         &table.target,
-        part_key,
+        &table.ledger_part(part_key),
         &shared.run_id,
         rows,
     ))

@@ -11,7 +11,7 @@ use crate::inventory::{CitusCluster, Distribution, Inventory, Node};
 use crate::plan::{ParamError, Plan, RenderedCommand, Step, StepFlags, Undo};
 use crate::runbooks::{RunbookError, StepKind};
 use crate::sql::{quote_ident, quote_literal, quote_qualified};
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -344,7 +344,7 @@ impl TableCopy {
         if self.params.tables.is_empty() {
             copy = copy.command(RenderedCommand::internal(
                 format!("{s}/{sdb} → {t}/{tdb}"),
-                "per table T found by the preflight (T#i/n for a key range): skip if the ledger holds T; BEGIN; TRUNCATE T (DELETE the key range for a range); COPY T FROM STDIN (FORMAT binary[, FREEZE]) fed by COPY T TO STDOUT (FORMAT binary) on the source; INSERT the ledger row; COMMIT; then at once, on both sides: SELECT count(*), sum(hash_record_extended(ROW(columns), 0)) FROM T [WHERE key range] (columns without an extended hash as text); equal: mark verified in the ledger; else bisect the key range (count and hash sum per half on both sides) down to small ranges, name the first differing keys, and mark the table errored (a retry copies it again)",
+                "per table T found by the preflight (T#i/n for a key range): skip if the ledger holds T; BEGIN; TRUNCATE T (DELETE the key range for a range); COPY T FROM STDIN (FORMAT binary[, FREEZE]) fed by COPY T TO STDOUT (FORMAT binary) on the source; INSERT the ledger row; COMMIT (a table missing on the target whose name without its date names a parent there, range-partitioned by a date column, goes into that parent: DELETE FROM P WHERE that column is in the table's month instead of TRUNCATE, no FREEZE, the ledger part named after the source); then at once, on both sides: SELECT count(*), sum(hash_record_extended(ROW(columns), 0)) FROM T [WHERE key range] (columns without an extended hash as text); equal: mark verified in the ledger; else bisect the key range (count and hash sum per half on both sides) down to small ranges, name the first differing keys, and mark the table errored (a retry copies it again)",
             ));
         } else {
             for table in &self.params.tables {
@@ -533,7 +533,68 @@ pub struct CopyTable {
     /// empty when the preflight ran and that no foreign key references.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rebuild: Vec<Rebuild>,
+    /// The target has no table of the source's name but a parent range-partitioned by a date
+    /// column (the name without its date): the rows go into it, and what an earlier attempt
+    /// left is this period's rows, deleted, never the parent truncated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub into_parent: Option<IntoParent>,
 }
+
+/// The rows of one source table inside a shared parent on the target: `column` in `[lo, hi)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntoParent {
+    pub column: String,
+    pub lo: NaiveDate,
+    pub hi: NaiveDate,
+}
+
+impl IntoParent {
+    /// `[date, next month)`, or `[date, next day)` for a date not on a month's first day.
+    pub fn period(column: &str, date: NaiveDate) -> Option<IntoParent> {
+        let hi = if date.day() == 1 {
+            date.checked_add_months(chrono::Months::new(1))?
+        } else {
+            date.succ_opt()?
+        };
+        Some(IntoParent {
+            column: column.to_string(),
+            lo: date,
+            hi,
+        })
+    }
+
+    pub fn filter(&self) -> String {
+        format!(
+            "{c} >= {lo} AND {c} < {hi}",
+            c = quote_ident(&self.column),
+            lo = quote_literal(&self.lo.to_string()),
+            hi = quote_literal(&self.hi.to_string())
+        )
+    }
+}
+
+/// The parent a dated table goes into: its name without the date (`public.events_2024_01` →
+/// `public.events`); `None` when the name carries no trailing date.
+pub fn parent_name(qualified: &str) -> Option<String> {
+    let (schema, name) = qualified.rsplit_once('.')?;
+    let cut = name.char_indices().find_map(|(i, c)| {
+        let rest = &name[i + 1..];
+        (matches!(c, '_' | '-')
+            && i > 0
+            && rest
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == '_' || c == '-')
+            && date_in_name(rest).is_some())
+        .then_some(i)
+    })?;
+    Some(format!("{schema}.{}", &name[..cut]))
+}
+
+/// The range-partition key of table `$1` when it is a single column of a date type.
+pub const DATE_PARTITION_KEY_SQL: &str = "SELECT a.attname::text FROM pg_partitioned_table p \
+JOIN pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0] \
+WHERE p.partrelid = $1::text::regclass AND p.partstrat = 'r' AND p.partnatts = 1 \
+AND a.atttypid IN ('date'::regtype, 'timestamp'::regtype, 'timestamptz'::regtype)";
 
 /// One index (or the constraint it backs) rebuilt after the load.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -600,6 +661,27 @@ impl CopyTable {
         })
     }
 
+    /// The rows of this part on `table` (the source or the target): its key range, and on a
+    /// shared parent its period. Never the period on the source: a source row outside it must
+    /// be copied and fail verification, not be skipped.
+    fn side_filter(&self, table: &str, range: Option<Range>) -> Option<String> {
+        let mut filters: Vec<String> = self.range_filter(range).into_iter().collect();
+        if table == self.target && table != self.source {
+            filters.extend(self.into_parent.as_ref().map(IntoParent::filter));
+        }
+        (!filters.is_empty()).then(|| filters.join(" AND "))
+    }
+
+    /// The ledger's `part` of this part: a shared parent holds several source tables, so
+    /// theirs carry the source's name.
+    pub fn ledger_part(&self, part_key: &str) -> String {
+        if self.into_parent.is_some() {
+            format!("{}:{part_key}", self.source)
+        } else {
+            part_key.to_string()
+        }
+    }
+
     fn format(&self) -> &'static str {
         if self.binary {
             "binary"
@@ -628,7 +710,7 @@ impl CopyTable {
 
     /// What the copy's transaction removes first: whatever an earlier attempt left.
     pub fn cleanup_sql(&self, range: Option<Range>) -> String {
-        match self.range_filter(range) {
+        match self.side_filter(&self.target, range) {
             None => format!("TRUNCATE {}", quote_qualified(&self.target)),
             Some(filter) => format!(
                 "DELETE FROM {} WHERE {filter}",
@@ -639,7 +721,7 @@ impl CopyTable {
 
     /// The target side; `FREEZE` only where the same transaction truncated a plain table.
     pub fn copy_in_sql(&self, range: Option<Range>) -> String {
-        let freeze = range.is_none() && !self.citus;
+        let freeze = range.is_none() && !self.citus && self.into_parent.is_none();
         format!(
             "COPY {} ({}) FROM STDIN (FORMAT {}{})",
             quote_qualified(&self.target),
@@ -693,7 +775,7 @@ impl CopyTable {
             "SELECT count(*)::bigint, coalesce(sum({}), 0)::text FROM {}{}",
             self.row_hash(),
             quote_qualified(table),
-            self.range_filter(range)
+            self.side_filter(table, range)
                 .map(|f| format!(" WHERE {f}"))
                 .unwrap_or_default()
         )
@@ -708,7 +790,7 @@ impl CopyTable {
             h = self.row_hash(),
             t = quote_qualified(table),
             w = self
-                .range_filter(range)
+                .side_filter(table, range)
                 .map(|f| format!(" WHERE {f}"))
                 .unwrap_or_default()
         )
@@ -727,7 +809,7 @@ impl CopyTable {
             self.key_text(),
             buckets.saturating_sub(1)
         )];
-        filter.extend(self.range_filter(range));
+        filter.extend(self.side_filter(table, range));
         format!(
             "SELECT {}, {}::text FROM {} WHERE {}",
             self.key_text(),
@@ -768,8 +850,8 @@ impl CopyTable {
     }
 
     /// `WHERE` of a part's range and a key span.
-    fn span_where(&self, range: Option<Range>, span: &KeySpan) -> String {
-        let mut filters: Vec<String> = self.range_filter(range).into_iter().collect();
+    fn span_where(&self, table: &str, range: Option<Range>, span: &KeySpan) -> String {
+        let mut filters: Vec<String> = self.side_filter(table, range).into_iter().collect();
         if let Some(lo) = &span.lo {
             filters.push(self.key_bound(">=", lo));
         }
@@ -802,7 +884,7 @@ impl CopyTable {
             "SELECT count(*)::bigint, coalesce(sum({}), 0)::text FROM {}{}",
             self.row_hash(),
             quote_qualified(table),
-            self.span_where(range, span)
+            self.span_where(table, range, span)
         )
     }
 
@@ -812,7 +894,7 @@ impl CopyTable {
         Some(format!(
             "SELECT min({key})::bigint, max({key})::bigint FROM {}{}",
             quote_qualified(table),
-            self.span_where(range, &KeySpan::default())
+            self.span_where(table, range, &KeySpan::default())
         ))
     }
 
@@ -834,7 +916,7 @@ impl CopyTable {
             "SELECT {} FROM {}{} ORDER BY {} OFFSET {offset} LIMIT 1",
             texts.join(", "),
             quote_qualified(table),
-            self.span_where(range, span),
+            self.span_where(table, range, span),
             self.key_columns()
         )
     }
@@ -846,7 +928,7 @@ impl CopyTable {
             self.key_text(),
             self.row_hash(),
             quote_qualified(table),
-            self.span_where(range, span),
+            self.span_where(table, range, span),
             self.key_columns()
         )
     }
@@ -1005,6 +1087,27 @@ mod tests {
         );
         assert_eq!(date_of("events", "", ""), None);
         assert_eq!(date_of("t123456789", "", ""), None);
+    }
+
+    #[test]
+    fn a_dated_table_names_its_parent_and_period() {
+        assert_eq!(
+            parent_name("public.events_2024_01").as_deref(),
+            Some("public.events")
+        );
+        assert_eq!(
+            parent_name("s.ucr_daily_20240115").as_deref(),
+            Some("s.ucr_daily")
+        );
+        assert_eq!(parent_name("public.events"), None);
+        assert_eq!(parent_name("public.t2024_01x"), None);
+        let p =
+            IntoParent::period("created", NaiveDate::from_ymd_opt(2024, 12, 1).unwrap()).unwrap();
+        assert_eq!(p.hi, NaiveDate::from_ymd_opt(2025, 1, 1).unwrap());
+        assert_eq!(
+            p.filter(),
+            "\"created\" >= '2024-12-01' AND \"created\" < '2025-01-01'"
+        );
     }
 
     #[test]
