@@ -517,6 +517,71 @@ async fn a_monthly_table_goes_into_the_targets_partitioned_parent() {
     );
 }
 
+/// A table marked frozen that is written while it is copied errors with a message saying so;
+/// a live table written meanwhile is not checked this way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_a_frozen_table_during_its_copy_errors_it() {
+    let lab = plain_lab(&SHAPE).await;
+    let inventory = lab.config.inventory_path();
+    let state = lab.config.dir.join("state");
+    let from = format!("pg1/{SOURCE_DB}");
+    let to = "pg2/copy_target";
+    let target = copy_source::connect(lab.config.pg2_port, "copy_target")
+        .await
+        .unwrap();
+    // Slow the load down so that a write lands while the copy runs.
+    target
+        .batch_execute(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$; \
+             CREATE TRIGGER slow BEFORE INSERT ON report_2023_01 FOR EACH ROW EXECUTE FUNCTION slow()",
+        )
+        .await
+        .unwrap();
+    let mut child = cutover(
+        &inventory,
+        &state,
+        &from,
+        to,
+        &["--table", "report_2023_01", "--frozen-before", "2023-03-01"],
+    )
+    .spawn()
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let running: i64 = target
+            .query_one(
+                "SELECT count(*)::bigint FROM pg_stat_progress_copy WHERE datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if running > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the copy never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    {
+        // A writer that exits at once, so that its counts are flushed.
+        let writer = copy_source::connect(lab.config.pg1_port, SOURCE_DB)
+            .await
+            .unwrap();
+        writer
+            .batch_execute("UPDATE report_2023_01 SET amount = 0 WHERE id = 3")
+            .await
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    let error = errored(&inventory, &state, "public.report_2023_01");
+    assert!(
+        error.contains("is marked frozen") && error.contains("0 inserts, 1 updates, 0 deletes"),
+        "{error}"
+    );
+}
+
 /// No servers: the plan's steps are typed, the tables named with `--table` are shown with
 /// their exact SQL, and the policy flags leave the fingerprint alone (a resumed run may add
 /// `--retry-errors`) while the selection changes it.

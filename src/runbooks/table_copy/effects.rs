@@ -773,6 +773,13 @@ async fn copy_part(
         ));
     }
     let src = connect(&copy.source, copy.source_db()).await?;
+    // A frozen table must not be written while it is copied: its write counters are read
+    // before the copy and again after it, before the checksums.
+    let writes_before = if table.frozen {
+        Some(writes(&src, &s_label, &table.source).await?)
+    } else {
+        None
+    };
     let detail = match ledger {
         Some((rows, false, None)) => {
             if store
@@ -799,6 +806,25 @@ async fn copy_part(
             format!("{rows} rows copied")
         }
     };
+    if let Some(before) = writes_before {
+        let after = writes(&src, &s_label, &table.source).await?;
+        if after != before {
+            let reason = format!(
+                "{} is marked frozen (dated before --frozen-before) but was written on {s_label} while it was copied ({} inserts, {} updates, {} deletes): this copy is not a consistent image of it; stop the writers (or move it with the logical-move runbook), then --retry-errors",
+                table.source,
+                after.0 - before.0,
+                after.1 - before.1,
+                after.2 - before.2
+            );
+            tgt.execute(
+                plan::LEDGER_MISMATCH_SQL,
+                &[&table.target, &table.ledger_part(part_key), &reason],
+            )
+            .await
+            .map_err(|e| command(&t_label, e))?;
+            return Err(StepError::gate(reason));
+        }
+    }
     if !verify {
         return Ok(detail);
     }
@@ -843,6 +869,16 @@ async fn copy_part(
     .await
     .map_err(|e| command(&t_label, e))?;
     Err(StepError::gate(reason))
+}
+
+/// Inserts, updates and deletes counted on `table` so far (`pg_stat_user_tables`; a writer's
+/// counts arrive when its backend flushes them: at the latest when it goes idle or exits).
+async fn writes(client: &Client, label: &str, table: &str) -> Result<(i64, i64, i64), StepError> {
+    let row = client
+        .query_one(plan::WRITES_SQL, &[&quote_qualified(table)])
+        .await
+        .map_err(|e| command(label, e))?;
+    Ok((row.get(0), row.get(1), row.get(2)))
 }
 
 /// The copy itself: one target transaction that removes what an earlier attempt left, takes

@@ -368,7 +368,7 @@ impl TableCopy {
             }
         }
         let copy = copy
-            .verification("per table or range, right after its commit: rows and the sum of 64-bit row hashes agree on both sides (TimeZone, DateStyle, IntervalStyle, extra_float_digits, bytea_output pinned); a mismatch names the first differing keys and errors that table")
+            .verification("per table or range, right after its commit: rows and the sum of 64-bit row hashes agree on both sides (TimeZone, DateStyle, IntervalStyle, extra_float_digits, bytea_output pinned); a mismatch names the first differing keys and errors that table; a table marked frozen whose write counters (pg_stat_user_tables inserts, updates, deletes) moved during its copy errors as written to")
             .flags(StepFlags {
                 destructive: true,
                 ..StepFlags::default()
@@ -589,6 +589,11 @@ pub fn parent_name(qualified: &str) -> Option<String> {
     })?;
     Some(format!("{schema}.{}", &name[..cut]))
 }
+
+/// Writes counted on table `$1` (a frozen table's are compared before and after its copy).
+pub const WRITES_SQL: &str =
+    "SELECT coalesce(sum(n_tup_ins), 0)::bigint, coalesce(sum(n_tup_upd), 0)::bigint, \
+coalesce(sum(n_tup_del), 0)::bigint FROM pg_stat_user_tables WHERE relid = $1::text::regclass";
 
 /// The range-partition key of table `$1` when it is a single column of a date type.
 pub const DATE_PARTITION_KEY_SQL: &str = "SELECT a.attname::text FROM pg_partitioned_table p \
