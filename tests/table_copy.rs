@@ -538,7 +538,7 @@ async fn a_write_to_a_frozen_table_during_its_copy_errors_it() {
         )
         .await
         .unwrap();
-    let mut child = cutover(
+    let child = cutover(
         &inventory,
         &state,
         &from,
