@@ -219,6 +219,19 @@ impl TableCopyActions {
                     ranges = split_ranges(min, max, parts);
                 }
             }
+            let frozen = matches!((date, copy.params.frozen_before), (Some(d), Some(f)) if d < f);
+            // Without a single integer key, a big frozen table whose target is wholly this
+            // copy's is split by ctid block ranges (see `CopyTable::ctid_ranges`).
+            let mut ctid_ranges = false;
+            if parts > 1 && !int_key && frozen && into_parent.is_none() {
+                let blocks: i64 = src
+                    .query_one(plan::BLOCKS_SQL, &[&quoted])
+                    .await
+                    .map_err(|e| command(&s_label, e))?
+                    .get(0);
+                ranges = split_ranges(0, blocks - 1, parts);
+                ctid_ranges = !ranges.is_empty();
+            }
             let mut rebuild = Vec::new();
             if !citus && ranges.is_empty() && into_parent.is_none() {
                 let empty: bool = tgt
@@ -247,7 +260,6 @@ impl TableCopyActions {
                     }
                 }
             }
-            let frozen = matches!((date, copy.params.frozen_before), (Some(d), Some(f)) if d < f);
             tables.push(CopyTable {
                 source: qualified.clone(),
                 target,
@@ -262,6 +274,7 @@ impl TableCopyActions {
                 frozen,
                 rebuild,
                 into_parent,
+                ctid_ranges,
             });
         }
         for named in &copy.params.tables {
@@ -304,10 +317,12 @@ impl TableCopyActions {
                 t.bytes / 1024 / 1024,
                 t.rows_estimate,
                 if t.binary { "binary" } else { "text" },
-                if t.ranges.is_empty() {
-                    String::new()
-                } else {
-                    format!(", {} key ranges", t.ranges.len())
+                match (t.ranges.len(), t.ctid_ranges) {
+                    (0, _) => String::new(),
+                    (n, false) => format!(", {n} key ranges"),
+                    (n, true) => format!(
+                        ", {n} ctid block ranges (TRUNCATE once, then each range appends; verified as a whole table)"
+                    ),
                 },
                 if t.frozen { ", frozen" } else { "" }
             ));
@@ -386,6 +401,12 @@ impl TableCopyActions {
             .collect();
         let mut missing = Vec::new();
         for t in self.tables().unwrap_or_default() {
+            if t.ctid_ranges {
+                if let Err(reason) = verify_whole(&self.shared, t, &tgt, &verified).await {
+                    missing.push(format!("{} ({reason})", t.source));
+                }
+                continue;
+            }
             for id in t.item_ids() {
                 let part = t
                     .part_of(&id)
@@ -432,6 +453,111 @@ impl TableCopyActions {
             "{verified} tables copied and verified, {rows} rows"
         ))
     }
+}
+
+/// A table copied in ctid ranges, verified as a whole once every range is in: count and
+/// checksum on both sides; equal marks every range verified (ledger, then state); a mismatch
+/// names the first differing keys and errors the table.
+async fn verify_whole(
+    shared: &Shared,
+    table: &CopyTable,
+    tgt: &Client,
+    verified: &BTreeSet<(String, String)>,
+) -> Result<(), String> {
+    let copy = &shared.copy;
+    let parts: Vec<String> = (1..=table.ranges.len())
+        .map(|i| format!("{i}/{}", table.ranges.len()))
+        .collect();
+    if parts
+        .iter()
+        .all(|p| verified.contains(&(table.target.clone(), table.ledger_part(p))))
+    {
+        return Ok(());
+    }
+    let s_label = format!("{}/{}", copy.source.name, copy.source_db());
+    let t_label = format!("{}/{}", copy.target.name, copy.target_db());
+    let src = connect(&copy.source, copy.source_db())
+        .await
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let (s, t) = tokio::join!(
+        checksum(&src, &s_label, table.checksum_sql(&table.source, None)),
+        checksum(tgt, &t_label, table.checksum_sql(&table.target, None)),
+    );
+    let (s, t) = (s.map_err(|e| e.to_string())?, t.map_err(|e| e.to_string())?);
+    let verify_ms = started.elapsed().as_millis() as u64;
+    let outcome = if s == t {
+        Ok(())
+    } else {
+        let keys = differing_keys(&src, tgt, table, None, &s_label, &t_label)
+            .await
+            .map_err(|e| e.to_string())?;
+        Err(format!(
+            "verification failed: {} rows on the source, {} on the target, checksums {} and {}; first differing keys: {}; copy it again with a run of its own (--table {})",
+            s.rows,
+            t.rows,
+            s.sum,
+            t.sum,
+            if keys.is_empty() { "none found".to_string() } else { keys.join(", ") },
+            table.source
+        ))
+    };
+    for part in &parts {
+        let ledger_part = table.ledger_part(part);
+        match &outcome {
+            Ok(()) => tgt
+                .execute(
+                    plan::LEDGER_VERIFIED_SQL,
+                    &[&table.target, &ledger_part, &t.sum],
+                )
+                .await
+                .map_err(|e| pg::error_chain(&e))?,
+            Err(reason) => tgt
+                .execute(
+                    plan::LEDGER_MISMATCH_SQL,
+                    &[&table.target, &ledger_part, reason],
+                )
+                .await
+                .map_err(|e| pg::error_chain(&e))?,
+        };
+        shared
+            .store
+            .update(&table.source, part, |p| match &outcome {
+                Ok(()) => {
+                    p.status = Status::Verified;
+                    p.verify_ms = verify_ms / parts.len().max(1) as u64;
+                    p.error = None;
+                    p.finished_at = Some(Utc::now());
+                }
+                Err(reason) => {
+                    p.status = Status::Errored;
+                    p.error = Some(reason.clone());
+                }
+            })?;
+    }
+    outcome
+}
+
+/// Empty the target of a table split by ctid ranges, once: the TRUNCATE and its ledger marker
+/// commit together, so a later attempt (whose ranges may already be appended) never truncates
+/// again. Whether it truncated now.
+async fn truncate_once(tgt: &Client, label: &str, table: &CopyTable) -> Result<bool, StepError> {
+    let marker = table.ledger_part(plan::TRUNCATED);
+    let done = tgt
+        .query_opt(plan::LEDGER_LOOKUP_SQL, &[&table.target, &marker])
+        .await
+        .map_err(|e| command(label, e))?;
+    if done.is_some() {
+        return Ok(false);
+    }
+    tgt.batch_execute(&format!(
+        "BEGIN; TRUNCATE {}; {}; COMMIT",
+        quote_qualified(&table.target),
+        plan::ledger_upsert_sql(&table.target, &marker, "-", 0)
+    ))
+    .await
+    .map_err(|e| command(label, e))?;
+    Ok(true)
 }
 
 /// Where a source table missing on the target goes: its parent there (the name without its
@@ -571,7 +697,24 @@ impl Actions for TableCopyActions {
                 tgt.batch_execute(LEDGER_DDL)
                     .await
                     .map_err(|e| command(&copy.target.name, e))?;
-                Ok(format!("{} exists", plan::LEDGER))
+                let mut truncated = Vec::new();
+                for t in self.tables().unwrap_or_default() {
+                    if t.ctid_ranges && truncate_once(&tgt, &copy.target.name, t).await? {
+                        truncated.push(t.target.clone());
+                    }
+                }
+                Ok(format!(
+                    "{} exists{}",
+                    plan::LEDGER,
+                    if truncated.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; truncated once for their ctid ranges: {}",
+                            truncated.join(", ")
+                        )
+                    }
+                ))
             }
             CopyStep::Copy => Ok(format!(
                 "{} tables copied, each in one target transaction with its ledger row, each verified right after its commit",
@@ -795,6 +938,17 @@ async fn copy_part(
             }
             format!("committed earlier (ledger): {rows} rows; not copied again")
         }
+        Some((_, false, Some(reason))) if table.ctid_ranges => {
+            // A ctid range cannot be removed from the target alone: copying it again would
+            // add its rows twice.
+            return Err(StepError::gate(format!(
+                "{} failed its whole-table verification ({reason}); its ctid ranges cannot be copied again one by one: TRUNCATE {} and DELETE FROM public.{} WHERE target_table = '{}', then run again",
+                table.source,
+                quote_qualified(&table.target),
+                plan::LEDGER,
+                table.target
+            )));
+        }
         _ => {
             if ledger.is_some() {
                 sink.output(format!(
@@ -825,7 +979,9 @@ async fn copy_part(
             return Err(StepError::gate(reason));
         }
     }
-    if !verify {
+    if !verify || (table.ctid_ranges && range.is_some()) {
+        // A ctid range has no counterpart on the target to compare: the whole table is
+        // verified once every range is in (the verify step).
         return Ok(detail);
     }
     let started = Instant::now();

@@ -344,7 +344,7 @@ impl TableCopy {
         if self.params.tables.is_empty() {
             copy = copy.command(RenderedCommand::internal(
                 format!("{s}/{sdb} → {t}/{tdb}"),
-                "per table T found by the preflight (T#i/n for a key range): skip if the ledger holds T; BEGIN; TRUNCATE T (DELETE the key range for a range); COPY T FROM STDIN (FORMAT binary[, FREEZE]) fed by COPY T TO STDOUT (FORMAT binary) on the source; INSERT the ledger row; COMMIT (a table missing on the target whose name without its date names a parent there, range-partitioned by a date column, goes into that parent: DELETE FROM P WHERE that column is in the table's month instead of TRUNCATE, no FREEZE, the ledger part named after the source); then at once, on both sides: SELECT count(*), sum(hash_record_extended(ROW(columns), 0)) FROM T [WHERE key range] (columns without an extended hash as text); equal: mark verified in the ledger; else bisect the key range (count and hash sum per half on both sides) down to small ranges, name the first differing keys, and mark the table errored (a retry copies it again)",
+                "per table T found by the preflight (T#i/n for a key range): skip if the ledger holds T; BEGIN; TRUNCATE T (DELETE the key range for a range); COPY T FROM STDIN (FORMAT binary[, FREEZE]) fed by COPY T TO STDOUT (FORMAT binary) on the source; INSERT the ledger row; COMMIT (a table missing on the target whose name without its date names a parent there, range-partitioned by a date column, goes into that parent: DELETE FROM P WHERE that column is in the table's month instead of TRUNCATE, no FREEZE, the ledger part named after the source; a big frozen table without a single integer key is split into ctid block ranges: the ledger step truncates its target once, with a marker ledger row in the same transaction, each range then appends with its ledger row, and the table is verified as a whole in the verify step); then at once, on both sides: SELECT count(*), sum(hash_record_extended(ROW(columns), 0)) FROM T [WHERE key range] (columns without an extended hash as text); equal: mark verified in the ledger; else bisect the key range (count and hash sum per half on both sides) down to small ranges, name the first differing keys, and mark the table errored (a retry copies it again)",
             ));
         } else {
             for table in &self.params.tables {
@@ -538,7 +538,21 @@ pub struct CopyTable {
     /// left is this period's rows, deleted, never the parent truncated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub into_parent: Option<IntoParent>,
+    /// `ranges` are ctid block ranges of the source, not key ranges (a big frozen table
+    /// without a single integer key). A target row has no ctid of the source, so a range
+    /// cannot be deleted there: the target, wholly this copy's, is truncated once (the ledger
+    /// step, with a marker row in the same transaction), each range then appends in one
+    /// transaction with its ledger row, and the table is verified as a whole at the end.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ctid_ranges: bool,
 }
+
+/// The ledger's marker of a target truncated once for its ctid ranges.
+pub const TRUNCATED: &str = "truncated";
+
+/// The source's size in blocks, for ctid ranges.
+pub const BLOCKS_SQL: &str =
+    "SELECT (pg_relation_size($1::text::regclass) / current_setting('block_size')::bigint)::bigint";
 
 /// The rows of one source table inside a shared parent on the target: `column` in `[lo, hi)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -651,6 +665,20 @@ impl CopyTable {
 
     fn range_filter(&self, range: Option<Range>) -> Option<String> {
         let range = range?;
+        if self.ctid_ranges {
+            let mut parts = Vec::new();
+            if let Some(lo) = range.lo {
+                parts.push(format!("ctid >= '({lo},0)'::tid"));
+            }
+            if let Some(hi) = range.hi {
+                parts.push(format!("ctid < '({hi},0)'::tid"));
+            }
+            return Some(if parts.is_empty() {
+                "true".into()
+            } else {
+                parts.join(" AND ")
+            });
+        }
         let key = quote_ident(&self.key.first()?.name);
         let mut parts = Vec::new();
         if let Some(lo) = range.lo {
@@ -715,6 +743,11 @@ impl CopyTable {
 
     /// What the copy's transaction removes first: whatever an earlier attempt left.
     pub fn cleanup_sql(&self, range: Option<Range>) -> String {
+        if self.ctid_ranges && range.is_some() {
+            // Nothing to remove: the target was truncated once, and a range is on it only
+            // with its ledger row, which the copy found missing.
+            return String::new();
+        }
         match self.side_filter(&self.target, range) {
             None => format!("TRUNCATE {}", quote_qualified(&self.target)),
             Some(filter) => format!(
