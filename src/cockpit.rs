@@ -12,7 +12,7 @@
 //! journaled transition, and the window accepts one request: abort.
 
 use crate::engine::{Confirmation, EngineSettings, EngineState, StepStatus};
-use crate::executor::{AbortHandle, Actions, RunError, Runner};
+use crate::executor::{AbortHandle, Actions, ItemControl, RunError, Runner};
 use crate::journal::Journal;
 use crate::plan::{Plan, StepId, Undo};
 use crate::ui::model::{
@@ -55,6 +55,49 @@ struct Showing<'a> {
     updates: &'a mpsc::Sender<RunbookUpdate>,
 }
 
+/// Apply a request about a step's items (hold, confirm the next, retry) to `control`: `None`
+/// for any other request; else what to tell the operator (`Err`: refused).
+fn item_request(
+    control: &ItemControl,
+    plan: &Plan,
+    state: &EngineState,
+    request: &UiRequest,
+) -> Option<Result<String, String>> {
+    Some(match request {
+        UiRequest::HoldItems(true) => {
+            control.hold(true);
+            Ok("new items held: the running ones finish".into())
+        }
+        UiRequest::HoldItems(false) => {
+            control.hold(false);
+            Ok("new items start again".into())
+        }
+        UiRequest::RetryItem(item) => {
+            control.retry(crate::engine::ItemId::new(item.clone()));
+            Ok(format!("{item} will be retried when its step next starts"))
+        }
+        UiRequest::ConfirmNextItem => {
+            let confirmed = control.requests().confirmed;
+            let next = state.running_step().and_then(|i| {
+                state
+                    .next_items(i, usize::MAX, crate::engine::OnItemFailure::Continue)
+                    .into_iter()
+                    .find(|item| !confirmed.contains(item))
+                    .map(|item| (i, item))
+            });
+            match next {
+                Some((i, item)) => {
+                    control.confirm(item.clone());
+                    let step = plan.steps.get(i).map_or("?", |s| s.id.as_str());
+                    Ok(format!("{item} confirmed ({step})"))
+                }
+                None => Err("no item of a running step waits for a confirmation".into()),
+            }
+        }
+        _ => return None,
+    })
+}
+
 /// Await `call` while publishing a view after every engine transition and answering requests:
 /// abort (and quit, which aborts a window first) reach the runner through `abort`; anything else
 /// is refused until the call ends. Returns the call's result and whether the operator quit.
@@ -63,6 +106,7 @@ async fn while_running<T>(
     requests: &mut mpsc::Receiver<UiRequest>,
     state: &mut tokio::sync::watch::Receiver<EngineState>,
     abort: &AbortHandle,
+    control: &ItemControl,
     showing: &Showing<'_>,
 ) -> (T, bool) {
     let mut call = std::pin::pin!(call);
@@ -87,13 +131,19 @@ async fn while_running<T>(
                     quit = true;
                     abort.abort();
                 }
-                Some(_) => {
-                    let _ = showing
-                        .updates
-                        .send(RunbookUpdate::Refused(
+                Some(request) => {
+                    let answer = {
+                        let current = state.borrow();
+                        item_request(control, &showing.plan, &current, &request)
+                    };
+                    let update = match answer {
+                        Some(Ok(message)) => RunbookUpdate::Info(message),
+                        Some(Err(message)) => RunbookUpdate::Refused(message),
+                        None => RunbookUpdate::Refused(
                             "a step is running: wait for it (x aborts a paused window)".into(),
-                        ))
-                        .await;
+                        ),
+                    };
+                    let _ = showing.updates.send(update).await;
                 }
             },
         }
@@ -145,6 +195,7 @@ pub async fn serve<A: Actions>(
     pause_bound: Duration,
 ) {
     let mut evaluated = Evaluated::default();
+    let control = runner.item_control();
     let mut stop = runner.stop_requests();
     let mut refresh = tokio::time::interval(REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -156,6 +207,15 @@ pub async fn serve<A: Actions>(
                 if matches!(request, UiRequest::Quit) {
                     end_pause_before_exit(&mut runner, "the operator quit the cockpit").await;
                     return;
+                }
+                if let Some(answer) = item_request(&control, &runner.plan, &runner.state, &request) {
+                    let _ = updates
+                        .send(match answer {
+                            Ok(message) => RunbookUpdate::Info(message),
+                            Err(message) => RunbookUpdate::Refused(message),
+                        })
+                        .await;
+                    continue;
                 }
                 let window = match &request {
                     UiRequest::RunWindow { step, .. } => {
@@ -171,7 +231,7 @@ pub async fn serve<A: Actions>(
                 let mut state = runner.watch_state();
                 let call = handle(&mut runner, &evaluated, request);
                 let (result, quit) =
-                    while_running(call, &mut requests, &mut state, &abort, &show).await;
+                    while_running(call, &mut requests, &mut state, &abort, &control, &show).await;
                 if let Err(message) = result {
                     let _ = updates.send(RunbookUpdate::Refused(message)).await;
                 }
@@ -200,7 +260,7 @@ pub async fn serve<A: Actions>(
                 let mut state = runner.watch_state();
                 let call = runner.enforce_pause_bound();
                 let (result, quit) =
-                    while_running(call, &mut requests, &mut state, &abort, &show).await;
+                    while_running(call, &mut requests, &mut state, &abort, &control, &show).await;
                 if let Err(e) = result {
                     let _ = updates.send(RunbookUpdate::Refused(e.to_string())).await;
                 }
@@ -309,6 +369,9 @@ async fn handle<A: Actions>(
             Err("the driver's cockpit does not approve: the second operator approves from their own session (tui --second)".into())
         }
         UiRequest::Quit => Ok(()),
+        UiRequest::HoldItems(_) | UiRequest::ConfirmNextItem | UiRequest::RetryItem(_) => {
+            Err("answered by the item control, not by a call".into())
+        }
     }
 }
 
@@ -674,7 +737,22 @@ pub async fn launch(launch: Launch) -> Result<(), LaunchError> {
     let (updates_tx, updates_rx) = mpsc::channel(64);
     let mut initial = None;
     let mut driving = None;
+    let mut copy = None;
     if let Some(invocation) = launch.runbook {
+        if invocation.runbook == crate::runbooks::table_copy::plan::RUNBOOK {
+            let feed = crate::runbooks::table_copy::copy_feed(
+                &launch.inventory,
+                &invocation.params,
+                invocation.state_dir.as_deref(),
+            )
+            .map_err(|reason| {
+                crate::session::SessionError::Runbook(crate::runbooks::RunbookError::Inventory {
+                    runbook: crate::runbooks::table_copy::plan::RUNBOOK,
+                    reason,
+                })
+            })?;
+            copy = Some(crate::readings::copy::spawn(feed));
+        }
         if launch.readonly {
             // Watch, never drive: no run is opened or created. The plan of a run in progress
             // comes from the journal (its re-route may have rewritten the inventory since).
@@ -740,6 +818,7 @@ pub async fn launch(launch: Launch) -> Result<(), LaunchError> {
         initial,
         intervals: crate::readings::poller::PollIntervals::default(),
         seen,
+        copy,
     });
     let ui = match &driving {
         // A signal closes the cockpit too (dropping it restores the terminal).

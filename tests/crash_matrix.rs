@@ -27,6 +27,7 @@ matrix_tests! {
     major_upgrade_parallel: Upgrade<Parallel>,
     major_upgrade_pg_upgrade: Upgrade<PgUpgradeLink>,
     citus_bootstrap: Citus,
+    table_copy: Copy,
 }
 
 fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -643,5 +644,157 @@ impl Subject for Citus {
                 .get(0);
             assert_eq!(present, 1, "{DATABASE} on :{port}");
         }
+    }
+}
+
+// ---- table copy ----------------------------------------------------------------------------
+
+const COPY_SHAPE: cutover::lab::copy_source::SourceShape = cutover::lab::copy_source::SourceShape {
+    months: 6,
+    rows_per_month: 4_000,
+    big_rows: 30_000,
+};
+const COPY_TARGET_DB: &str = "copy_target";
+
+struct Copy {
+    lab: TestLab,
+    /// Ledger rows verified at some kill, with their `copied_at`: never copied again.
+    verified: std::sync::Mutex<BTreeMap<(String, String), String>>,
+}
+
+impl Copy {
+    async fn ledger(&self) -> Vec<(String, String, String, bool)> {
+        connect(self.lab.config.pg2_port, COPY_TARGET_DB)
+            .await
+            .query(
+                "SELECT target_table, part, copied_at::text, verified_at IS NOT NULL FROM cutover_copy_ledger",
+                &[],
+            )
+            .await
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The sum of the rows' hashes (their text, settings pinned): equal sums, equal rows.
+async fn row_sum(client: &tokio_postgres::Client, table: &str) -> String {
+    client
+        .batch_execute("SET TimeZone = 'UTC'; SET extra_float_digits = 3")
+        .await
+        .expect("settings");
+    client
+        .query_one(
+            &format!("SELECT coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM {table} t"),
+            &[],
+        )
+        .await
+        .expect("row hashes")
+        .get(0)
+}
+
+impl Subject for Copy {
+    const RUNBOOK: &'static str = "table-copy";
+
+    async fn start() -> Self {
+        use cutover::lab::copy_source;
+        let lab = TestLab::start(500).await.expect("lab");
+        copy_source::start_plain_target(&lab.config).expect("plain target");
+        copy_source::create_source(lab.config.pg1_port, &COPY_SHAPE)
+            .await
+            .expect("source");
+        copy_source::create_database(lab.config.pg2_port, COPY_TARGET_DB, &COPY_SHAPE)
+            .await
+            .expect("target");
+        Copy {
+            lab,
+            verified: std::sync::Mutex::default(),
+        }
+    }
+    fn inventory_path(&self) -> PathBuf {
+        self.lab.config.inventory_path()
+    }
+    fn params(&self) -> BTreeMap<String, String> {
+        params(&[
+            (
+                "from",
+                &format!("pg1/{}", cutover::lab::copy_source::SOURCE_DB),
+            ),
+            ("to", &format!("pg2/{COPY_TARGET_DB}")),
+            ("jobs", "2"),
+            // The big table in key ranges, each its own ledger row.
+            ("split-rows", "10000"),
+        ])
+    }
+    fn long_steps(&self) -> Vec<(&'static str, u64)> {
+        // Early in the copy, so that the fixed points after it are still ahead.
+        vec![("copy", 400)]
+    }
+    fn fixed_points(&self) -> Vec<KillPoint> {
+        vec![
+            // Exactly between a target commit and the local state update, for a key range
+            // and for a whole table (the biggest table's ranges start first, the monthly
+            // tables after them in name order).
+            KillPoint::self_kill(
+                "copy",
+                cutover::runbooks::table_copy::effects::KILL_AFTER_COMMIT_ENV,
+                "public.events#3/3",
+            ),
+            KillPoint::self_kill(
+                "copy",
+                cutover::runbooks::table_copy::effects::KILL_AFTER_COMMIT_ENV,
+                "public.report_2023_06",
+            ),
+        ]
+    }
+    async fn after_kill(&self, _entries: &[JournalEntry]) {
+        let ledger = self.ledger().await;
+        let mut verified = self.verified.lock().expect("verified");
+        for (table, part, copied_at, is_verified) in ledger {
+            if is_verified {
+                verified.entry((table, part)).or_insert(copied_at);
+            }
+        }
+    }
+    async fn converged(&mut self, _entries: &[JournalEntry]) {
+        use cutover::lab::copy_source;
+        let source = connect(self.lab.config.pg1_port, copy_source::SOURCE_DB).await;
+        let target = connect(self.lab.config.pg2_port, COPY_TARGET_DB).await;
+        for table in COPY_SHAPE.tables() {
+            let (s_rows, s_dups) = copy_source::count_with_duplicates(&source, &table)
+                .await
+                .expect("source count");
+            let (t_rows, t_dups) = copy_source::count_with_duplicates(&target, &table)
+                .await
+                .expect("target count");
+            assert_eq!(s_dups, 0);
+            assert_eq!(t_dups, 0, "{table}: no duplicate on the target");
+            assert_eq!(t_rows, s_rows, "{table}: none missing");
+            assert_eq!(
+                row_sum(&source, &table).await,
+                row_sum(&target, &table).await,
+                "{table}: the same rows"
+            );
+        }
+        let end: BTreeMap<(String, String), String> = self
+            .ledger()
+            .await
+            .into_iter()
+            .map(|(t, p, c, _)| ((t, p), c))
+            .collect();
+        for (part, copied_at) in self.verified.lock().expect("verified").iter() {
+            assert_eq!(
+                end.get(part),
+                Some(copied_at),
+                "{part:?} was verified at a kill and must not be copied again"
+            );
+        }
+        assert!(
+            end.keys().any(|(t, p)| t == "public.events" && p == "2/3"),
+            "the big table was split: {end:?}"
+        );
     }
 }

@@ -771,6 +771,7 @@ fn tmux_cockpit_process() {
                 distribution: Duration::from_secs(2),
             },
             seen: cutover::ui::default_seen,
+            copy: None,
         })
         .await
         .expect("cockpit ran");

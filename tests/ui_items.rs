@@ -50,3 +50,63 @@ fn a_step_with_items_shows_counts_running_and_failed_items() {
         "{text}"
     );
 }
+
+/// The Copy pane: a bar per running COPY, the rate and ETA, the counts by state, the errored
+/// tables with their reason (the selected one marked), and the hold shown when held.
+#[test]
+fn the_copy_pane_shows_bars_rate_eta_counts_and_errors() {
+    use cutover::ui::model::{CopyRunningView, CopyView};
+    let mut model = fixtures::model(Instant::now());
+    model.copy = Some(CopyView {
+        at: model.now,
+        pair: "pg1/reporting → pg2/copy_target".into(),
+        pending: 7,
+        copying: 2,
+        verified: 14,
+        errored: 1,
+        running: vec![CopyRunningView {
+            item: "public.events#2/4".into(),
+            rows: 60_000,
+            rows_estimate: 120_000,
+            bytes: 12 * 1024 * 1024,
+        }],
+        errors: vec![(
+            "public.report_2023_03".into(),
+            "value too long for type character varying(4)".into(),
+        )],
+        bytes_per_s: Some(48.0 * 1024.0 * 1024.0),
+        eta: Some(std::time::Duration::from_secs(95)),
+        confirm_each: false,
+        error: None,
+    });
+    model.items_held = true;
+    let theme = Theme::builtin("dark").unwrap();
+    let mut terminal = Terminal::new(TestBackend::new(120, 20)).unwrap();
+    terminal
+        .draw(|frame| render::render_pane(frame, frame.area(), Pane::Copy, &model, &theme))
+        .unwrap();
+    let buffer = terminal.backend().buffer().clone();
+    let text: String = (0..buffer.area.height)
+        .map(|y| {
+            (0..buffer.area.width)
+                .map(|x| buffer[(x, y)].symbol().to_string())
+                .collect::<String>()
+                + "\n"
+        })
+        .collect();
+    assert!(
+        text.contains("7 pending · 2 copying · 14 verified · 1 errored"),
+        "{text}"
+    );
+    assert!(text.contains("50.3 MB/s · ETA 1m35s"), "{text}");
+    assert!(
+        text.contains("public.events#2/4            [██████████··········]  50 % 60,000 of ~120,000 rows, 12.6 MB"),
+        "{text}"
+    );
+    assert!(
+        text.contains("▶✗ public.report_2023_03: value too long for type character varying(4)"),
+        "{text}"
+    );
+    assert!(text.contains("HELD: no new table starts"), "{text}");
+    assert!(model.panes().contains(&Pane::Copy));
+}

@@ -17,8 +17,45 @@ use crate::engine::{Command, Effect, ItemId, ItemStatus, OnItemFailure};
 use crate::plan::StepId;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use std::collections::VecDeque;
-use tokio::sync::mpsc;
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+
+/// The operator's requests about the items of a running step, from the cockpit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ItemRequests {
+    /// Start no new item; the running ones finish.
+    pub hold: bool,
+    /// Items the operator confirmed, for a step whose items each wait for a confirmation.
+    pub confirmed: BTreeSet<ItemId>,
+    /// Failed items the operator asked to retry (they start again on the step's next start).
+    pub retry: BTreeSet<ItemId>,
+}
+
+/// A handle on the runner's [`ItemRequests`]: the latest value wins, the runner reacts to
+/// each change between item starts.
+#[derive(Clone)]
+pub struct ItemControl(pub(super) Arc<watch::Sender<ItemRequests>>);
+
+impl ItemControl {
+    /// Hold (or release) new starts; running items finish either way.
+    pub fn hold(&self, hold: bool) {
+        self.0.send_modify(|r| r.hold = hold);
+    }
+    pub fn confirm(&self, item: ItemId) {
+        self.0.send_modify(|r| {
+            r.confirmed.insert(item);
+        });
+    }
+    pub fn retry(&self, item: ItemId) {
+        self.0.send_modify(|r| {
+            r.retry.insert(item);
+        });
+    }
+    pub fn requests(&self) -> ItemRequests {
+        self.0.borrow().clone()
+    }
+}
 
 /// A step's items and how to run them, as [`Actions::items`] returns them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,13 +125,44 @@ impl<A: Actions> Runner<A> {
         })?;
 
         let limit = plan.concurrency.max(1);
+        let confirm_each = self.actions.confirm_each_item(&spec);
+        if confirm_each && !self.item_control_given {
+            return self.step_failed(
+                step,
+                "each item waits for the operator's confirmation, and this run has no one to ask (it is headless): run it in the cockpit, or without --confirm".into(),
+            );
+        }
+        let index = self.plan.index_of(step);
+        let mut requests = self.item_requests.subscribe();
         let mut running = FuturesUnordered::new();
         let interruption = loop {
-            let started = self.commit(Command::StartItems {
-                step: step.clone(),
-                limit,
-                on_failure: plan.on_failure,
-            })?;
+            let asked = requests.borrow_and_update().clone();
+            self.actions.allow_retry(&asked.retry);
+            // What the operator allows to run at once now: no new start while held; with
+            // confirmations, only the confirmed head of the queue.
+            let next = index.map_or_else(Vec::new, |i| {
+                self.state.next_items(i, usize::MAX, plan.on_failure)
+            });
+            let allowed = if asked.hold {
+                running.len()
+            } else if confirm_each {
+                running.len()
+                    + next
+                        .iter()
+                        .take_while(|id| asked.confirmed.contains(*id))
+                        .count()
+            } else {
+                limit
+            };
+            let started = if allowed.min(limit) > running.len() {
+                self.commit(Command::StartItems {
+                    step: step.clone(),
+                    limit: allowed.min(limit),
+                    on_failure: plan.on_failure,
+                })?
+            } else {
+                VecDeque::new()
+            };
             for effect in started {
                 if let Effect::RunItem {
                     item,
@@ -113,7 +181,9 @@ impl<A: Actions> Runner<A> {
                     running.push(async move { (item, run.await) });
                 }
             }
-            if running.is_empty() {
+            // Nothing runs: done, unless items wait for the operator (held or unconfirmed).
+            let waiting = !next.is_empty() && (asked.hold || confirm_each);
+            if running.is_empty() && !waiting {
                 break None;
             }
             tokio::select! {
@@ -126,6 +196,7 @@ impl<A: Actions> Runner<A> {
                         Err(reason) => Command::ItemFailed { step: step.clone(), item, reason },
                     })?;
                 }
+                Ok(()) = requests.changed() => {}
                 Some(report) = rx.recv() => self.journal_report(Some(step), report)?,
                 _ = sleep_until(deadline) => break Some(Interruption::PauseBound),
                 _ = stop.wait_for(Option::is_some) => break Some(Interruption::Stop),

@@ -17,7 +17,7 @@ pub mod pair;
 pub mod signals;
 
 pub use error::{StepError, StepErrorKind};
-pub use items::{ItemAttempt, ItemFuture, StepItems};
+pub use items::{ItemAttempt, ItemControl, ItemFuture, ItemRequests, StepItems};
 pub use pair::{ApprovalHook, ApprovalStatus};
 
 use crate::engine::{
@@ -139,6 +139,18 @@ pub trait Actions: Send {
         let reason = format!("step `{}` runs no items (asked for `{item}`)", step.id);
         Box::pin(std::future::ready(Err(reason)))
     }
+    /// Whether each item of `step` waits for the operator's confirmation before it starts
+    /// (table-copy's `--confirm`). Only a cockpit can give one ([`Runner::item_control`]); a
+    /// run without one fails such a step before any item starts.
+    fn confirm_each_item(&self, step: &Step) -> bool {
+        let _ = step;
+        false
+    }
+    /// The operator asked to retry these items of the running step after they failed (see
+    /// [`ItemRequests::retry`]); called before items start, so an attempt knows it was asked for.
+    fn allow_retry(&mut self, items: &std::collections::BTreeSet<engine::ItemId>) {
+        let _ = items;
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -249,6 +261,10 @@ pub struct Runner<A: Actions> {
     identity: crate::identity::Identity,
     /// Called whenever a wait for a second person changes (see [`pair`]).
     on_approval: Option<ApprovalHook>,
+    /// The operator's requests about a step's items (hold, confirm, retry).
+    item_requests: std::sync::Arc<watch::Sender<items::ItemRequests>>,
+    /// Someone (a cockpit) holds an [`ItemControl`] and can confirm items.
+    item_control_given: bool,
 }
 
 impl<A: Actions> Drop for Runner<A> {
@@ -333,6 +349,8 @@ impl<A: Actions> Runner<A> {
             discard: None,
             identity: crate::identity::Identity::current(None),
             on_approval: None,
+            item_requests: std::sync::Arc::new(watch::channel(items::ItemRequests::default()).0),
+            item_control_given: false,
         })
     }
 
@@ -404,6 +422,13 @@ impl<A: Actions> Runner<A> {
             return Err(error);
         }
         Ok(())
+    }
+
+    /// The operator's say over a step's items (see [`ItemControl`]); taking it tells the runner
+    /// that someone can confirm items one by one.
+    pub fn item_control(&mut self) -> ItemControl {
+        self.item_control_given = true;
+        ItemControl(self.item_requests.clone())
     }
 
     /// A handle that aborts the paused window (see [`AbortHandle`]).

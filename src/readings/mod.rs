@@ -1,4 +1,5 @@
 //! Live readings: pollers over tokio-postgres that publish timestamped snapshots on watch channels.
+pub mod copy;
 pub mod inventory_file;
 pub mod poller;
 pub mod queries;

@@ -281,6 +281,8 @@ pub trait DynActions: Send {
     fn baseline(&self) -> Vec<BaselineCount>;
     fn resume_is_safe(&self, plan: &Plan, state: &EngineState) -> bool;
     fn expected_stopped(&self, plan: &Plan, state: &EngineState) -> Vec<(String, String)>;
+    fn confirm_each_item(&self, step: &Step) -> bool;
+    fn allow_retry(&mut self, items: &std::collections::BTreeSet<ItemId>);
 }
 
 impl<A: Actions> DynActions for A {
@@ -338,6 +340,12 @@ impl<A: Actions> DynActions for A {
     fn expected_stopped(&self, plan: &Plan, state: &EngineState) -> Vec<(String, String)> {
         Actions::expected_stopped(self, plan, state)
     }
+    fn confirm_each_item(&self, step: &Step) -> bool {
+        Actions::confirm_each_item(self, step)
+    }
+    fn allow_retry(&mut self, items: &std::collections::BTreeSet<ItemId>) {
+        Actions::allow_retry(self, items)
+    }
 }
 
 impl Actions for Box<dyn DynActions> {
@@ -389,5 +397,11 @@ impl Actions for Box<dyn DynActions> {
     }
     fn expected_stopped(&self, plan: &Plan, state: &EngineState) -> Vec<(String, String)> {
         DynActions::expected_stopped(self.as_ref(), plan, state)
+    }
+    fn confirm_each_item(&self, step: &Step) -> bool {
+        DynActions::confirm_each_item(self.as_ref(), step)
+    }
+    fn allow_retry(&mut self, items: &std::collections::BTreeSet<ItemId>) {
+        DynActions::allow_retry(self.as_mut(), items)
     }
 }

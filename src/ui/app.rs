@@ -53,6 +53,8 @@ pub struct TuiOptions {
     pub intervals: PollIntervals,
     /// What a confirmation is bound to; [`super::model::default_seen`] unless the engine knows better.
     pub seen: SeenFn,
+    /// The Copy pane's readings, for a table copy (see [`crate::readings::copy`]).
+    pub copy: Option<watch::Receiver<Option<super::model::CopyView>>>,
 }
 
 /// Installs tui-logger as the sink of a tracing layer; add the returned layer to the
@@ -90,7 +92,11 @@ pub async fn run(opts: TuiOptions) -> Result<(), UiError> {
         initial,
         intervals,
         seen,
+        copy,
     } = opts;
+    let mut copy_open = copy.is_some();
+    let (_no_copy, no_copy_rx) = watch::channel(None);
+    let mut copy = copy.unwrap_or(no_copy_rx);
     let mut pollers = match inventory_updates {
         Some(updates) => Pollers::follow(updates, intervals),
         None => Pollers::spawn(inventory.clone(), intervals),
@@ -166,6 +172,13 @@ pub async fn run(opts: TuiOptions) -> Result<(), UiError> {
                 None => break,
             },
             _ = pollers.changed() => Some(Action::Snapshot(Box::new(pollers.snapshot()))),
+            changed = copy.changed(), if copy_open => match changed {
+                Ok(()) => copy.borrow_and_update().clone().map(|v| Action::Copy(Box::new(v))),
+                Err(_) => {
+                    copy_open = false;
+                    None
+                }
+            },
             received = updates_rx.recv(), if engine_open => match received {
                 Some(update) => Some(Action::Runbook(update)),
                 None => {

@@ -27,6 +27,12 @@ pub enum Command {
     FocusPrev,
     Up,
     Down,
+    /// Copy pane: hold new table starts (running ones finish), or release them.
+    ToggleHoldItems,
+    /// Copy pane: confirm the next table waiting for the operator (`--confirm`).
+    ConfirmNextItem,
+    /// Copy pane: retry the selected errored table.
+    RetrySelectedItem,
     /// Switch to a built-in theme (palette only).
     Theme(String),
     /// Dialog: close without doing anything.
@@ -255,6 +261,27 @@ pub static KEYMAP: &[KeyBinding] = &[
         &[KeySpec::char('x')],
         Command::AbortWindow,
         "abort the running paused window (resume, roll back)",
+        Context::Main,
+        None,
+    ),
+    bind(
+        &[KeySpec::char('p')],
+        Command::ToggleHoldItems,
+        "Copy pane: hold new table starts (running ones finish) / release them",
+        Context::Main,
+        None,
+    ),
+    bind(
+        &[KeySpec::char('c')],
+        Command::ConfirmNextItem,
+        "Copy pane: confirm the next table (--confirm)",
+        Context::Main,
+        None,
+    ),
+    bind(
+        &[KeySpec::char('t')],
+        Command::RetrySelectedItem,
+        "Copy pane: retry the selected errored table (j/k select)",
         Context::Main,
         None,
     ),

@@ -198,6 +198,13 @@ pub enum UiRequest {
     },
     /// End the running paused window now, as its bound would: resume and roll back.
     AbortWindow,
+    /// Start no new item of the running step (`true`; the running ones finish), or start
+    /// them again (`false`).
+    HoldItems(bool),
+    /// Confirm the next item waiting for the operator (table-copy's `--confirm`).
+    ConfirmNextItem,
+    /// Let a failed item (an errored table) be tried again when its step next starts.
+    RetryItem(String),
     Rollback {
         to: usize,
         by: Vec<String>,
@@ -378,6 +385,41 @@ pub fn describe_change(before: &str, after: &str) -> Vec<String> {
     out
 }
 
+/// One COPY running into the target, as `pg_stat_progress_copy` shows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CopyRunningView {
+    /// The table (or key range) item.
+    pub item: String,
+    pub rows: i64,
+    /// The plan's estimate for this table or range: the bar's 100 %.
+    pub rows_estimate: i64,
+    pub bytes: i64,
+}
+
+/// The Copy pane's reading (table-copy): the per-table state the run keeps, and the target's
+/// running COPYs; made by a poller task (see `crate::readings::copy`), never by the UI.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CopyView {
+    pub at: DateTime<Utc>,
+    /// `FROM → TO`.
+    pub pair: String,
+    pub pending: usize,
+    pub copying: usize,
+    pub verified: usize,
+    pub errored: usize,
+    pub running: Vec<CopyRunningView>,
+    /// Errored items (a table, or `table#i/n`) with their reason.
+    pub errors: Vec<(String, String)>,
+    /// COPY bytes per second over the last readings; `None` until two readings exist.
+    pub bytes_per_s: Option<f64>,
+    /// From the plan's size estimates of what is not verified yet, at the recent rate.
+    pub eta: Option<Duration>,
+    /// `--confirm`: each table waits for the operator's `c`.
+    pub confirm_each: bool,
+    /// Why the last reading failed, if it did (the rest is the previous reading).
+    pub error: Option<String>,
+}
+
 /// The panes of the cockpit, in focus order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Pane {
@@ -386,6 +428,8 @@ pub enum Pane {
     Shards,
     Runbook,
     Log,
+    /// table-copy's progress; only in the cockpit of a table copy (see [`Model::panes`]).
+    Copy,
 }
 
 impl Pane {
@@ -403,10 +447,14 @@ impl Pane {
             Pane::Shards => "Shards",
             Pane::Runbook => "Runbook",
             Pane::Log => "Log",
+            Pane::Copy => "Copy",
         }
     }
     pub fn index(self) -> usize {
-        Pane::ALL.iter().position(|p| *p == self).unwrap_or(0)
+        Pane::ALL
+            .iter()
+            .position(|p| *p == self)
+            .unwrap_or(Pane::ALL.len())
     }
     pub fn next(self) -> Pane {
         Pane::ALL[(self.index() + 1) % Pane::ALL.len()]
@@ -475,8 +523,13 @@ pub struct Model {
     pub focus: Pane,
     /// Selected runbook step (for `r`, `s` and the details view).
     pub selected_step: usize,
-    /// Scroll offset per pane, indexed by [`Pane::index`].
-    pub scroll: [u16; 5],
+    /// Scroll offset per pane, indexed by [`Pane::index`] (the Copy pane's is its selected
+    /// errored table).
+    pub scroll: [u16; 6],
+    /// table-copy's progress, when the cockpit drives or follows a table copy.
+    pub copy: Option<CopyView>,
+    /// New item starts held from this cockpit (`p`).
+    pub items_held: bool,
     /// Popups above the panes, bottom first; the last one receives keys.
     pub layers: Vec<Layer>,
     pub notices: VecDeque<Notice>,
@@ -491,6 +544,32 @@ pub struct Model {
 }
 
 impl Model {
+    /// The panes in focus order: the Copy pane joins them once a copy reading arrived.
+    pub fn panes(&self) -> Vec<Pane> {
+        let mut panes = Pane::ALL.to_vec();
+        if self.copy.is_some() {
+            panes.push(Pane::Copy);
+        }
+        panes
+    }
+
+    fn cycle_focus(&mut self, forward: bool) {
+        let panes = self.panes();
+        let at = panes.iter().position(|p| *p == self.focus).unwrap_or(0);
+        let n = panes.len();
+        self.focus = panes[if forward {
+            (at + 1) % n
+        } else {
+            (at + n - 1) % n
+        }];
+    }
+    pub fn focus_next(&mut self) {
+        self.cycle_focus(true);
+    }
+    pub fn focus_prev(&mut self) {
+        self.cycle_focus(false);
+    }
+
     pub fn new(
         session: Session,
         snapshot: Snapshot,
@@ -511,7 +590,9 @@ impl Model {
             engine_connected: true,
             focus: Pane::Runbook,
             selected_step,
-            scroll: [0; 5],
+            scroll: [0; 6],
+            copy: None,
+            items_held: false,
             layers: Vec::new(),
             notices: VecDeque::new(),
             theme_request: None,

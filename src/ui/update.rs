@@ -8,8 +8,8 @@ use super::dialog::{
 };
 use super::keymap::{self, Command, Context, CONFIRM_PLAIN, CONFIRM_SHIFTED};
 use super::model::{
-    describe_change, ConfirmationView, Model, NoticeLevel, RunbookUpdate, StepStatusView, StepView,
-    UiRequest,
+    describe_change, ConfirmationView, CopyView, Model, NoticeLevel, Pane, RunbookUpdate,
+    StepStatusView, StepView, UiRequest,
 };
 use crate::readings::types::Snapshot;
 use chrono::{DateTime, Utc};
@@ -30,6 +30,8 @@ pub enum Action {
     },
     /// New readings from the pollers.
     Snapshot(Box<Snapshot>),
+    /// A new reading of the table copy (the Copy pane).
+    Copy(Box<CopyView>),
     Runbook(RunbookUpdate),
     /// The engine's update channel closed.
     EngineDisconnected,
@@ -64,6 +66,12 @@ pub fn update(model: &mut Model, action: Action) -> Vec<UiRequest> {
         }
         Action::Runbook(update) => {
             apply_runbook_update(model, update);
+            vec![]
+        }
+        Action::Copy(view) => {
+            if !model.frozen {
+                model.copy = Some(*view);
+            }
             vec![]
         }
         Action::EngineDisconnected => {
@@ -184,8 +192,11 @@ pub fn run_command(model: &mut Model, command: Command) -> Vec<UiRequest> {
             }
         }
         Command::Quit => return request_quit(model),
-        Command::FocusNext => model.focus = model.focus.next(),
-        Command::FocusPrev => model.focus = model.focus.prev(),
+        Command::FocusNext => model.focus_next(),
+        Command::FocusPrev => model.focus_prev(),
+        Command::ToggleHoldItems => return toggle_hold(model),
+        Command::ConfirmNextItem => return confirm_next_item(model),
+        Command::RetrySelectedItem => return retry_selected_item(model),
         Command::Up | Command::Down => move_selection(model, command == Command::Down),
         Command::Theme(name) => {
             model.notify(NoticeLevel::Info, format!("theme {name}"));
@@ -196,8 +207,76 @@ pub fn run_command(model: &mut Model, command: Command) -> Vec<UiRequest> {
     vec![]
 }
 
+/// Why the Copy pane's keys do nothing now, if they don't.
+fn copy_keys_refused(model: &Model) -> Option<&'static str> {
+    if model.session.readonly {
+        Some("read-only session: nothing runs")
+    } else if model.copy.is_none() {
+        Some("no table copy in this cockpit")
+    } else if !model.engine_connected {
+        Some("engine gone")
+    } else {
+        None
+    }
+}
+
+fn toggle_hold(model: &mut Model) -> Vec<UiRequest> {
+    if let Some(why) = copy_keys_refused(model) {
+        model.notify(NoticeLevel::Refused, why);
+        return vec![];
+    }
+    model.items_held = !model.items_held;
+    model.notify(
+        NoticeLevel::Info,
+        if model.items_held {
+            "new tables held: the running ones finish (p releases)"
+        } else {
+            "new tables start again"
+        },
+    );
+    vec![UiRequest::HoldItems(model.items_held)]
+}
+
+fn confirm_next_item(model: &mut Model) -> Vec<UiRequest> {
+    if let Some(why) = copy_keys_refused(model) {
+        model.notify(NoticeLevel::Refused, why);
+        return vec![];
+    }
+    if !model.copy.as_ref().is_some_and(|c| c.confirm_each) {
+        model.notify(
+            NoticeLevel::Refused,
+            "tables need no confirmation in this run (no --confirm)",
+        );
+        return vec![];
+    }
+    vec![UiRequest::ConfirmNextItem]
+}
+
+/// The errored item the Copy pane has selected (j/k).
+pub fn selected_copy_error(model: &Model) -> Option<&(String, String)> {
+    let copy = model.copy.as_ref()?;
+    let at = (model.scroll[Pane::Copy.index()] as usize).min(copy.errors.len().checked_sub(1)?);
+    copy.errors.get(at)
+}
+
+fn retry_selected_item(model: &mut Model) -> Vec<UiRequest> {
+    if let Some(why) = copy_keys_refused(model) {
+        model.notify(NoticeLevel::Refused, why);
+        return vec![];
+    }
+    let Some((item, _)) = selected_copy_error(model).cloned() else {
+        model.notify(NoticeLevel::Refused, "no errored table to retry");
+        return vec![];
+    };
+    model.notify(
+        NoticeLevel::Info,
+        format!("{item} will be retried when the copy step next runs"),
+    );
+    vec![UiRequest::RetryItem(item)]
+}
+
 fn move_selection(model: &mut Model, down: bool) {
-    if model.focus == super::model::Pane::Runbook {
+    if model.focus == Pane::Runbook {
         let count = model.runbook.as_ref().map_or(0, |r| r.steps.len());
         if down {
             model.selected_step = (model.selected_step + 1).min(count.saturating_sub(1));

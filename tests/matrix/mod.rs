@@ -29,6 +29,9 @@ pub enum When {
     Started(String, Duration),
     /// As soon as `step` journals output containing the text.
     Output(String, String),
+    /// The driver kills itself with SIGKILL at a moment no journal entry marks (e.g. right
+    /// after a target commit, before the local state update), when run with `env` set.
+    SelfKill(String, (String, String)),
 }
 
 /// What happens between the kill and the next run.
@@ -69,6 +72,12 @@ impl KillPoint {
             then: Then::Resume,
         }
     }
+    pub fn self_kill(step: &str, env: &str, value: &str) -> Self {
+        KillPoint {
+            when: When::SelfKill(step.into(), (env.into(), value.into())),
+            then: Then::Resume,
+        }
+    }
     pub fn then(mut self, then: Then) -> Self {
         self.then = then;
         self
@@ -79,6 +88,7 @@ impl KillPoint {
             When::Verified(s) => format!("after {s}"),
             When::Started(s, d) => format!("{} ms into {s}", d.as_millis()),
             When::Output(s, t) => format!("in {s} at \"{t}\""),
+            When::SelfKill(s, (k, v)) => format!("in {s} by itself at {k}={v}"),
         };
         match self.then {
             Then::Resume => when,
@@ -199,7 +209,7 @@ pub fn schedule<S: Subject>(subject: &S, steps: &[String], seed: u64) -> Vec<Kil
 
 fn step_of(point: &KillPoint) -> &str {
     match &point.when {
-        When::Verified(s) | When::Started(s, _) | When::Output(s, _) => s,
+        When::Verified(s) | When::Started(s, _) | When::Output(s, _) | When::SelfKill(s, _) => s,
     }
 }
 
@@ -220,13 +230,17 @@ pub fn run_command<S: Subject>(subject: &S, state: &Path) -> Command {
     command
 }
 
-fn spawn<S: Subject>(subject: &S, state: &Path, log: &Path) -> Child {
+fn spawn<S: Subject>(subject: &S, state: &Path, log: &Path, when: &When) -> Child {
     let stderr = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("driver log");
-    run_command(subject, state)
+    let mut command = run_command(subject, state);
+    if let When::SelfKill(_, (name, value)) = when {
+        command.env(name, value);
+    }
+    command
         .stdout(stderr.try_clone().expect("driver log"))
         .stderr(stderr)
         .spawn()
@@ -257,6 +271,8 @@ fn due(when: &When, fresh: &[JournalEntry], seen_start: &mut Option<Instant>) ->
         When::Output(step, text) => fresh
             .iter()
             .any(|e| e.kind == EntryKind::Output && is_step(e, step) && e.detail.contains(text)),
+        // Reached when the driver dies of its own SIGKILL (see the polling loop).
+        When::SelfKill(..) => false,
         When::Started(step, delay) => {
             if seen_start.is_none()
                 && fresh
@@ -314,11 +330,15 @@ pub async fn pass<S: Subject>(seed: u64) -> PassReport {
             continue;
         }
         let baseline = before.len();
-        let mut child = spawn(&subject, state.path(), &log);
+        let mut child = spawn(&subject, state.path(), &log, &point.when);
         let deadline = *held_since.get_or_insert_with(|| Instant::now() + REACH_TIMEOUT);
         let mut seen_start = None;
         let reached = loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
+                use std::os::unix::process::ExitStatusExt;
+                if matches!(point.when, When::SelfKill(..)) && status.signal() == Some(9) {
+                    break Ok(());
+                }
                 break Err(status);
             }
             let all = entries(state.path());

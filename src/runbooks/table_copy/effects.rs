@@ -10,8 +10,8 @@
 //!   one is not even re-checked; the local state file follows the ledger, never leads it.
 
 use super::plan::{
-    self, date_of, parts_for, split_ranges, Column, CopyTable, Range, TableCopy, LEDGER_DDL,
-    PINNED_SETTINGS, WHOLE,
+    self, date_of, parts_for, split_ranges, Column, CopyTable, IntoParent, KeySpan, Range,
+    TableCopy, LEDGER_DDL, PINNED_SETTINGS, WHOLE,
 };
 use super::state::{pair_key, state_path, Status, Store};
 use super::CopyStep;
@@ -57,6 +57,8 @@ struct Shared {
     copy: TableCopy,
     run_id: String,
     store: Store,
+    /// Items the operator asked to retry from the cockpit (as `--retry-errors` does for all).
+    retry_asked: std::sync::Mutex<BTreeSet<String>>,
 }
 
 fn command(target: &str, e: tokio_postgres::Error) -> StepError {
@@ -92,6 +94,7 @@ impl TableCopyActions {
                 copy,
                 run_id,
                 store,
+                retry_asked: std::sync::Mutex::default(),
             }),
             ctx,
             run_dir,
@@ -140,11 +143,20 @@ impl TableCopyActions {
                 .await
                 .map_err(|e| command(&t_label, e))?
                 .get(0);
-            if exists.is_none() {
-                problems.push(format!("{qualified} does not exist on {t_label}"));
-                continue;
-            }
-            let target_columns = columns_of(&tgt, &t_label, plan::COLUMNS_SQL, &quoted).await?;
+            let (target, into_parent) = if exists.is_some() {
+                (qualified.clone(), None)
+            } else {
+                match into_parent(&src, &tgt, (&s_label, &t_label), &qualified, date).await? {
+                    Ok((parent, mapping)) => (parent, Some(mapping)),
+                    Err(problem) => {
+                        problems.push(problem);
+                        continue;
+                    }
+                }
+            };
+            let target_quoted = quote_qualified(&target);
+            let target_columns =
+                columns_of(&tgt, &t_label, plan::COLUMNS_SQL, &target_quoted).await?;
             let by_name: BTreeMap<&str, &str> = target_columns
                 .iter()
                 .map(|c| (c.name.as_str(), c.type_name.as_str()))
@@ -169,12 +181,12 @@ impl TableCopyActions {
             let mut citus = false;
             if copy.citus.is_some() {
                 let kind: Option<String> = tgt
-                    .query_opt(plan::CITUS_TABLE_SQL, &[&quoted])
+                    .query_opt(plan::CITUS_TABLE_SQL, &[&target_quoted])
                     .await
                     .map_err(|e| command(&t_label, e))?
                     .map(|r| r.get(0));
                 citus = matches!(kind.as_deref(), Some("distributed" | "reference"));
-                let expected = copy.citus_distribution(&qualified);
+                let expected = copy.citus_distribution(&target);
                 let wanted = match expected {
                     Some(Distribution::Distributed) => Some("distributed"),
                     Some(Distribution::Reference) => Some("reference"),
@@ -183,7 +195,7 @@ impl TableCopyActions {
                 if let Some(wanted) = wanted {
                     if kind.as_deref() != Some(wanted) {
                         problems.push(format!(
-                            "{qualified} is {} on {t_label}; the inventory's citus section says {wanted}",
+                            "{target} is {} on {t_label}; the inventory's citus section says {wanted}",
                             kind.as_deref().unwrap_or("a plain local table")
                         ));
                     }
@@ -207,35 +219,50 @@ impl TableCopyActions {
                     ranges = split_ranges(min, max, parts);
                 }
             }
+            let frozen = matches!((date, copy.params.frozen_before), (Some(d), Some(f)) if d < f);
+            // Without a single integer key, a big frozen table whose target is wholly this
+            // copy's is split by ctid block ranges (see `CopyTable::ctid_ranges`).
+            let mut ctid_ranges = false;
+            if parts > 1 && !int_key && frozen && into_parent.is_none() {
+                let blocks: i64 = src
+                    .query_one(plan::BLOCKS_SQL, &[&quoted])
+                    .await
+                    .map_err(|e| command(&s_label, e))?
+                    .get(0);
+                ranges = split_ranges(0, blocks - 1, parts);
+                ctid_ranges = !ranges.is_empty();
+            }
             let mut rebuild = Vec::new();
-            if !citus && ranges.is_empty() {
+            if !citus && ranges.is_empty() && into_parent.is_none() {
                 let empty: bool = tgt
-                    .query_one(&format!("SELECT NOT EXISTS (SELECT 1 FROM {quoted})"), &[])
+                    .query_one(
+                        &format!("SELECT NOT EXISTS (SELECT 1 FROM {target_quoted})"),
+                        &[],
+                    )
                     .await
                     .map_err(|e| command(&t_label, e))?
                     .get(0);
                 let referenced: i64 = tgt
-                    .query_one(plan::REFERENCED_SQL, &[&quoted])
+                    .query_one(plan::REFERENCED_SQL, &[&target_quoted])
                     .await
                     .map_err(|e| command(&t_label, e))?
                     .get(0);
                 if empty && referenced == 0 {
                     for r in tgt
-                        .query(plan::INDEXES_SQL, &[&quoted])
+                        .query(plan::INDEXES_SQL, &[&target_quoted])
                         .await
                         .map_err(|e| command(&t_label, e))?
                     {
                         let (index, def): (String, String) = (r.get(0), r.get(1));
                         let (con, condef): (Option<String>, Option<String>) = (r.get(2), r.get(3));
                         let constraint = con.as_deref().zip(condef.as_deref());
-                        rebuild.push(plan::rebuild_of(&qualified, &index, &def, constraint));
+                        rebuild.push(plan::rebuild_of(&target, &index, &def, constraint));
                     }
                 }
             }
-            let frozen = matches!((date, copy.params.frozen_before), (Some(d), Some(f)) if d < f);
             tables.push(CopyTable {
                 source: qualified.clone(),
-                target: qualified,
+                target,
                 date,
                 bytes: row.get(2),
                 rows_estimate,
@@ -246,6 +273,8 @@ impl TableCopyActions {
                 ranges,
                 frozen,
                 rebuild,
+                into_parent,
+                ctid_ranges,
             });
         }
         for named in &copy.params.tables {
@@ -288,13 +317,24 @@ impl TableCopyActions {
                 t.bytes / 1024 / 1024,
                 t.rows_estimate,
                 if t.binary { "binary" } else { "text" },
-                if t.ranges.is_empty() {
-                    String::new()
-                } else {
-                    format!(", {} key ranges", t.ranges.len())
+                match (t.ranges.len(), t.ctid_ranges) {
+                    (0, _) => String::new(),
+                    (n, false) => format!(", {n} key ranges"),
+                    (n, true) => format!(
+                        ", {n} ctid block ranges (TRUNCATE once, then each range appends; verified as a whole table)"
+                    ),
                 },
                 if t.frozen { ", frozen" } else { "" }
             ));
+            if let Some(p) = &t.into_parent {
+                sink.output(format!(
+                    "  {} is not on the target: copied into its parent {}, which other tables share; an earlier attempt's rows are removed by `DELETE FROM {} WHERE {}`, never by TRUNCATE",
+                    t.source,
+                    t.target,
+                    quote_qualified(&t.target),
+                    p.filter()
+                ));
+            }
             for r in &t.rebuild {
                 sink.output(format!(
                     "  {} is empty: in the copy's transaction `{}`, then after the load `{}`",
@@ -345,6 +385,47 @@ impl TableCopyActions {
             .ok_or_else(|| StepError::Failed(format!("unexpected df output: {out}")))
     }
 
+    /// The whole-run check after the items: every part of every table is verified in the
+    /// target's own ledger (not only in the local state), then the summary.
+    async fn confirm_ledger(&self) -> Result<String, StepError> {
+        let copy = &self.shared.copy;
+        let t_label = format!("{}/{}", copy.target.name, copy.target_db());
+        let tgt = connect(&copy.target, copy.target_db()).await?;
+        let verified: BTreeSet<(String, String)> = tgt
+            .query(plan::LEDGER_ALL_SQL, &[])
+            .await
+            .map_err(|e| command(&t_label, e))?
+            .iter()
+            .filter(|r| r.get::<_, bool>(3))
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let mut missing = Vec::new();
+        for t in self.tables().unwrap_or_default() {
+            if t.ctid_ranges {
+                if let Err(reason) = verify_whole(&self.shared, t, &tgt, &verified).await {
+                    missing.push(format!("{} ({reason})", t.source));
+                }
+                continue;
+            }
+            for id in t.item_ids() {
+                let part = t
+                    .part_of(&id)
+                    .map_err(StepError::Failed)?
+                    .map_or(WHOLE.to_string(), |(k, _)| k);
+                if !verified.contains(&(t.target.clone(), t.ledger_part(&part))) {
+                    missing.push(id);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            return Err(StepError::gate(format!(
+                "not verified in {t_label}'s ledger: {}",
+                missing.join(", ")
+            )));
+        }
+        self.summary()
+    }
+
     fn summary(&self) -> Result<String, StepError> {
         let pair = self.shared.store.snapshot();
         let tables = self
@@ -372,6 +453,169 @@ impl TableCopyActions {
             "{verified} tables copied and verified, {rows} rows"
         ))
     }
+}
+
+/// A table copied in ctid ranges, verified as a whole once every range is in: count and
+/// checksum on both sides; equal marks every range verified (ledger, then state); a mismatch
+/// names the first differing keys and errors the table.
+async fn verify_whole(
+    shared: &Shared,
+    table: &CopyTable,
+    tgt: &Client,
+    verified: &BTreeSet<(String, String)>,
+) -> Result<(), String> {
+    let copy = &shared.copy;
+    let parts: Vec<String> = (1..=table.ranges.len())
+        .map(|i| format!("{i}/{}", table.ranges.len()))
+        .collect();
+    if parts
+        .iter()
+        .all(|p| verified.contains(&(table.target.clone(), table.ledger_part(p))))
+    {
+        return Ok(());
+    }
+    let s_label = format!("{}/{}", copy.source.name, copy.source_db());
+    let t_label = format!("{}/{}", copy.target.name, copy.target_db());
+    let src = connect(&copy.source, copy.source_db())
+        .await
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let (s, t) = tokio::join!(
+        checksum(&src, &s_label, table.checksum_sql(&table.source, None)),
+        checksum(tgt, &t_label, table.checksum_sql(&table.target, None)),
+    );
+    let (s, t) = (s.map_err(|e| e.to_string())?, t.map_err(|e| e.to_string())?);
+    let verify_ms = started.elapsed().as_millis() as u64;
+    let outcome = if s == t {
+        Ok(())
+    } else {
+        let keys = differing_keys(&src, tgt, table, None, &s_label, &t_label)
+            .await
+            .map_err(|e| e.to_string())?;
+        Err(format!(
+            "verification failed: {} rows on the source, {} on the target, checksums {} and {}; first differing keys: {}; copy it again with a run of its own (--table {})",
+            s.rows,
+            t.rows,
+            s.sum,
+            t.sum,
+            if keys.is_empty() { "none found".to_string() } else { keys.join(", ") },
+            table.source
+        ))
+    };
+    for part in &parts {
+        let ledger_part = table.ledger_part(part);
+        match &outcome {
+            Ok(()) => tgt
+                .execute(
+                    plan::LEDGER_VERIFIED_SQL,
+                    &[&table.target, &ledger_part, &t.sum],
+                )
+                .await
+                .map_err(|e| pg::error_chain(&e))?,
+            Err(reason) => tgt
+                .execute(
+                    plan::LEDGER_MISMATCH_SQL,
+                    &[&table.target, &ledger_part, reason],
+                )
+                .await
+                .map_err(|e| pg::error_chain(&e))?,
+        };
+        shared
+            .store
+            .update(&table.source, part, |p| match &outcome {
+                Ok(()) => {
+                    p.status = Status::Verified;
+                    p.verify_ms = verify_ms / parts.len().max(1) as u64;
+                    p.error = None;
+                    p.finished_at = Some(Utc::now());
+                }
+                Err(reason) => {
+                    p.status = Status::Errored;
+                    p.error = Some(reason.clone());
+                }
+            })?;
+    }
+    outcome
+}
+
+/// Empty the target of a table split by ctid ranges, once: the TRUNCATE and its ledger marker
+/// commit together, so a later attempt (whose ranges may already be appended) never truncates
+/// again. Whether it truncated now.
+async fn truncate_once(tgt: &Client, label: &str, table: &CopyTable) -> Result<bool, StepError> {
+    let marker = table.ledger_part(plan::TRUNCATED);
+    let done = tgt
+        .query_opt(plan::LEDGER_LOOKUP_SQL, &[&table.target, &marker])
+        .await
+        .map_err(|e| command(label, e))?;
+    if done.is_some() {
+        return Ok(false);
+    }
+    tgt.batch_execute(&format!(
+        "BEGIN; TRUNCATE {}; {}; COMMIT",
+        quote_qualified(&table.target),
+        plan::ledger_upsert_sql(&table.target, &marker, "-", 0)
+    ))
+    .await
+    .map_err(|e| command(label, e))?;
+    Ok(true)
+}
+
+/// Where a source table missing on the target goes: its parent there (the name without its
+/// date), range-partitioned by a date column, with every source row inside the table's period.
+/// `Ok(Err(problem))`: it has nowhere to go.
+async fn into_parent(
+    src: &Client,
+    tgt: &Client,
+    (s_label, t_label): (&str, &str),
+    qualified: &str,
+    date: Option<chrono::NaiveDate>,
+) -> Result<Result<(String, IntoParent), String>, StepError> {
+    let missing = format!("{qualified} does not exist on {t_label}");
+    let Some(parent) = plan::parent_name(qualified) else {
+        return Ok(Err(missing));
+    };
+    let parent_quoted = quote_qualified(&parent);
+    let found: Option<String> = tgt
+        .query_one("SELECT to_regclass($1)::text", &[&parent_quoted])
+        .await
+        .map_err(|e| command(t_label, e))?
+        .get(0);
+    if found.is_none() {
+        return Ok(Err(format!("{missing}, nor does its parent {parent}")));
+    }
+    let column: Option<String> = tgt
+        .query_opt(plan::DATE_PARTITION_KEY_SQL, &[&parent_quoted])
+        .await
+        .map_err(|e| command(t_label, e))?
+        .map(|r| r.get(0));
+    let (Some(column), Some(date)) = (column, date) else {
+        return Ok(Err(format!(
+            "{missing}; its parent {parent} there is not range-partitioned by a date column, so the rows this copy owns in it could not be told apart"
+        )));
+    };
+    let Some(mapping) = IntoParent::period(&column, date) else {
+        return Ok(Err(format!("{missing}; {date} has no following period")));
+    };
+    let outside: i64 = src
+        .query_one(
+            &format!(
+                "SELECT count(*)::bigint FROM {} WHERE NOT ({}) OR {} IS NULL",
+                quote_qualified(qualified),
+                mapping.filter(),
+                crate::sql::quote_ident(&column)
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| command(s_label, e))?
+        .get(0);
+    if outside > 0 {
+        return Ok(Err(format!(
+            "{qualified} would go into {parent} on {t_label}, but {outside} of its rows have {column} outside [{}, {}): its rows there could not be told apart",
+            mapping.lo, mapping.hi
+        )));
+    }
+    Ok(Ok((parent, mapping)))
 }
 
 fn load_tables(run_dir: &std::path::Path) -> Result<Option<Vec<CopyTable>>, String> {
@@ -453,13 +697,30 @@ impl Actions for TableCopyActions {
                 tgt.batch_execute(LEDGER_DDL)
                     .await
                     .map_err(|e| command(&copy.target.name, e))?;
-                Ok(format!("{} exists", plan::LEDGER))
+                let mut truncated = Vec::new();
+                for t in self.tables().unwrap_or_default() {
+                    if t.ctid_ranges && truncate_once(&tgt, &copy.target.name, t).await? {
+                        truncated.push(t.target.clone());
+                    }
+                }
+                Ok(format!(
+                    "{} exists{}",
+                    plan::LEDGER,
+                    if truncated.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; truncated once for their ctid ranges: {}",
+                            truncated.join(", ")
+                        )
+                    }
+                ))
             }
             CopyStep::Copy => Ok(format!(
-                "{} tables copied, each in one target transaction with its ledger row",
+                "{} tables copied, each in one target transaction with its ledger row, each verified right after its commit",
                 self.tables().map_or(0, <[CopyTable]>::len)
             )),
-            CopyStep::Verify => self.summary(),
+            CopyStep::Verify => self.confirm_ledger().await,
         }
     }
 
@@ -491,6 +752,16 @@ impl Actions for TableCopyActions {
         true
     }
 
+    fn confirm_each_item(&self, step: &Step) -> bool {
+        self.shared.copy.policy.confirm && matches!(CopyStep::of(step), Ok(CopyStep::Copy))
+    }
+
+    fn allow_retry(&mut self, items: &BTreeSet<ItemId>) {
+        if let Ok(mut asked) = self.shared.retry_asked.lock() {
+            asked.extend(items.iter().map(|i| i.as_str().to_string()));
+        }
+    }
+
     async fn items(
         &mut self,
         step: &Step,
@@ -498,8 +769,8 @@ impl Actions for TableCopyActions {
         _sink: Sink,
     ) -> Result<Option<StepItems>, String> {
         match CopyStep::of(step)? {
-            CopyStep::Preflight | CopyStep::Ledger => Ok(None),
-            CopyStep::Copy | CopyStep::Verify => {
+            CopyStep::Preflight | CopyStep::Ledger | CopyStep::Verify => Ok(None),
+            CopyStep::Copy => {
                 let tables = self
                     .tables
                     .as_ref()
@@ -531,7 +802,9 @@ impl Actions for TableCopyActions {
     ) -> ItemFuture {
         let shared = self.shared.clone();
         let tables = self.tables.clone();
-        let verify = matches!(CopyStep::of(step), Ok(CopyStep::Verify));
+        // Each part is verified right after its commit, in its own item: a mismatch errors
+        // that table at once, under the same stop-or-continue policy as a failed copy.
+        let verify = matches!(CopyStep::of(step), Ok(CopyStep::Copy));
         let item = item.as_str().to_string();
         Box::pin(async move {
             let tables = tables.ok_or("the preflight recorded no table list in this run")?;
@@ -578,7 +851,15 @@ async fn copy_item(
     let range = part.map(|(_, r)| r);
     let store = &shared.store;
     let previous = store.part(&table.source, &part_key).unwrap_or_default();
-    if previous.status == Status::Errored && !shared.copy.policy.retry_errors {
+    let item = match &range {
+        None => table.source.clone(),
+        Some(_) => format!("{}#{part_key}", table.source),
+    };
+    let asked = shared
+        .retry_asked
+        .lock()
+        .is_ok_and(|asked| asked.contains(&item));
+    if previous.status == Status::Errored && !shared.copy.policy.retry_errors && !asked {
         return Err(format!(
             "errored earlier ({}); fix the cause and run again with --retry-errors",
             previous.error.unwrap_or_default()
@@ -614,7 +895,10 @@ async fn copy_part(
     let s_label = format!("{}/{}", copy.source.name, copy.source_db());
     let mut tgt = connect(&copy.target, copy.target_db()).await?;
     let ledger = tgt
-        .query_opt(plan::LEDGER_LOOKUP_SQL, &[&table.target, &part_key])
+        .query_opt(
+            plan::LEDGER_LOOKUP_SQL,
+            &[&table.target, &table.ledger_part(part_key)],
+        )
         .await
         .map_err(|e| command(&t_label, e))?;
     let ledger: Option<(i64, bool, Option<String>)> =
@@ -632,6 +916,13 @@ async fn copy_part(
         ));
     }
     let src = connect(&copy.source, copy.source_db()).await?;
+    // A frozen table must not be written while it is copied: its write counters are read
+    // before the copy and again after it, before the checksums.
+    let writes_before = if table.frozen {
+        Some(writes(&src, &s_label, &table.source).await?)
+    } else {
+        None
+    };
     let detail = match ledger {
         Some((rows, false, None)) => {
             if store
@@ -647,6 +938,17 @@ async fn copy_part(
             }
             format!("committed earlier (ledger): {rows} rows; not copied again")
         }
+        Some((_, false, Some(reason))) if table.ctid_ranges => {
+            // A ctid range cannot be removed from the target alone: copying it again would
+            // add its rows twice.
+            return Err(StepError::gate(format!(
+                "{} failed its whole-table verification ({reason}); its ctid ranges cannot be copied again one by one: TRUNCATE {} and DELETE FROM public.{} WHERE target_table = '{}', then run again",
+                table.source,
+                quote_qualified(&table.target),
+                plan::LEDGER,
+                table.target
+            )));
+        }
         _ => {
             if ledger.is_some() {
                 sink.output(format!(
@@ -658,7 +960,28 @@ async fn copy_part(
             format!("{rows} rows copied")
         }
     };
-    if !verify {
+    if let Some(before) = writes_before {
+        let after = writes(&src, &s_label, &table.source).await?;
+        if after != before {
+            let reason = format!(
+                "{} is marked frozen (dated before --frozen-before) but was written on {s_label} while it was copied ({} inserts, {} updates, {} deletes): this copy is not a consistent image of it; stop the writers (or move it with the logical-move runbook), then --retry-errors",
+                table.source,
+                after.0 - before.0,
+                after.1 - before.1,
+                after.2 - before.2
+            );
+            tgt.execute(
+                plan::LEDGER_MISMATCH_SQL,
+                &[&table.target, &table.ledger_part(part_key), &reason],
+            )
+            .await
+            .map_err(|e| command(&t_label, e))?;
+            return Err(StepError::gate(reason));
+        }
+    }
+    if !verify || (table.ctid_ranges && range.is_some()) {
+        // A ctid range has no counterpart on the target to compare: the whole table is
+        // verified once every range is in (the verify step).
         return Ok(detail);
     }
     let started = Instant::now();
@@ -671,7 +994,7 @@ async fn copy_part(
     if s == t {
         tgt.execute(
             plan::LEDGER_VERIFIED_SQL,
-            &[&table.target, &part_key, &t.sum],
+            &[&table.target, &table.ledger_part(part_key), &t.sum],
         )
         .await
         .map_err(|e| command(&t_label, e))?;
@@ -697,11 +1020,21 @@ async fn copy_part(
     );
     tgt.execute(
         plan::LEDGER_MISMATCH_SQL,
-        &[&table.target, &part_key, &reason],
+        &[&table.target, &table.ledger_part(part_key), &reason],
     )
     .await
     .map_err(|e| command(&t_label, e))?;
     Err(StepError::gate(reason))
+}
+
+/// Inserts, updates and deletes counted on `table` so far (`pg_stat_user_tables`; a writer's
+/// counts arrive when its backend flushes them: at the latest when it goes idle or exits).
+async fn writes(client: &Client, label: &str, table: &str) -> Result<(i64, i64, i64), StepError> {
+    let row = client
+        .query_one(plan::WRITES_SQL, &[&quote_qualified(table)])
+        .await
+        .map_err(|e| command(label, e))?;
+    Ok((row.get(0), row.get(1), row.get(2)))
 }
 
 /// The copy itself: one target transaction that removes what an earlier attempt left, takes
@@ -791,7 +1124,7 @@ async fn stream_part(
     }
     tx.batch_execute(&plan::ledger_upsert_sql(
         &table.target,
-        part_key,
+        &table.ledger_part(part_key),
         &shared.run_id,
         rows,
     ))
@@ -842,9 +1175,287 @@ async fn bucket_rows(
         .collect())
 }
 
-/// The first differing keys: compare per key-hash bucket, then the rows of the buckets that
-/// differ, key by key.
+/// Rows and hash sum of a span, the sum exact: a sum of at most 2^31 64-bit hashes fits i128.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct SpanSums {
+    rows: i64,
+    sum: i128,
+}
+
+impl std::ops::Sub for SpanSums {
+    type Output = SpanSums;
+    fn sub(self, other: SpanSums) -> SpanSums {
+        SpanSums {
+            rows: self.rows - other.rows,
+            sum: self.sum - other.sum,
+        }
+    }
+}
+
+async fn span_sums(client: &Client, label: &str, sql: String) -> Result<SpanSums, StepError> {
+    let row = client
+        .query_one(&sql, &[])
+        .await
+        .map_err(|e| command(label, e))?;
+    let sum: String = row.get(1);
+    Ok(SpanSums {
+        rows: row.get(0),
+        sum: sum.parse().map_err(|_| {
+            StepError::Failed(format!("{label}: hash sum `{sum}` is not an integer"))
+        })?,
+    })
+}
+
+/// Spans with at most this many rows on either side are listed row by row.
+const LEAF_ROWS: i64 = 32;
+/// Most spans compared while bisecting one mismatch (each costs one query per side).
+const SPANS_COMPARED: usize = 2_000;
+
+/// The two sides of a part being compared.
+struct Sides<'a> {
+    src: &'a Client,
+    tgt: &'a Client,
+    table: &'a CopyTable,
+    range: Option<Range>,
+    s_label: &'a str,
+    t_label: &'a str,
+}
+
+impl Sides<'_> {
+    async fn sums(&self, span: &KeySpan) -> Result<(SpanSums, SpanSums), StepError> {
+        let t = self.table;
+        let (s, d) = tokio::join!(
+            span_sums(
+                self.src,
+                self.s_label,
+                t.span_checksum_sql(&t.source, self.range, span)
+            ),
+            span_sums(
+                self.tgt,
+                self.t_label,
+                t.span_checksum_sql(&t.target, self.range, span)
+            ),
+        );
+        Ok((s?, d?))
+    }
+
+    /// The whole part's span: for a single integer key, the smallest and largest key of
+    /// either side (so arithmetic halving starts from real values); else unbounded.
+    async fn whole(&self) -> Result<KeySpan, StepError> {
+        let t = self.table;
+        let (Some(s_sql), Some(t_sql)) = (
+            t.key_min_max_sql(&t.source, self.range),
+            t.key_min_max_sql(&t.target, self.range),
+        ) else {
+            return Ok(KeySpan::default());
+        };
+        let (a, b) = tokio::join!(
+            min_max(self.src, self.s_label, s_sql),
+            min_max(self.tgt, self.t_label, t_sql)
+        );
+        let (a, b) = (a?, b?);
+        let lo = a.0.into_iter().chain(b.0).min();
+        let hi = a.1.into_iter().chain(b.1).max();
+        Ok(match (lo, hi) {
+            (Some(lo), Some(hi)) => KeySpan {
+                lo: Some(vec![lo.to_string()]),
+                hi: Some(vec![(hi as i128 + 1).to_string()]),
+            },
+            _ => KeySpan::default(),
+        })
+    }
+
+    /// Where to cut a span in two: the arithmetic middle of a single integer key, else the
+    /// median key of the side with more rows; `None` when the span cannot be cut further.
+    async fn cut(
+        &self,
+        span: &KeySpan,
+        sums: (SpanSums, SpanSums),
+    ) -> Result<Option<Vec<String>>, StepError> {
+        let t = self.table;
+        if t.integer_key().is_some() {
+            let bound = |b: &Option<Vec<String>>| {
+                b.as_ref()
+                    .and_then(|v| v.first())
+                    .and_then(|v| v.parse::<i128>().ok())
+            };
+            if let (Some(lo), Some(hi)) = (bound(&span.lo), bound(&span.hi)) {
+                let mid = lo + (hi - lo) / 2;
+                return Ok((mid > lo).then(|| vec![mid.to_string()]));
+            }
+        }
+        let (client, label, table, rows) = if sums.0.rows >= sums.1.rows {
+            (self.src, self.s_label, &t.source, sums.0.rows)
+        } else {
+            (self.tgt, self.t_label, &t.target, sums.1.rows)
+        };
+        if rows < 2 {
+            return Ok(None);
+        }
+        let row = client
+            .query_opt(&t.span_key_at_sql(table, self.range, span, rows / 2), &[])
+            .await
+            .map_err(|e| command(label, e))?;
+        let Some(row) = row else { return Ok(None) };
+        let mid: Vec<String> = (0..t.key.len()).map(|i| row.get(i)).collect();
+        Ok((span.lo.as_ref() != Some(&mid)).then_some(mid))
+    }
+
+    /// Every row of a small span on both sides, compared key by key in key order.
+    async fn leaf(&self, span: &KeySpan) -> Result<Vec<(String, &'static str)>, StepError> {
+        let t = self.table;
+        let (s, d) = tokio::join!(
+            span_rows(
+                self.src,
+                self.s_label,
+                t.span_rows_sql(&t.source, self.range, span)
+            ),
+            span_rows(
+                self.tgt,
+                self.t_label,
+                t.span_rows_sql(&t.target, self.range, span)
+            ),
+        );
+        let (s, d) = (s?, d?);
+        let target: BTreeMap<&str, &str> =
+            d.iter().map(|(k, h)| (k.as_str(), h.as_str())).collect();
+        let source: BTreeSet<&str> = s.iter().map(|(k, _)| k.as_str()).collect();
+        // Both lists are in the same key order: a key the other side lacks comes first.
+        let mut found = Vec::new();
+        let (mut i, mut j) = (0, 0);
+        loop {
+            match (s.get(i), d.get(j)) {
+                (Some((sk, sh)), Some((dk, dh))) if sk == dk => {
+                    if sh != dh {
+                        found.push((sk.clone(), "differs"));
+                    }
+                    i += 1;
+                    j += 1;
+                }
+                (Some((sk, _)), _) if !target.contains_key(sk.as_str()) => {
+                    found.push((sk.clone(), "missing on the target"));
+                    i += 1;
+                }
+                (_, Some((dk, _))) if !source.contains(dk.as_str()) => {
+                    found.push((dk.clone(), "only on the target"));
+                    j += 1;
+                }
+                (None, None) => break,
+                // Present on both sides but met out of step (the sides order keys
+                // differently, e.g. by collation): compared by lookup instead.
+                (Some((sk, sh)), _) => {
+                    if target.get(sk.as_str()) != Some(&sh.as_str()) {
+                        found.push((sk.clone(), "differs"));
+                    }
+                    i += 1;
+                }
+                (None, Some(_)) => j += 1,
+            }
+        }
+        Ok(found)
+    }
+}
+
+async fn min_max(
+    client: &Client,
+    label: &str,
+    sql: String,
+) -> Result<(Option<i64>, Option<i64>), StepError> {
+    let row = client
+        .query_one(&sql, &[])
+        .await
+        .map_err(|e| command(label, e))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+async fn span_rows(
+    client: &Client,
+    label: &str,
+    sql: String,
+) -> Result<Vec<(String, String)>, StepError> {
+    Ok(client
+        .query(&sql, &[])
+        .await
+        .map_err(|e| command(label, e))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// The first differing keys of a part, in key order, by bisecting its key span: each span's
+/// count and hash sum are compared on both sides, only the halves that differ are cut again
+/// (lower half first), and spans of at most [`LEAF_ROWS`] rows are compared row by row.
+async fn bisect_keys(sides: &Sides<'_>) -> Result<Vec<(String, &'static str)>, StepError> {
+    let whole = sides.whole().await?;
+    let sums = sides.sums(&whole).await?;
+    let mut stack = vec![(whole, sums)];
+    let mut found = Vec::new();
+    let mut compared = 1;
+    while let Some((span, sums)) = stack.pop() {
+        if found.len() >= KEYS_NAMED {
+            break;
+        }
+        if sums.0 == sums.1 {
+            continue;
+        }
+        let cut = if sums.0.rows.max(sums.1.rows) <= LEAF_ROWS || compared >= SPANS_COMPARED {
+            None
+        } else {
+            sides.cut(&span, sums).await?
+        };
+        let Some(mid) = cut else {
+            found.extend(sides.leaf(&span).await?);
+            continue;
+        };
+        let lower = KeySpan {
+            lo: span.lo.clone(),
+            hi: Some(mid.clone()),
+        };
+        let upper = KeySpan {
+            lo: Some(mid),
+            hi: span.hi,
+        };
+        let lower_sums = sides.sums(&lower).await?;
+        compared += 1;
+        let upper_sums = (sums.0 - lower_sums.0, sums.1 - lower_sums.1);
+        stack.push((upper, upper_sums));
+        stack.push((lower, lower_sums));
+    }
+    found.truncate(KEYS_NAMED);
+    Ok(found)
+}
+
+/// The first differing keys: by bisecting the key span where the table has a primary key;
+/// without one, rows have no order to bisect, so by key-hash bucket, then row by row.
 async fn differing_keys(
+    src: &Client,
+    tgt: &Client,
+    table: &CopyTable,
+    range: Option<Range>,
+    s_label: &str,
+    t_label: &str,
+) -> Result<Vec<String>, StepError> {
+    if table.bisectable() {
+        let sides = Sides {
+            src,
+            tgt,
+            table,
+            range,
+            s_label,
+            t_label,
+        };
+        return Ok(bisect_keys(&sides)
+            .await?
+            .into_iter()
+            .map(|(k, why)| format!("{k} ({why})"))
+            .collect());
+    }
+    bucket_keys(src, tgt, table, range, s_label, t_label).await
+}
+
+/// Without a primary key: compare per key-hash bucket, then the rows of the buckets that
+/// differ, row by row.
+async fn bucket_keys(
     src: &Client,
     tgt: &Client,
     table: &CopyTable,

@@ -54,6 +54,11 @@ pub struct CopyArgs {
     /// Tables dated before this are frozen (no longer written); the others are live.
     #[arg(long, value_name = "YYYY-MM-DD")]
     pub frozen_before: Option<String>,
+    /// Each table waits for the operator's confirmation (`c` in the cockpit's Copy pane)
+    /// before it starts. Cockpit only: a headless run refuses the copy step. Not part of the
+    /// plan.
+    #[arg(long)]
+    pub confirm: bool,
 }
 
 impl Runbook for TableCopy {
@@ -95,6 +100,27 @@ impl Runbook for TableCopy {
             Rehearsal::new(report.human(), &report, clean)
         })
     }
+}
+
+/// The Copy pane's feed for a cockpit driving or following this runbook with `params`.
+pub fn copy_feed(
+    inventory: &Inventory,
+    params: &BTreeMap<String, String>,
+    state_dir: Option<&Path>,
+) -> Result<crate::readings::copy::CopyFeed, String> {
+    let copy = plan::TableCopy::resolve(
+        inventory,
+        plan::CopyParams::from_map(params).map_err(|e| e.to_string())?,
+        plan::CopyPolicy::from_map(params).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let dir = crate::journal::resolve_state_dir(state_dir).map_err(|e| e.to_string())?;
+    Ok(crate::readings::copy::CopyFeed {
+        target: crate::pg::Endpoint::node(&copy.target, copy.target_db()),
+        state_path: state::state_path(&dir, &inventory.environment),
+        pair: state::pair_key(&copy.params.from, &copy.params.to),
+        confirm_each: copy.policy.confirm,
+    })
 }
 
 /// `cutover copy status INV ...`: the seed's `stats` and `list_tables`.

@@ -11,7 +11,7 @@ use crate::inventory::{CitusCluster, Distribution, Inventory, Node};
 use crate::plan::{ParamError, Plan, RenderedCommand, Step, StepFlags, Undo};
 use crate::runbooks::{RunbookError, StepKind};
 use crate::sql::{quote_ident, quote_literal, quote_qualified};
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -55,6 +55,8 @@ pub struct CopyPolicy {
     pub jobs: usize,
     pub retry_errors: bool,
     pub stop_on_error: bool,
+    /// `--confirm`: each table (or range) waits for the operator's confirmation.
+    pub confirm: bool,
 }
 
 impl Default for CopyPolicy {
@@ -63,6 +65,7 @@ impl Default for CopyPolicy {
             jobs: 2,
             retry_errors: false,
             stop_on_error: true,
+            confirm: false,
         }
     }
 }
@@ -197,6 +200,7 @@ impl CopyPolicy {
             jobs: number(params, "jobs", 2)? as usize,
             retry_errors: switch(params, "retry-errors")?,
             stop_on_error: !switch(params, "no-stop-on-error")?,
+            confirm: switch(params, "confirm")?,
         })
     }
 }
@@ -340,7 +344,7 @@ impl TableCopy {
         if self.params.tables.is_empty() {
             copy = copy.command(RenderedCommand::internal(
                 format!("{s}/{sdb} → {t}/{tdb}"),
-                "per table T found by the preflight (T#i/n for a key range): skip if the ledger holds T; BEGIN; TRUNCATE T (DELETE the key range for a range); COPY T FROM STDIN (FORMAT binary[, FREEZE]) fed by COPY T TO STDOUT (FORMAT binary) on the source; INSERT the ledger row; COMMIT",
+                "per table T found by the preflight (T#i/n for a key range): skip if the ledger holds T; BEGIN; TRUNCATE T (DELETE the key range for a range); COPY T FROM STDIN (FORMAT binary[, FREEZE]) fed by COPY T TO STDOUT (FORMAT binary) on the source; INSERT the ledger row; COMMIT (a table missing on the target whose name without its date names a parent there, range-partitioned by a date column, goes into that parent: DELETE FROM P WHERE that column is in the table's month instead of TRUNCATE, no FREEZE, the ledger part named after the source; a big frozen table without a single integer key is split into ctid block ranges: the ledger step truncates its target once, with a marker ledger row in the same transaction, each range then appends with its ledger row, and the table is verified as a whole in the verify step); then at once, on both sides: SELECT count(*), sum(hash_record_extended(ROW(columns), 0)) FROM T [WHERE key range] (columns without an extended hash as text); equal: mark verified in the ledger; else bisect the key range (count and hash sum per half on both sides) down to small ranges, name the first differing keys, and mark the table errored (a retry copies it again)",
             ));
         } else {
             for table in &self.params.tables {
@@ -364,7 +368,7 @@ impl TableCopy {
             }
         }
         let copy = copy
-            .verification("every table or range is in the target's ledger")
+            .verification("per table or range, right after its commit: rows and the sum of 64-bit row hashes agree on both sides (TimeZone, DateStyle, IntervalStyle, extra_float_digits, bytea_output pinned); a mismatch names the first differing keys and errors that table; a table marked frozen whose write counters (pg_stat_user_tables inserts, updates, deletes) moved during its copy errors as written to")
             .flags(StepFlags {
                 destructive: true,
                 ..StepFlags::default()
@@ -373,12 +377,13 @@ impl TableCopy {
                 reason: "copied rows stay on the target, recorded in its ledger; a new run copies only what the ledger lacks".into(),
             });
         let verify = CopyStep::Verify
-            .step(format!("Verify every table or range on {s}/{sdb} and {t}/{tdb}, N at a time"))
-            .command(RenderedCommand::internal(
-                format!("{s}/{sdb} and {t}/{tdb}"),
-                "per table or range, on both sides at once: SELECT count(*), sum(hash_record_extended(ROW(columns), 0)) FROM T [WHERE key range] (columns without an extended hash as text); equal: mark verified in the ledger; else compare per key-hash bucket and name the first differing keys, mark the table errored (a retry copies it again)",
+            .step(format!(
+                "Confirm every table or range is verified in {t}/{tdb}'s ledger"
             ))
-            .verification("per table or range: rows and the sum of 64-bit row hashes agree on both sides (TimeZone, DateStyle, IntervalStyle, extra_float_digits, bytea_output pinned)")
+            .command(RenderedCommand::sql(t, tdb, LEDGER_ALL_SQL))
+            .verification(
+                "every table or range of the list has a verified ledger row on the target",
+            )
             .undo(Undo::NothingToUndo);
         vec![preflight, ledger, copy, verify]
     }
@@ -528,7 +533,87 @@ pub struct CopyTable {
     /// empty when the preflight ran and that no foreign key references.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rebuild: Vec<Rebuild>,
+    /// The target has no table of the source's name but a parent range-partitioned by a date
+    /// column (the name without its date): the rows go into it, and what an earlier attempt
+    /// left is this period's rows, deleted, never the parent truncated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub into_parent: Option<IntoParent>,
+    /// `ranges` are ctid block ranges of the source, not key ranges (a big frozen table
+    /// without a single integer key). A target row has no ctid of the source, so a range
+    /// cannot be deleted there: the target, wholly this copy's, is truncated once (the ledger
+    /// step, with a marker row in the same transaction), each range then appends in one
+    /// transaction with its ledger row, and the table is verified as a whole at the end.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ctid_ranges: bool,
 }
+
+/// The ledger's marker of a target truncated once for its ctid ranges.
+pub const TRUNCATED: &str = "truncated";
+
+/// The source's size in blocks, for ctid ranges.
+pub const BLOCKS_SQL: &str =
+    "SELECT (pg_relation_size($1::text::regclass) / current_setting('block_size')::bigint)::bigint";
+
+/// The rows of one source table inside a shared parent on the target: `column` in `[lo, hi)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntoParent {
+    pub column: String,
+    pub lo: NaiveDate,
+    pub hi: NaiveDate,
+}
+
+impl IntoParent {
+    /// `[date, next month)`, or `[date, next day)` for a date not on a month's first day.
+    pub fn period(column: &str, date: NaiveDate) -> Option<IntoParent> {
+        let hi = if date.day() == 1 {
+            date.checked_add_months(chrono::Months::new(1))?
+        } else {
+            date.succ_opt()?
+        };
+        Some(IntoParent {
+            column: column.to_string(),
+            lo: date,
+            hi,
+        })
+    }
+
+    pub fn filter(&self) -> String {
+        format!(
+            "{c} >= {lo} AND {c} < {hi}",
+            c = quote_ident(&self.column),
+            lo = quote_literal(&self.lo.to_string()),
+            hi = quote_literal(&self.hi.to_string())
+        )
+    }
+}
+
+/// The parent a dated table goes into: its name without the date (`public.events_2024_01` →
+/// `public.events`); `None` when the name carries no trailing date.
+pub fn parent_name(qualified: &str) -> Option<String> {
+    let (schema, name) = qualified.rsplit_once('.')?;
+    let cut = name.char_indices().find_map(|(i, c)| {
+        let rest = &name[i + 1..];
+        (matches!(c, '_' | '-')
+            && i > 0
+            && rest
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == '_' || c == '-')
+            && date_in_name(rest).is_some())
+        .then_some(i)
+    })?;
+    Some(format!("{schema}.{}", &name[..cut]))
+}
+
+/// Writes counted on table `$1` (a frozen table's are compared before and after its copy).
+pub const WRITES_SQL: &str =
+    "SELECT coalesce(sum(n_tup_ins), 0)::bigint, coalesce(sum(n_tup_upd), 0)::bigint, \
+coalesce(sum(n_tup_del), 0)::bigint FROM pg_stat_user_tables WHERE relid = $1::text::regclass";
+
+/// The range-partition key of table `$1` when it is a single column of a date type.
+pub const DATE_PARTITION_KEY_SQL: &str = "SELECT a.attname::text FROM pg_partitioned_table p \
+JOIN pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0] \
+WHERE p.partrelid = $1::text::regclass AND p.partstrat = 'r' AND p.partnatts = 1 \
+AND a.atttypid IN ('date'::regtype, 'timestamp'::regtype, 'timestamptz'::regtype)";
 
 /// One index (or the constraint it backs) rebuilt after the load.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -580,6 +665,20 @@ impl CopyTable {
 
     fn range_filter(&self, range: Option<Range>) -> Option<String> {
         let range = range?;
+        if self.ctid_ranges {
+            let mut parts = Vec::new();
+            if let Some(lo) = range.lo {
+                parts.push(format!("ctid >= '({lo},0)'::tid"));
+            }
+            if let Some(hi) = range.hi {
+                parts.push(format!("ctid < '({hi},0)'::tid"));
+            }
+            return Some(if parts.is_empty() {
+                "true".into()
+            } else {
+                parts.join(" AND ")
+            });
+        }
         let key = quote_ident(&self.key.first()?.name);
         let mut parts = Vec::new();
         if let Some(lo) = range.lo {
@@ -593,6 +692,27 @@ impl CopyTable {
         } else {
             parts.join(" AND ")
         })
+    }
+
+    /// The rows of this part on `table` (the source or the target): its key range, and on a
+    /// shared parent its period. Never the period on the source: a source row outside it must
+    /// be copied and fail verification, not be skipped.
+    fn side_filter(&self, table: &str, range: Option<Range>) -> Option<String> {
+        let mut filters: Vec<String> = self.range_filter(range).into_iter().collect();
+        if table == self.target && table != self.source {
+            filters.extend(self.into_parent.as_ref().map(IntoParent::filter));
+        }
+        (!filters.is_empty()).then(|| filters.join(" AND "))
+    }
+
+    /// The ledger's `part` of this part: a shared parent holds several source tables, so
+    /// theirs carry the source's name.
+    pub fn ledger_part(&self, part_key: &str) -> String {
+        if self.into_parent.is_some() {
+            format!("{}:{part_key}", self.source)
+        } else {
+            part_key.to_string()
+        }
     }
 
     fn format(&self) -> &'static str {
@@ -623,7 +743,12 @@ impl CopyTable {
 
     /// What the copy's transaction removes first: whatever an earlier attempt left.
     pub fn cleanup_sql(&self, range: Option<Range>) -> String {
-        match self.range_filter(range) {
+        if self.ctid_ranges && range.is_some() {
+            // Nothing to remove: the target was truncated once, and a range is on it only
+            // with its ledger row, which the copy found missing.
+            return String::new();
+        }
+        match self.side_filter(&self.target, range) {
             None => format!("TRUNCATE {}", quote_qualified(&self.target)),
             Some(filter) => format!(
                 "DELETE FROM {} WHERE {filter}",
@@ -634,7 +759,7 @@ impl CopyTable {
 
     /// The target side; `FREEZE` only where the same transaction truncated a plain table.
     pub fn copy_in_sql(&self, range: Option<Range>) -> String {
-        let freeze = range.is_none() && !self.citus;
+        let freeze = range.is_none() && !self.citus && self.into_parent.is_none();
         format!(
             "COPY {} ({}) FROM STDIN (FORMAT {}{})",
             quote_qualified(&self.target),
@@ -688,7 +813,7 @@ impl CopyTable {
             "SELECT count(*)::bigint, coalesce(sum({}), 0)::text FROM {}{}",
             self.row_hash(),
             quote_qualified(table),
-            self.range_filter(range)
+            self.side_filter(table, range)
                 .map(|f| format!(" WHERE {f}"))
                 .unwrap_or_default()
         )
@@ -703,7 +828,7 @@ impl CopyTable {
             h = self.row_hash(),
             t = quote_qualified(table),
             w = self
-                .range_filter(range)
+                .side_filter(table, range)
                 .map(|f| format!(" WHERE {f}"))
                 .unwrap_or_default()
         )
@@ -722,13 +847,127 @@ impl CopyTable {
             self.key_text(),
             buckets.saturating_sub(1)
         )];
-        filter.extend(self.range_filter(range));
+        filter.extend(self.side_filter(table, range));
         format!(
             "SELECT {}, {}::text FROM {} WHERE {}",
             self.key_text(),
             self.row_hash(),
             quote_qualified(table),
             filter.join(" AND ")
+        )
+    }
+}
+
+/// A span of primary key values `[lo, hi)`, each bound the key columns' text in key order
+/// (`None`: unbounded); the unit the bisection of a mismatch halves.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeySpan {
+    pub lo: Option<Vec<String>>,
+    pub hi: Option<Vec<String>>,
+}
+
+impl CopyTable {
+    /// The key columns quoted, in key order: `"a", "b"`.
+    fn key_columns(&self) -> String {
+        self.key
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The key compared as a row with untyped literals, which take the columns' own types on
+    /// either side (so a bound read on one side applies on the other).
+    fn key_bound(&self, op: &str, values: &[String]) -> String {
+        let literals: Vec<String> = values.iter().map(|v| quote_literal(v)).collect();
+        format!(
+            "ROW({}) {op} ROW({})",
+            self.key_columns(),
+            literals.join(", ")
+        )
+    }
+
+    /// `WHERE` of a part's range and a key span.
+    fn span_where(&self, table: &str, range: Option<Range>, span: &KeySpan) -> String {
+        let mut filters: Vec<String> = self.side_filter(table, range).into_iter().collect();
+        if let Some(lo) = &span.lo {
+            filters.push(self.key_bound(">=", lo));
+        }
+        if let Some(hi) = &span.hi {
+            filters.push(self.key_bound("<", hi));
+        }
+        if filters.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", filters.join(" AND "))
+        }
+    }
+
+    /// Whether a mismatch can be bisected: the table has a primary key to order by.
+    pub fn bisectable(&self) -> bool {
+        !self.key.is_empty()
+    }
+
+    /// The single integer key, if that is the key: bisected by arithmetic, not by medians.
+    pub fn integer_key(&self) -> Option<&Column> {
+        match self.key.as_slice() {
+            [k] if matches!(k.type_name.as_str(), "integer" | "bigint" | "smallint") => Some(k),
+            _ => None,
+        }
+    }
+
+    /// Rows and hash sum of a key span (see [`CopyTable::checksum_sql`]).
+    pub fn span_checksum_sql(&self, table: &str, range: Option<Range>, span: &KeySpan) -> String {
+        format!(
+            "SELECT count(*)::bigint, coalesce(sum({}), 0)::text FROM {}{}",
+            self.row_hash(),
+            quote_qualified(table),
+            self.span_where(table, range, span)
+        )
+    }
+
+    /// The smallest and largest single integer key of a part: the span bisection starts from.
+    pub fn key_min_max_sql(&self, table: &str, range: Option<Range>) -> Option<String> {
+        let key = quote_ident(&self.integer_key()?.name);
+        Some(format!(
+            "SELECT min({key})::bigint, max({key})::bigint FROM {}{}",
+            quote_qualified(table),
+            self.span_where(table, range, &KeySpan::default())
+        ))
+    }
+
+    /// The key columns' text of the row at `offset` in key order within a span: a median
+    /// that cuts a span of a non-integer key in two.
+    pub fn span_key_at_sql(
+        &self,
+        table: &str,
+        range: Option<Range>,
+        span: &KeySpan,
+        offset: i64,
+    ) -> String {
+        let texts: Vec<String> = self
+            .key
+            .iter()
+            .map(|c| format!("{}::text", quote_ident(&c.name)))
+            .collect();
+        format!(
+            "SELECT {} FROM {}{} ORDER BY {} OFFSET {offset} LIMIT 1",
+            texts.join(", "),
+            quote_qualified(table),
+            self.span_where(table, range, span),
+            self.key_columns()
+        )
+    }
+
+    /// Every row of a (small) span: its key text and row hash, in key order.
+    pub fn span_rows_sql(&self, table: &str, range: Option<Range>, span: &KeySpan) -> String {
+        format!(
+            "SELECT {}, {}::text FROM {}{} ORDER BY {}",
+            self.key_text(),
+            self.row_hash(),
+            quote_qualified(table),
+            self.span_where(table, range, span),
+            self.key_columns()
         )
     }
 }
@@ -886,6 +1125,27 @@ mod tests {
         );
         assert_eq!(date_of("events", "", ""), None);
         assert_eq!(date_of("t123456789", "", ""), None);
+    }
+
+    #[test]
+    fn a_dated_table_names_its_parent_and_period() {
+        assert_eq!(
+            parent_name("public.events_2024_01").as_deref(),
+            Some("public.events")
+        );
+        assert_eq!(
+            parent_name("s.ucr_daily_20240115").as_deref(),
+            Some("s.ucr_daily")
+        );
+        assert_eq!(parent_name("public.events"), None);
+        assert_eq!(parent_name("public.t2024_01x"), None);
+        let p =
+            IntoParent::period("created", NaiveDate::from_ymd_opt(2024, 12, 1).unwrap()).unwrap();
+        assert_eq!(p.hi, NaiveDate::from_ymd_opt(2025, 1, 1).unwrap());
+        assert_eq!(
+            p.filter(),
+            "\"created\" >= '2024-12-01' AND \"created\" < '2025-01-01'"
+        );
     }
 
     #[test]

@@ -11,9 +11,10 @@ pub enum CopyStep {
     Preflight,
     /// Create the copy ledger on the target.
     Ledger,
-    /// Copy every table (or key range), N at a time, as engine items.
+    /// Copy every table (or key range), N at a time, as engine items; each item verifies its
+    /// part (count and checksum on both sides) right after its commit.
     Copy,
-    /// Count and checksum every table (or key range) on both sides, N at a time.
+    /// Confirm from the target's ledger that every table (or key range) is verified.
     Verify,
 }
 

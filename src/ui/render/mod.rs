@@ -2,6 +2,7 @@
 //! UI flow. No I/O, no clock reads: times come from the model.
 
 mod clock;
+mod copy;
 mod panes;
 mod popups;
 mod runbook;
@@ -121,7 +122,13 @@ fn render_full_body(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme)
     render_pane(frame, replication, Pane::Replication, model, theme);
     render_pane(frame, connections, Pane::Connections, model, theme);
     render_pane(frame, runbook, Pane::Runbook, model, theme);
-    render_pane(frame, shards, Pane::Shards, model, theme);
+    // A table copy's cockpit shows its Copy pane where the shards are.
+    let lower_right = if model.copy.is_some() {
+        Pane::Copy
+    } else {
+        Pane::Shards
+    };
+    render_pane(frame, shards, lower_right, model, theme);
     render_pane(frame, log, Pane::Log, model, theme);
 }
 
@@ -133,6 +140,7 @@ pub fn render_pane(frame: &mut Frame, area: Rect, pane: Pane, model: &Model, the
         Pane::Shards => panes::render_shards(frame, area, model, theme),
         Pane::Runbook => runbook::render_runbook(frame, area, model, theme),
         Pane::Log => panes::render_log(frame, area, model, theme),
+        Pane::Copy => copy::render_copy(frame, area, model, theme),
     }
 }
 
@@ -275,12 +283,13 @@ fn render_header(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
 }
 
 fn render_tabs(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
-    let titles: Vec<Line> = Pane::ALL
+    let panes = model.panes();
+    let titles: Vec<Line> = panes
         .iter()
         .map(|p| Line::from(format!(" {} ", p.title())))
         .collect();
     let tabs = Tabs::new(titles)
-        .select(model.focus.index())
+        .select(panes.iter().position(|p| *p == model.focus).unwrap_or(0))
         .style(theme.dim)
         .highlight_style(theme.selected)
         .divider("|");

@@ -1,0 +1,251 @@
+//! The operator's say over a running table copy, against real servers: `--confirm` makes each
+//! table wait for a confirmation (refused headless, where no one can give it), a hold stops new
+//! starts while the running ones finish, and the cockpit's Copy pane shows a running COPY's
+//! progress read from the target's `pg_stat_progress_copy` by its poller.
+
+use cutover::engine::{EngineState, ItemId, ItemStatus, OnItemFailure, Oversight};
+use cutover::lab::copy_source::{self, SourceShape, SOURCE_DB};
+use cutover::lab::TestLab;
+use cutover::readings::copy::CopyFeed;
+use cutover::runbooks::table_copy::{self, TableCopy};
+use cutover::session::{self, Invocation};
+use cutover::ui::model::{Model, Pane};
+use cutover::ui::update::{update, Action};
+use cutover::ui::{fixtures, render};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_postgres::Client;
+
+const SHAPE: SourceShape = SourceShape {
+    months: 3,
+    rows_per_month: 1_000,
+    big_rows: 2_000,
+};
+
+async fn plain_lab(shape: &SourceShape) -> TestLab {
+    let lab = TestLab::start(500).await.expect("lab");
+    copy_source::start_plain_target(&lab.config).unwrap();
+    copy_source::create_source(lab.config.pg1_port, shape)
+        .await
+        .unwrap();
+    copy_source::create_database(lab.config.pg2_port, "copy_target", shape)
+        .await
+        .unwrap();
+    lab
+}
+
+fn invocation(lab: &TestLab, state: &Path, extra: &[(&str, &str)]) -> Invocation {
+    let mut params = BTreeMap::from([
+        ("from".to_string(), format!("pg1/{SOURCE_DB}")),
+        ("to".to_string(), "pg2/copy_target".to_string()),
+    ]);
+    for (k, v) in extra {
+        params.insert(k.to_string(), v.to_string());
+    }
+    Invocation {
+        inventory_path: lab.config.inventory_path(),
+        runbook: "table-copy".into(),
+        params,
+        state_dir: Some(state.to_path_buf()),
+        oversight: Oversight::Solo,
+        trust_on_first_use: false,
+        expect_fingerprint: None,
+    }
+}
+
+async fn ledger_rows(client: &Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT target_table || ' ' || part FROM cutover_copy_ledger ORDER BY 1",
+            &[],
+        )
+        .await
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default()
+}
+
+/// The copy step's index and its items, once it is running with its items declared.
+async fn copy_step_running(state: &mut watch::Receiver<EngineState>) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        {
+            let current = state.borrow_and_update();
+            if let Some(i) = current.running_step() {
+                if !current.items(i).is_empty() {
+                    return i;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "the copy step never started");
+        let _ = tokio::time::timeout(Duration::from_millis(200), state.changed()).await;
+    }
+}
+
+fn next_items(state: &watch::Receiver<EngineState>, step: usize) -> Vec<ItemId> {
+    state
+        .borrow()
+        .next_items(step, usize::MAX, OnItemFailure::Continue)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirm_waits_for_each_table_and_a_hold_stops_new_starts() {
+    let lab = plain_lab(&SHAPE).await;
+    let state_dir = lab.config.dir.join("state");
+    let target = copy_source::connect(lab.config.pg2_port, "copy_target")
+        .await
+        .unwrap();
+
+    // Headless, no one can confirm: the copy step fails before any table starts.
+    let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .arg("run")
+        .arg(lab.config.inventory_path())
+        .args([
+            "table-copy",
+            "--from",
+            &format!("pg1/{SOURCE_DB}"),
+            "--to",
+            "pg2/copy_target",
+            "--confirm",
+            "--yes",
+            "--state-dir",
+        ])
+        .arg(&state_dir)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("no one to ask"), "{text}");
+    assert!(ledger_rows(&target).await.is_empty());
+
+    // With an item control (as the cockpit holds one), each table waits for its confirmation.
+    let mut runner =
+        session::open_as::<TableCopy>(&invocation(&lab, &state_dir, &[("confirm", "yes")]))
+            .unwrap();
+    let control = runner.item_control();
+    let mut state = runner.watch_state();
+    let run = tokio::spawn(async move {
+        let result = runner.run_headless("test").await.map_err(|e| e.to_string());
+        (result, runner.actions().state())
+    });
+    let step = copy_step_running(&mut state).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        ledger_rows(&target).await.is_empty(),
+        "nothing confirmed yet"
+    );
+    let waiting = next_items(&state, step);
+    assert_eq!(waiting.len(), SHAPE.tables().len());
+
+    let first = waiting[0].clone();
+    control.confirm(first.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !state
+        .borrow()
+        .items(step)
+        .iter()
+        .any(|i| i.id == first && matches!(i.status, ItemStatus::Done { .. }))
+    {
+        assert!(Instant::now() < deadline, "{first} never finished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        ledger_rows(&target).await,
+        [format!("{first} all")],
+        "only the confirmed table"
+    );
+
+    // Held: confirmed tables still do not start.
+    control.hold(true);
+    for item in next_items(&state, step) {
+        control.confirm(item);
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(ledger_rows(&target).await.len(), 1, "held");
+
+    control.hold(false);
+    let (result, pair) = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the run ends")
+        .unwrap();
+    result.unwrap();
+    assert_eq!(ledger_rows(&target).await.len(), SHAPE.tables().len());
+    assert!(pair
+        .tables
+        .values()
+        .all(|t| t.status() == table_copy::state::Status::Verified));
+}
+
+fn screen(model: &Model) -> String {
+    let theme = cutover::ui::theme::Theme::builtin("dark").unwrap();
+    let mut terminal = ratatui::Terminal::new(ratatui::backend::TestBackend::new(120, 24)).unwrap();
+    terminal
+        .draw(|frame| render::render_pane(frame, frame.area(), Pane::Copy, model, &theme))
+        .unwrap();
+    let buffer = terminal.backend().buffer().clone();
+    (0..buffer.area.height)
+        .map(|y| {
+            (0..buffer.area.width)
+                .map(|x| buffer[(x, y)].symbol().to_string())
+                .collect::<String>()
+                + "\n"
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_copy_pane_shows_a_running_copy_from_the_target() {
+    let shape = SourceShape {
+        months: 1,
+        rows_per_month: 500,
+        big_rows: 20_000,
+    };
+    let lab = plain_lab(&shape).await;
+    let state_dir = lab.config.dir.join("state");
+    let target = copy_source::connect(lab.config.pg2_port, "copy_target")
+        .await
+        .unwrap();
+    // Slow the big table's load down so that it is seen running.
+    target
+        .batch_execute(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN PERFORM pg_sleep(0.0003); RETURN NEW; END $$; \
+             CREATE TRIGGER slow BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow()",
+        )
+        .await
+        .unwrap();
+    let inv = invocation(&lab, &state_dir, &[("jobs", "1")]);
+    let feed: CopyFeed =
+        table_copy::copy_feed(&lab.inventory, &inv.params, Some(&state_dir)).unwrap();
+    let mut readings = cutover::readings::copy::spawn(feed);
+    let mut runner = session::open_as::<TableCopy>(&inv).unwrap();
+    let run =
+        tokio::spawn(async move { runner.run_headless("test").await.map_err(|e| e.to_string()) });
+
+    let mut model = fixtures::model(Instant::now());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let seen = loop {
+        assert!(Instant::now() < deadline, "no running copy was ever shown");
+        let _ = tokio::time::timeout(Duration::from_secs(2), readings.changed()).await;
+        let Some(view) = readings.borrow_and_update().clone() else {
+            continue;
+        };
+        let running = view
+            .running
+            .iter()
+            .any(|r| r.item == "public.events" && r.rows > 0 && r.bytes > 0);
+        update(&mut model, Action::Copy(Box::new(view)));
+        if running && model.copy.as_ref().is_some_and(|c| c.bytes_per_s.is_some()) {
+            break screen(&model);
+        }
+    };
+    assert!(seen.contains("public.events"), "{seen}");
+    assert!(seen.contains("rows"), "{seen}");
+    assert!(seen.contains("█") || seen.contains("·]"), "{seen}");
+    assert!(seen.contains("/s · ETA"), "{seen}");
+    assert!(model.panes().contains(&Pane::Copy));
+    run.await.unwrap().unwrap();
+}
