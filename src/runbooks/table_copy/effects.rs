@@ -57,6 +57,9 @@ struct Shared {
     copy: TableCopy,
     run_id: String,
     store: Store,
+    /// An exported snapshot every part's source transaction reads under (a logical move's
+    /// slot): all tables then show the one moment the stream starts from.
+    snapshot: std::sync::Mutex<Option<String>>,
 }
 
 fn command(target: &str, e: tokio_postgres::Error) -> StepError {
@@ -92,6 +95,7 @@ impl TableCopyActions {
                 copy,
                 run_id,
                 store,
+                snapshot: std::sync::Mutex::new(None),
             }),
             ctx,
             run_dir,
@@ -102,6 +106,13 @@ impl TableCopyActions {
     /// The list the preflight recorded, once it has run.
     pub fn tables(&self) -> Option<&[CopyTable]> {
         self.tables.as_deref().map(Vec::as_slice)
+    }
+
+    /// Read every part's source rows under this exported snapshot (`None`: each part its own).
+    pub fn set_snapshot(&self, snapshot: Option<String>) {
+        if let Ok(mut held) = self.shared.snapshot.lock() {
+            *held = snapshot;
+        }
     }
 
     /// The per-table state (what `cutover copy status` shows).
@@ -632,6 +643,12 @@ async fn copy_part(
         ));
     }
     let src = connect(&copy.source, copy.source_db()).await?;
+    let snapshot = shared.snapshot.lock().ok().and_then(|s| s.clone());
+    if let Some(snapshot) = snapshot {
+        src.batch_execute(&plan::snapshot_sql(&snapshot))
+            .await
+            .map_err(|e| command(&s_label, e))?;
+    }
     let detail = match ledger {
         Some((rows, false, None)) => {
             if store
