@@ -86,6 +86,8 @@ pub struct MoveMemory {
     pub gate_lsn: Option<String>,
     pub gate_confirmed: Option<String>,
     pub gate_ms: Option<f64>,
+    /// Of the gate: marker written → the slot confirmed it.
+    pub gate_wait_ms: Option<f64>,
     pub sequences: Vec<SequenceFix>,
     /// PAUSE issued → RESUME returned.
     pub pause_window_ms: Option<f64>,
@@ -102,6 +104,9 @@ pub struct LogicalMoveActions {
     /// A target transaction that exported the snapshot taken at the gate, and its name: the
     /// target exactly as of the cutover, for the verify step. Lost with the process.
     cutover_snapshot: Option<(Client, String)>,
+    /// A target session opened before the pause, that the gate turns into `cutover_snapshot`:
+    /// no connect (TLS handshake) inside the write pause.
+    snapshot_holder: Option<Client>,
 }
 
 fn db_err(target: &str) -> impl Fn(tokio_postgres::Error) -> StepError + '_ {
@@ -131,6 +136,7 @@ impl LogicalMoveActions {
             trust_on_first_use: setup.trust_on_first_use,
             memory,
             cutover_snapshot: None,
+            snapshot_holder: None,
         })
     }
 
@@ -953,6 +959,7 @@ impl LogicalMoveActions {
         self.remember()?;
         let mut inner = self.inner_copy()?;
         inner.set_snapshot(Some(exported.snapshot.clone()));
+        inner.set_replica_role(true);
         let outcome = async {
             inner
                 .action(
@@ -1171,7 +1178,21 @@ impl LogicalMoveActions {
 
     // ---- the cutover --------------------------------------------------------------------------
 
+    async fn open_snapshot_holder(&self) -> Result<Client, StepError> {
+        Ok(pg::connect(
+            &Endpoint::node(&self.mv.target, self.mv.target_db()),
+            SessionSettings {
+                statement_timeout: None,
+                ..SessionSettings::EXECUTOR
+            },
+        )
+        .await?)
+    }
+
     async fn stop_traffic(&mut self, sink: &Sink) -> Result<String, StepError> {
+        if self.snapshot_holder.is_none() {
+            self.snapshot_holder = Some(self.open_snapshot_holder().await?);
+        }
         if self.memory.traffic_stopped_at.is_none() {
             self.memory.traffic_stopped_at = Some(Utc::now());
             self.remember()?;
@@ -1200,52 +1221,49 @@ impl LogicalMoveActions {
         self.check_apply().await?;
         let src = self.source().await?;
         let label = self.s_label();
-        let marker = format!("cutover {} gate", self.mv.name);
-        let marker_lsn: String = src
-            .query_one(plan::MARKER_SQL, &[&marker])
+        let checks_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // The marker is a canary row: the target applies in commit order, so once it shows
+        // there, every transaction the source committed before it (all of them: traffic is
+        // paused) is applied and visible on the target.
+        let token = format!("cutover gate {}", uuid::Uuid::new_v4());
+        src.execute(plan::CANARY_WRITE_SQL, &[&token])
             .await
-            .map_err(db_err(&label))?
-            .get(0);
+            .map_err(db_err(&label))?;
         let lsn: String = src
             .query_one(crate::runbooks::shard_split::plan::PRIMARY_LSN_SQL, &[])
             .await
             .map_err(db_err(&label))?
             .get(0);
         self.memory.gate_lsn = Some(lsn.clone());
+        let tgt = self.target().await?;
+        let t_label = self.t_label();
         let deadline = Instant::now() + self.mv.params.pause_bound;
         let confirmed = loop {
-            let row = src
-                .query_opt(plan::CONFIRMED_SQL, &[&self.mv.name, &lsn])
+            let row = tgt
+                .query_one(plan::APPLIED_SQL, &[&self.mv.name])
                 .await
-                .map_err(db_err(&label))?
-                .ok_or_else(|| StepError::gate(format!("slot {} is gone", self.mv.name)))?;
-            let (confirmed, reached): (Option<String>, Option<bool>) = (row.get(0), row.get(1));
-            if reached == Some(true) {
-                break confirmed.unwrap_or_default();
+                .map_err(db_err(&t_label))?;
+            let (seen, applied): (Option<String>, Option<String>) = (row.get(0), row.get(1));
+            if seen.as_deref() == Some(token.as_str()) {
+                break applied.unwrap_or_default();
             }
             if Instant::now() > deadline {
                 let detail = format!(
-                    "{} confirmed {} < {}'s LSN {lsn} after {:?}; the cutover is refused",
-                    self.t_label(),
-                    confirmed.as_deref().unwrap_or("none"),
+                    "the gate's canary row, committed on {} at or before {lsn}, is not visible on {t_label} after {:?} (applied up to {}); the cutover is refused",
                     self.mv.source.name,
-                    self.mv.params.pause_bound
+                    self.mv.params.pause_bound,
+                    applied.as_deref().unwrap_or("none")
                 );
                 sink.gate(detail.clone(), false);
                 return Err(StepError::gate(detail));
             }
             tokio::time::sleep(GATE_POLL).await;
         };
-        // The target as of now (it has applied everything; nothing else writes to it yet),
-        // held open for the verify step.
-        let holder = pg::connect(
-            &Endpoint::node(&self.mv.target, self.mv.target_db()),
-            SessionSettings {
-                statement_timeout: None,
-                ..SessionSettings::EXECUTOR
-            },
-        )
-        .await?;
+        let confirmed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let holder = match self.snapshot_holder.take() {
+            Some(holder) if !holder.is_closed() => holder,
+            _ => self.open_snapshot_holder().await?,
+        };
         holder
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             .await
@@ -1259,10 +1277,11 @@ impl LogicalMoveActions {
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         self.memory.gate_confirmed = Some(confirmed.clone());
         self.memory.gate_ms = Some(ms);
+        self.memory.gate_wait_ms = Some(confirmed_ms - checks_ms);
         self.remember()?;
         let detail = format!(
-            "slot {} confirmed {confirmed} ≥ {}'s LSN {lsn} (marker at {marker_lsn}) in {ms:.1} ms",
-            self.mv.name, self.mv.source.name
+            "{} applied {}'s transactions up to {confirmed} (the canary row written while paused, {}'s LSN after it {lsn}, is visible there): {checks_ms:.1} ms checks, {:.1} ms to the canary, {ms:.1} ms with the target's snapshot",
+            t_label, self.mv.source.name, self.mv.source.name, confirmed_ms - checks_ms
         );
         sink.gate(detail.clone(), true);
         Ok(detail)

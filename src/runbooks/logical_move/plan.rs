@@ -11,7 +11,7 @@ use crate::inventory::{Inventory, Node, Pgbouncer, PgbouncerAlias};
 use crate::pgbouncer_ini::AliasTarget;
 use crate::plan::{ParamError, Plan, RenderedCommand, Step, StepFlags, Undo};
 use crate::quote::shell_quote;
-use crate::runbooks::shard_split::plan::{pause_sql, resume_sql, PRIMARY_LSN_SQL};
+use crate::runbooks::shard_split::plan::{pause_sql, resume_sql};
 use crate::runbooks::{RunbookError, StepKind};
 use crate::sql::{quote_ident, quote_literal, quote_qualified};
 use sha2::Digest;
@@ -26,7 +26,7 @@ pub const DEFAULT_SEQUENCE_GAP: i64 = 1_000;
 pub const DEFAULT_MIN_FREE_GB: u64 = 100;
 pub const DEFAULT_MIN_FREE_PERCENT: u64 = 20;
 /// Slot lag under which the target counts as in sync before the pause.
-pub const DEFAULT_SYNC_BYTES: u64 = 1024 * 1024;
+pub const DEFAULT_SYNC_BYTES: u64 = 128 * 1024;
 /// The table whose row proves the stream lands where queries see it.
 pub const CANARY_TABLE: &str = "public.cutover_move_canary";
 
@@ -355,7 +355,7 @@ impl Move {
 
     pub fn create_subscription_sql(&self) -> String {
         format!(
-            "CREATE SUBSCRIPTION {sub} CONNECTION {conn} PUBLICATION {sub} WITH (copy_data = false, create_slot = false, slot_name = {slot}, enabled = true, synchronous_commit = 'local')",
+            "CREATE SUBSCRIPTION {sub} CONNECTION {conn} PUBLICATION {sub} WITH (copy_data = false, create_slot = false, slot_name = {slot}, enabled = true)",
             sub = quote_ident(&self.name),
             conn = quote_literal(&self.source_conninfo()),
             slot = quote_literal(&self.name),
@@ -592,11 +592,11 @@ impl Move {
         let gate = MoveStep::LsnGate
             .step(format!("Gate: {t} has applied everything {s} wrote"))
             .command(RenderedCommand::sql(s, sdb, FINGERPRINT_SQL))
-            .command(RenderedCommand::sql(s, sdb, MARKER_SQL))
-            .command(RenderedCommand::sql(s, sdb, format!("{PRIMARY_LSN_SQL}  -- recorded")))
-            .command(RenderedCommand::sql(s, sdb, format!("{CONFIRMED_SQL}  -- every 5 ms until ≥ the recorded LSN")))
+            .command(RenderedCommand::sql(s, sdb, format!("{CANARY_WRITE_SQL}  -- $1: a new token, the marker")))
+            .command(RenderedCommand::sql(s, sdb, "SELECT pg_current_wal_lsn()  -- recorded"))
+            .command(RenderedCommand::sql(t, tdb, format!("{APPLIED_SQL}  -- every 5 ms until the token shows; the applied LSN recorded")))
             .command(RenderedCommand::sql(t, tdb, "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT pg_export_snapshot()  -- held for verify"))
-            .verification(format!("slot {name}'s confirmed_flush_lsn ≥ {s}'s LSN after the marker; both recorded"))
+            .verification(format!("the canary row {s} committed while paused is visible on {t}: the target applies in commit order, so every earlier transaction is applied; both LSNs recorded"))
             .undo(Undo::NothingToUndo)
             .flags(StepFlags { needs_traffic_stopped: true, ..StepFlags::default() });
         let sequences = MoveStep::Sequences
@@ -743,15 +743,14 @@ pub const CANARY_READ_SQL: &str = "SELECT token FROM public.cutover_move_canary 
 pub const SLOT_LAG_SQL: &str = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, \
 pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, active FROM pg_replication_slots WHERE slot_name = $1";
 
-/// Whether slot `$1` confirmed at least LSN `$2`.
-pub const CONFIRMED_SQL: &str = "SELECT confirmed_flush_lsn::text, confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1";
+/// On the target: the canary's token, and the source LSN subscription `$1` has applied up to
+/// (its replication origin's progress).
+pub const APPLIED_SQL: &str = "SELECT (SELECT token FROM public.cutover_move_canary WHERE id = 1), \
+(SELECT o.remote_lsn::text FROM pg_replication_origin_status o JOIN pg_subscription s ON o.external_id = 'pg_' || s.oid WHERE s.subname = $1)";
 
 /// Apply errors of subscription `$1` and whether its apply worker runs.
 pub const APPLY_ERRORS_SQL: &str = "SELECT coalesce((SELECT apply_error_count + sync_error_count FROM pg_stat_subscription_stats WHERE subname = $1), 0)::bigint, \
 EXISTS (SELECT 1 FROM pg_stat_subscription WHERE subname = $1 AND pid IS NOT NULL AND relid IS NULL)";
-
-/// The marker in the WAL: its LSN is the position the gate waits for.
-pub const MARKER_SQL: &str = "SELECT pg_logical_emit_message(false, 'cutover', $1)::text";
 
 /// Sequences of the source database: name, last value, and the column that owns it.
 pub const SEQUENCES_SQL: &str = "SELECT format('%I.%I', s.schemaname, s.sequencename), s.last_value, \

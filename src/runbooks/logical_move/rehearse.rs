@@ -56,6 +56,10 @@ pub struct MoveRun {
     pub copy_ms: Option<f64>,
     pub sync_ms: Option<f64>,
     pub gate_ms: Option<f64>,
+    /// Of the gate: marker written → confirmed by the target.
+    pub gate_wait_ms: Option<f64>,
+    /// Per step of the pause window, in ms.
+    pub window_steps: BTreeMap<String, f64>,
     pub peak_retained_bytes: i64,
     /// Slot lag in bytes, one sample a second while catching up.
     pub lag_bytes: Vec<i64>,
@@ -87,7 +91,7 @@ impl MoveSummary {
         let mut out = String::new();
         for (i, r) in self.runs.iter().enumerate() {
             out.push_str(&format!(
-                "run {}: pause {:.1} ms, {} committed, {} failed, {} missing, {} duplicated, {} sequences behind of {}, {} slots left, copy {:.0} ms, sync {:.0} ms, gate {:.1} ms{}\n",
+                "run {}: pause {:.1} ms, {} committed, {} failed, {} missing, {} duplicated, {} sequences behind of {}, {} slots left, copy {:.0} ms, sync {:.0} ms, gate {:.1} ms (wait {:.1} ms), window steps {:?}{}\n",
                 i + 1,
                 r.pause_window_ms,
                 r.committed,
@@ -100,6 +104,8 @@ impl MoveSummary {
                 r.copy_ms.unwrap_or(f64::NAN),
                 r.sync_ms.unwrap_or(f64::NAN),
                 r.gate_ms.unwrap_or(f64::NAN),
+                r.gate_wait_ms.unwrap_or(f64::NAN),
+                r.window_steps,
                 r.error.as_deref().map(|e| format!(", ERROR {e}")).unwrap_or_default()
             ));
         }
@@ -362,6 +368,16 @@ async fn one_move(options: &MoveRehearsalOptions, version: u32) -> Result<MoveRu
     let _ = stop_tx.send(true);
     let report = traffic.await.map_err(other)?.map_err(other)?;
     let memory = runner.actions_mut().memory().clone();
+    let window_steps = step_times(
+        &runner,
+        &[
+            "stop-traffic",
+            "lsn-gate",
+            "sequences",
+            "repoint",
+            "resume-traffic",
+        ],
+    );
     drop(runner);
     let (missing, duplicated, slots_left) = lab.audit(&report.committed_ids).await?;
     let sequences_behind = memory
@@ -382,9 +398,44 @@ async fn one_move(options: &MoveRehearsalOptions, version: u32) -> Result<MoveRu
         copy_ms: memory.copy_ms,
         sync_ms: memory.sync_ms,
         gate_ms: memory.gate_ms,
+        gate_wait_ms: memory.gate_wait_ms,
+        window_steps,
         peak_retained_bytes: memory.peak_retained_bytes,
         lag_bytes: memory.lag_samples.iter().map(|(_, b)| *b).collect(),
         total_ms,
         error: outcome.err().map(|e| e.to_string()),
     })
+}
+
+/// Started → verified time of each of `steps`, from the run's journal.
+fn step_times<A: crate::executor::Actions>(
+    runner: &crate::executor::Runner<A>,
+    steps: &[&str],
+) -> BTreeMap<String, f64> {
+    use crate::engine::EntryKind;
+    let mut started = BTreeMap::new();
+    let mut times = BTreeMap::new();
+    for entry in runner.journal().entries(&runner.run_id).unwrap_or_default() {
+        let Some(step) = entry.step.as_ref().map(|s| s.to_string()) else {
+            continue;
+        };
+        if !steps.contains(&step.as_str()) {
+            continue;
+        }
+        match entry.kind {
+            EntryKind::Started => {
+                started.insert(step, entry.at);
+            }
+            EntryKind::Verified => {
+                if let Some(at) = started.get(&step) {
+                    times.insert(
+                        step,
+                        (entry.at - *at).num_microseconds().unwrap_or(0) as f64 / 1000.0,
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    times
 }

@@ -60,6 +60,9 @@ struct Shared {
     /// An exported snapshot every part's source transaction reads under (a logical move's
     /// slot): all tables then show the one moment the stream starts from.
     snapshot: std::sync::Mutex<Option<String>>,
+    /// Load with `session_replication_role = replica`: the target's triggers and foreign keys
+    /// do not fire (the rows are a copy, as a subscription applies them).
+    replica_role: std::sync::atomic::AtomicBool,
 }
 
 fn command(target: &str, e: tokio_postgres::Error) -> StepError {
@@ -96,6 +99,7 @@ impl TableCopyActions {
                 run_id,
                 store,
                 snapshot: std::sync::Mutex::new(None),
+                replica_role: std::sync::atomic::AtomicBool::new(false),
             }),
             ctx,
             run_dir,
@@ -113,6 +117,12 @@ impl TableCopyActions {
         if let Ok(mut held) = self.shared.snapshot.lock() {
             *held = snapshot;
         }
+    }
+
+    /// Load every part with the target's triggers and foreign keys off (`true`), as a
+    /// logical subscription applies rows.
+    pub fn set_replica_role(&self, on: bool) {
+        self.shared.replica_role.store(on, Ordering::Relaxed);
     }
 
     /// The per-table state (what `cutover copy status` shows).
@@ -749,8 +759,13 @@ async fn stream_part(
     let tx = tgt.transaction().await.map_err(|e| command(&t_label, e))?;
     // Asynchronous commit: the rows and their ledger row are lost or kept together, and a
     // part the ledger lacks is copied again, so only durability lag is traded, never a row.
+    let role = if shared.replica_role.load(Ordering::Relaxed) {
+        "SET LOCAL session_replication_role = replica; "
+    } else {
+        ""
+    };
     tx.batch_execute(&format!(
-        "SET LOCAL synchronous_commit = off; {}",
+        "{role}SET LOCAL synchronous_commit = off; {}",
         table.cleanup_sql(range)
     ))
     .await
