@@ -1237,7 +1237,9 @@ impl LogicalMoveActions {
         self.memory.gate_lsn = Some(lsn.clone());
         let tgt = self.target().await?;
         let t_label = self.t_label();
-        let deadline = Instant::now() + self.mv.params.pause_bound;
+        // Half the pause bound: a refusal here leaves time to roll back and RESUME within it.
+        let wait = self.mv.params.pause_bound / 2;
+        let deadline = Instant::now() + wait;
         let confirmed = loop {
             let row = tgt
                 .query_one(plan::APPLIED_SQL, &[&self.mv.name])
@@ -1249,9 +1251,8 @@ impl LogicalMoveActions {
             }
             if Instant::now() > deadline {
                 let detail = format!(
-                    "the gate's canary row, committed on {} at or before {lsn}, is not visible on {t_label} after {:?} (applied up to {}); the cutover is refused",
+                    "the gate's canary row, committed on {} at or before {lsn}, is not visible on {t_label} after {wait:?} (applied up to {}); the cutover is refused",
                     self.mv.source.name,
-                    self.mv.params.pause_bound,
                     applied.as_deref().unwrap_or("none")
                 );
                 sink.gate(detail.clone(), false);
