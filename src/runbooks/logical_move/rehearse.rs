@@ -254,21 +254,21 @@ impl MoveLab {
     }
 
     pub async fn source(&self) -> Result<tokio_postgres::Client, RehearsalError> {
-        Ok(pg::connect(
+        pg::connect(
             &Self::endpoint(self.config.pg1_port, P1_DB),
             SessionSettings::EXECUTOR,
         )
         .await
-        .map_err(other)?)
+        .map_err(other)
     }
 
     pub async fn target(&self) -> Result<tokio_postgres::Client, RehearsalError> {
-        Ok(pg::connect(
+        pg::connect(
             &Self::endpoint(self.target_port, P1_DB),
             SessionSettings::EXECUTOR,
         )
         .await
-        .map_err(other)?)
+        .map_err(other)
     }
 
     /// The run's parameters: pg1's partition database into `pg1new`; the lab's disk is small.
