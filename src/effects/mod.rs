@@ -3,6 +3,7 @@
 //! effects and the executor plumbing (`crate::executor::context`); the SQL and commands
 //! come from the plan builders, so what a reviewer reads is what runs.
 
+pub mod logical_apply;
 pub mod lsn;
 pub mod repoint;
 pub mod traffic;

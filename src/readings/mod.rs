@@ -2,5 +2,6 @@
 pub mod inventory_file;
 pub mod poller;
 pub mod queries;
+pub mod slots;
 pub mod text;
 pub mod types;

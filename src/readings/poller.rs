@@ -40,6 +40,7 @@ enum Source {
     Distribution(Arc<Inventory>, Partition),
     Citus(Arc<Inventory>, CitusCluster),
     CitusCounts(Arc<Inventory>, CitusCluster),
+    Slots(Arc<Inventory>, Node),
 }
 
 /// The latest value from one source.
@@ -51,12 +52,13 @@ pub enum SourceReading {
     Distribution(Reading<PartitionDistribution>),
     Citus(Reading<CitusReading>),
     CitusCounts(Reading<CitusCounts>),
+    Slots(Reading<super::slots::SlotWatch>),
 }
 
 impl Source {
     fn name(&self) -> &str {
         match self {
-            Source::Replication(n) | Source::Connections(n) => &n.name,
+            Source::Replication(n) | Source::Connections(n) | Source::Slots(_, n) => &n.name,
             Source::Pgbouncer(b) => &b.name,
             Source::Distribution(_, p) => &p.name,
             Source::Citus(_, c) | Source::CitusCounts(_, c) => &c.name,
@@ -71,6 +73,10 @@ impl Source {
             Source::Connections(n) => (
                 Endpoint::maintenance(n),
                 SessionSettings::MONITOR.named("cutover/connections"),
+            ),
+            Source::Slots(_, n) => (
+                Endpoint::maintenance(n),
+                SessionSettings::MONITOR.named("cutover/slots"),
             ),
             Source::Pgbouncer(b) => (Endpoint::pgbouncer_admin(b), SessionSettings::PGBOUNCER),
             Source::Distribution(inv, p) => {
@@ -98,7 +104,12 @@ impl Source {
             ),
         }
     }
-    async fn read(&self, client: &Client, target: &str) -> Result<SourceValue, PgError> {
+    async fn read(
+        &self,
+        client: &Client,
+        target: &str,
+        memory: &mut PollMemory,
+    ) -> Result<SourceValue, PgError> {
         Ok(match self {
             Source::Replication(_) => {
                 SourceValue::Replication(queries::replication(client, target).await?)
@@ -118,6 +129,9 @@ impl Source {
             Source::CitusCounts(inv, c) => {
                 SourceValue::CitusCounts(queries::citus_counts(client, target, inv, c).await?)
             }
+            Source::Slots(inv, n) => SourceValue::Slots(
+                super::slots::read(client, target, inv, n, &mut memory.slots).await?,
+            ),
         })
     }
     fn wrap(&self, reading: Reading<SourceValue>) -> SourceReading {
@@ -148,6 +162,7 @@ impl Source {
             Source::Distribution(..) => rewrap!(Distribution),
             Source::Citus(..) => rewrap!(Citus),
             Source::CitusCounts(..) => rewrap!(CitusCounts),
+            Source::Slots(..) => rewrap!(Slots),
         }
     }
 }
@@ -159,6 +174,13 @@ enum SourceValue {
     Distribution(PartitionDistribution),
     Citus(CitusReading),
     CitusCounts(CitusCounts),
+    Slots(super::slots::SlotWatch),
+}
+
+/// What a poller task keeps between ticks (rates, cached host readings).
+#[derive(Default)]
+struct PollMemory {
+    slots: super::slots::SlotMemory,
 }
 
 impl Source {
@@ -168,6 +190,9 @@ impl Source {
             (Source::Replication(a), Source::Replication(b))
             | (Source::Connections(a), Source::Connections(b)) => a == b,
             (Source::Pgbouncer(a), Source::Pgbouncer(b)) => a == b,
+            (Source::Slots(inv_a, a), Source::Slots(inv_b, b)) => {
+                a == b && inv_a.hosts == inv_b.hosts
+            }
             (Source::Distribution(inv_a, a), Source::Distribution(inv_b, b)) => {
                 a == b
                     && inv_a.node(&a.node) == inv_b.node(&b.node)
@@ -189,6 +214,10 @@ fn sources(inventory: &Arc<Inventory>, intervals: PollIntervals) -> Vec<(Source,
     for node in &inventory.nodes {
         sources.push((Source::Replication(node.clone()), intervals.fast));
         sources.push((Source::Connections(node.clone()), intervals.fast));
+        sources.push((
+            Source::Slots(inventory.clone(), node.clone()),
+            intervals.fast,
+        ));
     }
     for bouncer in &inventory.pgbouncers {
         sources.push((Source::Pgbouncer(bouncer.clone()), intervals.fast));
@@ -338,6 +367,7 @@ impl Pollers {
             distribution: vec![],
             citus: vec![],
             citus_counts: vec![],
+            slots: vec![],
         };
         for running in &self.running {
             match running.latest.borrow().clone() {
@@ -347,6 +377,7 @@ impl Pollers {
                 Some(SourceReading::Distribution(r)) => snapshot.distribution.push(r),
                 Some(SourceReading::Citus(r)) => snapshot.citus.push(r),
                 Some(SourceReading::CitusCounts(r)) => snapshot.citus_counts.push(r),
+                Some(SourceReading::Slots(r)) => snapshot.slots.push(r),
                 None => {}
             }
         }
@@ -365,6 +396,7 @@ async fn poll_loop(
     let (endpoint, settings) = source.endpoint();
     let target = endpoint.label();
     let mut client: Option<Client> = None;
+    let mut memory = PollMemory::default();
     loop {
         ticker.tick().await;
         if tx.is_closed() {
@@ -375,7 +407,7 @@ async fn poll_loop(
                 Some(live) => live,
                 None => pg::connect(&endpoint, settings).await?,
             };
-            let result = source.read(&live, &target).await;
+            let result = source.read(&live, &target, &mut memory).await;
             if result.is_ok() {
                 client = Some(live);
             }

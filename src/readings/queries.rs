@@ -575,7 +575,7 @@ pub async fn read_distribution(
 pub async fn snapshot(inventory: &Inventory) -> Snapshot {
     use futures_util::future::join_all;
     let taken_at = Utc::now();
-    let (replication, connections, pgbouncer, distribution, citus, citus_counts) = tokio::join!(
+    let (replication, connections, pgbouncer, distribution, citus, citus_counts, slots) = tokio::join!(
         join_all(inventory.nodes.iter().map(read_replication)),
         join_all(inventory.nodes.iter().map(read_connections)),
         join_all(inventory.pgbouncers.iter().map(read_pgbouncer)),
@@ -592,6 +592,12 @@ pub async fn snapshot(inventory: &Inventory) -> Snapshot {
                 .iter()
                 .map(|c| read_citus_counts(inventory, c))
         ),
+        join_all(
+            inventory
+                .nodes
+                .iter()
+                .map(|n| super::slots::read_once(inventory, n))
+        ),
     );
     Snapshot {
         environment: inventory.environment.clone(),
@@ -602,5 +608,6 @@ pub async fn snapshot(inventory: &Inventory) -> Snapshot {
         distribution,
         citus,
         citus_counts,
+        slots,
     }
 }

@@ -211,6 +211,9 @@ pub struct Snapshot {
     /// Exact rows per table and worker, and node health: the slower reading.
     #[serde(default)]
     pub citus_counts: Vec<Reading<CitusCounts>>,
+    /// Per node: logical slots' lag and retained WAL, the WAL disk, apply errors.
+    #[serde(default)]
+    pub slots: Vec<Reading<super::slots::SlotWatch>>,
 }
 
 /// A Citus cluster as its coordinator sees it, at 1 Hz: nodes, and per worker and table the

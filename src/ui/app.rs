@@ -110,6 +110,7 @@ pub async fn run(opts: TuiOptions) -> Result<(), UiError> {
         distribution: vec![],
         citus: vec![],
         citus_counts: vec![],
+        slots: vec![],
     };
     let mut model = Model::new(session, empty, initial, Instant::now());
 

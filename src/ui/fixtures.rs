@@ -238,6 +238,7 @@ pub fn snapshot(now: DateTime<Utc>) -> Snapshot {
         ],
         citus: vec![],
         citus_counts: vec![],
+        slots: vec![],
     }
 }
 
@@ -473,5 +474,74 @@ pub fn citus_snapshot(now: DateTime<Utc>) -> Snapshot {
             unhealthy: vec!["citus2 → citus1".into()],
         },
     )];
+    snapshot
+}
+
+/// [`snapshot`] plus slot watch readings: on pg1 the move's slot holds 3.2 GB and the disk
+/// fills in 41 minutes; pg2 is the target of a tool apply that stopped on a schema change and
+/// of a native subscription with apply errors.
+pub fn slots_snapshot(now: DateTime<Utc>) -> Snapshot {
+    use crate::readings::slots::{LogicalSlot, SlotWatch, SubscriptionApply, ToolApply, WalDisk};
+    let mut snapshot = snapshot(now);
+    let free = 10_000_000_000;
+    snapshot.slots = vec![
+        reading(
+            "pg1",
+            now,
+            400,
+            SlotWatch {
+                current_wal_lsn: s("2/9C000060"),
+                slots: vec![LogicalSlot {
+                    name: "cutover_move".into(),
+                    plugin: s("wal2json"),
+                    database: s("commcarehq_p1"),
+                    active: false,
+                    lag_bytes: Some(3_180_000_000),
+                    retained_bytes: Some(3_200_000_000),
+                    lag_seconds: None,
+                    wal_status: s("extended"),
+                }],
+                subscriptions: vec![],
+                applies: vec![],
+                disk: Some(WalDisk {
+                    path: "/var/lib/postgresql/15/main/pg_wal".into(),
+                    free_bytes: free,
+                    total_bytes: 50_000_000_000,
+                }),
+                disk_error: None,
+                retained_growth_bytes_per_s: Some(free as f64 / 2460.0),
+                full_in_secs: Some(2460.0),
+            },
+        ),
+        reading(
+            "pg2",
+            now,
+            900,
+            SlotWatch {
+                current_wal_lsn: s("0/3000148"),
+                slots: vec![],
+                subscriptions: vec![SubscriptionApply {
+                    name: "move_back".into(),
+                    enabled: true,
+                    apply_errors: 3,
+                    sync_errors: 0,
+                    since_last_report_secs: Some(1.5),
+                }],
+                applies: vec![ToolApply {
+                    database: "reporting".into(),
+                    origin: "cutover_move".into(),
+                    applied_lsn: "2/40001A8".into(),
+                    changes: 1_234_567,
+                    applied_at: now,
+                    lag_seconds: Some(0.4),
+                    last_error: s("a schema change on the source mid-stream: ALTER TABLE public.forms at LSN 2/4000200; the move stops here"),
+                }],
+                disk: None,
+                disk_error: None,
+                retained_growth_bytes_per_s: None,
+                full_in_secs: None,
+            },
+        ),
+    ];
     snapshot
 }

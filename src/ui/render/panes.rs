@@ -4,6 +4,7 @@
 use super::super::model::{LagHistory, Model, Pane};
 use super::super::theme::Theme;
 use super::{format_age, pane_block, STALE_FACTOR};
+use crate::readings::slots::{human_duration, snapshot_alarms, SlotWatch};
 use crate::readings::types::{Outcome, Reading};
 use chrono::{DateTime, Utc};
 use ratatui::layout::Rect;
@@ -168,10 +169,87 @@ fn paragraph_in<'a>(
     frame.render_widget(Paragraph::new(lines).block(block).scroll((scroll, 0)), area);
 }
 
+/// Retained WAL that fills the disk within this long raises the slot alarm.
+pub const DISK_ALARM_WITHIN: Duration = Duration::from_secs(2 * 3600);
+
+/// The slot watch lines of one node: per logical slot its lag, and the disk; per apply into
+/// the node its progress or error; per subscription its error counters.
+fn slot_watch_lines<'a>(watch: &SlotWatch, theme: &Theme, lines: &mut Vec<Line<'a>>) {
+    for slot in &watch.slots {
+        let lag = slot
+            .lag_bytes
+            .map(human_bytes)
+            .unwrap_or_else(|| "-".into());
+        let seconds = slot
+            .lag_seconds
+            .map(|s| format!(" / {s:.1} s"))
+            .unwrap_or_default();
+        let mut detail = format!(
+            "    {} {}: lag {lag}{seconds} · WAL {}",
+            slot.name,
+            slot.plugin.as_deref().unwrap_or("-"),
+            slot.wal_status.as_deref().unwrap_or("-")
+        );
+        if let Some(disk) = &watch.disk {
+            detail.push_str(&format!(
+                " · disk {} free of {}",
+                human_bytes(disk.free_bytes),
+                human_bytes(disk.total_bytes)
+            ));
+        }
+        match watch.full_in_secs {
+            Some(full_in) => detail.push_str(&format!(" · full in {}", human_duration(full_in))),
+            None if watch.disk.is_some() => detail.push_str(" · not growing"),
+            None => {}
+        }
+        lines.push(Line::styled(detail, lag_style(theme, slot.lag_bytes)));
+    }
+    if let Some(why) = &watch.disk_error {
+        lines.push(Line::styled(format!("    disk unread: {why}"), theme.warn));
+    }
+    for apply in &watch.applies {
+        let lag = apply
+            .lag_seconds
+            .map(|s| format!(", lag {s:.1} s"))
+            .unwrap_or_default();
+        let mut spans = vec![Span::styled(
+            format!(
+                "  apply {} → {}: applied {}, {} changes{lag}",
+                apply.origin,
+                apply.database,
+                apply.applied_lsn,
+                thousands(apply.changes)
+            ),
+            theme.text,
+        )];
+        if apply.last_error.is_some() {
+            spans.push(Span::styled(" STOPPED", theme.danger));
+        }
+        lines.push(Line::from(spans));
+    }
+    for sub in &watch.subscriptions {
+        let errors = sub.apply_errors + sub.sync_errors;
+        lines.push(Line::styled(
+            format!(
+                "  subscription {}{}: {} apply / {} sync errors",
+                sub.name,
+                if sub.enabled { "" } else { " (disabled)" },
+                sub.apply_errors,
+                sub.sync_errors
+            ),
+            if errors > 0 { theme.danger } else { theme.dim },
+        ));
+    }
+}
+
 pub fn render_replication(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
     let snapshot = &model.shown;
     let interval = model.session.intervals.fast;
     let mut lines: Vec<Line> = Vec::new();
+    // Alarms first, so a filling disk is seen whatever the scroll.
+    for alarm in snapshot_alarms(&snapshot.slots, DISK_ALARM_WITHIN) {
+        lines.push(Line::styled(format!("⚠ {alarm}"), theme.danger));
+    }
     for reading in &snapshot.replication {
         let Some(node) = reading.value() else {
             lines.extend(source_line(
@@ -300,6 +378,14 @@ pub fn render_replication(frame: &mut Frame, area: Rect, model: &Model, theme: &
                 ),
                 theme.text,
             ));
+        }
+        let watch = snapshot
+            .slots
+            .iter()
+            .find(|w| w.source == reading.source)
+            .and_then(|w| w.value());
+        if let Some(watch) = watch {
+            slot_watch_lines(watch, theme, &mut lines);
         }
     }
     let block = pane_block(
