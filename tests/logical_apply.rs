@@ -461,7 +461,10 @@ async fn applies_through_a_citus_coordinator_exactly_once() {
         )
         .await
         .unwrap();
-    assert!(records().await > before, "with the reference progress table: two-phase");
+    assert!(
+        records().await > before,
+        "with the reference progress table: two-phase"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -297,3 +297,106 @@ async fn a_table_without_key_or_replica_identity_is_refused_unless_excluded() {
         .iter()
         .any(|t| t.contains("audit_log")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_into_citus_under_load_through_the_tools_apply_row_for_row() {
+    use cutover::lab::citus::{CitusLab, COORDINATOR, DATABASE};
+    let lab = CitusLab::start(2_000, 15).await.expect("a Citus lab");
+    let state = tempfile::tempdir().unwrap();
+    let mut bootstrap = cutover::runbooks::citus_bootstrap::rehearse::lab_invocation(
+        &lab,
+        state.path().join("bootstrap"),
+    );
+    bootstrap.oversight = Oversight::Solo;
+    session::open_as::<cutover::runbooks::citus_bootstrap::CitusBootstrap>(&bootstrap)
+        .unwrap()
+        .run_headless("test")
+        .await
+        .expect("citus-bootstrap with the schema of pg1/commcarehq_p1");
+
+    // The application's function, which citus-bootstrap does not bring: without it the
+    // preflight refuses the move (the calls would fail after the cutover).
+    let coordinator = lab.coordinator(DATABASE).await.unwrap();
+    coordinator
+        .batch_execute(
+            "CREATE FUNCTION insert_form(form_id uuid, domain text, payload jsonb) RETURNS uuid LANGUAGE sql AS $$ \
+             INSERT INTO forms (form_id, domain, received_on, payload) VALUES ($1, $2, now(), $3) RETURNING form_id $$",
+        )
+        .await
+        .unwrap();
+    drop(coordinator);
+    let inventory = cutover::inventory::load(&lab.inventory_path()).unwrap();
+    let (stop, stopped) = watch::channel(false);
+    let options = LoadOptions {
+        endpoint: load::entry_endpoint(&inventory).expect("the entry alias"),
+        rate: 50,
+        duration: Duration::from_secs(3600),
+        workers: 2,
+        out: None,
+    };
+    let task = tokio::spawn(async move { load::run(options, stopped).await.expect("load") });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let invocation = Invocation {
+        inventory_path: lab.inventory_path(),
+        runbook: "logical-move".into(),
+        params: [
+            ("from", format!("pg1/{P1_DB}")),
+            ("to", format!("{COORDINATOR}/{DATABASE}")),
+            // citus-bootstrap brought the tables its inventory section names.
+            ("tables", "forms".into()),
+            ("min-free-gb", "1".into()),
+            ("min-free-percent", "1".into()),
+            ("pause-bound-ms", "5000".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+        state_dir: Some(state.path().join("move")),
+        oversight: Oversight::Solo,
+        trust_on_first_use: false,
+        expect_fingerprint: None,
+    };
+    let mut runner = session::open_as::<LogicalMove>(&invocation).unwrap();
+    runner
+        .run_headless("test")
+        .await
+        .expect("the move into Citus");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = stop_load((stop, task)).await;
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+
+    let source = common::connect(lab.config.pg1_port, P1_DB).await;
+    let coordinator = lab.coordinator(DATABASE).await.unwrap();
+    let distributed: i64 = count(
+        &coordinator,
+        "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = 'forms'::regclass",
+    )
+    .await;
+    assert_eq!(distributed, 1, "forms is distributed");
+    let (s, t) = (
+        rows(&source, "forms").await,
+        rows(&coordinator, "forms").await,
+    );
+    assert!(
+        s.is_subset(&t),
+        "every source row is visible through the coordinator"
+    );
+    let ids: Vec<String> = report.committed_ids.iter().map(|i| i.to_string()).collect();
+    let found: i64 = coordinator
+        .query_one(
+            "SELECT count(*) FROM forms WHERE form_id::text = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        found as usize,
+        ids.len(),
+        "every committed form is on Citus"
+    );
+    assert_eq!(
+        count(&source, "SELECT count(*) FROM pg_replication_slots").await,
+        0
+    );
+}

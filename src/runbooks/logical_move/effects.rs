@@ -14,6 +14,7 @@
 use super::plan::{self, Move, CANARY_TABLE};
 use super::slot;
 use super::MoveStep;
+use crate::effects::logical_apply::{self, Applier, ApplyConfig, ApplyError, ApplyStatus};
 use crate::effects::{repoint, traffic};
 use crate::engine::{EngineState, Observation, PreconditionResult};
 use crate::executor::context::{
@@ -107,6 +108,20 @@ pub struct LogicalMoveActions {
     /// A target session opened before the pause, that the gate turns into `cutover_snapshot`:
     /// no connect (TLS handshake) inside the write pause.
     snapshot_holder: Option<Client>,
+    /// Into Citus: the tool's apply, running as a task. Lost with the process (the progress
+    /// row on the target makes a new one resume exactly where it stopped).
+    apply: Option<ApplyTask>,
+}
+
+/// The apply loop running in a task, and how to stop it and get the applier back.
+struct ApplyTask {
+    stop: tokio::sync::watch::Sender<bool>,
+    status: tokio::sync::watch::Receiver<ApplyStatus>,
+    handle: tokio::task::JoinHandle<(Applier, Result<ApplyStatus, ApplyError>)>,
+}
+
+fn apply_err(e: ApplyError) -> StepError {
+    StepError::Failed(e.to_string())
 }
 
 fn db_err(target: &str) -> impl Fn(tokio_postgres::Error) -> StepError + '_ {
@@ -137,6 +152,7 @@ impl LogicalMoveActions {
             memory,
             cutover_snapshot: None,
             snapshot_holder: None,
+            apply: None,
         })
     }
 
@@ -422,6 +438,30 @@ impl LogicalMoveActions {
                 Some(_) => {}
             }
         }
+        let functions = |rows: Vec<tokio_postgres::Row>| -> std::collections::BTreeSet<String> {
+            rows.iter().map(|r| r.get(0)).collect()
+        };
+        let on_source = functions(
+            self.source()
+                .await?
+                .query(plan::FUNCTIONS_SQL, &[])
+                .await
+                .map_err(db_err(&self.s_label()))?,
+        );
+        let on_target = functions(
+            self.target()
+                .await?
+                .query(plan::FUNCTIONS_SQL, &[])
+                .await
+                .map_err(db_err(&self.t_label()))?,
+        );
+        let missing: Vec<&String> = on_source.difference(&on_target).collect();
+        if !missing.is_empty() {
+            problems.push(format!(
+                "functions of the source are missing (the application would fail after the cutover): {}",
+                missing.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
         if problems.is_empty() {
             Ok(false)
         } else {
@@ -646,6 +686,9 @@ impl LogicalMoveActions {
     // ---- publication and schema -------------------------------------------------------------
 
     async fn publication(&mut self) -> Result<String, StepError> {
+        if self.mv.citus.is_some() {
+            return Ok("into Citus the tool applies the stream itself: no publication".into());
+        }
         let src = self.source().await?;
         let label = self.s_label();
         src.batch_execute(plan::CANARY_DDL)
@@ -713,7 +756,9 @@ impl LogicalMoveActions {
             sink.output(format!("created database {tdb} on {}", self.mv.target.name));
         }
         let mut tables = self.memory.tables.clone();
-        tables.push(CANARY_TABLE.to_string());
+        if self.mv.citus.is_none() {
+            tables.push(CANARY_TABLE.to_string());
+        }
         if self.target_needs_schema(&tables).await? {
             self.ctx
                 .host_run(
@@ -734,6 +779,23 @@ impl LogicalMoveActions {
                 "the moved tables are still missing on {} after the restore",
                 self.t_label()
             )));
+        }
+        let tgt = self.target().await?;
+        for (table, sql) in self.mv.distribute_sql(&self.memory.tables) {
+            let done = tgt
+                .query_opt(
+                    "SELECT 1 FROM pg_dist_partition WHERE logicalrelid = $1::text::regclass",
+                    &[&quote_qualified(&table)],
+                )
+                .await
+                .map_err(db_err(&self.t_label()))?
+                .is_some();
+            if !done {
+                tgt.batch_execute(&sql)
+                    .await
+                    .map_err(db_err(&self.t_label()))?;
+                sink.output(format!("{table}: {sql}"));
+            }
         }
         Ok(format!(
             "{} tables on {} with the source's columns",
@@ -876,7 +938,7 @@ impl LogicalMoveActions {
             inventory: self.mv.inventory.clone(),
             source: self.mv.source.clone(),
             target: self.mv.target.clone(),
-            citus: None,
+            citus: self.mv.citus.clone(),
         };
         TableCopyActions::new(copy, self.run_dir.clone(), self.trust_on_first_use)
             .map_err(StepError::Setup)
@@ -942,11 +1004,29 @@ impl LogicalMoveActions {
             ));
         }
         self.empty_target_tables().await?;
+        if self.mv.citus.is_some() {
+            // The DDL capture and the canary table, before the slot: the stream carries both.
+            logical_apply::install_source(&*self.source().await?)
+                .await
+                .map_err(apply_err)?;
+            logical_apply::install_target(&*self.target().await?)
+                .await
+                .map_err(apply_err)?;
+            self.target()
+                .await?
+                .batch_execute(&format!(
+                    "DELETE FROM public.{} WHERE origin = {}",
+                    quote_ident(logical_apply::PROGRESS_TABLE),
+                    crate::sql::quote_literal(&self.mv.name)
+                ))
+                .await
+                .map_err(db_err(&self.t_label()))?;
+        }
         let started = Instant::now();
         let exported = slot::create_exported(
             &Endpoint::node(&self.mv.source, self.mv.source_db()),
             &self.mv.name,
-            "pgoutput",
+            self.mv.plugin(),
             self.mv.source.version,
         )
         .await
@@ -1028,7 +1108,44 @@ impl LogicalMoveActions {
         Ok((row.get(0), row.get(1)))
     }
 
+    async fn start_apply(&mut self, sink: &Sink) -> Result<String, StepError> {
+        self.ensure_applying().await?;
+        let proof = logical_apply::canary(
+            &*self.source().await?,
+            &*self.target().await?,
+            CANARY_TIMEOUT,
+        )
+        .await;
+        match proof {
+            Ok(proof) => {
+                let ms = proof.seen_after.as_secs_f64() * 1000.0;
+                self.memory.canary_ms = Some(ms);
+                self.remember()?;
+                let detail = format!(
+                    "the tool's apply runs: the canary written at {} is visible through the coordinator {} {ms:.0} ms later",
+                    proof.written_lsn,
+                    self.t_label()
+                );
+                sink.gate(detail.clone(), true);
+                Ok(detail)
+            }
+            Err(e) => {
+                let detail = format!(
+                    "{e}{}",
+                    self.apply_failure()
+                        .map(|f| format!(" (the apply: {f})"))
+                        .unwrap_or_default()
+                );
+                sink.gate(detail.clone(), false);
+                Err(StepError::gate(detail))
+            }
+        }
+    }
+
     async fn subscribe(&mut self, sink: &Sink) -> Result<String, StepError> {
+        if self.mv.citus.is_some() {
+            return self.start_apply(sink).await;
+        }
         let tgt = self.target().await?;
         if !self.subscription_exists().await? {
             tgt.batch_execute(&self.mv.create_subscription_sql())
@@ -1086,6 +1203,13 @@ impl LogicalMoveActions {
     }
 
     async fn undo_subscribe(&mut self) -> Result<String, StepError> {
+        if self.mv.citus.is_some() {
+            if let Some(task) = self.apply.take() {
+                let _ = task.stop.send(true);
+                let _ = task.handle.await;
+            }
+            return Ok("the apply task is stopped".into());
+        }
         if !self.target_database_exists().await? || !self.subscription_exists().await? {
             return Ok("no subscription".into());
         }
@@ -1118,7 +1242,18 @@ impl LogicalMoveActions {
         ))
     }
 
-    async fn check_apply(&self) -> Result<(), StepError> {
+    async fn check_apply(&mut self) -> Result<(), StepError> {
+        if self.mv.citus.is_some() {
+            if let Some(failure) = self.apply_failure() {
+                return Err(StepError::gate(format!(
+                    "the tool's apply into {} stopped: {failure}. Slot {} retains WAL on {} meanwhile; fix the cause and run again, or roll back to drop the slot",
+                    self.t_label(),
+                    self.mv.name,
+                    self.mv.source.name
+                )));
+            }
+            return self.ensure_applying().await;
+        }
         let (errors, _) = self.apply_errors().await?;
         if errors > self.memory.apply_errors_baseline {
             return Err(StepError::gate(format!(
@@ -1176,6 +1311,68 @@ impl LogicalMoveActions {
         }
     }
 
+    // ---- the tool's apply (Citus) -------------------------------------------------------------
+
+    async fn new_applier(&self) -> Result<Applier, StepError> {
+        let mut config = ApplyConfig::new(&self.mv.name);
+        config.tables = self.memory.tables.clone();
+        Applier::connect(
+            &Endpoint::node(&self.mv.source, self.mv.source_db()),
+            &Endpoint::node(&self.mv.target, self.mv.target_db()),
+            config,
+        )
+        .await
+        .map_err(apply_err)
+    }
+
+    /// Start the apply task unless it runs.
+    async fn ensure_applying(&mut self) -> Result<(), StepError> {
+        if self.apply.as_ref().is_some_and(|t| !t.handle.is_finished()) {
+            return Ok(());
+        }
+        if let Some(task) = self.apply.take() {
+            if let Ok((_, Err(e))) = task.handle.await {
+                return Err(StepError::gate(format!("the apply stopped: {e}")));
+            }
+        }
+        let mut applier = self.new_applier().await?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (status_tx, status) = tokio::sync::watch::channel(applier.status().clone());
+        let handle = tokio::spawn(async move {
+            let result = logical_apply::run_apply(&mut applier, stopped, status_tx).await;
+            (applier, result)
+        });
+        self.apply = Some(ApplyTask {
+            stop,
+            status,
+            handle,
+        });
+        Ok(())
+    }
+
+    /// Stop the apply task and hand its applier back (a new one when none ran).
+    async fn stop_applying(&mut self) -> Result<Applier, StepError> {
+        match self.apply.take() {
+            Some(task) => {
+                let _ = task.stop.send(true);
+                let (applier, result) = task
+                    .handle
+                    .await
+                    .map_err(|e| StepError::Failed(format!("the apply task: {e}")))?;
+                result.map_err(|e| StepError::gate(format!("the apply stopped: {e}")))?;
+                Ok(applier)
+            }
+            None => self.new_applier().await,
+        }
+    }
+
+    /// The apply's error, if its task stopped on one (a schema change names the DDL).
+    fn apply_failure(&self) -> Option<String> {
+        self.apply
+            .as_ref()
+            .and_then(|t| t.status.borrow().error.clone())
+    }
+
     // ---- the cutover --------------------------------------------------------------------------
 
     async fn open_snapshot_holder(&self) -> Result<Client, StepError> {
@@ -1190,7 +1387,7 @@ impl LogicalMoveActions {
     }
 
     async fn stop_traffic(&mut self, sink: &Sink) -> Result<String, StepError> {
-        if self.snapshot_holder.is_none() {
+        if self.snapshot_holder.is_none() && self.mv.citus.is_none() {
             self.snapshot_holder = Some(self.open_snapshot_holder().await?);
         }
         if self.memory.traffic_stopped_at.is_none() {
@@ -1222,6 +1419,9 @@ impl LogicalMoveActions {
         let src = self.source().await?;
         let label = self.s_label();
         let checks_ms = started.elapsed().as_secs_f64() * 1000.0;
+        if self.mv.citus.is_some() {
+            return self.citus_gate(started, checks_ms, sink).await;
+        }
         // The marker is a canary row: the target applies in commit order, so once it shows
         // there, every transaction the source committed before it (all of them: traffic is
         // paused) is applied and visible on the target.
@@ -1288,6 +1488,53 @@ impl LogicalMoveActions {
         Ok(detail)
     }
 
+    /// Into Citus: stop the apply loop, then apply everything up to the source's LSN read while
+    /// paused and record it on the target ([`Applier::caught_up_to`]).
+    async fn citus_gate(
+        &mut self,
+        started: Instant,
+        checks_ms: f64,
+        sink: &Sink,
+    ) -> Result<String, StepError> {
+        let src = self.source().await?;
+        let lsn: String = src
+            .query_one(crate::runbooks::shard_split::plan::PRIMARY_LSN_SQL, &[])
+            .await
+            .map_err(db_err(&self.s_label()))?
+            .get(0);
+        self.memory.gate_lsn = Some(lsn.clone());
+        let mut applier = self.stop_applying().await?;
+        let parsed = lsn
+            .parse()
+            .map_err(|e| StepError::Failed(format!("LSN {lsn}: {e:?}")))?;
+        let proof = match applier.caught_up_to(parsed).await {
+            Ok(proof) => proof,
+            Err(e) => {
+                let detail = format!(
+                    "the apply could not reach {}'s LSN {lsn}: {e}; the cutover is refused",
+                    self.mv.source.name
+                );
+                sink.gate(detail.clone(), false);
+                return Err(StepError::gate(detail));
+            }
+        };
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.memory.gate_confirmed = Some(proof.applied_lsn.to_string());
+        self.memory.gate_ms = Some(ms);
+        self.memory.gate_wait_ms = Some(ms - checks_ms);
+        self.remember()?;
+        let detail = format!(
+            "{} applied up to {} ≥ {}'s LSN {lsn} read while paused ({} transactions in the gate), recorded in {}: {ms:.1} ms",
+            self.t_label(),
+            proof.applied_lsn,
+            self.mv.source.name,
+            proof.transactions,
+            logical_apply::PROGRESS_TABLE
+        );
+        sink.gate(detail.clone(), true);
+        Ok(detail)
+    }
+
     async fn sequences(&mut self, sink: &Sink) -> Result<String, StepError> {
         let src = self.source().await?;
         let tgt = self.target().await?;
@@ -1300,16 +1547,40 @@ impl LogicalMoveActions {
         let mut fixes = Vec::new();
         let mut behind = Vec::new();
         for row in rows {
-            let (sequence, last, owner): (String, Option<i64>, Option<String>) =
-                (row.get(0), row.get(1), row.get(2));
-            let column_max = match owner.as_deref().and_then(|o| o.split_once('|')) {
-                // Both parts come quoted from the server (regclass::text, format('%I')).
+            let (sequence, last, owner_table, owner_column): (
+                String,
+                Option<i64>,
+                Option<String>,
+                Option<String>,
+            ) = (row.get(0), row.get(1), row.get(2), row.get(3));
+            let owner = owner_table.zip(owner_column);
+            // Only sequences of moved tables, and free-standing ones the target has too.
+            let column_max = match &owner {
+                Some((table, _)) if !self.memory.tables.contains(table) => continue,
                 Some((table, column)) => tgt
-                    .query_one(&format!("SELECT max({column})::bigint FROM {table}"), &[])
+                    .query_one(
+                        &format!(
+                            "SELECT max({})::bigint FROM {}",
+                            quote_ident(column),
+                            quote_qualified(table)
+                        ),
+                        &[],
+                    )
                     .await
                     .map_err(db_err(&t_label))?
                     .get::<_, Option<i64>>(0),
-                None => None,
+                None => {
+                    let present: Option<String> = tgt
+                        .query_one("SELECT to_regclass($1)::text", &[&sequence])
+                        .await
+                        .map_err(db_err(&t_label))?
+                        .get(0);
+                    if present.is_none() {
+                        sink.output(format!("{sequence}: not on {t_label}; left alone"));
+                        continue;
+                    }
+                    None
+                }
             };
             let set_to = last.unwrap_or(0).max(column_max.unwrap_or(0)) + gap;
             tgt.query_one(
@@ -1329,7 +1600,7 @@ impl LogicalMoveActions {
             fixes.push(SequenceFix {
                 sequence,
                 source_last_value: last,
-                column: owner.map(|o| o.replace('|', ".")),
+                column: owner.map(|(t, c)| format!("{t}.{c}")),
                 column_max,
                 set_to,
                 next,
@@ -1510,6 +1781,28 @@ impl LogicalMoveActions {
         sink.output(undone);
         self.drop_slot(sink).await?;
         self.undo_publication().await?;
+        if self.mv.citus.is_some() {
+            logical_apply::uninstall_source(&*self.source().await?)
+                .await
+                .map_err(apply_err)?;
+            let drop = format!(
+                "DROP TABLE IF EXISTS public.{}",
+                quote_ident(logical_apply::CANARY_TABLE)
+            );
+            self.source()
+                .await?
+                .batch_execute(&drop)
+                .await
+                .map_err(db_err(&self.s_label()))?;
+            self.target()
+                .await?
+                .batch_execute(&format!(
+                    "{drop}, public.{}",
+                    quote_ident(logical_apply::PROGRESS_TABLE)
+                ))
+                .await
+                .map_err(db_err(&self.t_label()))?;
+        }
         self.target()
             .await?
             .batch_execute(&format!(

@@ -7,7 +7,7 @@
 //! in the run (`move.json` in the run dir).
 
 use super::MoveStep;
-use crate::inventory::{Inventory, Node, Pgbouncer, PgbouncerAlias};
+use crate::inventory::{CitusCluster, Distribution, Inventory, Node, Pgbouncer, PgbouncerAlias};
 use crate::pgbouncer_ini::AliasTarget;
 use crate::plan::{ParamError, Plan, RenderedCommand, Step, StepFlags, Undo};
 use crate::quote::shell_quote;
@@ -199,6 +199,9 @@ pub struct Move {
     pub inventory_after: Inventory,
     /// Slot, publication and subscription name (one name: `cutover_move_<hash>`).
     pub name: String,
+    /// The Citus cluster whose coordinator database the target is: the tool applies the
+    /// stream itself (wal2json), since a native subscription silently misses distributed tables.
+    pub citus: Option<CitusCluster>,
 }
 
 impl Move {
@@ -224,16 +227,11 @@ impl Move {
                 source.name, source.version, target.name, target.version
             )));
         }
-        if inventory
+        let citus = inventory
             .citus
             .iter()
-            .any(|c| c.coordinator == target.name && c.database == params.to.1)
-        {
-            return Err(bad(format!(
-                "{}/{} is a Citus coordinator: a native subscription into distributed tables delivers nothing visible (citusdata/citus#4389); the Citus path of logical-move is not built yet",
-                target.name, params.to.1
-            )));
-        }
+            .find(|c| c.coordinator == target.name && c.database == params.to.1)
+            .cloned();
         let from_db = params.from.1.clone();
         let routes: Vec<Route> = inventory
             .pgbouncers
@@ -303,7 +301,53 @@ impl Move {
             paused,
             inventory_after,
             name,
+            citus,
         })
+    }
+
+    /// The slot's output plugin: pgoutput for a native subscription, wal2json for the tool's
+    /// own apply into Citus.
+    pub fn plugin(&self) -> &'static str {
+        if self.citus.is_some() {
+            crate::effects::logical_apply::OUTPUT_PLUGIN
+        } else {
+            "pgoutput"
+        }
+    }
+
+    /// `SELECT create_distributed_table(...)` / `create_reference_table(...)` for each moved
+    /// table the inventory's citus section names, as `(table, statement)`.
+    pub fn distribute_sql(&self, tables: &[String]) -> Vec<(String, String)> {
+        let Some(cluster) = &self.citus else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for t in &cluster.tables {
+            let Some(table) = tables
+                .iter()
+                .find(|q| crate::runbooks::table_copy::plan::names_match(&t.table, q))
+            else {
+                continue;
+            };
+            let sql = match (t.distribution, &t.column) {
+                (Distribution::Distributed, Some(column)) => format!(
+                    "SELECT create_distributed_table({}, {}{})",
+                    quote_literal(&quote_qualified(table)),
+                    quote_literal(column),
+                    t.colocate_with
+                        .as_ref()
+                        .map(|c| format!(", colocate_with => {}", quote_literal(c)))
+                        .unwrap_or_default()
+                ),
+                (Distribution::Reference, _) => format!(
+                    "SELECT create_reference_table({})",
+                    quote_literal(&quote_qualified(table))
+                ),
+                _ => continue,
+            };
+            out.push((table.clone(), sql));
+        }
+        out
     }
 
     pub fn source_db(&self) -> &str {
@@ -517,7 +561,7 @@ impl Move {
             });
         let initial_copy = MoveStep::InitialCopy
             .step(format!("Slot {name} with an exported snapshot; copy every table under it"))
-            .command(RenderedCommand::internal(format!("{s} · replication connection"), super::slot::create_slot_command(name, "pgoutput", self.source.version)))
+            .command(RenderedCommand::internal(format!("{s} · replication connection"), super::slot::create_slot_command(name, self.plugin(), self.source.version)))
             .command(RenderedCommand::internal(
                 format!("{s}/{sdb} → {t}/{tdb} · table-copy engine"),
                 format!("per table, {} at a time: BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '<exported>' on the source; one target transaction TRUNCATE + COPY + ledger row; then count and checksum on both sides under the same snapshot", self.params.jobs),
@@ -531,26 +575,39 @@ impl Move {
                     RenderedCommand::sql(t, tdb, "TRUNCATE <the moved tables>; DELETE their ledger rows"),
                 ],
             });
-        let subscribe = MoveStep::Subscribe
-            .step(format!(
-                "Subscription {name} on {t}/{tdb} from slot {name}; prove it with a canary row"
-            ))
-            .command(RenderedCommand::sql(
-                t,
-                tdb,
-                crate::redact::redact(&self.create_subscription_sql()),
-            ))
-            .command(RenderedCommand::sql(s, sdb, CANARY_WRITE_SQL))
-            .command(RenderedCommand::sql(t, tdb, CANARY_READ_SQL))
-            .verification(format!(
-                "the canary row written on {s} is visible on {t} through an ordinary query"
-            ))
-            .undo(Undo::Reversible {
-                description: format!(
+        let subscribe = if self.citus.is_some() {
+            MoveStep::Subscribe
+                .step(format!("Start the tool's apply of slot {name} through the coordinator {t}/{tdb}; prove it with a canary row"))
+                .command(RenderedCommand::internal(format!("{s}/{sdb} → {t}/{tdb}"), "a task: peek whole transactions from the wal2json slot, apply them through the coordinator in one transaction with the progress row (cutover_apply_progress), then advance the slot; a key change is a delete plus an insert"))
+                .command(RenderedCommand::sql(s, sdb, "INSERT INTO public.cutover_canary (id) VALUES (<uuid>)"))
+                .command(RenderedCommand::sql(t, tdb, "SELECT count(*) FROM public.cutover_canary WHERE id = <uuid>  -- a distributed table: seen only through Citus"))
+                .verification(format!("the canary row written on {s} is visible through the coordinator {t}"))
+                .undo(Undo::Reversible {
+                    description: "stop the apply task (the slot stays for the initial copy's undo)".into(),
+                    commands: vec![RenderedCommand::internal("cutover", "stop the apply task")],
+                })
+        } else {
+            MoveStep::Subscribe
+                .step(format!(
+                    "Subscription {name} on {t}/{tdb} from slot {name}; prove it with a canary row"
+                ))
+                .command(RenderedCommand::sql(
+                    t,
+                    tdb,
+                    crate::redact::redact(&self.create_subscription_sql()),
+                ))
+                .command(RenderedCommand::sql(s, sdb, CANARY_WRITE_SQL))
+                .command(RenderedCommand::sql(t, tdb, CANARY_READ_SQL))
+                .verification(format!(
+                    "the canary row written on {s} is visible on {t} through an ordinary query"
+                ))
+                .undo(Undo::Reversible {
+                    description: format!(
                     "drop the subscription on {t}, keeping the slot (initial-copy's undo drops it)"
                 ),
-                commands: vec![RenderedCommand::sql(t, tdb, self.drop_subscription_sql())],
-            });
+                    commands: vec![RenderedCommand::sql(t, tdb, self.drop_subscription_sql())],
+                })
+        };
         let catch_up = MoveStep::CatchUp
             .step(format!("Catch up: slot lag under {} kB; stop on DDL or apply errors", self.params.sync_bytes / 1024))
             .command(RenderedCommand::sql(s, sdb, SLOT_LAG_SQL))
@@ -716,12 +773,18 @@ pub const TABLES_SQL: &str = "SELECT n.nspname || '.' || c.relname, c.relreplide
 EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), c.relpersistence::text \
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
 WHERE c.relkind = 'r' AND NOT c.relispartition AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-AND n.nspname NOT LIKE 'pg\\_%' AND c.relname NOT IN ('cutover_move_canary', 'cutover_copy_ledger') ORDER BY 1";
+AND n.nspname NOT LIKE 'pg\\_%' AND c.relname NOT IN ('cutover_move_canary', 'cutover_copy_ledger', 'cutover_canary', 'cutover_ddl_events', 'cutover_apply_progress') ORDER BY 1";
 
 /// wal_level, free replication slots and WAL senders.
 pub const CAPACITY_SQL: &str = "SELECT current_setting('wal_level'), \
 current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)::int, \
 current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)::int";
+
+/// The database's own functions (not of extensions), by signature.
+pub const FUNCTIONS_SQL: &str = "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' \
+AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e') \
+AND p.proname NOT LIKE 'cutover\\_%' ORDER BY 1";
 
 pub const LARGE_OBJECTS_SQL: &str = "SELECT count(*)::bigint FROM pg_largeobject_metadata";
 
@@ -752,11 +815,15 @@ pub const APPLIED_SQL: &str = "SELECT (SELECT token FROM public.cutover_move_can
 pub const APPLY_ERRORS_SQL: &str = "SELECT coalesce((SELECT apply_error_count + sync_error_count FROM pg_stat_subscription_stats WHERE subname = $1), 0)::bigint, \
 EXISTS (SELECT 1 FROM pg_stat_subscription WHERE subname = $1 AND pid IS NOT NULL AND relid IS NULL)";
 
-/// Sequences of the source database: name, last value, and the column that owns it.
+/// Sequences of the source database: name (quoted), last value, and the table
+/// (`schema.table`, unquoted) and column that own it, if any.
 pub const SEQUENCES_SQL: &str = "SELECT format('%I.%I', s.schemaname, s.sequencename), s.last_value, \
-(SELECT format('%s|%I', d.refobjid::regclass::text, a.attname) FROM pg_depend d JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
- WHERE d.classid = 'pg_class'::regclass AND d.objid = format('%I.%I', s.schemaname, s.sequencename)::regclass AND d.deptype IN ('a', 'i') LIMIT 1) \
-FROM pg_sequences s WHERE s.schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1";
+o.owner_table, o.owner_column \
+FROM pg_sequences s LEFT JOIN LATERAL (SELECT n.nspname || '.' || c.relname AS owner_table, a.attname::text AS owner_column \
+ FROM pg_depend d JOIN pg_class c ON c.oid = d.refobjid JOIN pg_namespace n ON n.oid = c.relnamespace \
+ JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
+ WHERE d.classid = 'pg_class'::regclass AND d.objid = format('%I.%I', s.schemaname, s.sequencename)::regclass AND d.deptype IN ('a', 'i') LIMIT 1) o ON true \
+WHERE s.schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1";
 
 #[cfg(test)]
 mod tests {
