@@ -160,14 +160,12 @@ fn stat(values: &[f64]) -> Stat {
     }
 }
 
-/// The target's major version for `--target`.
+/// The target's major version for `--target` (0: the lab's Citus cluster, PostgreSQL 15).
 fn target_version(target: &str) -> Result<u32, RehearsalError> {
     match target {
         "pg18" => Ok(18),
         "pg15" => Ok(15),
-        "citus" => Err(RehearsalError::Other(
-            "--target citus: the Citus path of logical-move is not built yet".into(),
-        )),
+        "citus" => Ok(0),
         other => Err(RehearsalError::Other(format!(
             "--target {other}: expected pg18, pg15 or citus"
         ))),
@@ -178,7 +176,11 @@ pub async fn logical_move(options: &MoveRehearsalOptions) -> Result<MoveSummary,
     let version = target_version(&options.target)?;
     let mut runs = Vec::new();
     for run in 0..options.runs {
-        let result = one_move(options, version).await?;
+        let result = if version == 0 {
+            one_citus_move(options).await?
+        } else {
+            one_move(options, version).await?
+        };
         eprintln!(
             "run {}: pause {:.1} ms, {} committed, {} failed, {} missing, {} duplicated{}",
             run + 1,
@@ -438,4 +440,117 @@ fn step_times<A: crate::executor::Actions>(
         }
     }
     times
+}
+
+/// The application's function on the coordinator: citus-bootstrap brings the distributed
+/// tables, not the functions.
+const INSERT_FORM_SQL: &str = "CREATE OR REPLACE FUNCTION insert_form(form_id uuid, domain text, payload jsonb) RETURNS uuid LANGUAGE sql AS $$ \
+INSERT INTO forms (form_id, domain, received_on, payload) VALUES ($1, $2, now(), $3) RETURNING form_id $$";
+
+/// One move of pg1's `forms` into the lab's Citus cluster (bootstrapped with citus-bootstrap).
+async fn one_citus_move(options: &MoveRehearsalOptions) -> Result<MoveRun, RehearsalError> {
+    use crate::lab::citus::{CitusLab, COORDINATOR, DATABASE};
+    let lab = CitusLab::start(options.docs, 15).await?;
+    let state = lab.config.dir.join("state");
+    let mut bootstrap =
+        crate::runbooks::citus_bootstrap::rehearse::lab_invocation(&lab, state.join("bootstrap"));
+    bootstrap.oversight = Oversight::Solo;
+    session::open_as::<crate::runbooks::citus_bootstrap::CitusBootstrap>(&bootstrap)
+        .map_err(other)?
+        .run_headless("rehearsal")
+        .await
+        .map_err(other)?;
+    lab.coordinator(DATABASE)
+        .await?
+        .batch_execute(INSERT_FORM_SQL)
+        .await
+        .map_err(|e| other(pg::error_chain(&e)))?;
+    let endpoint =
+        load::entry_endpoint(&lab.inventory).ok_or_else(|| other("the lab has no entry alias"))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let traffic = tokio::spawn(load::run(
+        LoadOptions {
+            endpoint,
+            rate: options.rate,
+            duration: Duration::from_secs(3600),
+            workers: 4,
+            out: None,
+        },
+        stop_rx,
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let invocation = Invocation {
+        inventory_path: lab.inventory_path(),
+        runbook: super::plan::RUNBOOK.into(),
+        params: BTreeMap::from([
+            ("from".to_string(), format!("pg1/{P1_DB}")),
+            ("to".to_string(), format!("{COORDINATOR}/{DATABASE}")),
+            ("tables".to_string(), "forms".to_string()),
+            ("min-free-gb".to_string(), "1".to_string()),
+            ("min-free-percent".to_string(), "1".to_string()),
+            ("pause-bound-ms".to_string(), "5000".to_string()),
+        ]),
+        state_dir: Some(state.join("move")),
+        oversight: Oversight::Solo,
+        trust_on_first_use: false,
+        expect_fingerprint: None,
+    };
+    let mut runner = session::open_as::<super::LogicalMove>(&invocation).map_err(other)?;
+    let outcome = runner.run_headless("rehearsal").await;
+    let total_ms = started.elapsed().as_millis();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = stop_tx.send(true);
+    let report = traffic.await.map_err(other)?.map_err(other)?;
+    let memory = runner.actions_mut().memory().clone();
+    let window_steps = step_times(
+        &runner,
+        &["stop-traffic", "lsn-gate", "sequences", "repoint", "resume-traffic"],
+    );
+    drop(runner);
+    let q = |e: tokio_postgres::Error| other(pg::error_chain(&e));
+    let ids: Vec<String> = report.committed_ids.iter().map(|id| id.to_string()).collect();
+    let coordinator = lab.coordinator(DATABASE).await?;
+    let row = coordinator
+        .query_one(
+            "SELECT count(*), count(DISTINCT form_id) FROM forms WHERE form_id::text = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .map_err(q)?;
+    let (found, distinct): (i64, i64) = (row.get(0), row.get(1));
+    let slots: i64 = pg::connect(
+        &MoveLab::endpoint(lab.config.pg1_port, P1_DB),
+        SessionSettings::EXECUTOR,
+    )
+    .await
+    .map_err(other)?
+    .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+    .await
+    .map_err(q)?
+    .get(0);
+    Ok(MoveRun {
+        pause_window_ms: memory.pause_window_ms.unwrap_or(f64::NAN),
+        committed: report.committed,
+        failed: report.failed,
+        missing: (ids.len() as u64).saturating_sub(distinct as u64),
+        duplicated: (found - distinct) as u64,
+        sequences_behind: memory
+            .sequences
+            .iter()
+            .filter(|s| s.next <= s.column_max.unwrap_or(i64::MIN))
+            .count() as u64,
+        sequences_checked: memory.sequences.len() as u64,
+        slots_left: slots as u64,
+        max_call_ms: report.max_call_ms,
+        copy_ms: memory.copy_ms,
+        sync_ms: memory.sync_ms,
+        gate_ms: memory.gate_ms,
+        gate_wait_ms: memory.gate_wait_ms,
+        window_steps,
+        peak_retained_bytes: memory.peak_retained_bytes,
+        lag_bytes: memory.lag_samples.iter().map(|(_, b)| *b).collect(),
+        total_ms,
+        error: outcome.err().map(|e| e.to_string()),
+    })
 }
