@@ -400,3 +400,53 @@ async fn moves_into_citus_under_load_through_the_tools_apply_row_for_row() {
         0
     );
 }
+
+async fn wal_level(lab: &MoveLab) -> String {
+    common::connect(lab.config.pg1_port, "postgres")
+        .await
+        .query_one("SHOW wal_level", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_level_is_set_with_a_restart_and_its_undo_puts_it_back() {
+    use cutover::lab::proc::{run_checked, service_command};
+    let lab = MoveLab::start(200, 18).await.expect("lab");
+    common::connect(lab.config.pg1_port, "postgres")
+        .await
+        .batch_execute("ALTER SYSTEM SET wal_level = replica")
+        .await
+        .unwrap();
+    let restart = || {
+        run_checked(
+            service_command(format!("{}/pg_ctl", cutover::lab::PG15_BIN))
+                .arg("-D")
+                .arg(lab.config.dir.join("pg1"))
+                .arg("-l")
+                .arg(lab.config.dir.join("pg1.log"))
+                .args(["-m", "fast", "-w", "restart"]),
+        )
+        .expect("restart pg1")
+    };
+    restart();
+    assert_eq!(wal_level(&lab).await, "replica");
+
+    let state = tempfile::tempdir().unwrap();
+    let mut runner = session::open_as::<LogicalMove>(&invocation(&lab, state.path())).unwrap();
+    runner
+        .run_headless_through("test", Some(&StepId::new("wal-level")))
+        .await
+        .expect("preflight and wal-level");
+    assert_eq!(wal_level(&lab).await, "logical", "set, and pg1 restarted");
+    assert_eq!(
+        runner.actions().memory().wal_level_before.as_deref(),
+        Some("replica")
+    );
+    runner
+        .rollback_to(&StepId::new("wal-level"), "test", "not today")
+        .await
+        .expect("rollback");
+    assert_eq!(wal_level(&lab).await, "replica", "put back, and restarted");
+}

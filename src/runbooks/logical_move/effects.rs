@@ -673,8 +673,12 @@ impl LogicalMoveActions {
             .ctx
             .node_client(&self.mv.source, &self.mv.source.maintenance_db)
             .await?;
+        // `before` is one of PostgreSQL's own words (minimal, replica), read from the server.
         admin
-            .batch_execute("ALTER SYSTEM RESET wal_level")
+            .batch_execute(&format!(
+                "ALTER SYSTEM SET wal_level = {}",
+                crate::sql::quote_literal(&before)
+            ))
             .await
             .map_err(db_err(&self.mv.source.name))?;
         self.restart_source(sink).await?;

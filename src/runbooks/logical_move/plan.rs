@@ -500,7 +500,11 @@ impl Move {
                     "put wal_level back as it was and restart {s}, only if this step changed it"
                 ),
                 commands: vec![
-                    RenderedCommand::sql(s, smaint, "ALTER SYSTEM RESET wal_level"),
+                    RenderedCommand::sql(
+                        s,
+                        smaint,
+                        "ALTER SYSTEM SET wal_level = '<the value before>'",
+                    ),
                     RenderedCommand::shell(
                         &self.source.host,
                         format!(

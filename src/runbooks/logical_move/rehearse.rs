@@ -505,11 +505,21 @@ async fn one_citus_move(options: &MoveRehearsalOptions) -> Result<MoveRun, Rehea
     let memory = runner.actions_mut().memory().clone();
     let window_steps = step_times(
         &runner,
-        &["stop-traffic", "lsn-gate", "sequences", "repoint", "resume-traffic"],
+        &[
+            "stop-traffic",
+            "lsn-gate",
+            "sequences",
+            "repoint",
+            "resume-traffic",
+        ],
     );
     drop(runner);
     let q = |e: tokio_postgres::Error| other(pg::error_chain(&e));
-    let ids: Vec<String> = report.committed_ids.iter().map(|id| id.to_string()).collect();
+    let ids: Vec<String> = report
+        .committed_ids
+        .iter()
+        .map(|id| id.to_string())
+        .collect();
     let coordinator = lab.coordinator(DATABASE).await?;
     let row = coordinator
         .query_one(
