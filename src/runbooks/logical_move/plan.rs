@@ -473,7 +473,7 @@ impl Move {
             .precondition("replication-capacity", format!("{s}: a WAL sender and a replication slot are free; slot {name} is not in use by another run"))
             .precondition("source-disk", format!("{s}: free disk ≥ {} GB or {}% of the disk, the larger (the slot retains WAL while the move runs)", self.params.min_free_gb, self.params.min_free_percent))
             .precondition("large-objects", "large objects are reported: logical replication does not carry them")
-            .precondition("target", format!("{t} is PostgreSQL {} (≥ {}), and {tdb} is absent, empty, or has every moved table with the source's columns", self.target.version, self.source.version))
+            .precondition("target", format!("{t} is PostgreSQL {} (≥ {}), and {tdb} is absent, empty, or has every moved table with the source's columns and the source's functions", self.target.version, self.source.version))
             .precondition("no-long-transactions", format!("{s}: no transaction open longer than 60 s (the slot waits for them)"))
             .verification("every precondition holds; the table list and a fingerprint of their columns are recorded in the run")
             .undo(Undo::NothingToUndo);
