@@ -402,7 +402,7 @@ mod tests {
     fn slot_command_follows_the_server_version() {
         assert_eq!(
             create_slot_command("s1", "pgoutput", 15),
-            "CREATE_REPLICATION_SLOT s1 LOGICAL pgoutput (SNAPSHOT 'export')"
+            "CREATE_REPLICATION_SLOT \"s1\" LOGICAL \"pgoutput\" (SNAPSHOT 'export')"
         );
         assert!(create_slot_command("s1", "wal2json", 14).ends_with("EXPORT_SNAPSHOT"));
     }
