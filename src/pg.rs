@@ -310,7 +310,7 @@ pub async fn simple_execute(client: &Client, target: &str, sql: &str) -> Result<
 
 /// Password for an endpoint: `PGPASSWORD`, else the first matching `~/.pgpass` (or `PGPASSFILE`) line.
 /// The password is returned to the caller only to put into the connection config; never log it.
-fn password_for(endpoint: &Endpoint) -> Option<String> {
+pub fn password_for(endpoint: &Endpoint) -> Option<String> {
     if let Ok(password) = std::env::var("PGPASSWORD") {
         return Some(password);
     }

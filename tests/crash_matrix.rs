@@ -28,6 +28,7 @@ matrix_tests! {
     major_upgrade_pg_upgrade: Upgrade<PgUpgradeLink>,
     citus_bootstrap: Citus,
     table_copy: Copy,
+    logical_move: Move,
 }
 
 fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -797,4 +798,119 @@ impl Subject for Copy {
             "the big table was split: {end:?}"
         );
     }
+}
+
+// ---- logical move ----------------------------------------------------------------------------
+
+const MOVE_DOCS: u64 = 3_000;
+
+struct Move {
+    lab: cutover::runbooks::logical_move::rehearse::MoveLab,
+    load: Option<(
+        watch::Sender<bool>,
+        JoinHandle<cutover::lab::load::LoadReport>,
+    )>,
+}
+
+impl Subject for Move {
+    const RUNBOOK: &'static str = "logical-move";
+
+    async fn start() -> Self {
+        Move {
+            lab: cutover::runbooks::logical_move::rehearse::MoveLab::start(MOVE_DOCS, 18)
+                .await
+                .expect("lab with an 18 target"),
+            load: None,
+        }
+    }
+    fn inventory_path(&self) -> PathBuf {
+        self.lab.config.inventory_path()
+    }
+    fn params(&self) -> BTreeMap<String, String> {
+        let mut params = self.lab.params();
+        params.insert("jobs".into(), "1".into());
+        params
+    }
+    /// Inside the initial copy (the slot's snapshot dies with the process), inside the
+    /// catch-up while the stream runs, and inside the gate.
+    fn long_steps(&self) -> Vec<(&'static str, u64)> {
+        vec![("initial-copy", 600), ("catch-up", 100), ("lsn-gate", 30)]
+    }
+    fn fixed_points(&self) -> Vec<KillPoint> {
+        vec![KillPoint::output("initial-copy", "rows copied")]
+    }
+    fn pause_step(&self) -> Option<&'static str> {
+        Some("stop-traffic")
+    }
+    async fn paused(&self) -> bool {
+        let inventory = cutover::inventory::load(&self.inventory_path()).expect("inventory");
+        paused_on(&inventory.pgbouncers[0]).await
+    }
+    async fn start_load(&mut self) {
+        let inventory = cutover::inventory::load(&self.inventory_path()).expect("inventory");
+        let (stop, stopped) = watch::channel(false);
+        let options = cutover::lab::load::LoadOptions {
+            endpoint: cutover::lab::load::entry_endpoint(&inventory).expect("the entry alias"),
+            rate: 20,
+            duration: Duration::from_secs(3600),
+            workers: 2,
+            out: None,
+        };
+        let task = tokio::spawn(async move {
+            cutover::lab::load::run(options, stopped)
+                .await
+                .expect("load")
+        });
+        self.load = Some((stop, task));
+    }
+    async fn converged(&mut self, _entries: &[JournalEntry]) {
+        let (stop, task) = self.load.take().expect("load running");
+        stop.send(true).expect("stop the load");
+        let load = task.await.expect("load task");
+        assert!(load.committed > 0, "the load ran: {:?}", load.errors);
+        let (missing, duplicated, slots) =
+            self.lab.audit(&load.committed_ids).await.expect("audit");
+        assert_eq!(missing, 0, "every committed form is on the target");
+        assert_eq!(duplicated, 0, "no change applied twice");
+        assert_eq!(slots, 0, "no replication slot is left");
+        let source = self.lab.source().await.expect("source");
+        let target = self.lab.target().await.expect("target");
+        for table in ["forms", "form_events"] {
+            let (s, t) = (
+                all_rows(&source, table).await,
+                all_rows(&target, table).await,
+            );
+            assert!(
+                s.is_subset(&t),
+                "{table}: every source row is on the target, identical"
+            );
+        }
+        let max: i64 = target
+            .query_one("SELECT max(id) FROM form_events", &[])
+            .await
+            .expect("max")
+            .get(0);
+        let next: i64 = target
+            .query_one("SELECT nextval('form_events_id_seq')", &[])
+            .await
+            .expect("nextval")
+            .get(0);
+        assert!(next > max, "the target's sequence is past every id");
+        assert!(!self.paused().await, "no alias is left paused");
+    }
+}
+
+/// Every row of `table` as text.
+async fn all_rows(client: &tokio_postgres::Client, table: &str) -> BTreeSet<String> {
+    client
+        .batch_execute("SET TimeZone = 'UTC'")
+        .await
+        .expect("settings");
+    client
+        .query(&format!("SELECT t::text FROM {table} t"), &[])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect()
 }

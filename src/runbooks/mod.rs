@@ -4,6 +4,7 @@
 //! one line there.
 
 pub mod citus_bootstrap;
+pub mod logical_move;
 pub mod major_upgrade;
 pub mod shard_split;
 pub mod table_copy;
@@ -122,6 +123,7 @@ pub static REGISTRY: &[&dyn Registered] = &[
     &Entry::<major_upgrade::MajorUpgrade>(PhantomData),
     &Entry::<citus_bootstrap::CitusBootstrap>(PhantomData),
     &Entry::<table_copy::TableCopy>(PhantomData),
+    &Entry::<logical_move::LogicalMove>(PhantomData),
 ];
 
 pub fn names() -> Vec<&'static str> {

@@ -59,6 +59,12 @@ struct Shared {
     store: Store,
     /// Items the operator asked to retry from the cockpit (as `--retry-errors` does for all).
     retry_asked: std::sync::Mutex<BTreeSet<String>>,
+    /// An exported snapshot every part's source transaction reads under (a logical move's
+    /// slot): all tables then show the one moment the stream starts from.
+    snapshot: std::sync::Mutex<Option<String>>,
+    /// Load with `session_replication_role = replica`: the target's triggers and foreign keys
+    /// do not fire (the rows are a copy, as a subscription applies them).
+    replica_role: std::sync::atomic::AtomicBool,
 }
 
 fn command(target: &str, e: tokio_postgres::Error) -> StepError {
@@ -95,6 +101,8 @@ impl TableCopyActions {
                 run_id,
                 store,
                 retry_asked: std::sync::Mutex::default(),
+                snapshot: std::sync::Mutex::new(None),
+                replica_role: std::sync::atomic::AtomicBool::new(false),
             }),
             ctx,
             run_dir,
@@ -105,6 +113,19 @@ impl TableCopyActions {
     /// The list the preflight recorded, once it has run.
     pub fn tables(&self) -> Option<&[CopyTable]> {
         self.tables.as_deref().map(Vec::as_slice)
+    }
+
+    /// Read every part's source rows under this exported snapshot (`None`: each part its own).
+    pub fn set_snapshot(&self, snapshot: Option<String>) {
+        if let Ok(mut held) = self.shared.snapshot.lock() {
+            *held = snapshot;
+        }
+    }
+
+    /// Load every part with the target's triggers and foreign keys off (`true`), as a
+    /// logical subscription applies rows.
+    pub fn set_replica_role(&self, on: bool) {
+        self.shared.replica_role.store(on, Ordering::Relaxed);
     }
 
     /// The per-table state (what `cutover copy status` shows).
@@ -923,6 +944,12 @@ async fn copy_part(
     } else {
         None
     };
+    let snapshot = shared.snapshot.lock().ok().and_then(|s| s.clone());
+    if let Some(snapshot) = snapshot {
+        src.batch_execute(&plan::snapshot_sql(&snapshot))
+            .await
+            .map_err(|e| command(&s_label, e))?;
+    }
     let detail = match ledger {
         Some((rows, false, None)) => {
             if store
@@ -1065,8 +1092,13 @@ async fn stream_part(
     let tx = tgt.transaction().await.map_err(|e| command(&t_label, e))?;
     // Asynchronous commit: the rows and their ledger row are lost or kept together, and a
     // part the ledger lacks is copied again, so only durability lag is traded, never a row.
+    let role = if shared.replica_role.load(Ordering::Relaxed) {
+        "SET LOCAL session_replication_role = replica; "
+    } else {
+        ""
+    };
     tx.batch_execute(&format!(
-        "SET LOCAL synchronous_commit = off; {}",
+        "{role}SET LOCAL synchronous_commit = off; {}",
         table.cleanup_sql(range)
     ))
     .await

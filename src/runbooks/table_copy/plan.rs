@@ -389,6 +389,15 @@ impl TableCopy {
     }
 }
 
+/// A source transaction reading under an exported snapshot (a logical slot's): it must be the
+/// first thing the session runs, and the rows it reads are exactly those at the slot's start.
+pub fn snapshot_sql(snapshot: &str) -> String {
+    format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT {}",
+        quote_literal(snapshot)
+    )
+}
+
 /// `table` qualified with `public` when it has no schema.
 pub fn qualify(table: &str) -> String {
     if table.contains('.') {
