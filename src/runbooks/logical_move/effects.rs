@@ -938,6 +938,7 @@ impl LogicalMoveActions {
                 jobs: self.mv.params.jobs,
                 retry_errors: true,
                 stop_on_error: true,
+                confirm: false,
             },
             inventory: self.mv.inventory.clone(),
             source: self.mv.source.clone(),
