@@ -4,6 +4,7 @@
 //! subscription streams the rest, and the cutover is a bounded pgbouncer PAUSE with an LSN gate.
 
 pub mod effects;
+pub mod pgcopydb;
 pub mod plan;
 pub mod rehearse;
 pub mod slot;

@@ -27,6 +27,9 @@ pub struct MoveRehearsalOptions {
     /// Documents loaded into the moved database before each run.
     #[arg(long, default_value_t = 100_000)]
     pub docs: u64,
+    /// Skip the `pgcopydb clone --follow` cutover run after ours (plain targets only).
+    #[arg(long)]
+    pub no_pgcopydb: bool,
 }
 
 /// The lab's moved database gets a table whose key comes from a sequence, written by a
@@ -84,6 +87,12 @@ pub struct MoveSummary {
     pub duplicated: u64,
     pub sequences_behind: u64,
     pub slots_left: u64,
+    /// `pgcopydb clone --follow` cut over on a fresh lab of the same shape and load rate.
+    pub pgcopydb: Option<super::pgcopydb::PgcopydbRun>,
+    /// Why pgcopydb did not run, when it did not.
+    pub pgcopydb_skipped: Option<String>,
+    /// Our median pause window ÷ pgcopydb's pause (PAUSE → endpos applied).
+    pub pause_vs_pgcopydb: Option<f64>,
 }
 
 impl MoveSummary {
@@ -121,6 +130,29 @@ impl MoveSummary {
             self.slots_left,
             self.runs.len()
         ));
+        match (&self.pgcopydb, &self.pgcopydb_skipped) {
+            (Some(p), _) => out.push_str(&format!(
+                "\npgcopydb {} clone --follow → {}: pause (PAUSE → endpos applied) {:.1} ms (endpos set after {:.1} ms), sync {:.1} s, lag while following {:?} bytes (WAL switched every {} s), {} missing, {} duplicated, {} slots left, {} committed, {} failed{}; ours/pgcopydb {}",
+                p.version,
+                self.target,
+                p.pause_ms,
+                p.endpos_set_ms,
+                p.sync_s,
+                p.lag_bytes,
+                p.wal_switch_every_s,
+                p.missing,
+                p.duplicated,
+                p.slots_left,
+                p.committed,
+                p.failed,
+                p.error.as_deref().map(|e| format!(", ERROR {e}")).unwrap_or_default(),
+                self.pause_vs_pgcopydb
+                    .map(|r| format!("{r:.4}"))
+                    .unwrap_or_else(|| "n/a".into())
+            )),
+            (None, Some(why)) => out.push_str(&format!("\npgcopydb: skipped ({why})")),
+            (None, None) => {}
+        }
         out
     }
 
@@ -198,10 +230,56 @@ pub async fn logical_move(options: &MoveRehearsalOptions) -> Result<MoveSummary,
         runs.push(result);
     }
     let windows: Vec<f64> = runs.iter().map(|r| r.pause_window_ms).collect();
+    let pause_window_ms = stat(&windows);
+    let (pgcopydb, pgcopydb_skipped) = if options.no_pgcopydb {
+        (None, Some("--no-pgcopydb".to_string()))
+    } else if version == 0 {
+        (
+            None,
+            Some("into Citus it would replay into the coordinator's shell tables".to_string()),
+        )
+    } else {
+        match super::pgcopydb::version().await {
+            None => (
+                None,
+                Some(
+                    "no pgcopydb binary on PATH (apt-get install pgcopydb postgresql-15-wal2json)"
+                        .to_string(),
+                ),
+            ),
+            Some(v) => {
+                eprintln!(
+                    "pgcopydb {v}: clone --follow on a fresh lab at {}/s",
+                    options.rate
+                );
+                let run = super::pgcopydb::run(options, version, v).await?;
+                eprintln!(
+                    "pgcopydb: pause {:.1} ms, sync {:.1} s, {} missing, {} duplicated, {} slots left{}",
+                    run.pause_ms,
+                    run.sync_s,
+                    run.missing,
+                    run.duplicated,
+                    run.slots_left,
+                    run.error.as_deref().map(|e| format!(", ERROR {e}")).unwrap_or_default()
+                );
+                (Some(run), None)
+            }
+        }
+    };
+    if let Some(why) = &pgcopydb_skipped {
+        eprintln!("pgcopydb: skipped ({why})");
+    }
+    let pause_vs_pgcopydb = pgcopydb
+        .as_ref()
+        .filter(|p| p.error.is_none() && p.pause_ms > 0.0)
+        .map(|p| pause_window_ms.median / p.pause_ms);
     Ok(MoveSummary {
         target: options.target.clone(),
         rate: options.rate,
-        pause_window_ms: stat(&windows),
+        pause_window_ms,
+        pgcopydb,
+        pgcopydb_skipped,
+        pause_vs_pgcopydb,
         failed: runs.iter().map(|r| r.failed).sum(),
         missing: runs.iter().map(|r| r.missing).sum(),
         duplicated: runs.iter().map(|r| r.duplicated).sum(),
@@ -245,7 +323,7 @@ impl MoveLab {
         Ok(lab)
     }
 
-    fn endpoint(port: u16, dbname: &str) -> Endpoint {
+    pub(super) fn endpoint(port: u16, dbname: &str) -> Endpoint {
         Endpoint {
             address: "127.0.0.1".into(),
             port,
