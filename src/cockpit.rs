@@ -974,18 +974,12 @@ pub async fn second_operator(
         )
         .map_err(|e| format!("refused: {e}"))?;
         journal
-            .record_verdict(&approval::VerdictRecord {
-                request_id: Some(request.id),
-                environment: request.environment.clone(),
-                runbook: request.runbook.clone(),
-                fingerprint: request.fingerprint.clone(),
-                step: Some(request.step.clone()),
-                seen: Some(request.seen.clone()),
+            .record_verdict(&approval::VerdictRecord::on(
+                &request,
                 verdict,
                 reason,
-                by: approval::Person::from(me),
-                at: chrono::Utc::now(),
-            })
+                approval::Person::from(me),
+            ))
             .map_err(|e| e.to_string())?;
         Ok(format!(
             "{} recorded on request {} ({}) as {}",
