@@ -249,3 +249,129 @@ async fn the_copy_pane_shows_a_running_copy_from_the_target() {
     assert!(model.panes().contains(&Pane::Copy));
     run.await.unwrap().unwrap();
 }
+
+/// Waits until `item` of `step` satisfies `done`.
+async fn wait_item(
+    state: &watch::Receiver<EngineState>,
+    step: usize,
+    item: &str,
+    what: &str,
+    done: impl Fn(&ItemStatus) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if state
+            .borrow()
+            .items(step)
+            .iter()
+            .any(|i| i.id.as_str() == item && done(&i.status))
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{item} never {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_while_the_copy_runs_copies_the_fixed_table_again_at_once() {
+    let lab = plain_lab(&SHAPE).await;
+    let state_dir = lab.config.dir.join("state");
+    let target = copy_source::connect(lab.config.pg2_port, "copy_target")
+        .await
+        .unwrap();
+    // The biggest table (first to start) loads slowly, so that the step is still running;
+    // the first month refuses its values ('pending', 'closed').
+    target
+        .batch_execute(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN PERFORM pg_sleep(0.0005); RETURN NEW; END $$; \
+             CREATE TRIGGER slow BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow(); \
+             ALTER TABLE report_2023_01 ALTER state TYPE varchar(4)",
+        )
+        .await
+        .unwrap();
+    let mut runner =
+        session::open_as::<TableCopy>(&invocation(&lab, &state_dir, &[("jobs", "2")])).unwrap();
+    let control = runner.item_control();
+    let mut state = runner.watch_state();
+    let run = tokio::spawn(async move {
+        let result = runner.run_headless("test").await.map_err(|e| e.to_string());
+        let entries = runner.journal().entries(&runner.run_id).unwrap();
+        (result, runner.actions().state(), entries)
+    });
+    let step = copy_step_running(&mut state).await;
+    let failed = |s: &ItemStatus| matches!(s, ItemStatus::Failed { .. });
+    wait_item(&state, step, "public.report_2023_01", "failed", failed).await;
+    {
+        let current = state.borrow();
+        let status = |name: &str| {
+            current
+                .items(step)
+                .iter()
+                .find(|i| i.id.as_str() == name)
+                .map(|i| i.status.label())
+        };
+        assert_eq!(status("public.events"), Some("running"), "mid-step");
+        // Stop on error: the other months wait.
+        assert_eq!(status("public.report_2023_02"), Some("pending"));
+        assert_eq!(status("public.report_2023_03"), Some("pending"));
+    }
+
+    target
+        .batch_execute("ALTER TABLE report_2023_01 ALTER state TYPE text")
+        .await
+        .unwrap();
+    control.retry(ItemId::new("public.report_2023_01"));
+    let done = |s: &ItemStatus| matches!(s, ItemStatus::Done { .. });
+    wait_item(&state, step, "public.report_2023_01", "verified", done).await;
+
+    let (result, pair, entries) = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the run ends")
+        .unwrap();
+    result.unwrap();
+    for table in SHAPE.tables() {
+        let (rows, duplicates) = copy_source::count_with_duplicates(&target, &table)
+            .await
+            .unwrap();
+        assert_eq!(duplicates, 0, "{table}");
+        assert!(rows > 0, "{table}");
+    }
+    let (rows, _) = copy_source::count_with_duplicates(&target, "report_2023_01")
+        .await
+        .unwrap();
+    assert_eq!(rows as u64, SHAPE.rows_per_month);
+    assert!(pair
+        .tables
+        .values()
+        .all(|t| t.status() == table_copy::state::Status::Verified));
+
+    // Journaled: who asked, then the second attempt, all while the big table still ran.
+    use cutover::engine::EntryKind;
+    let position = |kind: EntryKind, item: &str, nth: usize| {
+        entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.kind == kind && e.item.as_ref().map(ItemId::as_str) == Some(item))
+            .nth(nth)
+            .map(|(n, _)| n)
+            .unwrap_or_else(|| panic!("no {kind} #{nth} for {item}"))
+    };
+    let asked = position(EntryKind::ItemRetryAsked, "public.report_2023_01", 0);
+    let me = cutover::identity::Identity::current(None).label();
+    assert_eq!(entries[asked].actors, [me]);
+    assert!(entries[asked].detail.contains("character varying(4)"));
+    let second = position(EntryKind::ItemStarted, "public.report_2023_01", 1);
+    assert!(entries[second].detail.starts_with("attempt 2"));
+    assert!(asked < second);
+    assert!(second < position(EntryKind::ItemDone, "public.events", 0));
+    // One step start: the retry did not wait for the step to run again.
+    let starts = entries
+        .iter()
+        .filter(|e| {
+            e.kind == EntryKind::Started && e.step.as_ref().map(|s| s.as_str()) == Some("copy")
+        })
+        .count();
+    assert_eq!(starts, 1);
+}
