@@ -129,7 +129,9 @@ async fn confirm_waits_for_each_table_and_a_hold_stops_new_starts() {
     let mut state = runner.watch_state();
     let run = tokio::spawn(async move {
         let result = runner.run_headless("test").await.map_err(|e| e.to_string());
-        (result, runner.actions().state())
+        let entries = runner.journal().entries(&runner.run_id).unwrap();
+        let export = runner.journal().export_markdown(&runner.run_id).unwrap();
+        (result, runner.actions().state(), entries, export)
     });
     let step = copy_step_running(&mut state).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -167,7 +169,7 @@ async fn confirm_waits_for_each_table_and_a_hold_stops_new_starts() {
     assert_eq!(ledger_rows(&target).await.len(), 1, "held");
 
     control.hold(false);
-    let (result, pair) = tokio::time::timeout(Duration::from_secs(60), run)
+    let (result, pair, entries, export) = tokio::time::timeout(Duration::from_secs(60), run)
         .await
         .expect("the run ends")
         .unwrap();
@@ -177,6 +179,32 @@ async fn confirm_waits_for_each_table_and_a_hold_stops_new_starts() {
         .tables
         .values()
         .all(|t| t.status() == table_copy::state::Status::Verified));
+
+    // Each confirmation is journaled once, by the driver's OS identity, before its table
+    // starts, and the export lists it with the table.
+    let me = cutover::identity::Identity::current(None).label();
+    let kind_of = |kind: cutover::engine::EntryKind| {
+        entries
+            .iter()
+            .enumerate()
+            .filter(move |(_, e)| e.kind == kind)
+    };
+    let confirmed: Vec<_> = kind_of(cutover::engine::EntryKind::ItemConfirmed).collect();
+    assert_eq!(confirmed.len(), SHAPE.tables().len(), "{entries:#?}");
+    for (position, entry) in &confirmed {
+        assert_eq!(entry.actors, [me.clone()]);
+        let item = entry.item.clone().unwrap();
+        let start = kind_of(cutover::engine::EntryKind::ItemStarted)
+            .find(|(_, e)| e.item.as_ref() == Some(&item))
+            .map(|(n, _)| n)
+            .unwrap();
+        assert!(*position < start, "{item} started before its confirmation");
+        assert!(
+            export.contains(&format!("`copy` item `{item}` confirmed by **{me}**")),
+            "{export}"
+        );
+    }
+    assert_eq!(confirmed[0].1.item.as_ref(), Some(&first));
 }
 
 fn screen(model: &Model) -> String {
