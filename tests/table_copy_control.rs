@@ -192,7 +192,7 @@ async fn confirm_waits_for_each_table_and_a_hold_stops_new_starts() {
     let confirmed: Vec<_> = kind_of(cutover::engine::EntryKind::ItemConfirmed).collect();
     assert_eq!(confirmed.len(), SHAPE.tables().len(), "{entries:#?}");
     for (position, entry) in &confirmed {
-        assert_eq!(entry.actors, [me.clone()]);
+        assert_eq!(entry.actors, std::slice::from_ref(&me));
         let item = entry.item.clone().unwrap();
         let start = kind_of(cutover::engine::EntryKind::ItemStarted)
             .find(|(_, e)| e.item.as_ref() == Some(&item))
