@@ -497,6 +497,31 @@ async fn a_monthly_table_goes_into_the_targets_partitioned_parent() {
         ]
     );
 
+    // Each ledger row names the source table it holds, not the parent it went into.
+    let sources: Vec<(String, String)> = target
+        .query(
+            "SELECT part, source_table FROM cutover_copy_ledger ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            (
+                "public.report_2023_01:all".to_string(),
+                "public.report_2023_01".to_string()
+            ),
+            (
+                "public.report_2023_02:all".to_string(),
+                "public.report_2023_02".to_string()
+            ),
+        ]
+    );
+
     // An attempt whose ledger row is lost (as if it never committed) copies January again:
     // its period is deleted first, February's rows and the March row stay.
     target

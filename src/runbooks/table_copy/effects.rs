@@ -553,7 +553,7 @@ async fn truncate_once(tgt: &Client, label: &str, table: &CopyTable) -> Result<b
     tgt.batch_execute(&format!(
         "BEGIN; TRUNCATE {}; {}; COMMIT",
         quote_qualified(&table.target),
-        plan::ledger_upsert_sql(&table.target, &marker, "-", 0)
+        plan::ledger_upsert_from_sql(&table.target, &table.source, &marker, "-", 0)
     ))
     .await
     .map_err(|e| command(label, e))?;
@@ -1122,8 +1122,9 @@ async fn stream_part(
             .await
             .map_err(|e| command(&t_label, e))?;
     }
-    tx.batch_execute(&plan::ledger_upsert_sql(
+    tx.batch_execute(&plan::ledger_upsert_from_sql(
         &table.target,
+        &table.source,
         &table.ledger_part(part_key),
         &shared.run_id,
         rows,

@@ -470,15 +470,28 @@ verified_at timestamptz, verify_error text, PRIMARY KEY (target_table, part))";
 /// The ledger's `part` for a whole table.
 pub const WHOLE: &str = "all";
 
-/// The ledger row of one table or range, written in the copy's own transaction.
+/// The ledger row of one table or range copied from the table of the same name, written in
+/// the copy's own transaction.
 pub fn ledger_upsert_sql(target: &str, part: &str, run_id: &str, rows: u64) -> String {
+    ledger_upsert_from_sql(target, target, part, run_id, rows)
+}
+
+/// The ledger row of one table or range of `source` copied into `target` (a different table
+/// when the source goes into a partitioned parent or is mapped explicitly).
+pub fn ledger_upsert_from_sql(
+    target: &str,
+    source: &str,
+    part: &str,
+    run_id: &str,
+    rows: u64,
+) -> String {
     format!(
         "INSERT INTO public.{LEDGER} (target_table, part, source_table, run_id, rows) VALUES ({}, {}, {}, {}, {rows}) \
 ON CONFLICT (target_table, part) DO UPDATE SET source_table = EXCLUDED.source_table, run_id = EXCLUDED.run_id, \
 rows = EXCLUDED.rows, checksum = NULL, copied_at = now(), verified_at = NULL, verify_error = NULL",
         quote_literal(target),
         quote_literal(part),
-        quote_literal(target),
+        quote_literal(source),
         quote_literal(run_id)
     )
 }
