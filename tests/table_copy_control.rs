@@ -403,3 +403,139 @@ async fn a_retry_while_the_copy_runs_copies_the_fixed_table_again_at_once() {
         .count();
     assert_eq!(starts, 1);
 }
+
+/// Through the cockpit bridge (`cutover::cockpit::serve`), as the Copy pane's keys send them:
+/// `p` holds new starts while `c` confirms, releasing starts the confirmed table, each
+/// confirmation is journaled by the driver, and `t` on a table that has not failed is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cockpit_bridge_holds_confirms_and_refuses_a_retry_of_a_running_table() {
+    use cutover::engine::EntryKind;
+    use cutover::ui::model::{ConfirmationView, RunbookUpdate, RunbookView, UiRequest};
+    use tokio::sync::mpsc;
+
+    let lab = plain_lab(&SHAPE).await;
+    let state_dir = lab.config.dir.join("state");
+    let target = copy_source::connect(lab.config.pg2_port, "copy_target")
+        .await
+        .unwrap();
+    let mut runner =
+        session::open_as::<TableCopy>(&invocation(&lab, &state_dir, &[("confirm", "yes")]))
+            .unwrap();
+    runner
+        .run_headless_through("test", Some(&"ledger".into()))
+        .await
+        .unwrap();
+    let run_id = runner.run_id.clone();
+    let (requests, requests_rx) = mpsc::channel(8);
+    let (updates_tx, mut updates) = mpsc::channel(1024);
+    let bridge = tokio::spawn(cutover::cockpit::serve(
+        runner,
+        requests_rx,
+        updates_tx,
+        table_copy::plan::PAUSE_BOUND,
+    ));
+    // Collects updates until `done` holds for a view; the info and refusals seen on the way.
+    let mut said: Vec<String> = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
+    let mut until = async |done: &dyn Fn(&RunbookView) -> bool,
+                           said: &mut Vec<String>,
+                           refused: &mut Vec<String>| {
+        loop {
+            let update = tokio::time::timeout(Duration::from_secs(60), updates.recv())
+                .await
+                .unwrap_or_else(|_| panic!("timed out; refusals: {refused:?}"))
+                .expect("the bridge runs");
+            match update {
+                RunbookUpdate::View(view) if done(&view) => return view,
+                RunbookUpdate::Info(message) => said.push(message),
+                RunbookUpdate::Refused(message) => refused.push(message),
+                _ => {}
+            }
+        }
+    };
+    until(&|_| true, &mut said, &mut refused).await;
+    let copy = 2;
+    requests
+        .send(UiRequest::RunStep {
+            step: copy,
+            confirmation: ConfirmationView {
+                by: vec!["alice".into()],
+                seen: String::new(),
+            },
+        })
+        .await
+        .unwrap();
+    until(
+        &|v| v.running == Some(copy) && v.steps[copy].items.pending > 0,
+        &mut said,
+        &mut refused,
+    )
+    .await;
+
+    // `p`, then `c` twice: confirmed, but held.
+    requests.send(UiRequest::HoldItems(true)).await.unwrap();
+    requests.send(UiRequest::ConfirmNextItem).await.unwrap();
+    requests.send(UiRequest::ConfirmNextItem).await.unwrap();
+    requests
+        .send(UiRequest::RetryItem("public.report_2023_01".into()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        ledger_rows(&target).await.is_empty(),
+        "held: nothing starts"
+    );
+
+    // `p` again: the two confirmed tables (the largest first) start and finish; the others
+    // still wait for their confirmation.
+    requests.send(UiRequest::HoldItems(false)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ledger_rows(&target).await.len() < 2 {
+        assert!(Instant::now() < deadline, "the confirmed tables never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        ledger_rows(&target).await,
+        ["public.events all", "public.report_2023_01 all"]
+    );
+    for _ in 2..SHAPE.tables().len() {
+        requests.send(UiRequest::ConfirmNextItem).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    until(&|v| v.running.is_none(), &mut said, &mut refused).await;
+    let _ = requests.send(UiRequest::Quit).await;
+    drop(requests);
+    tokio::time::timeout(Duration::from_secs(30), bridge)
+        .await
+        .expect("the bridge ends")
+        .unwrap();
+
+    assert_eq!(ledger_rows(&target).await.len(), SHAPE.tables().len());
+    assert!(
+        said.iter().any(|m| m.contains("new items held")),
+        "{said:?}"
+    );
+    assert!(
+        said.iter().any(|m| m.contains("public.events confirmed")),
+        "{said:?}"
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|m| m.contains("public.report_2023_01 has not failed")),
+        "{refused:?}"
+    );
+    let journal = cutover::journal::Journal::open(&state_dir).unwrap();
+    let entries = journal.entries(&run_id).unwrap();
+    let me = cutover::identity::Identity::current(None).label();
+    let confirmed: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::ItemConfirmed)
+        .inspect(|e| assert_eq!(e.actors, std::slice::from_ref(&me)))
+        .filter_map(|e| e.item.as_ref().map(ItemId::as_str))
+        .collect();
+    assert_eq!(confirmed.len(), SHAPE.tables().len(), "{confirmed:?}");
+    assert_eq!(confirmed[..2], ["public.events", "public.report_2023_01"]);
+    assert!(!entries.iter().any(|e| e.kind == EntryKind::ItemRetryAsked));
+}
