@@ -539,3 +539,157 @@ async fn the_cockpit_bridge_holds_confirms_and_refuses_a_retry_of_a_running_tabl
     assert_eq!(confirmed[..2], ["public.events", "public.report_2023_01"]);
     assert!(!entries.iter().any(|e| e.kind == EntryKind::ItemRetryAsked));
 }
+
+/// After the copy step stopped on errors, `t` on one errored table (idle, through the cockpit
+/// bridge) makes the step's next run retry exactly that table: the other errored table is not
+/// attempted again and still fails the step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_step_failed_t_retries_exactly_the_table_asked_for() {
+    use cutover::engine::EntryKind;
+    use cutover::ui::model::{ConfirmationView, RunbookUpdate, RunbookView, UiRequest};
+    use tokio::sync::mpsc;
+
+    let lab = plain_lab(&SHAPE).await;
+    let state_dir = lab.config.dir.join("state");
+    let target = copy_source::connect(lab.config.pg2_port, "copy_target")
+        .await
+        .unwrap();
+    target
+        .batch_execute(
+            "ALTER TABLE report_2023_01 ALTER state TYPE varchar(4); \
+             ALTER TABLE report_2023_02 ALTER state TYPE varchar(4)",
+        )
+        .await
+        .unwrap();
+    let mut runner = session::open_as::<TableCopy>(&invocation(
+        &lab,
+        &state_dir,
+        &[("no-stop-on-error", "yes")],
+    ))
+    .unwrap();
+    runner
+        .run_headless_through("test", Some(&"ledger".into()))
+        .await
+        .unwrap();
+    let run_id = runner.run_id.clone();
+    let (requests, requests_rx) = mpsc::channel(8);
+    let (updates_tx, mut updates) = mpsc::channel(1024);
+    let bridge = tokio::spawn(cutover::cockpit::serve(
+        runner,
+        requests_rx,
+        updates_tx,
+        table_copy::plan::PAUSE_BOUND,
+    ));
+    let mut said: Vec<String> = Vec::new();
+    let mut until = async |done: &dyn Fn(&RunbookView) -> bool, said: &mut Vec<String>| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            assert!(Instant::now() < deadline, "never came; said: {said:?}");
+            let update = tokio::time::timeout(Duration::from_secs(60), updates.recv())
+                .await
+                .unwrap_or_else(|_| panic!("timed out; said: {said:?}"))
+                .expect("the bridge runs");
+            match update {
+                RunbookUpdate::View(view) if done(&view) => return view,
+                RunbookUpdate::View(view) => {
+                    said.push(format!(
+                        "view: running {:?}, failed {:?}",
+                        view.running, view.steps[2].items.failed
+                    ));
+                    said.dedup();
+                }
+                RunbookUpdate::Info(message) | RunbookUpdate::Refused(message) => {
+                    said.push(message)
+                }
+                _ => {}
+            }
+        }
+    };
+    let copy = 2;
+    let run_copy = || UiRequest::RunStep {
+        step: copy,
+        confirmation: ConfirmationView {
+            by: vec!["alice".into()],
+            seen: String::new(),
+        },
+    };
+    until(&|_| true, &mut said).await;
+    requests.send(run_copy()).await.unwrap();
+    until(&|v| v.running == Some(copy), &mut said).await;
+    let failed = until(&|v| v.running.is_none(), &mut said).await;
+    assert_eq!(failed.steps[copy].items.failed.len(), 2, "{said:?}");
+
+    target
+        .batch_execute("ALTER TABLE report_2023_01 ALTER state TYPE text")
+        .await
+        .unwrap();
+    requests
+        .send(UiRequest::RetryItem("public.report_2023_01".into()))
+        .await
+        .unwrap();
+    // The view after the retry: the table is due again (listed with why it is retried).
+    let retried = until(&|_| true, &mut said).await;
+    assert!(
+        retried.steps[copy]
+            .items
+            .failed
+            .iter()
+            .any(|(item, why)| item == "public.report_2023_01"
+                && why.starts_with("retry asked after")),
+        "{said:?}"
+    );
+    assert!(
+        said.iter()
+            .any(|m| m.contains("public.report_2023_01 will be retried when `copy` runs again")),
+        "{said:?}"
+    );
+    requests.send(run_copy()).await.unwrap();
+    until(&|v| v.running == Some(copy), &mut said).await;
+    let again = until(&|v| v.running.is_none(), &mut said).await;
+    let still: Vec<&str> = again.steps[copy]
+        .items
+        .failed
+        .iter()
+        .map(|(item, _)| item.as_str())
+        .collect();
+    assert_eq!(still, ["public.report_2023_02"], "{said:?}");
+    let _ = requests.send(UiRequest::Quit).await;
+    drop(requests);
+    tokio::time::timeout(Duration::from_secs(30), bridge)
+        .await
+        .expect("the bridge ends")
+        .unwrap();
+
+    let (rows, duplicates) = copy_source::count_with_duplicates(&target, "report_2023_01")
+        .await
+        .unwrap();
+    assert_eq!((rows as u64, duplicates), (SHAPE.rows_per_month, 0));
+    let entries = cutover::journal::Journal::open(&state_dir)
+        .unwrap()
+        .entries(&run_id)
+        .unwrap();
+    let starts = |item: &str| {
+        entries
+            .iter()
+            .filter(|e| {
+                e.kind == EntryKind::ItemStarted
+                    && e.item.as_ref().map(ItemId::as_str) == Some(item)
+            })
+            .count()
+    };
+    assert_eq!(starts("public.report_2023_01"), 2);
+    assert_eq!(
+        starts("public.report_2023_02"),
+        1,
+        "not asked for: not retried"
+    );
+    let asked: Vec<_> = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::ItemRetryAsked)
+        .collect();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(
+        asked[0].actors,
+        [cutover::identity::Identity::current(None).label()]
+    );
+}
