@@ -933,6 +933,7 @@ impl LogicalMoveActions {
                 tables: self.memory.tables.clone(),
                 split_rows: DEFAULT_SPLIT_ROWS,
                 frozen_before: None,
+                maps: BTreeMap::new(),
             },
             policy: CopyPolicy {
                 jobs: self.mv.params.jobs,
