@@ -121,6 +121,24 @@ pub struct VerdictRecord {
     pub at: DateTime<Utc>,
 }
 
+impl VerdictRecord {
+    /// `by`'s verdict on exactly what `request` showed (its plan, step and seen hash), now.
+    pub fn on(request: &ApprovalRequest, verdict: Verdict, reason: String, by: Person) -> Self {
+        VerdictRecord {
+            request_id: Some(request.id),
+            environment: request.environment.clone(),
+            runbook: request.runbook.clone(),
+            fingerprint: request.fingerprint.clone(),
+            step: Some(request.step.clone()),
+            seen: Some(request.seen.clone()),
+            verdict,
+            reason,
+            by,
+            at: Utc::now(),
+        }
+    }
+}
+
 /// Where a request stands for the driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -305,22 +323,12 @@ mod tests {
     }
 
     fn verdict(request: &ApprovalRequest, uid: u32, verdict: Verdict) -> VerdictRecord {
-        VerdictRecord {
-            request_id: Some(request.id),
-            environment: request.environment.clone(),
-            runbook: request.runbook.clone(),
-            fingerprint: request.fingerprint.clone(),
-            step: Some(request.step.clone()),
-            seen: Some(request.seen.clone()),
-            verdict,
-            reason: if verdict == Verdict::Object {
-                "wait".into()
-            } else {
-                String::new()
-            },
-            by: person(uid, "second"),
-            at: Utc::now(),
-        }
+        let reason = if verdict == Verdict::Object {
+            "wait".into()
+        } else {
+            String::new()
+        };
+        VerdictRecord::on(request, verdict, reason, person(uid, "second"))
     }
 
     #[test]

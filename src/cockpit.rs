@@ -73,8 +73,27 @@ fn item_request(
             Ok("new items start again".into())
         }
         UiRequest::RetryItem(item) => {
-            control.retry(crate::engine::ItemId::new(item.clone()));
-            Ok(format!("{item} will be retried when its step next starts"))
+            // While a step runs: the runner journals the retry and starts the item again as a
+            // slot frees. Idle, `serve` journals it against the failed step itself.
+            let id = crate::engine::ItemId::new(item.clone());
+            let status = state.running_step().and_then(|i| {
+                state
+                    .items(i)
+                    .iter()
+                    .find(|known| known.id == id)
+                    .map(|known| known.status.clone())
+            });
+            match status {
+                Some(crate::engine::ItemStatus::Failed { .. }) => {
+                    control.retry(id);
+                    Ok(format!("{item} retried: it starts again as a slot frees"))
+                }
+                Some(other) => Err(format!(
+                    "{item} has not failed (it is {}): only a failed item can be retried",
+                    other.label()
+                )),
+                None => Err(format!("{item} is not an item of the running step")),
+            }
         }
         UiRequest::ConfirmNextItem => {
             let confirmed = control.requests().confirmed;
@@ -208,6 +227,15 @@ pub async fn serve<A: Actions>(
                     end_pause_before_exit(&mut runner, "the operator quit the cockpit").await;
                     return;
                 }
+                if let UiRequest::RetryItem(item) = &request {
+                    control.retry(crate::engine::ItemId::new(item.clone()));
+                    for update in retry_outcomes(&mut runner) {
+                        let _ = updates.send(update).await;
+                    }
+                    let current = view(&runner, &evaluated, pause_bound, None);
+                    let _ = updates.send(RunbookUpdate::View(current)).await;
+                    continue;
+                }
                 if let Some(answer) = item_request(&control, &runner.plan, &runner.state, &request) {
                     let _ = updates
                         .send(match answer {
@@ -234,6 +262,10 @@ pub async fn serve<A: Actions>(
                     while_running(call, &mut requests, &mut state, &abort, &control, &show).await;
                 if let Err(message) = result {
                     let _ = updates.send(RunbookUpdate::Refused(message)).await;
+                }
+                // Retries asked too late for the call to take up apply to what it left.
+                for update in retry_outcomes(&mut runner) {
+                    let _ = updates.send(update).await;
                 }
                 // Whatever the call did, it no longer waits for a second person.
                 let _ = updates.send(RunbookUpdate::PairWait(None)).await;
@@ -274,6 +306,28 @@ pub async fn serve<A: Actions>(
         if updates.send(RunbookUpdate::View(current)).await.is_err() {
             return;
         }
+    }
+}
+
+/// Journal the retries asked through the item control while no call runs (or too late for
+/// the call to take them up); what to tell the operator about each.
+fn retry_outcomes<A: Actions>(runner: &mut Runner<A>) -> Vec<RunbookUpdate> {
+    match runner.take_retry_requests() {
+        Ok(outcomes) => outcomes
+            .into_iter()
+            .map(|(item, outcome)| match outcome {
+                Ok(step) if runner.state.running_step().is_some() => {
+                    RunbookUpdate::Info(format!("{item} retried ({step})"))
+                }
+                Ok(step) => RunbookUpdate::Info(format!(
+                    "{item} will be retried when `{step}` runs again (only the items asked for)"
+                )),
+                Err(reason) => RunbookUpdate::Refused(format!("{item}: {reason}")),
+            })
+            .collect(),
+        Err(e) => vec![RunbookUpdate::Refused(format!(
+            "journaling the retry failed: {e}"
+        ))],
     }
 }
 
@@ -974,18 +1028,12 @@ pub async fn second_operator(
         )
         .map_err(|e| format!("refused: {e}"))?;
         journal
-            .record_verdict(&approval::VerdictRecord {
-                request_id: Some(request.id),
-                environment: request.environment.clone(),
-                runbook: request.runbook.clone(),
-                fingerprint: request.fingerprint.clone(),
-                step: Some(request.step.clone()),
-                seen: Some(request.seen.clone()),
+            .record_verdict(&approval::VerdictRecord::on(
+                &request,
                 verdict,
                 reason,
-                by: approval::Person::from(me),
-                at: chrono::Utc::now(),
-            })
+                approval::Person::from(me),
+            ))
             .map_err(|e| e.to_string())?;
         Ok(format!(
             "{} recorded on request {} ({}) as {}",

@@ -650,7 +650,12 @@ impl Journal {
 
         let confirmations: Vec<_> = entries
             .iter()
-            .filter(|(_, e)| e.kind == EntryKind::Confirmed)
+            .filter(|(_, e)| {
+                matches!(
+                    e.kind,
+                    EntryKind::Confirmed | EntryKind::ItemConfirmed | EntryKind::ItemRetryAsked
+                )
+            })
             .collect();
         out.push('\n');
         line(&mut out, "## Confirmations");
@@ -659,12 +664,18 @@ impl Journal {
             line(&mut out, "(none)");
         }
         for (_, entry) in confirmations {
+            let what = match (&entry.item, entry.kind) {
+                (Some(item), EntryKind::ItemRetryAsked) => {
+                    format!("`{}` item `{item}` retry asked", step_text(entry))
+                }
+                (Some(item), _) => format!("`{}` item `{item}` confirmed", step_text(entry)),
+                (None, _) => format!("`{}` confirmed", step_text(entry)),
+            };
             line(
                 &mut out,
                 &format!(
-                    "- {} · `{}` confirmed by **{}** · {}",
+                    "- {} · {what} by **{}** · {}",
                     display_time(entry.at),
-                    step_text(entry),
                     entry.actors.join("**, **"),
                     entry.detail
                 ),
@@ -875,7 +886,11 @@ fn operators_of(entries: &[(u64, JournalEntry)]) -> Vec<String> {
     for (_, entry) in entries {
         if matches!(
             entry.kind,
-            EntryKind::Confirmed | EntryKind::Skipped | EntryKind::RollbackRequested
+            EntryKind::Confirmed
+                | EntryKind::Skipped
+                | EntryKind::RollbackRequested
+                | EntryKind::ItemConfirmed
+                | EntryKind::ItemRetryAsked
         ) {
             for actor in &entry.actors {
                 if !names.contains(actor) {

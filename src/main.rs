@@ -407,18 +407,12 @@ async fn approve_command(
         eprintln!("cutover: refused: {refusal}");
         return Ok(ExitCode::from(REFUSED));
     }
-    journal.record_verdict(&approval::VerdictRecord {
-        request_id: Some(request.id),
-        environment: request.environment.clone(),
-        runbook: request.runbook.clone(),
-        fingerprint: request.fingerprint.clone(),
-        step: Some(request.step.clone()),
-        seen: Some(request.seen.clone()),
+    journal.record_verdict(&approval::VerdictRecord::on(
+        &request,
         verdict,
         reason,
-        by: approval::Person::from(&me),
-        at: chrono::Utc::now(),
-    })?;
+        approval::Person::from(&me),
+    ))?;
     emit!(
         "{} request {} ({}) as {} from {}",
         match verdict {

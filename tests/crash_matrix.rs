@@ -29,6 +29,7 @@ matrix_tests! {
     citus_bootstrap: Citus,
     table_copy: Copy,
     logical_move: Move,
+    logical_move_citus: MoveCitus,
 }
 
 fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -913,4 +914,131 @@ async fn all_rows(client: &tokio_postgres::Client, table: &str) -> BTreeSet<Stri
         .iter()
         .map(|r| r.get::<_, String>(0))
         .collect()
+}
+
+// ---- logical move into Citus (the tool's apply through the coordinator) ----------------------
+
+struct MoveCitus {
+    lab: CitusLab,
+    load: Option<(
+        watch::Sender<bool>,
+        JoinHandle<cutover::lab::load::LoadReport>,
+    )>,
+}
+
+impl Subject for MoveCitus {
+    const RUNBOOK: &'static str = "logical-move";
+
+    fn name() -> String {
+        "logical-move into Citus".into()
+    }
+    async fn start() -> Self {
+        let lab = CitusLab::start(MOVE_DOCS, 15)
+            .await
+            .expect("lab with a Citus cluster");
+        let state = lab.config.dir.join("bootstrap-state");
+        let mut bootstrap =
+            cutover::runbooks::citus_bootstrap::rehearse::lab_invocation(&lab, state);
+        bootstrap.oversight = cutover::engine::Oversight::Solo;
+        cutover::session::open_as::<cutover::runbooks::citus_bootstrap::CitusBootstrap>(&bootstrap)
+            .expect("bootstrap session")
+            .run_headless("matrix")
+            .await
+            .expect("citus-bootstrap");
+        // The application's function, which citus-bootstrap does not bring.
+        lab.coordinator(DATABASE)
+            .await
+            .expect("coordinator")
+            .batch_execute(
+                "CREATE FUNCTION insert_form(form_id uuid, domain text, payload jsonb) RETURNS uuid LANGUAGE sql AS $$ \
+                 INSERT INTO forms (form_id, domain, received_on, payload) VALUES ($1, $2, now(), $3) RETURNING form_id $$",
+            )
+            .await
+            .expect("insert_form");
+        MoveCitus { lab, load: None }
+    }
+    fn inventory_path(&self) -> PathBuf {
+        self.lab.inventory_path()
+    }
+    fn params(&self) -> BTreeMap<String, String> {
+        params(&[
+            ("from", &format!("pg1/{P1_DB}")),
+            (
+                "to",
+                &format!("{}/{DATABASE}", cutover::lab::citus::COORDINATOR),
+            ),
+            ("tables", "forms"),
+            ("min-free-gb", "1"),
+            ("min-free-percent", "1"),
+            ("pause-bound-ms", "5000"),
+            ("jobs", "1"),
+        ])
+    }
+    /// Inside the initial copy, inside the catch-up while the tool's apply runs, and inside
+    /// the gate (`caught_up_to`).
+    fn long_steps(&self) -> Vec<(&'static str, u64)> {
+        vec![("initial-copy", 600), ("catch-up", 100), ("lsn-gate", 30)]
+    }
+    fn pause_step(&self) -> Option<&'static str> {
+        Some("stop-traffic")
+    }
+    async fn paused(&self) -> bool {
+        let inventory = cutover::inventory::load(&self.inventory_path()).expect("inventory");
+        paused_on(&inventory.pgbouncers[0]).await
+    }
+    async fn start_load(&mut self) {
+        let inventory = cutover::inventory::load(&self.inventory_path()).expect("inventory");
+        let (stop, stopped) = watch::channel(false);
+        let options = cutover::lab::load::LoadOptions {
+            endpoint: cutover::lab::load::entry_endpoint(&inventory).expect("the entry alias"),
+            rate: 20,
+            duration: Duration::from_secs(3600),
+            workers: 2,
+            out: None,
+        };
+        let task = tokio::spawn(async move {
+            cutover::lab::load::run(options, stopped)
+                .await
+                .expect("load")
+        });
+        self.load = Some((stop, task));
+    }
+    async fn converged(&mut self, _entries: &[JournalEntry]) {
+        let (stop, task) = self.load.take().expect("load running");
+        stop.send(true).expect("stop the load");
+        let load = task.await.expect("load task");
+        assert!(load.committed > 0, "the load ran: {:?}", load.errors);
+        let coordinator = self.lab.coordinator(DATABASE).await.expect("coordinator");
+        let ids: Vec<String> = load.committed_ids.iter().map(|i| i.to_string()).collect();
+        let row = coordinator
+            .query_one(
+                "SELECT count(*), count(DISTINCT form_id) FROM forms WHERE form_id::text = ANY($1)",
+                &[&ids],
+            )
+            .await
+            .expect("committed ids");
+        let (found, distinct): (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!(
+            distinct as usize,
+            ids.len(),
+            "every committed form is on Citus"
+        );
+        assert_eq!(found, distinct, "no change applied twice");
+        let source = connect(self.lab.config.pg1_port, P1_DB).await;
+        let (s, t) = (
+            all_rows(&source, "forms").await,
+            all_rows(&coordinator, "forms").await,
+        );
+        assert!(
+            s.is_subset(&t),
+            "forms: every source row is visible through the coordinator, identical"
+        );
+        let slots: i64 = source
+            .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+            .await
+            .expect("slots")
+            .get(0);
+        assert_eq!(slots, 0, "no replication slot is left");
+        assert!(!self.paused().await, "no alias is left paused");
+    }
 }

@@ -372,6 +372,182 @@ fn after_a_failure_stop_starts_nothing_new_but_running_items_finish() {
     run.succeed(COPY).unwrap();
 }
 
+impl Run {
+    fn retry(&mut self, name: &str) -> Result<Vec<Effect>, Refusal> {
+        let step = self.step(COPY);
+        self.apply(Command::RetryItem {
+            step,
+            item: item(name),
+            by: vec!["alice (uid 1001)".into()],
+        })
+    }
+}
+
+#[test]
+fn a_retry_mid_step_starts_the_failed_item_again_keeping_its_attempts() {
+    let mut run = Run::copying(&["t1", "t2", "t3", "t4", "t5"]);
+    run.start_items(2, OnItemFailure::Stop);
+    run.item_failed("t1").unwrap();
+    // Stopped: nothing new starts while t2 runs.
+    assert!(run.start_items(2, OnItemFailure::Stop).is_empty());
+    let effects = run.retry("t1").unwrap();
+    let [Effect::Journal(entry)] = effects.as_slice() else {
+        panic!("one journal entry expected: {effects:?}");
+    };
+    assert_eq!(entry.kind, EntryKind::ItemRetryAsked);
+    assert_eq!(entry.item, Some(item("t1")));
+    assert_eq!(entry.actors, ["alice (uid 1001)"]);
+    assert_eq!(entry.detail, "t1: connection reset");
+    assert_eq!(run.status("t1"), "needs recheck");
+    // The retry lifts the stop it caused: t1 starts again (attempt 2, re-checking) next to t2,
+    // then the remaining items as slots free.
+    assert_eq!(
+        run.start_items(2, OnItemFailure::Stop),
+        [("t1".to_string(), 2, true)]
+    );
+    run.item_done("t1").unwrap();
+    run.item_done("t2").unwrap();
+    // The live state equals the replayed journal.
+    let replayed =
+        EngineState::replay(&run.plan, EngineSettings::default(), run.journal().iter()).unwrap();
+    assert_eq!(replayed.items(COPY), run.state.items(COPY));
+    assert_eq!(
+        started(&run.start_items(2, OnItemFailure::Stop)),
+        ["t3", "t4"]
+    );
+}
+
+#[test]
+fn a_retry_under_a_stop_starts_only_the_items_asked_for() {
+    let mut run = Run::copying(&["t1", "t2", "t3", "t4"]);
+    run.start_items(3, OnItemFailure::Stop);
+    run.item_failed("t1").unwrap();
+    run.item_failed("t2").unwrap();
+    run.retry("t1").unwrap();
+    // t2 still failed: the stop holds for t4, but the item asked for starts.
+    assert_eq!(
+        run.start_items(3, OnItemFailure::Stop),
+        [("t1".to_string(), 2, true)]
+    );
+    assert_eq!(run.status("t4"), "pending");
+}
+
+#[test]
+fn a_retry_after_the_step_failed_makes_its_next_start_retry_exactly_those_items() {
+    let mut run = Run::copying(&["t1", "t2", "t3"]);
+    run.start_items(3, OnItemFailure::Continue);
+    run.item_failed("t1").unwrap();
+    run.item_failed("t2").unwrap();
+    run.item_done("t3").unwrap();
+    let step = run.step(COPY);
+    run.apply(Command::ActionFailed {
+        step,
+        reason: "2 of 3 items failed".into(),
+    })
+    .unwrap();
+    run.retry("t2").unwrap();
+    run.start(COPY);
+    assert_eq!(run.status("t1"), "failed", "not asked for: stays failed");
+    assert_eq!(run.status("t2"), "needs recheck");
+    assert_eq!(
+        run.start_items(3, OnItemFailure::Continue),
+        [("t2".to_string(), 2, true)]
+    );
+    // Without any retry asked, a new start retries every failed item (as before).
+    let mut plain = Run::copying(&["t1", "t2"]);
+    plain.start_items(2, OnItemFailure::Continue);
+    plain.item_failed("t1").unwrap();
+    plain.item_failed("t2").unwrap();
+    let step = plain.step(COPY);
+    plain
+        .apply(Command::ActionFailed {
+            step,
+            reason: "2 of 2 items failed".into(),
+        })
+        .unwrap();
+    plain.start(COPY);
+    assert_eq!(
+        started(&plain.start_items(3, OnItemFailure::Continue)),
+        ["t1", "t2"]
+    );
+}
+
+#[test]
+fn a_retry_is_refused_unless_the_item_failed_in_a_running_or_failed_step() {
+    let mut run = Run::copying(&["t1", "t2", "t3"]);
+    run.start_items(1, OnItemFailure::Continue);
+    assert!(matches!(
+        run.retry("t1"),
+        Err(Refusal::ItemNotFailed {
+            status: "running",
+            ..
+        })
+    ));
+    assert!(matches!(
+        run.retry("t2"),
+        Err(Refusal::ItemNotFailed {
+            status: "pending",
+            ..
+        })
+    ));
+    assert!(matches!(run.retry("t9"), Err(Refusal::UnknownItem { .. })));
+    run.item_done("t1").unwrap();
+    assert!(matches!(
+        run.retry("t1"),
+        Err(Refusal::ItemNotFailed { status: "done", .. })
+    ));
+    let step = run.step(COPY);
+    assert!(matches!(
+        run.apply(Command::RetryItem {
+            step,
+            item: item("t1"),
+            by: vec![" ".into()],
+        }),
+        Err(Refusal::UnnamedOperator { .. })
+    ));
+    // A step that is not running nor failed: the prepare step is done.
+    let prepare = run.step(PREPARE);
+    assert!(matches!(
+        run.apply(Command::RetryItem {
+            step: prepare,
+            item: item("t1"),
+            by: vec!["alice".into()],
+        }),
+        Err(Refusal::StepNotRunningNorFailed { status: "done", .. })
+    ));
+    let before = run.state.clone();
+    assert!(run.retry("t2").is_err());
+    assert_eq!(run.state, before, "a refusal changes nothing");
+}
+
+#[test]
+fn an_item_confirmation_is_journaled_with_who_confirmed() {
+    let mut run = Run::copying(&["t1", "t2"]);
+    let step = run.step(COPY);
+    let effects = run
+        .apply(Command::ConfirmItem {
+            step: step.clone(),
+            item: item("t1"),
+            by: vec!["alice (uid 1001)".into()],
+        })
+        .unwrap();
+    let [Effect::Journal(entry)] = effects.as_slice() else {
+        panic!("{effects:?}");
+    };
+    assert_eq!(entry.kind, EntryKind::ItemConfirmed);
+    assert_eq!(entry.actors, ["alice (uid 1001)"]);
+    assert_eq!(entry.item, Some(item("t1")));
+    run.start_items(1, OnItemFailure::Continue);
+    assert!(matches!(
+        run.apply(Command::ConfirmItem {
+            step,
+            item: item("t1"),
+            by: vec!["alice".into()],
+        }),
+        Err(Refusal::ItemNotWaiting { .. })
+    ));
+}
+
 #[test]
 fn after_a_crash_mid_items_done_items_are_not_rerun_and_running_ones_are_rechecked() {
     let mut live = Run::copying(&["t1", "t2", "t3", "t4", "t5"]);

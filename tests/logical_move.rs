@@ -450,3 +450,242 @@ async fn wal_level_is_set_with_a_restart_and_its_undo_puts_it_back() {
         .expect("rollback");
     assert_eq!(wal_level(&lab).await, "replica", "put back, and restarted");
 }
+
+/// Every row of `table` on `target` is on `source`, identical.
+async fn contained(source: &Client, target: &Client, table: &str) {
+    let (s, t) = (rows(source, table).await, rows(target, table).await);
+    let lost: Vec<&String> = t.difference(&s).take(3).collect();
+    assert!(
+        lost.is_empty(),
+        "{table}: rows of the target not on the source: {lost:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reverse_stream_moves_back_to_15_without_losing_a_write_then_retires() {
+    let lab = MoveLab::start(1_000, 18).await.expect("lab");
+    let state = tempfile::tempdir().unwrap();
+    let mut inv = invocation(&lab, state.path());
+    inv.params.insert("reverse-stream".into(), "yes".into());
+    let load = start_load(&lab, 50);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut runner = session::open_as::<LogicalMove>(&inv).unwrap();
+    let progress = runner.run_headless("test").await.expect("the move runs");
+    assert!(
+        format!("{progress:?}").contains("move-back"),
+        "held before the move back: {progress:?}"
+    );
+    let inventory = cutover::inventory::load(&lab.config.inventory_path()).unwrap();
+    let alias = |inventory: &cutover::inventory::Inventory| {
+        inventory.pgbouncers[0]
+            .aliases
+            .iter()
+            .find(|a| a.name == P1_DB)
+            .unwrap()
+            .node
+            .clone()
+    };
+    assert_eq!(alias(&inventory), "pg1new");
+    // Writes land on the target through the alias; its reverse slot shows in the readings
+    // the Replication pane draws, beside no forward slot left on the source.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let target_node = inventory.node("pg1new").unwrap();
+    let reading = cutover::readings::slots::read_once(&inventory, target_node).await;
+    let watch = reading.value().expect("the target's slots read");
+    let back = watch
+        .slots
+        .iter()
+        .find(|s| s.name.ends_with("_back"))
+        .unwrap_or_else(|| panic!("the reverse slot is read on the target: {:?}", watch.slots));
+    assert!(back.lag_bytes.is_some(), "{back:?}");
+    let source = lab.source().await.unwrap();
+    let target = lab.target().await.unwrap();
+    assert_eq!(
+        count(&source, "SELECT count(*) FROM pg_replication_slots").await,
+        0,
+        "the forward slot is dropped; the reverse stream runs on"
+    );
+    let on_target_only = rows(&target, "forms")
+        .await
+        .difference(&rows(&source, "forms").await)
+        .count();
+    assert!(
+        on_target_only < 200,
+        "the reverse stream follows ({on_target_only} behind)"
+    );
+
+    runner
+        .run_headless_through("test", Some(&StepId::new("move-back")))
+        .await
+        .expect("moves back");
+    let inventory = cutover::inventory::load(&lab.config.inventory_path()).unwrap();
+    assert_eq!(
+        alias(&inventory),
+        "pg1",
+        "the alias routes to the source again"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let report = stop_load(load).await;
+    assert_eq!(report.failed, 0, "no call failed: {:?}", report.errors);
+
+    // Every write the target took is on the source; the source took the later ones with ids
+    // past the target's.
+    for table in ["forms", "cases", "form_events"] {
+        contained(&source, &target, table).await;
+    }
+    let committed: Vec<String> = report.committed_ids.iter().map(|i| i.to_string()).collect();
+    let found: i64 = source
+        .query_one(
+            "SELECT count(*) FROM forms WHERE form_id::text = ANY($1)",
+            &[&committed],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        found as usize,
+        committed.len(),
+        "every committed form is on the source"
+    );
+    let target_max = count(&target, "SELECT coalesce(max(id), 0) FROM form_events").await;
+    let source_next = count(&source, "SELECT nextval('form_events_id_seq')").await;
+    let source_max = count(&source, "SELECT max(id) FROM form_events").await;
+    assert!(
+        source_next > source_max && source_next > target_max,
+        "nextval {source_next} past max {source_max} (target {target_max})"
+    );
+    let duplicated = count(
+        &source,
+        "SELECT coalesce(sum(n - 1), 0)::bigint FROM (SELECT count(*) AS n FROM form_events GROUP BY form_id HAVING count(*) > 1) d",
+    )
+    .await;
+    assert_eq!(duplicated, 0);
+    let memory = runner.actions().memory().clone();
+    eprintln!(
+        "forward pause {:?} ms; move back: gate {:?} ms, pause {:?} ms; {} calls",
+        memory.pause_window_ms, memory.back_gate_ms, memory.back_pause_window_ms, report.committed
+    );
+    assert!(memory.reverse_slot_lsn.is_some());
+    assert!(memory.back_pause_window_ms.is_some());
+    assert!(!memory.back_sequences.is_empty());
+
+    let progress = runner
+        .run_headless_through("test", Some(&StepId::new("retire-reverse-stream")))
+        .await
+        .expect("retires the reverse stream");
+    assert!(format!("{progress:?}").contains("retire"), "{progress:?}");
+    for (client, side) in [(&source, "source"), (&target, "target")] {
+        assert_eq!(
+            count(
+                client,
+                "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_subscription) + (SELECT count(*) FROM pg_class WHERE relname LIKE 'cutover\\_move%')"
+            )
+            .await,
+            0,
+            "nothing of the move is left on the {side}"
+        );
+    }
+}
+
+/// What the source holds of a move, besides rows: slots, publications, subscriptions and the
+/// tool's tables.
+async fn leftovers(client: &Client) -> i64 {
+    count(
+        client,
+        "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_subscription) + (SELECT count(*) FROM pg_class WHERE relname LIKE 'cutover\\_%')",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_from_every_stage_before_resume_leaves_the_source_untouched_and_serving() {
+    let lab = MoveLab::start(1_000, 18).await.expect("lab");
+    let source = lab.source().await.unwrap();
+    let wal_level_before = wal_level(&lab).await;
+    let before = leftovers(&source).await;
+    let load = start_load(&lab, 30);
+    let stages = [
+        "preflight",
+        "schema",
+        "initial-copy",
+        "catch-up",
+        // Inside the window: paused, gated, sequences set on the target, reverse slot made.
+        "reverse-stream",
+    ];
+    for stage in stages {
+        let state = tempfile::tempdir().unwrap();
+        let mut inv = invocation(&lab, state.path());
+        inv.params.insert("reverse-stream".into(), "yes".into());
+        let mut runner = session::open_as::<LogicalMove>(&inv).unwrap();
+        runner
+            .run_headless_through("test", Some(&StepId::new(stage)))
+            .await
+            .unwrap_or_else(|e| panic!("through {stage}: {e}"));
+        runner
+            .rollback_to(&StepId::new("preflight"), "test", "rehearsed rollback")
+            .await
+            .unwrap_or_else(|e| panic!("rollback from {stage}: {e}"));
+        assert_eq!(
+            leftovers(&source).await,
+            before,
+            "after {stage}: no slot, publication, subscription or tool table left on the source"
+        );
+        assert_eq!(wal_level(&lab).await, wal_level_before, "after {stage}");
+        let inventory = cutover::inventory::load(&lab.config.inventory_path()).unwrap();
+        let alias = inventory.pgbouncers[0]
+            .aliases
+            .iter()
+            .find(|a| a.name == P1_DB)
+            .unwrap();
+        assert_eq!(
+            alias.node, "pg1",
+            "after {stage}: the alias routes to the source"
+        );
+        let admin = common::connect(lab.target_port, "postgres").await;
+        assert_eq!(
+            count(&admin, "SELECT count(*) FROM pg_replication_slots").await,
+            0,
+            "after {stage}: no slot on the target"
+        );
+        let db: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_database WHERE datname = $1",
+                &[&P1_DB],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            db, 0,
+            "after {stage}: the target database this run created is gone"
+        );
+        let n0 = count(&source, "SELECT count(*) FROM forms").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            count(&source, "SELECT count(*) FROM forms").await > n0,
+            "after {stage}: writes land on the source"
+        );
+    }
+    let report = stop_load(load).await;
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    let committed: Vec<String> = report.committed_ids.iter().map(|i| i.to_string()).collect();
+    let found: i64 = source
+        .query_one(
+            "SELECT count(*) FROM forms WHERE form_id::text = ANY($1)",
+            &[&committed],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        found as usize,
+        committed.len(),
+        "every committed form is on the source"
+    );
+    let duplicated = count(
+        &source,
+        "SELECT coalesce(sum(n - 1), 0)::bigint FROM (SELECT count(*) AS n FROM form_events GROUP BY form_id HAVING count(*) > 1) d",
+    )
+    .await;
+    assert_eq!(duplicated, 0);
+}

@@ -497,6 +497,31 @@ async fn a_monthly_table_goes_into_the_targets_partitioned_parent() {
         ]
     );
 
+    // Each ledger row names the source table it holds, not the parent it went into.
+    let sources: Vec<(String, String)> = target
+        .query(
+            "SELECT part, source_table FROM cutover_copy_ledger ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            (
+                "public.report_2023_01:all".to_string(),
+                "public.report_2023_01".to_string()
+            ),
+            (
+                "public.report_2023_02:all".to_string(),
+                "public.report_2023_02".to_string()
+            ),
+        ]
+    );
+
     // An attempt whose ledger row is lost (as if it never committed) copies January again:
     // its period is deleted first, February's rows and the March row stay.
     target
@@ -690,5 +715,165 @@ fn plan_is_typed_and_its_fingerprint_covers_the_selection_not_the_policy() {
     assert_ne!(
         params(&[("table", "report_2023_01"), ("start-date", "2023-01-01")]).fingerprint(),
         base
+    );
+
+    // An explicit mapping is part of the plan: its SQL goes into the mapped target, and the
+    // fingerprint covers it.
+    let mapped = params(&[
+        ("table", "report_2023_01"),
+        ("map", "report_2023_01=archive.report"),
+    ]);
+    let markdown = mapped.to_markdown();
+    assert!(
+        markdown.contains("TRUNCATE \"archive\".\"report\"")
+            && markdown.contains("public.report_2023_01 into archive.report"),
+        "{markdown}"
+    );
+    assert_ne!(mapped.fingerprint(), base);
+    assert_eq!(
+        mapped.params.get("map").map(String::as_str),
+        Some("public.report_2023_01=archive.report")
+    );
+    // Bad mappings are refused when the plan is made, naming the entry.
+    let refused = |map: &str| {
+        let params = BTreeMap::from([
+            ("from".to_string(), "pg1/reporting_src".to_string()),
+            ("to".to_string(), "pg2/copy_target".to_string()),
+            ("table".to_string(), "report_2023_01".to_string()),
+            ("map".to_string(), map.to_string()),
+        ]);
+        cutover::session::plan(&inventory, "table-copy", &params)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let unknown = refused("report_2023_02=archive.report");
+    assert!(
+        unknown.contains("report_2023_02")
+            && unknown.contains("not among the tables --table selects"),
+        "{unknown}"
+    );
+    assert!(refused("report_2023_01").contains("expected SOURCE=TARGET"));
+    assert!(refused("report_2023_01=report_2023_01").contains("onto itself"));
+    assert!(refused("report_2023_01=a,report_2023_01=b").contains("already mapped to public.a"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_map_copies_a_table_into_the_named_target() {
+    let lab = plain_lab(&SHAPE).await;
+    let inventory = lab.config.inventory_path();
+    let state = lab.config.dir.join("state");
+    let from = format!("pg1/{SOURCE_DB}");
+    let to = "pg2/copy_target";
+    let target = copy_source::connect(lab.config.pg2_port, "copy_target")
+        .await
+        .unwrap();
+    target
+        .batch_execute(
+            "CREATE SCHEMA archive;              CREATE TABLE archive.report (LIKE public.report_2023_01 INCLUDING ALL)",
+        )
+        .await
+        .unwrap();
+
+    // A mapping to a target table that does not exist: the preflight says which.
+    let missing = [
+        "--table",
+        "report_2023_01",
+        "--map",
+        "report_2023_01=archive.nowhere",
+    ];
+    let out = run(&mut cutover(&inventory, &state, &from, to, &missing));
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "--map public.report_2023_01=archive.nowhere: target table archive.nowhere does not exist"
+        ),
+        "{}",
+        text(&out)
+    );
+    // A mapped source that does not exist on the source (no --table: the whole database).
+    let other_state = lab.config.dir.join("state-2");
+    let ghost = ["--map", "report_1999_01=archive.report"];
+    let out = run(&mut cutover(&inventory, &other_state, &from, to, &ghost));
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("source table public.report_1999_01 does not exist"),
+        "{}",
+        text(&out)
+    );
+
+    let state = lab.config.dir.join("state-3");
+    let mapped = [
+        "--table",
+        "report_2023_01",
+        "--table",
+        "report_2023_02",
+        "--map",
+        "report_2023_01=archive.report",
+    ];
+    let out = run(&mut cutover(&inventory, &state, &from, to, &mapped));
+    assert!(out.status.success(), "{}", text(&out));
+    let count = |sql: &'static str| {
+        let target = &target;
+        async move { target.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM archive.report").await,
+        SHAPE.rows_per_month as i64
+    );
+    assert_eq!(count("SELECT count(*) FROM public.report_2023_01").await, 0);
+    assert_eq!(
+        count("SELECT count(*) FROM public.report_2023_02").await,
+        SHAPE.rows_per_month as i64
+    );
+    let source = copy_source::connect(lab.config.pg1_port, SOURCE_DB)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&source, "public.report_2023_01").await,
+        rows(&target, "archive.report").await
+    );
+    let ledger: Vec<(String, String, String)> = target
+        .query(
+            "SELECT target_table, part, source_table FROM cutover_copy_ledger ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        ledger,
+        [
+            (
+                "archive.report".to_string(),
+                "all".to_string(),
+                "public.report_2023_01".to_string()
+            ),
+            (
+                "public.report_2023_02".to_string(),
+                "all".to_string(),
+                "public.report_2023_02".to_string()
+            ),
+        ]
+    );
+    let status = status_json(&inventory, &state, &[]);
+    let pair = status.as_object().unwrap().values().next().unwrap();
+    let targets: Vec<(&str, &str, &str)> = pair["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["table"].as_str().unwrap(),
+                t["target"].as_str().unwrap(),
+                t["status"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert!(
+        targets.contains(&("public.report_2023_01", "archive.report", "verified")),
+        "{targets:?}"
     );
 }

@@ -126,6 +126,8 @@ pub fn apply(
             let i = t.running_item(&step, &item)?;
             t.journal_item(i, EntryKind::ItemFailed, item, reason)?;
         }
+        Command::RetryItem { step, item, by } => retry_item(&mut t, &step, item, by)?,
+        Command::ConfirmItem { step, item, by } => confirm_item(&mut t, &step, item, by)?,
     }
     Ok((t.state, t.effects))
 }
@@ -538,6 +540,63 @@ fn start_items(
     Ok(())
 }
 
+fn retry_item(
+    t: &mut Transition<'_>,
+    step: &StepId,
+    item: ItemId,
+    by: Vec<String>,
+) -> Result<(), Refusal> {
+    let i = index_of(t.plan, step)?;
+    let by = distinct_operators(&by);
+    if by.is_empty() {
+        return Err(Refusal::UnnamedOperator { step: step.clone() });
+    }
+    let status = &t.state.steps[i];
+    if !matches!(
+        status,
+        StepStatus::Running { .. } | StepStatus::Failed { .. }
+    ) {
+        return Err(Refusal::StepNotRunningNorFailed {
+            step: step.clone(),
+            status: status.label(),
+        });
+    }
+    let reason = match &t.known_item(i, &item)?.status {
+        ItemStatus::Failed { reason, .. } => reason.clone(),
+        other => {
+            return Err(Refusal::ItemNotFailed {
+                step: step.clone(),
+                item,
+                status: other.label(),
+            })
+        }
+    };
+    t.journal_item_by(i, EntryKind::ItemRetryAsked, item, reason, by)
+}
+
+fn confirm_item(
+    t: &mut Transition<'_>,
+    step: &StepId,
+    item: ItemId,
+    by: Vec<String>,
+) -> Result<(), Refusal> {
+    let i = t.running(step)?;
+    let by = distinct_operators(&by);
+    if by.is_empty() {
+        return Err(Refusal::UnnamedOperator { step: step.clone() });
+    }
+    let known = t.known_item(i, &item)?;
+    if !known.is_startable() {
+        return Err(Refusal::ItemNotWaiting {
+            step: step.clone(),
+            item,
+            status: known.status.label(),
+        });
+    }
+    let detail = format!("may start attempt {}", known.attempts + 1);
+    t.journal_item_by(i, EntryKind::ItemConfirmed, item, detail, by)
+}
+
 fn index_of(plan: &Plan, step: &StepId) -> Result<usize, Refusal> {
     plan.index_of(step)
         .ok_or_else(|| Refusal::UnknownStep { step: step.clone() })
@@ -597,12 +656,23 @@ impl Transition<'_> {
         item: ItemId,
         detail: String,
     ) -> Result<(), Refusal> {
+        self.journal_item_by(index, kind, item, detail, Vec::new())
+    }
+
+    fn journal_item_by(
+        &mut self,
+        index: usize,
+        kind: EntryKind,
+        item: ItemId,
+        detail: String,
+        actors: Vec<String>,
+    ) -> Result<(), Refusal> {
         let entry = JournalEntry {
             at: self.at,
             step: Some(self.plan.steps[index].id.clone()),
             kind,
             detail,
-            actors: Vec::new(),
+            actors,
             item: Some(item),
         };
         self.state
@@ -613,6 +683,18 @@ impl Transition<'_> {
             })?;
         self.effects.push(Effect::Journal(entry));
         Ok(())
+    }
+
+    /// The item `item` of the step at `i`, which must have declared it.
+    fn known_item(&self, i: usize, item: &ItemId) -> Result<&super::items::ItemState, Refusal> {
+        self.state
+            .items(i)
+            .iter()
+            .find(|known| &known.id == item)
+            .ok_or_else(|| Refusal::UnknownItem {
+                step: self.plan.steps[i].id.clone(),
+                item: item.clone(),
+            })
     }
 
     /// Index of the running step whose item `item` is running.

@@ -94,10 +94,16 @@ pub enum EntryKind {
     ItemDone,
     /// The attempt at `item` failed; `detail` is the reason.
     ItemFailed,
+    /// The operator (`actors`) asked to retry the failed `item`; `detail` is the failure it
+    /// retries. The item is due again, its attempts kept.
+    ItemRetryAsked,
+    /// The operator (`actors`) confirmed that `item` may start (a step whose items each wait
+    /// for a confirmation, table-copy's `--confirm`).
+    ItemConfirmed,
 }
 
 impl EntryKind {
-    pub const ALL: [EntryKind; 20] = [
+    pub const ALL: [EntryKind; 22] = [
         EntryKind::Confirmed,
         EntryKind::Precondition,
         EntryKind::Started,
@@ -118,6 +124,8 @@ impl EntryKind {
         EntryKind::ItemStarted,
         EntryKind::ItemDone,
         EntryKind::ItemFailed,
+        EntryKind::ItemRetryAsked,
+        EntryKind::ItemConfirmed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -142,6 +150,8 @@ impl EntryKind {
             EntryKind::ItemStarted => "item_started",
             EntryKind::ItemDone => "item_done",
             EntryKind::ItemFailed => "item_failed",
+            EntryKind::ItemRetryAsked => "item_retry_asked",
+            EntryKind::ItemConfirmed => "item_confirmed",
         }
     }
 }

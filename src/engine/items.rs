@@ -63,7 +63,8 @@ pub enum ItemStatus {
         finished_at: DateTime<Utc>,
         detail: String,
     },
-    /// Failed in the current start of the step; retried when the step is started again.
+    /// Failed in the current start of the step; retried when the step is started again, or
+    /// at once when the operator asks (`Command::RetryItem`).
     Failed {
         at: DateTime<Utc>,
         reason: String,
@@ -90,6 +91,10 @@ pub struct ItemState {
     /// Attempts started so far; the attempt a start begins is `attempts + 1`.
     pub attempts: u32,
     pub status: ItemStatus,
+    /// The operator asked to retry this item after it failed, and it has not started since.
+    /// Such an item starts even while a failure stops new starts, and a new start of a step
+    /// with such items retries only them (the other failed items stay failed).
+    pub retry_asked: bool,
 }
 
 impl ItemState {
@@ -98,6 +103,7 @@ impl ItemState {
             id,
             attempts: 0,
             status: ItemStatus::Pending,
+            retry_asked: false,
         }
     }
 
@@ -118,23 +124,21 @@ impl EngineState {
     }
 
     /// Items the step may start now, in declaration order: at most `limit` running at once,
-    /// and none after a failure in this start of the step when `on_failure` is `Stop`.
+    /// and after a failure in this start of the step when `on_failure` is `Stop`, only the
+    /// items the operator asked to retry.
     pub fn next_items(&self, step: usize, limit: usize, on_failure: OnItemFailure) -> Vec<ItemId> {
         let items = self.items(step);
         let stopped = on_failure == OnItemFailure::Stop
             && items
                 .iter()
                 .any(|i| matches!(i.status, ItemStatus::Failed { .. }));
-        if stopped {
-            return Vec::new();
-        }
         let running = items
             .iter()
             .filter(|i| matches!(i.status, ItemStatus::Running { .. }))
             .count();
         items
             .iter()
-            .filter(|i| i.is_startable())
+            .filter(|i| i.is_startable() && (!stopped || i.retry_asked))
             .take(limit.saturating_sub(running))
             .map(|i| i.id.clone())
             .collect()

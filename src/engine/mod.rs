@@ -232,6 +232,21 @@ pub enum Command {
         item: ItemId,
         reason: String,
     },
+    /// The operator asks to retry the failed `item` of a step that is running (it starts again
+    /// as a slot frees, under the step's limit and failure policy) or that failed (its next
+    /// start retries exactly the items asked for). Attempts are kept; the retry re-checks.
+    RetryItem {
+        step: StepId,
+        item: ItemId,
+        by: Vec<String>,
+    },
+    /// The operator confirms that `item` of the running step may start; journaled only (the
+    /// executor holds the confirmations until the item starts).
+    ConfirmItem {
+        step: StepId,
+        item: ItemId,
+        by: Vec<String>,
+    },
 }
 
 /// Output of the engine, to be performed in order.
@@ -342,6 +357,20 @@ pub enum Refusal {
     TrafficNotPaused,
     #[error("step `{step}` has no item `{item}`")]
     UnknownItem { step: StepId, item: ItemId },
+    #[error("item `{item}` of step `{step}` has not failed (it is {status}): only a failed item can be retried")]
+    ItemNotFailed {
+        step: StepId,
+        item: ItemId,
+        status: &'static str,
+    },
+    #[error("item `{item}` of step `{step}` is not waiting to start (it is {status})")]
+    ItemNotWaiting {
+        step: StepId,
+        item: ItemId,
+        status: &'static str,
+    },
+    #[error("step `{step}` is {status}: items are retried only while their step runs or after it failed")]
+    StepNotRunningNorFailed { step: StepId, status: &'static str },
     #[error("item `{item}` of step `{step}` is not running (it is {status})")]
     ItemNotRunning {
         step: StepId,

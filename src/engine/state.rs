@@ -243,15 +243,19 @@ impl EngineState {
             | EntryKind::Output
             | EntryKind::Gate
             | EntryKind::Note
-            | EntryKind::RunFinished => {}
+            | EntryKind::RunFinished
+            | EntryKind::ItemConfirmed => {}
             EntryKind::Started => {
                 let i = need_index()?;
                 let step = &plan.steps[i];
                 self.steps[i] = StepStatus::Running { started_at: at };
                 // A new start of the step retries, re-checking, every item that failed or
-                // was cut off in an earlier start; done items stay done.
+                // was cut off in an earlier start; done items stay done. When the operator
+                // asked to retry some failed items, only those (already due) are retried.
+                let retries_asked = self.items[i].iter().any(|item| item.retry_asked);
                 for item in &mut self.items[i] {
                     match &item.status {
+                        ItemStatus::Failed { .. } if retries_asked => {}
                         ItemStatus::Failed { reason, .. } => {
                             item.status = ItemStatus::NeedsRecheck {
                                 reason: reason.clone(),
@@ -368,7 +372,10 @@ impl EngineState {
                     self.items[i].push(ItemState::new(item));
                 }
             }
-            EntryKind::ItemStarted | EntryKind::ItemDone | EntryKind::ItemFailed => {
+            EntryKind::ItemStarted
+            | EntryKind::ItemDone
+            | EntryKind::ItemFailed
+            | EntryKind::ItemRetryAsked => {
                 let i = need_index()?;
                 let id = entry.item.as_ref().ok_or(ReplayError::MissingItem {
                     position,
@@ -385,7 +392,18 @@ impl EngineState {
                 item.status = match entry.kind {
                     EntryKind::ItemStarted => {
                         item.attempts += 1;
+                        item.retry_asked = false;
                         ItemStatus::Running { started_at: at }
+                    }
+                    EntryKind::ItemRetryAsked => {
+                        item.retry_asked = true;
+                        let earlier = match &item.status {
+                            ItemStatus::Failed { reason, .. } => reason.clone(),
+                            _ => entry.detail.clone(),
+                        };
+                        ItemStatus::NeedsRecheck {
+                            reason: format!("retry asked after: {earlier}"),
+                        }
                     }
                     EntryKind::ItemDone => ItemStatus::Done {
                         finished_at: at,

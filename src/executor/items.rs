@@ -10,7 +10,9 @@
 //!   step then fails, and its next start retries the failed items (re-checking) and skips the
 //!   done ones;
 //! - the pause bound and stop requests cut the items off exactly as they cut off an action:
-//!   cut-off items stay started in the journal and are re-checked by the next attempt.
+//!   cut-off items stay started in the journal and are re-checked by the next attempt;
+//! - the operator's retries and confirmations reach the journal (`item_retry_asked`,
+//!   `item_confirmed`, with the driver's identity) before the item they concern starts.
 
 use super::{sleep_until, Actions, RunError, Runner, Sink};
 use crate::engine::{Command, Effect, ItemId, ItemStatus, OnItemFailure};
@@ -28,7 +30,9 @@ pub struct ItemRequests {
     pub hold: bool,
     /// Items the operator confirmed, for a step whose items each wait for a confirmation.
     pub confirmed: BTreeSet<ItemId>,
-    /// Failed items the operator asked to retry (they start again on the step's next start).
+    /// Failed items the operator asked to retry, not yet taken up by the runner: it journals
+    /// each (`Command::RetryItem`) and removes it from here; a retried item of a running step
+    /// starts again as a slot frees, one of a failed step on the step's next start.
     pub retry: BTreeSet<ItemId>,
 }
 
@@ -88,7 +92,90 @@ enum Interruption {
 /// Most failed items named in the step's failure reason.
 const FAILURES_NAMED: usize = 5;
 
+/// An operator's retry the runner took up: journaled, or refused with the engine's reason.
+pub type RetryOutcome = (ItemId, Result<StepId, String>);
+
 impl<A: Actions> Runner<A> {
+    /// Journal the retries asked through the [`ItemControl`] (`Command::RetryItem`, by this
+    /// driver) and take them out of its requests. A retry applies to the running step, or to
+    /// the step at the cursor after it failed; one the engine refuses (the item has not failed)
+    /// is dropped and returned with the reason.
+    pub fn take_retry_requests(&mut self) -> Result<Vec<RetryOutcome>, RunError> {
+        let asked = self.item_requests.borrow().retry.clone();
+        if asked.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Removed without waking the watchers: the runner itself is the one watching.
+        self.item_requests.send_if_modified(|r| {
+            r.retry.retain(|item| !asked.contains(item));
+            false
+        });
+        let step = self.state.running_step().or_else(|| {
+            matches!(
+                self.state.steps.get(self.state.cursor),
+                Some(crate::engine::StepStatus::Failed { .. })
+            )
+            .then_some(self.state.cursor)
+        });
+        let Some(step) = step
+            .and_then(|i| self.plan.steps.get(i))
+            .map(|s| s.id.clone())
+        else {
+            let reason = "no step is running or failed: nothing to retry".to_string();
+            return Ok(asked
+                .into_iter()
+                .map(|i| (i, Err(reason.clone())))
+                .collect());
+        };
+        let mut outcomes = Vec::new();
+        for item in asked {
+            let command = Command::RetryItem {
+                step: step.clone(),
+                item: item.clone(),
+                by: vec![self.identity.label()],
+            };
+            match self.commit(command) {
+                Ok(_) => {
+                    self.actions.allow_retry(&BTreeSet::from([item.clone()]));
+                    outcomes.push((item, Ok(step.clone())));
+                }
+                Err(RunError::Refused { refusal, .. }) => {
+                    outcomes.push((item, Err(refusal.to_string())))
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Journal the confirmations of `step`'s items not journaled yet (`journaled` holds those
+    /// that are), each by this driver, for items that still wait to start.
+    fn journal_confirmations(
+        &mut self,
+        step: &StepId,
+        index: usize,
+        confirmed: &BTreeSet<ItemId>,
+        journaled: &mut BTreeSet<ItemId>,
+    ) -> Result<(), RunError> {
+        for item in confirmed.difference(&journaled.clone()) {
+            let waiting = self
+                .state
+                .items(index)
+                .iter()
+                .any(|known| &known.id == item && known.is_startable());
+            journaled.insert(item.clone());
+            if !waiting {
+                continue;
+            }
+            self.commit(Command::ConfirmItem {
+                step: step.clone(),
+                item: item.clone(),
+                by: vec![self.identity.label()],
+            })?;
+        }
+        Ok(())
+    }
+
     /// Perform `RunAction`: the step's items first when it has any, then its action.
     pub(super) async fn run_step(
         &mut self,
@@ -133,11 +220,30 @@ impl<A: Actions> Runner<A> {
             );
         }
         let index = self.plan.index_of(step);
+        // Retries asked earlier (this process, or before a crash) still count for the runbook.
+        let asked_before: BTreeSet<ItemId> = index.map_or_else(BTreeSet::new, |i| {
+            self.state
+                .items(i)
+                .iter()
+                .filter(|item| item.retry_asked)
+                .map(|item| item.id.clone())
+                .collect()
+        });
+        self.actions.allow_retry(&asked_before);
         let mut requests = self.item_requests.subscribe();
         let mut running = FuturesUnordered::new();
+        let mut confirmations_journaled = BTreeSet::new();
         let interruption = loop {
             let asked = requests.borrow_and_update().clone();
-            self.actions.allow_retry(&asked.retry);
+            self.take_retry_requests()?;
+            if let (true, Some(i)) = (confirm_each, index) {
+                self.journal_confirmations(
+                    step,
+                    i,
+                    &asked.confirmed,
+                    &mut confirmations_journaled,
+                )?;
+            }
             // What the operator allows to run at once now: no new start while held; with
             // confirmations, only the confirmed head of the queue.
             let next = index.map_or_else(Vec::new, |i| {

@@ -17,7 +17,7 @@ pub mod pair;
 pub mod signals;
 
 pub use error::{StepError, StepErrorKind};
-pub use items::{ItemAttempt, ItemControl, ItemFuture, ItemRequests, StepItems};
+pub use items::{ItemAttempt, ItemControl, ItemFuture, ItemRequests, RetryOutcome, StepItems};
 pub use pair::{ApprovalHook, ApprovalStatus};
 
 use crate::engine::{
@@ -1164,7 +1164,9 @@ fn command_step(command: &Command) -> StepId {
         | Command::DeclareItems { step, .. }
         | Command::StartItems { step, .. }
         | Command::ItemSucceeded { step, .. }
-        | Command::ItemFailed { step, .. } => step.clone(),
+        | Command::ItemFailed { step, .. }
+        | Command::RetryItem { step, .. }
+        | Command::ConfirmItem { step, .. } => step.clone(),
         Command::Note { step, .. } => step.clone().unwrap_or_else(|| StepId::new("-")),
         Command::PauseBoundExceeded { .. } => StepId::new("pause-bound"),
     }

@@ -203,7 +203,8 @@ pub enum UiRequest {
     HoldItems(bool),
     /// Confirm the next item waiting for the operator (table-copy's `--confirm`).
     ConfirmNextItem,
-    /// Let a failed item (an errored table) be tried again when its step next starts.
+    /// Retry a failed item (an errored table): at once while its step runs, else on the
+    /// step's next start (which then retries only the items asked for).
     RetryItem(String),
     Rollback {
         to: usize,

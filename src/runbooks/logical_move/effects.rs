@@ -93,6 +93,14 @@ pub struct MoveMemory {
     /// PAUSE issued → RESUME returned.
     pub pause_window_ms: Option<f64>,
     pub verified_rows: u64,
+    /// The reverse slot's consistent point on the target (the cutover moment).
+    pub reverse_slot_lsn: Option<String>,
+    /// Of the move back: the target's LSN after its canary, the wait for the canary on the
+    /// source, the sequences set on the source, and the write pause (PAUSE → RESUME).
+    pub back_gate_lsn: Option<String>,
+    pub back_gate_ms: Option<f64>,
+    pub back_sequences: Vec<SequenceFix>,
+    pub back_pause_window_ms: Option<f64>,
 }
 
 pub struct LogicalMoveActions {
@@ -933,6 +941,7 @@ impl LogicalMoveActions {
                 tables: self.memory.tables.clone(),
                 split_rows: DEFAULT_SPLIT_ROWS,
                 frozen_before: None,
+                maps: BTreeMap::new(),
             },
             policy: CopyPolicy {
                 jobs: self.mv.params.jobs,
@@ -1544,84 +1553,14 @@ impl LogicalMoveActions {
         let src = self.source().await?;
         let tgt = self.target().await?;
         let (s_label, t_label) = (self.s_label(), self.t_label());
-        let rows = src
-            .query(plan::SEQUENCES_SQL, &[])
-            .await
-            .map_err(db_err(&s_label))?;
-        let gap = self.mv.params.sequence_gap;
-        let mut fixes = Vec::new();
-        let mut behind = Vec::new();
-        for row in rows {
-            let (sequence, last, owner_table, owner_column): (
-                String,
-                Option<i64>,
-                Option<String>,
-                Option<String>,
-            ) = (row.get(0), row.get(1), row.get(2), row.get(3));
-            let owner = owner_table.zip(owner_column);
-            // Only sequences of moved tables, and free-standing ones the target has too.
-            let column_max = match &owner {
-                Some((table, _)) if !self.memory.tables.contains(table) => continue,
-                Some((table, column)) => tgt
-                    .query_one(
-                        &format!(
-                            "SELECT max({})::bigint FROM {}",
-                            quote_ident(column),
-                            quote_qualified(table)
-                        ),
-                        &[],
-                    )
-                    .await
-                    .map_err(db_err(&t_label))?
-                    .get::<_, Option<i64>>(0),
-                None => {
-                    let present: Option<String> = tgt
-                        .query_one("SELECT to_regclass($1)::text", &[&sequence])
-                        .await
-                        .map_err(db_err(&t_label))?
-                        .get(0);
-                    if present.is_none() {
-                        sink.output(format!("{sequence}: not on {t_label}; left alone"));
-                        continue;
-                    }
-                    None
-                }
-            };
-            let set_to = last.unwrap_or(0).max(column_max.unwrap_or(0)) + gap;
-            tgt.query_one(
-                "SELECT setval($1::text::regclass, $2, true)",
-                &[&sequence, &set_to],
-            )
-            .await
-            .map_err(db_err(&t_label))?;
-            let next: i64 = tgt
-                .query_one("SELECT nextval($1::text::regclass)", &[&sequence])
-                .await
-                .map_err(db_err(&t_label))?
-                .get(0);
-            if next <= column_max.unwrap_or(i64::MIN) || next <= last.unwrap_or(i64::MIN) {
-                behind.push(sequence.clone());
-            }
-            fixes.push(SequenceFix {
-                sequence,
-                source_last_value: last,
-                column: owner.map(|(t, c)| format!("{t}.{c}")),
-                column_max,
-                set_to,
-                next,
-            });
-        }
-        for f in &fixes {
-            sink.output(format!(
-                "{}: source {:?}, max({}) {:?} → setval {}; nextval {}",
-                f.sequence,
-                f.source_last_value,
-                f.column.as_deref().unwrap_or("-"),
-                f.column_max,
-                f.set_to,
-                f.next
-            ));
-        }
+        let (fixes, behind) = set_sequences(
+            (&src, &s_label),
+            (&tgt, &t_label),
+            &self.memory.tables,
+            self.mv.params.sequence_gap,
+            sink,
+        )
+        .await?;
         self.memory.sequences = fixes;
         self.remember()?;
         if !behind.is_empty() {
@@ -1687,6 +1626,248 @@ impl LogicalMoveActions {
         } else {
             Err(format!("aliases not routed to {}: {}", node.name, wrong.join(", ")).into())
         }
+    }
+
+    // ---- the way back ---------------------------------------------------------------------------
+
+    async fn reverse_exists(&self) -> Result<(bool, bool, bool), StepError> {
+        let back = self.mv.reverse_name();
+        let tgt = self.target().await?;
+        let row = tgt
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1), EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                &[&back],
+            )
+            .await
+            .map_err(db_err(&self.t_label()))?;
+        let sub = self
+            .source()
+            .await?
+            .query_opt("SELECT 1 FROM pg_subscription WHERE subname = $1", &[&back])
+            .await
+            .map_err(db_err(&self.s_label()))?
+            .is_some();
+        Ok((row.get(0), row.get(1), sub))
+    }
+
+    /// Inside the pause, past the gate and the sequences: the target takes no write until
+    /// RESUME, so the slot created now starts exactly at the cutover.
+    async fn reverse_stream(&mut self, sink: &Sink) -> Result<String, StepError> {
+        let back = self.mv.reverse_name();
+        let (s_label, t_label) = (self.s_label(), self.t_label());
+        let src = self.source().await?;
+        let tgt = self.target().await?;
+        tgt.batch_execute(plan::BACK_CANARY_DDL)
+            .await
+            .map_err(db_err(&t_label))?;
+        src.batch_execute(plan::BACK_CANARY_DDL)
+            .await
+            .map_err(db_err(&s_label))?;
+        let (publication, slot, subscription) = self.reverse_exists().await?;
+        if !publication {
+            tgt.batch_execute(&self.mv.create_reverse_publication_sql(&self.memory.tables))
+                .await
+                .map_err(db_err(&t_label))?;
+        }
+        if !slot {
+            let lsn: String = tgt
+                .query_one(&self.mv.create_reverse_slot_sql(), &[])
+                .await
+                .map_err(db_err(&t_label))?
+                .get(0);
+            sink.output(format!("slot {back} on {t_label}: consistent point {lsn}"));
+            self.memory.reverse_slot_lsn = Some(lsn);
+            self.remember()?;
+        }
+        if !subscription {
+            src.batch_execute(&self.mv.create_reverse_subscription_sql())
+                .await
+                .map_err(db_err(&s_label))?;
+            sink.output(format!(
+                "subscription {back} created (disabled) on {s_label} (connection: {})",
+                crate::redact::redact(&self.mv.target_conninfo())
+            ));
+        }
+        Ok(format!(
+            "the way back is ready: slot {back} on {t_label} from {}, subscription {back} on {s_label}, enabled once the forward stream is dropped",
+            self.memory.reverse_slot_lsn.as_deref().unwrap_or("(an earlier attempt)")
+        ))
+    }
+
+    /// Drop the reverse subscription on the source, then its slot and publication on the
+    /// target, and the move-back canaries. Converges when repeated.
+    async fn retire_reverse_stream(&mut self, sink: &Sink) -> Result<String, StepError> {
+        let back = self.mv.reverse_name();
+        let (s_label, t_label) = (self.s_label(), self.t_label());
+        let src = self.source().await?;
+        if src
+            .query_opt("SELECT 1 FROM pg_subscription WHERE subname = $1", &[&back])
+            .await
+            .map_err(db_err(&s_label))?
+            .is_some()
+        {
+            for sql in self.mv.drop_reverse_subscription_sql().split("; ") {
+                src.batch_execute(sql).await.map_err(db_err(&s_label))?;
+            }
+            sink.output(format!("subscription {back} dropped on {s_label}"));
+        }
+        if self.target_database_exists().await? {
+            let tgt = self.target().await?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let held: Option<Option<i32>> = tgt
+                    .query_opt(
+                        "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&back],
+                    )
+                    .await
+                    .map_err(db_err(&t_label))?
+                    .map(|r| r.get(0));
+                match held {
+                    None => break,
+                    Some(Some(pid)) => {
+                        sink.output(format!("slot {back} is held by pid {pid}: terminating it"));
+                        tgt.execute("SELECT pg_terminate_backend($1)", &[&pid])
+                            .await
+                            .map_err(db_err(&t_label))?;
+                    }
+                    Some(None) => {
+                        if tgt
+                            .batch_execute(&self.mv.drop_reverse_slot_sql())
+                            .await
+                            .is_ok()
+                        {
+                            sink.output(format!("slot {back} dropped on {t_label}"));
+                            break;
+                        }
+                    }
+                }
+                if Instant::now() > deadline {
+                    return Err(StepError::Failed(format!(
+                        "slot {back} on {t_label} could not be dropped within 30 s"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tgt.batch_execute(&format!(
+                "{}; DROP TABLE IF EXISTS {}",
+                self.mv.drop_reverse_publication_sql(),
+                plan::BACK_CANARY_TABLE
+            ))
+            .await
+            .map_err(db_err(&t_label))?;
+        }
+        src.batch_execute(&format!("DROP TABLE IF EXISTS {}", plan::BACK_CANARY_TABLE))
+            .await
+            .map_err(db_err(&s_label))?;
+        let left = if self.target_database_exists().await? {
+            self.reverse_exists().await?
+        } else {
+            (false, false, false)
+        };
+        if left != (false, false, false) {
+            return Err(StepError::Failed(format!(
+                "the reverse stream {back} is not fully gone (publication, slot, subscription): {left:?}"
+            )));
+        }
+        Ok(format!(
+            "the reverse stream {back} is retired: no subscription on {s_label}, no slot or publication on {t_label}"
+        ))
+    }
+
+    /// PAUSE, the gate (the target's canary visible on the source), sequences on the source,
+    /// the aliases back to the source, RESUME. Any failure before the aliases move resumes
+    /// traffic on the target, unchanged.
+    async fn move_back(&mut self, sink: &Sink) -> Result<String, StepError> {
+        let started = Instant::now();
+        traffic::pause(&self.ctx, &self.aliases(), HOST_TIMEOUT, sink, || {}).await?;
+        let paused_at = Instant::now();
+        let attempt = self.move_back_paused(sink).await;
+        if let Err(e) = &attempt {
+            sink.output(format!(
+                "move back refused ({e}): traffic resumes where it was"
+            ));
+        }
+        traffic::resume(&self.ctx, &self.aliases(), sink).await?;
+        let window = paused_at.elapsed().as_secs_f64() * 1000.0;
+        traffic::start_hook(&self.ctx, HOST_TIMEOUT, sink).await?;
+        traffic::check_flowing(&self.ctx, &self.aliases()).await?;
+        let detail = attempt?;
+        sink.output(format!("write pause: {window:.1} ms (PAUSE → RESUME)"));
+        self.memory.back_pause_window_ms = Some(window);
+        self.remember()?;
+        Ok(format!(
+            "{detail}; write pause {window:.1} ms, {:.1} ms in all",
+            started.elapsed().as_secs_f64() * 1000.0
+        ))
+    }
+
+    async fn move_back_paused(&mut self, sink: &Sink) -> Result<String, StepError> {
+        let (s_label, t_label) = (self.s_label(), self.t_label());
+        let src = self.source().await?;
+        let tgt = self.target().await?;
+        let started = Instant::now();
+        let token = format!("cutover move back {}", uuid::Uuid::new_v4());
+        tgt.execute(plan::BACK_CANARY_WRITE_SQL, &[&token])
+            .await
+            .map_err(db_err(&t_label))?;
+        let lsn: String = tgt
+            .query_one(crate::runbooks::shard_split::plan::PRIMARY_LSN_SQL, &[])
+            .await
+            .map_err(db_err(&t_label))?
+            .get(0);
+        self.memory.back_gate_lsn = Some(lsn.clone());
+        let wait = self.mv.params.pause_bound / 2;
+        loop {
+            let seen: Option<String> = src
+                .query_opt(plan::BACK_CANARY_READ_SQL, &[])
+                .await
+                .map_err(db_err(&s_label))?
+                .map(|r| r.get(0));
+            if seen.as_deref() == Some(token.as_str()) {
+                break;
+            }
+            if started.elapsed() > wait {
+                let detail = format!(
+                    "the move-back canary, committed on {} at or before {lsn}, is not visible on {s_label} after {wait:?}: the reverse stream has not delivered every write; the move back is refused",
+                    self.mv.target.name
+                );
+                sink.gate(detail.clone(), false);
+                return Err(StepError::gate(detail));
+            }
+            tokio::time::sleep(GATE_POLL).await;
+        }
+        let gate_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.memory.back_gate_ms = Some(gate_ms);
+        sink.gate(
+            format!("{s_label} applied {t_label}'s writes up to {lsn} (its canary is visible) in {gate_ms:.1} ms"),
+            true,
+        );
+        let (fixes, behind) = set_sequences(
+            (&tgt, &t_label),
+            (&src, &s_label),
+            &self.memory.tables,
+            self.mv.params.sequence_gap,
+            sink,
+        )
+        .await?;
+        self.memory.back_sequences = fixes;
+        self.remember()?;
+        if !behind.is_empty() {
+            return Err(StepError::gate(format!(
+                "nextval on {s_label} is not past the maximum for: {}",
+                behind.join(", ")
+            )));
+        }
+        // The source takes writes from here on: its reverse subscription must not apply
+        // anything more from the target.
+        src.batch_execute(&format!(
+            "ALTER SUBSCRIPTION {} DISABLE",
+            quote_ident(&self.mv.reverse_name())
+        ))
+        .await
+        .map_err(db_err(&s_label))?;
+        self.undo_repoint(sink).await
     }
 
     // ---- after ----------------------------------------------------------------------------------
@@ -1831,11 +2012,114 @@ impl LogicalMoveActions {
                 self.mv.name
             )));
         }
+        if self.mv.params.reverse_stream {
+            // Only now: with the forward slot gone, what the reverse stream applies on the
+            // source is decoded by nothing that would carry it back to the target.
+            self.source()
+                .await?
+                .batch_execute(&self.mv.enable_reverse_subscription_sql())
+                .await
+                .map_err(db_err(&self.s_label()))?;
+            sink.output(format!(
+                "reverse subscription {} enabled on {}",
+                self.mv.reverse_name(),
+                self.s_label()
+            ));
+        }
         Ok(format!(
             "subscription, slot and publication {} dropped; {} no longer retains WAL for the move",
             self.mv.name, self.mv.source.name
         ))
     }
+}
+
+/// Every sequence of `from` (of a moved table, or free-standing and present on `to`) set on
+/// `to` past the larger of its value on `from` and its column's maximum on `to`, plus `gap`.
+/// Returns the fixes and the sequences whose `nextval` is still not past both (must be none).
+async fn set_sequences(
+    (from, from_label): (&Client, &str),
+    (to, to_label): (&Client, &str),
+    tables: &[String],
+    gap: i64,
+    sink: &Sink,
+) -> Result<(Vec<SequenceFix>, Vec<String>), StepError> {
+    let rows = from
+        .query(plan::SEQUENCES_SQL, &[])
+        .await
+        .map_err(db_err(from_label))?;
+    let mut fixes = Vec::new();
+    let mut behind = Vec::new();
+    for row in rows {
+        let (sequence, last, owner_table, owner_column): (
+            String,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+        ) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        let owner = owner_table.zip(owner_column);
+        let column_max = match &owner {
+            Some((table, _)) if !tables.contains(table) => continue,
+            Some((table, column)) => to
+                .query_one(
+                    &format!(
+                        "SELECT max({})::bigint FROM {}",
+                        quote_ident(column),
+                        quote_qualified(table)
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(db_err(to_label))?
+                .get::<_, Option<i64>>(0),
+            None => {
+                let present: Option<String> = to
+                    .query_one("SELECT to_regclass($1)::text", &[&sequence])
+                    .await
+                    .map_err(db_err(to_label))?
+                    .get(0);
+                if present.is_none() {
+                    sink.output(format!("{sequence}: not on {to_label}; left alone"));
+                    continue;
+                }
+                None
+            }
+        };
+        let set_to = last.unwrap_or(0).max(column_max.unwrap_or(0)) + gap;
+        to.query_one(
+            "SELECT setval($1::text::regclass, $2, true)",
+            &[&sequence, &set_to],
+        )
+        .await
+        .map_err(db_err(to_label))?;
+        let next: i64 = to
+            .query_one("SELECT nextval($1::text::regclass)", &[&sequence])
+            .await
+            .map_err(db_err(to_label))?
+            .get(0);
+        if next <= column_max.unwrap_or(i64::MIN) || next <= last.unwrap_or(i64::MIN) {
+            behind.push(sequence.clone());
+        }
+        fixes.push(SequenceFix {
+            sequence,
+            source_last_value: last,
+            column: owner.map(|(t, c)| format!("{t}.{c}")),
+            column_max,
+            set_to,
+            next,
+        });
+    }
+    for f in &fixes {
+        sink.output(format!(
+            "{}: {from_label} {:?}, max({}) on {to_label} {:?} → setval {}; nextval {}",
+            f.sequence,
+            f.source_last_value,
+            f.column.as_deref().unwrap_or("-"),
+            f.column_max,
+            f.set_to,
+            f.next
+        ));
+    }
+    Ok((fixes, behind))
 }
 
 impl Actions for LogicalMoveActions {
@@ -1877,10 +2161,13 @@ impl Actions for LogicalMoveActions {
             MoveStep::StopTraffic => self.stop_traffic(&sink).await,
             MoveStep::LsnGate => self.lsn_gate(&sink).await,
             MoveStep::Sequences => self.sequences(&sink).await,
+            MoveStep::ReverseStream => self.reverse_stream(&sink).await,
             MoveStep::Repoint => self.repoint(&sink).await,
             MoveStep::ResumeTraffic => self.resume_traffic(&sink).await,
             MoveStep::Verify => self.verify(&sink).await,
             MoveStep::Cleanup => self.cleanup(&sink).await,
+            MoveStep::MoveBack => self.move_back(&sink).await,
+            MoveStep::RetireReverseStream => self.retire_reverse_stream(&sink).await,
         }
     }
 
@@ -1897,12 +2184,15 @@ impl Actions for LogicalMoveActions {
                 Ok("the gate's snapshot released".into())
             }
             MoveStep::Repoint => self.undo_repoint(&sink).await,
+            MoveStep::ReverseStream => self.retire_reverse_stream(&sink).await,
             MoveStep::Preflight
             | MoveStep::CatchUp
             | MoveStep::Sequences
             | MoveStep::ResumeTraffic
             | MoveStep::Verify
-            | MoveStep::Cleanup => Ok("nothing to undo".into()),
+            | MoveStep::Cleanup
+            | MoveStep::MoveBack
+            | MoveStep::RetireReverseStream => Ok("nothing to undo".into()),
         }
     }
 

@@ -54,6 +54,10 @@ pub struct MoveArgs {
     /// Tables copied at once in the initial copy. Not part of the plan.
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
+    /// A way back (plain PostgreSQL target): a reverse stream target → source started at the
+    /// cutover, a held `move-back` step, and a final `retire-reverse-stream` step.
+    #[arg(long)]
+    pub reverse_stream: bool,
 }
 
 impl Runbook for LogicalMove {

@@ -46,6 +46,8 @@ pub struct MoveParams {
     pub sync_bytes: u64,
     /// Tables copied at once in the initial copy. Not part of the plan.
     pub jobs: usize,
+    /// A reverse stream (target → source) from the cutover on, with a held move-back step.
+    pub reverse_stream: bool,
 }
 
 fn node_db(name: &'static str, value: &str) -> Result<(String, String), ParamError> {
@@ -123,6 +125,17 @@ impl MoveParams {
             min_free_percent: percent,
             sync_bytes: number(params, "sync-bytes", DEFAULT_SYNC_BYTES)?,
             jobs: number(params, "jobs", 2)?.max(1) as usize,
+            reverse_stream: match params.get("reverse-stream").map(String::as_str) {
+                None | Some("no" | "false") => false,
+                Some("yes" | "true") => true,
+                Some(other) => {
+                    return Err(ParamError::Invalid {
+                        name: "reverse-stream",
+                        value: other.to_string(),
+                        reason: "expected yes or no".into(),
+                    })
+                }
+            },
         })
     }
 
@@ -156,6 +169,9 @@ impl MoveParams {
         }
         if self.sync_bytes != DEFAULT_SYNC_BYTES {
             map.insert("sync-bytes".into(), self.sync_bytes.to_string());
+        }
+        if self.reverse_stream {
+            map.insert("reverse-stream".into(), "yes".into());
         }
         map
     }
@@ -220,6 +236,15 @@ impl Move {
         let target = node(&params.to.0)?;
         if source.name == target.name {
             return Err(bad("--from and --to name the same node".into()));
+        }
+        let into_citus = inventory
+            .citus
+            .iter()
+            .any(|c| c.coordinator == target.name && c.database == params.to.1);
+        if params.reverse_stream && into_citus {
+            return Err(bad(
+                "--reverse-stream needs a plain PostgreSQL target: a Citus coordinator does not decode its distributed tables' changes into one stream".into(),
+            ));
         }
         if target.version < source.version {
             return Err(bad(format!(
@@ -419,6 +444,82 @@ impl Move {
         format!(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = {}",
             quote_literal(&self.name)
+        )
+    }
+
+    /// The reverse stream's slot, publication and subscription (target → source).
+    pub fn reverse_name(&self) -> String {
+        format!("{}_back", self.name)
+    }
+
+    /// The reverse subscription's connection to the target, without a password.
+    pub fn target_conninfo(&self) -> String {
+        let port = self.target.port.to_string();
+        crate::pg::conninfo(&[
+            ("host", &self.target.address),
+            ("port", &port),
+            ("user", &self.target.user),
+            ("dbname", self.target_db()),
+            ("application_name", &self.reverse_name()),
+        ])
+    }
+
+    /// On the target: the moved tables and the move-back canary.
+    pub fn create_reverse_publication_sql(&self, tables: &[String]) -> String {
+        let mut list: Vec<String> = tables.iter().map(|t| quote_qualified(t)).collect();
+        list.push(quote_qualified(BACK_CANARY_TABLE));
+        format!(
+            "CREATE PUBLICATION {} FOR TABLE {}",
+            quote_ident(&self.reverse_name()),
+            list.join(", ")
+        )
+    }
+
+    /// On the target, while paused and past the gate: its consistent point is the cutover.
+    pub fn create_reverse_slot_sql(&self) -> String {
+        format!(
+            "SELECT lsn::text FROM pg_create_logical_replication_slot({}, 'pgoutput')",
+            quote_literal(&self.reverse_name())
+        )
+    }
+
+    /// On the source, disabled: enabled by the cleanup once the forward stream is gone, so the
+    /// rows it applies are never decoded back to the target.
+    pub fn create_reverse_subscription_sql(&self) -> String {
+        format!(
+            "CREATE SUBSCRIPTION {sub} CONNECTION {conn} PUBLICATION {sub} WITH (copy_data = false, create_slot = false, slot_name = {slot}, enabled = false)",
+            sub = quote_ident(&self.reverse_name()),
+            conn = quote_literal(&self.target_conninfo()),
+            slot = quote_literal(&self.reverse_name()),
+        )
+    }
+
+    pub fn enable_reverse_subscription_sql(&self) -> String {
+        format!(
+            "ALTER SUBSCRIPTION {} ENABLE",
+            quote_ident(&self.reverse_name())
+        )
+    }
+
+    /// On the source: detach from the slot and drop (the slot is dropped on the target).
+    pub fn drop_reverse_subscription_sql(&self) -> String {
+        let sub = quote_ident(&self.reverse_name());
+        format!(
+            "ALTER SUBSCRIPTION {sub} DISABLE; ALTER SUBSCRIPTION {sub} SET (slot_name = NONE); DROP SUBSCRIPTION {sub}"
+        )
+    }
+
+    pub fn drop_reverse_slot_sql(&self) -> String {
+        format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = {}",
+            quote_literal(&self.reverse_name())
+        )
+    }
+
+    pub fn drop_reverse_publication_sql(&self) -> String {
+        format!(
+            "DROP PUBLICATION IF EXISTS {}",
+            quote_ident(&self.reverse_name())
         )
     }
 
@@ -752,6 +853,104 @@ impl Move {
             .undo(Undo::PointOfNoReturn {
                 reason: "the slot is gone: the stream cannot restart".into(),
             });
+        if !self.params.reverse_stream {
+            return vec![
+                preflight,
+                wal_level,
+                publication,
+                schema,
+                initial_copy,
+                subscribe,
+                catch_up,
+                stop_traffic,
+                gate,
+                sequences,
+                repoint,
+                resume,
+                verify,
+                cleanup,
+            ];
+        }
+        let back = self.reverse_name();
+        let cleanup = cleanup
+            .command(RenderedCommand::sql(
+                s,
+                sdb,
+                self.enable_reverse_subscription_sql(),
+            ))
+            .verification(format!(
+                "no slot, publication or subscription named {name} is left; subscription {back} on {s} is enabled, after the forward stream is gone (so what it applies is never decoded back)"
+            ));
+        let reverse = MoveStep::ReverseStream
+            .step(format!("The way back: publication and slot {back} on {t}, a subscription on {s}"))
+            .command(RenderedCommand::sql(t, tdb, BACK_CANARY_DDL))
+            .command(RenderedCommand::sql(s, sdb, BACK_CANARY_DDL))
+            .command(RenderedCommand::sql(t, tdb, self.create_reverse_publication_sql(&["<the moved tables>".to_string()])))
+            .command(RenderedCommand::sql(t, tdb, self.create_reverse_slot_sql()))
+            .command(RenderedCommand::sql(s, sdb, self.create_reverse_subscription_sql()))
+            .verification(format!("slot {back} exists on {t}, created while paused after the gate: its consistent point is the cutover, so every write the target takes from RESUME on is in the reverse stream; subscription {back} exists (disabled) on {s}"))
+            .undo(Undo::Reversible {
+                description: format!("drop subscription {back} on {s}, slot and publication {back} on {t}"),
+                commands: vec![
+                    RenderedCommand::sql(s, sdb, self.drop_reverse_subscription_sql()),
+                    RenderedCommand::sql(t, tdb, self.drop_reverse_slot_sql()),
+                    RenderedCommand::sql(t, tdb, self.drop_reverse_publication_sql()),
+                ],
+            })
+            .flags(StepFlags { needs_traffic_stopped: true, ..StepFlags::default() });
+        let mut move_back = MoveStep::MoveBack.step(format!(
+            "Move back to {s}/{sdb} (held: run it by name, or skip it to keep {t})"
+        ));
+        for (b, a) in &self.paused {
+            move_back = move_back.command(RenderedCommand::pgbouncer_admin(&b.name, pause_sql(a)));
+        }
+        move_back = move_back
+            .command(RenderedCommand::sql(t, tdb, format!("{BACK_CANARY_WRITE_SQL}  -- $1: a new token")))
+            .command(RenderedCommand::sql(t, tdb, "SELECT pg_current_wal_lsn()  -- recorded"))
+            .command(RenderedCommand::sql(s, sdb, format!("{BACK_CANARY_READ_SQL}  -- every 5 ms until the token shows, at most half the pause bound")))
+            .command(RenderedCommand::sql(t, tdb, SEQUENCES_SQL))
+            .command(RenderedCommand::sql(s, sdb, "SELECT setval(seq, greatest(target last_value, max(column)) + gap, true); SELECT nextval(seq) > max(column)"));
+        for route in &self.routes {
+            move_back = move_back.command(RenderedCommand::file(
+                &route.bouncer.config,
+                "put back from the copy kept at the repoint (the aliases name the source)",
+            ));
+            move_back = move_back.command(RenderedCommand::pgbouncer_admin(
+                &route.bouncer.name,
+                "RELOAD",
+            ));
+        }
+        move_back = move_back.command(RenderedCommand::file(
+            "<inventory>",
+            format!("aliases of {sdb} name {s} again"),
+        ));
+        for (b, a) in self.paused.iter().rev() {
+            move_back = move_back.command(RenderedCommand::pgbouncer_admin(&b.name, resume_sql(a)));
+        }
+        let move_back = move_back
+            .verification(format!("the canary row {t} committed while paused is visible on {s} (the reverse stream applies in commit order: every write {t} took is on {s}); every sequence on {s} past the target's value and its column's maximum; the aliases route to {s}; none is paused. A refused gate resumes traffic on {t}, unchanged"))
+            .undo(Undo::PointOfNoReturn {
+                reason: format!("from here on, writes land on {s} only"),
+            })
+            .flags(StepFlags {
+                removes_way_back: true,
+                ..StepFlags::default()
+            });
+        let retire = MoveStep::RetireReverseStream
+            .step(format!("Retire the way back: drop subscription {back} on {s}, slot and publication {back} on {t}"))
+            .command(RenderedCommand::sql(s, sdb, self.drop_reverse_subscription_sql()))
+            .command(RenderedCommand::sql(t, tdb, self.drop_reverse_slot_sql()))
+            .command(RenderedCommand::sql(t, tdb, self.drop_reverse_publication_sql()))
+            .command(RenderedCommand::sql(s, sdb, format!("DROP TABLE IF EXISTS {BACK_CANARY_TABLE}")))
+            .command(RenderedCommand::sql(t, tdb, format!("DROP TABLE IF EXISTS {BACK_CANARY_TABLE}")))
+            .verification(format!("no slot, publication or subscription named {back} is left on either side"))
+            .undo(Undo::PointOfNoReturn {
+                reason: "the reverse slot is gone: the way back cannot restart".into(),
+            })
+            .flags(StepFlags {
+                removes_way_back: true,
+                ..StepFlags::default()
+            });
         vec![
             preflight,
             wal_level,
@@ -763,10 +962,13 @@ impl Move {
             stop_traffic,
             gate,
             sequences,
+            reverse,
             repoint,
             resume,
             verify,
             cleanup,
+            move_back,
+            retire,
         ]
     }
 }
@@ -777,7 +979,7 @@ pub const TABLES_SQL: &str = "SELECT n.nspname || '.' || c.relname, c.relreplide
 EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), c.relpersistence::text \
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
 WHERE c.relkind = 'r' AND NOT c.relispartition AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-AND n.nspname NOT LIKE 'pg\\_%' AND c.relname NOT IN ('cutover_move_canary', 'cutover_copy_ledger', 'cutover_canary', 'cutover_ddl_events', 'cutover_apply_progress') ORDER BY 1";
+AND n.nspname NOT LIKE 'pg\\_%' AND c.relname NOT IN ('cutover_move_canary', 'cutover_move_back_canary', 'cutover_copy_ledger', 'cutover_canary', 'cutover_ddl_events', 'cutover_apply_progress') ORDER BY 1";
 
 /// wal_level, free replication slots and WAL senders.
 pub const CAPACITY_SQL: &str = "SELECT current_setting('wal_level'), \
@@ -805,6 +1007,13 @@ WHERE c.oid = ANY($1::text[]::regclass[]) GROUP BY 1 ORDER BY 1";
 pub const CANARY_DDL: &str = "CREATE TABLE IF NOT EXISTS public.cutover_move_canary (id int PRIMARY KEY, token text NOT NULL, written_at timestamptz NOT NULL DEFAULT clock_timestamp())";
 pub const CANARY_WRITE_SQL: &str = "INSERT INTO public.cutover_move_canary (id, token) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET token = EXCLUDED.token, written_at = clock_timestamp()";
 pub const CANARY_READ_SQL: &str = "SELECT token FROM public.cutover_move_canary WHERE id = 1";
+
+/// The table whose row proves the reverse stream delivered the target's writes to the source.
+pub const BACK_CANARY_TABLE: &str = "public.cutover_move_back_canary";
+pub const BACK_CANARY_DDL: &str = "CREATE TABLE IF NOT EXISTS public.cutover_move_back_canary (id int PRIMARY KEY, token text NOT NULL, written_at timestamptz NOT NULL DEFAULT clock_timestamp())";
+pub const BACK_CANARY_WRITE_SQL: &str = "INSERT INTO public.cutover_move_back_canary (id, token) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET token = EXCLUDED.token, written_at = clock_timestamp()";
+pub const BACK_CANARY_READ_SQL: &str =
+    "SELECT token FROM public.cutover_move_back_canary WHERE id = 1";
 
 /// Lag of slot `$1` in bytes (current WAL − confirmed flush) and the WAL it retains.
 pub const SLOT_LAG_SQL: &str = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, \

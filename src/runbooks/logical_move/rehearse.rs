@@ -269,9 +269,11 @@ pub async fn logical_move(options: &MoveRehearsalOptions) -> Result<MoveSummary,
     if let Some(why) = &pgcopydb_skipped {
         eprintln!("pgcopydb: skipped ({why})");
     }
+    // A pause is comparable only when it ended in a correct cutover: pgcopydb's target held
+    // every committed row once.
     let pause_vs_pgcopydb = pgcopydb
         .as_ref()
-        .filter(|p| p.error.is_none() && p.pause_ms > 0.0)
+        .filter(|p| p.error.is_none() && p.pause_ms > 0.0 && p.missing == 0 && p.duplicated == 0)
         .map(|p| pause_window_ms.median / p.pause_ms);
     Ok(MoveSummary {
         target: options.target.clone(),

@@ -30,14 +30,24 @@ pub enum MoveStep {
     LsnGate,
     /// Sequences on the target past the source's values and the columns' maxima.
     Sequences,
+    /// With `--reverse-stream`: publication and slot on the target (its consistent point is
+    /// the cutover moment), a disabled subscription on the source.
+    ReverseStream,
     /// The aliases of the source database now route to the target.
     Repoint,
     /// RESUME: writes land on the target from here on.
     ResumeTraffic,
     /// Count and checksum of every table, the target read as of the cutover.
     Verify,
-    /// Drop the subscription, the slot, the publication and the tool's tables.
+    /// Drop the subscription, the slot, the publication and the tool's tables (and, with
+    /// `--reverse-stream`, enable the reverse subscription on the source).
     Cleanup,
+    /// With `--reverse-stream`, held: PAUSE, the source has applied the target's writes
+    /// (canary), sequences on the source, aliases back to the source, RESUME.
+    MoveBack,
+    /// With `--reverse-stream`: drop the reverse subscription on the source, its slot and
+    /// publication on the target.
+    RetireReverseStream,
 }
 
 impl crate::runbooks::StepKind for MoveStep {}

@@ -164,7 +164,18 @@ impl TableCopyActions {
                 .await
                 .map_err(|e| command(&t_label, e))?
                 .get(0);
-            let (target, into_parent) = if exists.is_some() {
+            let mapped = copy.params.mapped_target(&qualified).map(str::to_string);
+            let (target, into_parent) = if let Some(mapped) = mapped {
+                match mapped_into(&src, &tgt, (&s_label, &t_label), &qualified, date, &mapped)
+                    .await?
+                {
+                    Ok(into) => (mapped, into),
+                    Err(problem) => {
+                        problems.push(problem);
+                        continue;
+                    }
+                }
+            } else if exists.is_some() {
                 (qualified.clone(), None)
             } else {
                 match into_parent(&src, &tgt, (&s_label, &t_label), &qualified, date).await? {
@@ -301,6 +312,23 @@ impl TableCopyActions {
         for named in &copy.params.tables {
             if !found.iter().any(|q| plan::names_match(named, q)) {
                 problems.push(format!("source table {named} does not exist on {s_label}"));
+            }
+        }
+        for (source, target) in &copy.params.maps {
+            if !found.contains(source) {
+                problems.push(format!(
+                    "--map {source}={target}: source table {source} does not exist on {s_label}"
+                ));
+            }
+        }
+        // A target that is not split by period is wholly one source's: its copy truncates it.
+        let mut whole: BTreeMap<&str, &str> = BTreeMap::new();
+        for table in tables.iter().filter(|t| t.into_parent.is_none()) {
+            if let Some(other) = whole.insert(&table.target, &table.source) {
+                problems.push(format!(
+                    "{other} and {} both go into {} on {t_label}, which is not range-partitioned by a date column: each copy would truncate the other's rows",
+                    table.source, table.target
+                ));
             }
         }
         // Largest first: the last table to start is a small one, so no job idles at the end.
@@ -574,11 +602,49 @@ async fn truncate_once(tgt: &Client, label: &str, table: &CopyTable) -> Result<b
     tgt.batch_execute(&format!(
         "BEGIN; TRUNCATE {}; {}; COMMIT",
         quote_qualified(&table.target),
-        plan::ledger_upsert_sql(&table.target, &marker, "-", 0)
+        plan::ledger_upsert_from_sql(&table.target, &table.source, &marker, "-", 0)
     ))
     .await
     .map_err(|e| command(label, e))?;
     Ok(true)
+}
+
+/// How the source table `qualified` goes into `mapped`, the target `--map` names for it: into
+/// its period when `mapped` is range-partitioned by a date column and the source is dated (as
+/// for a parent found by name), else wholly. `Ok(Err(problem))`: `mapped` is missing, or the
+/// source's rows there could not be told apart.
+async fn mapped_into(
+    src: &Client,
+    tgt: &Client,
+    (s_label, t_label): (&str, &str),
+    qualified: &str,
+    date: Option<chrono::NaiveDate>,
+    mapped: &str,
+) -> Result<Result<Option<IntoParent>, String>, StepError> {
+    let mapped_quoted = quote_qualified(mapped);
+    let found: Option<String> = tgt
+        .query_one("SELECT to_regclass($1)::text", &[&mapped_quoted])
+        .await
+        .map_err(|e| command(t_label, e))?
+        .get(0);
+    if found.is_none() {
+        return Ok(Err(format!(
+            "--map {qualified}={mapped}: target table {mapped} does not exist on {t_label}"
+        )));
+    }
+    let by_date: Option<String> = tgt
+        .query_opt(plan::DATE_PARTITION_KEY_SQL, &[&mapped_quoted])
+        .await
+        .map_err(|e| command(t_label, e))?
+        .map(|r| r.get(0));
+    if by_date.is_none() || date.is_none() {
+        return Ok(Ok(None));
+    }
+    Ok(
+        into_named_parent(src, tgt, (s_label, t_label), qualified, date, mapped)
+            .await?
+            .map(|(_, into)| Some(into)),
+    )
 }
 
 /// Where a source table missing on the target goes: its parent there (the name without its
@@ -595,6 +661,20 @@ async fn into_parent(
     let Some(parent) = plan::parent_name(qualified) else {
         return Ok(Err(missing));
     };
+    into_named_parent(src, tgt, (s_label, t_label), qualified, date, &parent).await
+}
+
+/// [`into_parent`] with the parent named.
+async fn into_named_parent(
+    src: &Client,
+    tgt: &Client,
+    (s_label, t_label): (&str, &str),
+    qualified: &str,
+    date: Option<chrono::NaiveDate>,
+    parent: &str,
+) -> Result<Result<(String, IntoParent), String>, StepError> {
+    let missing = format!("{qualified} does not exist on {t_label}");
+    let parent = parent.to_string();
     let parent_quoted = quote_qualified(&parent);
     let found: Option<String> = tgt
         .query_one("SELECT to_regclass($1)::text", &[&parent_quoted])
@@ -1154,8 +1234,9 @@ async fn stream_part(
             .await
             .map_err(|e| command(&t_label, e))?;
     }
-    tx.batch_execute(&plan::ledger_upsert_sql(
+    tx.batch_execute(&plan::ledger_upsert_from_sql(
         &table.target,
+        &table.source,
         &table.ledger_part(part_key),
         &shared.run_id,
         rows,

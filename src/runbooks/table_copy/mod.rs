@@ -41,6 +41,10 @@ pub struct CopyArgs {
     /// Only this table (repeatable; `schema.table` or `table` in public).
     #[arg(long, value_name = "T")]
     pub table: Vec<String>,
+    /// Copy source table SRC into the target table TARGET (repeatable), instead of the table
+    /// of the same name or the parent found by the name without its date. Part of the plan.
+    #[arg(long, value_name = "SRC=TARGET")]
+    pub map: Vec<String>,
     /// Retry tables that errored (after fixing the cause). Not part of the plan.
     #[arg(long)]
     pub retry_errors: bool,

@@ -46,6 +46,10 @@ pub struct CopyParams {
     /// Tables dated before this are frozen (no longer written); the others are live and
     /// their copy is a snapshot per table, not consistent across tables.
     pub frozen_before: Option<NaiveDate>,
+    /// `--map SRC=TARGET`: explicit targets by qualified source name, before the name-minus-
+    /// date rule. A target range-partitioned by a date column takes a dated source's period
+    /// (as a parent found by the rule does); any other target is wholly that source's.
+    pub maps: BTreeMap<String, String>,
 }
 
 /// How the copy runs: run-time policy, not part of the plan (a resumed run may change it, e.g.
@@ -98,6 +102,56 @@ fn date_param(
         .transpose()
 }
 
+/// `--map SRC=TARGET,...` (the CLI's repeated `--map`), both sides qualified with `public`
+/// when they have no schema. Refused: an entry without `=` or with an empty side, a source
+/// mapped twice, a source mapped onto itself, and a source `--table` does not select.
+fn maps_param(
+    params: &BTreeMap<String, String>,
+    tables: &[String],
+) -> Result<BTreeMap<String, String>, ParamError> {
+    let mut maps = BTreeMap::new();
+    let Some(value) = params.get("map") else {
+        return Ok(maps);
+    };
+    let invalid = |entry: &str, reason: String| ParamError::Invalid {
+        name: "map",
+        value: entry.to_string(),
+        reason,
+    };
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (source, target) = entry
+            .split_once('=')
+            .map(|(s, t)| (s.trim(), t.trim()))
+            .filter(|(s, t)| !s.is_empty() && !t.is_empty() && !t.contains('='))
+            .ok_or_else(|| {
+                invalid(
+                    entry,
+                    "expected SOURCE=TARGET, e.g. report_2023_01=report_archive".into(),
+                )
+            })?;
+        let (source, target) = (qualify(source), qualify(target));
+        if source == target {
+            return Err(invalid(entry, "maps a table onto itself".into()));
+        }
+        if !tables.is_empty() && !tables.iter().any(|t| names_match(t, &source)) {
+            return Err(invalid(
+                entry,
+                format!(
+                    "{source} is not among the tables --table selects ({})",
+                    tables.join(", ")
+                ),
+            ));
+        }
+        if let Some(earlier) = maps.insert(source.clone(), target.clone()) {
+            return Err(invalid(
+                entry,
+                format!("{source} is already mapped to {earlier}"),
+            ));
+        }
+    }
+    Ok(maps)
+}
+
 fn switch(params: &BTreeMap<String, String>, name: &'static str) -> Result<bool, ParamError> {
     match params.get(name).map(String::as_str) {
         None | Some("no" | "false") => Ok(false),
@@ -133,7 +187,7 @@ impl CopyParams {
     pub fn from_map(params: &BTreeMap<String, String>) -> Result<CopyParams, ParamError> {
         let from = node_db("from", &crate::plan::required_param(params, "from")?)?;
         let to = node_db("to", &crate::plan::required_param(params, "to")?)?;
-        let tables = params
+        let tables: Vec<String> = params
             .get("table")
             .map(|v| {
                 v.split(',')
@@ -143,6 +197,7 @@ impl CopyParams {
                     .collect()
             })
             .unwrap_or_default();
+        let maps = maps_param(params, &tables)?;
         Ok(CopyParams {
             from,
             to,
@@ -151,7 +206,13 @@ impl CopyParams {
             tables,
             split_rows: number(params, "split-rows", DEFAULT_SPLIT_ROWS)?,
             frozen_before: date_param(params, "frozen-before")?,
+            maps,
         })
+    }
+
+    /// The target `--map` names for the source table `qualified`, if any.
+    pub fn mapped_target(&self, qualified: &str) -> Option<&str> {
+        self.maps.get(qualified).map(String::as_str)
     }
 
     /// The parameters as the plan records them (the policy flags are not among them).
@@ -177,6 +238,10 @@ impl CopyParams {
         }
         if let Some(d) = self.frozen_before {
             map.insert("frozen-before".into(), d.to_string());
+        }
+        if !self.maps.is_empty() {
+            let maps: Vec<String> = self.maps.iter().map(|(s, t)| format!("{s}={t}")).collect();
+            map.insert("map".into(), maps.join(","));
         }
         map
     }
@@ -299,6 +364,15 @@ impl TableCopy {
         if let Some(d) = self.params.end_date {
             parts.push(format!("dated before {d}"));
         }
+        if !self.params.maps.is_empty() {
+            let maps: Vec<String> = self
+                .params
+                .maps
+                .iter()
+                .map(|(s, t)| format!("{s} into {t}"))
+                .collect();
+            parts.push(format!("({})", maps.join(", ")));
+        }
         parts.join(" ")
     }
 
@@ -349,6 +423,7 @@ impl TableCopy {
         } else {
             for table in &self.params.tables {
                 let q = qualify(table);
+                let into = self.params.mapped_target(&q).unwrap_or(&q).to_string();
                 copy = copy
                     .command(RenderedCommand::sql(
                         s,
@@ -360,9 +435,9 @@ impl TableCopy {
                         tdb,
                         format!(
                             "BEGIN; TRUNCATE {q_}; COPY {q_} FROM STDIN (FORMAT binary{freeze}); {ledger}; COMMIT",
-                            q_ = quote_qualified(&q),
+                            q_ = quote_qualified(&into),
                             freeze = if self.citus.is_some() { "" } else { ", FREEZE" },
-                            ledger = ledger_upsert_sql(&q, WHOLE, "<run>", 0)
+                            ledger = ledger_upsert_from_sql(&into, &q, WHOLE, "<run>", 0)
                         ),
                     ));
             }
@@ -479,15 +554,28 @@ verified_at timestamptz, verify_error text, PRIMARY KEY (target_table, part))";
 /// The ledger's `part` for a whole table.
 pub const WHOLE: &str = "all";
 
-/// The ledger row of one table or range, written in the copy's own transaction.
+/// The ledger row of one table or range copied from the table of the same name, written in
+/// the copy's own transaction.
 pub fn ledger_upsert_sql(target: &str, part: &str, run_id: &str, rows: u64) -> String {
+    ledger_upsert_from_sql(target, target, part, run_id, rows)
+}
+
+/// The ledger row of one table or range of `source` copied into `target` (a different table
+/// when the source goes into a partitioned parent or is mapped explicitly).
+pub fn ledger_upsert_from_sql(
+    target: &str,
+    source: &str,
+    part: &str,
+    run_id: &str,
+    rows: u64,
+) -> String {
     format!(
         "INSERT INTO public.{LEDGER} (target_table, part, source_table, run_id, rows) VALUES ({}, {}, {}, {}, {rows}) \
 ON CONFLICT (target_table, part) DO UPDATE SET source_table = EXCLUDED.source_table, run_id = EXCLUDED.run_id, \
 rows = EXCLUDED.rows, checksum = NULL, copied_at = now(), verified_at = NULL, verify_error = NULL",
         quote_literal(target),
         quote_literal(part),
-        quote_literal(target),
+        quote_literal(source),
         quote_literal(run_id)
     )
 }
