@@ -23,6 +23,31 @@ pub struct JournalEntry {
     pub item: Option<ItemId>,
 }
 
+/// Started → verified time of every step in `entries`, in milliseconds (a step run twice keeps
+/// its last run).
+pub fn step_durations_ms(entries: &[JournalEntry]) -> std::collections::BTreeMap<String, f64> {
+    let mut started = std::collections::BTreeMap::new();
+    let mut durations = std::collections::BTreeMap::new();
+    for entry in entries {
+        let Some(step) = entry.step.as_ref().map(|s| s.to_string()) else {
+            continue;
+        };
+        match entry.kind {
+            EntryKind::Started => {
+                started.insert(step, entry.at);
+            }
+            EntryKind::Verified => {
+                if let Some(at) = started.get(&step) {
+                    let ms = (entry.at - *at).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+                    durations.insert(step, ms);
+                }
+            }
+            _ => {}
+        }
+    }
+    durations
+}
+
 impl JournalEntry {
     pub fn new(
         at: DateTime<Utc>,
@@ -173,5 +198,34 @@ impl FromStr for EntryKind {
             .into_iter()
             .find(|kind| kind.as_str() == text)
             .ok_or_else(|| UnknownEntryKind(text.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(step: &str, kind: EntryKind, ms: i64) -> JournalEntry {
+        JournalEntry {
+            at: DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::milliseconds(ms),
+            step: Some(StepId::from(step)),
+            kind,
+            detail: String::new(),
+            actors: Vec::new(),
+            item: None,
+        }
+    }
+
+    #[test]
+    fn a_steps_duration_runs_from_its_last_start_to_its_verification() {
+        let entries = [
+            entry("gate", EntryKind::Started, 0),
+            entry("gate", EntryKind::Started, 100),
+            entry("gate", EntryKind::Verified, 130),
+            entry("repoint", EntryKind::Started, 200),
+        ];
+        let durations = step_durations_ms(&entries);
+        assert_eq!(durations.get("gate"), Some(&30.0));
+        assert_eq!(durations.get("repoint"), None, "never verified");
     }
 }

@@ -27,7 +27,7 @@ mod items;
 mod state;
 
 pub use apply::{apply, required_confirmation, seen_hash};
-pub use entry::{EntryKind, JournalEntry, UnknownEntryKind};
+pub use entry::{step_durations_ms, EntryKind, JournalEntry, UnknownEntryKind};
 pub use items::{ItemId, ItemState, ItemStatus, OnItemFailure};
 pub use state::{
     EngineSettings, EngineState, Oversight, ReplayError, RollbackProgress, StepStatus, TrafficPause,

@@ -494,31 +494,9 @@ fn step_times<A: crate::executor::Actions>(
     runner: &crate::executor::Runner<A>,
     steps: &[&str],
 ) -> BTreeMap<String, f64> {
-    use crate::engine::EntryKind;
-    let mut started = BTreeMap::new();
-    let mut times = BTreeMap::new();
-    for entry in runner.journal().entries(&runner.run_id).unwrap_or_default() {
-        let Some(step) = entry.step.as_ref().map(|s| s.to_string()) else {
-            continue;
-        };
-        if !steps.contains(&step.as_str()) {
-            continue;
-        }
-        match entry.kind {
-            EntryKind::Started => {
-                started.insert(step, entry.at);
-            }
-            EntryKind::Verified => {
-                if let Some(at) = started.get(&step) {
-                    times.insert(
-                        step,
-                        (entry.at - *at).num_microseconds().unwrap_or(0) as f64 / 1000.0,
-                    );
-                }
-            }
-            _ => {}
-        }
-    }
+    let entries = runner.journal().entries(&runner.run_id).unwrap_or_default();
+    let mut times = crate::engine::step_durations_ms(&entries);
+    times.retain(|step, _| steps.contains(&step.as_str()));
     times
 }
 

@@ -1,7 +1,7 @@
 //! Rehearsals: a full headless runbook on a fresh lab under `lab load`, measured — the
 //! benchmark behind the README numbers (pause window, failed calls, lost ids, strays).
 
-use crate::engine::{EntryKind, Oversight};
+use crate::engine::Oversight;
 use crate::lab::load::{self, LoadOptions};
 use crate::lab::{LabError, TestLab};
 use crate::session::{self, Invocation};
@@ -178,27 +178,7 @@ async fn one_split(options: &RehearsalOptions) -> Result<SplitRehearsal, Rehears
         .journal()
         .entries(&runner.run_id)
         .map_err(|e| RehearsalError::Other(e.to_string()))?;
-    let mut started_at = BTreeMap::new();
-    let mut step_ms = BTreeMap::new();
-    for entry in &entries {
-        let Some(step) = entry.step.as_ref().map(|s| s.to_string()) else {
-            continue;
-        };
-        match entry.kind {
-            EntryKind::Started => {
-                started_at.insert(step, entry.at);
-            }
-            EntryKind::Verified => {
-                if let Some(start) = started_at.get(&step) {
-                    step_ms.insert(
-                        step,
-                        (entry.at - *start).num_microseconds().unwrap_or(0) as f64 / 1000.0,
-                    );
-                }
-            }
-            _ => {}
-        }
-    }
+    let step_ms = crate::engine::step_durations_ms(&entries);
     Ok(SplitRehearsal {
         pause_window_ms: memory.pause_window_ms.unwrap_or(f64::NAN),
         committed: report.committed,
