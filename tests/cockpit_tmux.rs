@@ -3,99 +3,14 @@
 //! within the bound, no failed call); a pause walked step by step on purpose that outlives its
 //! bound (the banner no longer says paused); opening the cockpit and quitting leaves no run.
 
+mod common;
+
+use common::tmux::Tmux;
 use cutover::engine::EntryKind;
 use cutover::journal::Journal;
 use cutover::lab::load::{self, LoadOptions};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A tmux server of its own (killed on drop) running one window.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn start(command: &str) -> Tmux {
-        let tmux = Tmux {
-            socket: format!("cutover-cockpit-{}", uuid::Uuid::new_v4().simple()),
-        };
-        let status = tmux
-            .cmd()
-            .args(["new-session", "-d", "-s", "c", "-x", "160", "-y", "48"])
-            .arg(command)
-            .status()
-            .expect("tmux");
-        assert!(status.success(), "tmux starts");
-        tmux
-    }
-    fn cmd(&self) -> Command {
-        let mut cmd = Command::new("tmux");
-        cmd.arg("-L").arg(&self.socket);
-        cmd
-    }
-    fn send(&self, keys: &[&str]) {
-        let status = self
-            .cmd()
-            .args(["send-keys", "-t", "c"])
-            .args(keys)
-            .status()
-            .expect("tmux send-keys");
-        assert!(status.success());
-    }
-    fn screen(&self) -> String {
-        let out = self
-            .cmd()
-            .args(["capture-pane", "-p", "-t", "c"])
-            .output()
-            .expect("tmux capture-pane");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-    fn alive(&self) -> bool {
-        self.cmd()
-            .args(["has-session", "-t", "c"])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    }
-    fn wait_for(&self, what: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let screen = self.screen();
-            if screen.contains(what) {
-                return screen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what:?} never appeared; screen:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    /// A deliberate keypress after the dialog's guard.
-    fn confirm(&self, keys: &[&str]) {
-        std::thread::sleep(Duration::from_millis(500));
-        self.send(keys);
-    }
-    fn wait_exit(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.alive() {
-            assert!(
-                Instant::now() < deadline,
-                "the cockpit did not exit:\n{}",
-                self.screen()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.cmd().arg("kill-server").status();
-    }
-}
 
 /// `cutover tui INV shard-split ...` with the journal in `state`.
 fn tui(inventory: &Path, state: &Path, extra: &str) -> String {

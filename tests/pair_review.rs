@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::tmux::Tmux;
 use common::*;
 use cutover::approval::Closed;
 use cutover::engine::EntryKind;
@@ -552,94 +553,6 @@ async fn a_pair_split_waits_for_another_os_user_and_records_both_people() {
         .iter()
         .any(|v| v["by"]["uid"] == approver_uid && v["verdict"] == "approve")));
     assert!(reviews.iter().all(|r| r["driver"]["uid"] == 0));
-}
-
-/// A tmux server of its own (killed on drop) running one window, 160×48.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn start(command: &str) -> Tmux {
-        let tmux = Tmux {
-            socket: format!("cutover-pair-{}", uuid::Uuid::new_v4().simple()),
-        };
-        let status = tmux
-            .cmd()
-            .args(["new-session", "-d", "-s", "c", "-x", "160", "-y", "48"])
-            .arg(command)
-            .status()
-            .expect("tmux");
-        assert!(status.success(), "tmux starts");
-        tmux
-    }
-    fn cmd(&self) -> Command {
-        let mut cmd = Command::new("tmux");
-        cmd.arg("-L").arg(&self.socket);
-        cmd
-    }
-    fn send(&self, keys: &[&str]) {
-        let status = self
-            .cmd()
-            .args(["send-keys", "-t", "c"])
-            .args(keys)
-            .status()
-            .expect("tmux send-keys");
-        assert!(status.success());
-    }
-    fn screen(&self) -> String {
-        let out = self
-            .cmd()
-            .args(["capture-pane", "-p", "-t", "c"])
-            .output()
-            .expect("tmux capture-pane");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-    fn wait_for(&self, what: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let screen = self.screen();
-            if screen.contains(what) {
-                return screen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what:?} never appeared; screen:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    /// Type the point of no return's word, move to the buttons, and press Shift+Y after the
-    /// dialog's guard until `done` shows (a dialog whose readings changed asks again).
-    fn confirm_typed(&self, word: &str, done: &str, timeout: Duration) -> String {
-        std::thread::sleep(Duration::from_millis(500));
-        self.send(&["-l", word]);
-        self.send(&["Tab"]);
-        let deadline = Instant::now() + timeout;
-        std::thread::sleep(Duration::from_millis(500));
-        self.send(&["-l", "Y"]);
-        loop {
-            let screen = self.screen();
-            if screen.contains(done) {
-                return screen;
-            }
-            if screen.contains("confirm again") {
-                std::thread::sleep(Duration::from_millis(500));
-                self.send(&["-l", "Y"]);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{done:?} never appeared; screen:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.cmd().arg("kill-server").status();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,8 @@
 //! Shared test helpers: real labs and direct SQL against them.
 #![allow(dead_code)]
 
+pub mod tmux;
+
 use cutover::lab::proc::{run_checked, service_command};
 use cutover::lab::{TestLab, PG15_BIN};
 use cutover::pg::{self, Endpoint, SessionSettings};
